@@ -1,0 +1,25 @@
+"""The counting rules of the contract, in one place so every layer keys things the same way."""
+
+from __future__ import annotations
+
+import hashlib
+
+SKIPPED_LABELS = frozenset({"CARDINAL", "DATE", "MONEY", "ORDINAL", "PERCENT", "QUANTITY", "TIME"})
+MAX_PUBLICATION_KEY = 200
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def publication_key(publication: str) -> str:
+    return normalize(publication).lower()
+
+
+def entity_key(text: str) -> str:
+    return normalize(text).lower()
+
+
+def doc_id(key: str) -> str:
+    """A Firestore-safe, process-stable document id for any key (never Python's hash())."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()

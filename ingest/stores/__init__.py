@@ -1,0 +1,82 @@
+"""Stores behind one interface; `open_store(url)` picks one from the contract's URL forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import PermanentStoreError, Store, StoreError
+
+__all__ = ["open_store", "parse_store_url", "Store", "StoreError", "PermanentStoreError"]
+
+
+class StoreURLError(ValueError):
+    pass
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """Returns (kind, target): ('sqlite', path) | ('firestore', project or '') | ('none', '')."""
+    url = url.strip()
+    if url in ("none", "null", "no-persist"):
+        return "none", ""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise StoreURLError(f"store URL {url!r} names no file: use sqlite:///relative.db or sqlite:////abs.db")
+        return "sqlite", path  # 'sqlite:////abs' leaves '/abs'; 'sqlite:///rel' leaves 'rel'
+    if url == "firestore":
+        return "firestore", ""
+    if url.startswith("firestore://"):
+        return "firestore", url[len("firestore://"):].strip("/")
+    raise StoreURLError(
+        f"unknown store URL {url!r}: expected sqlite:///path.db, sqlite:////abs/path.db, firestore or firestore://PROJECT"
+    )
+
+
+def open_store(url: str, *, readonly: bool = False) -> Store:
+    kind, target = parse_store_url(url)
+    if kind == "none":
+        from .null import NullStore
+
+        return NullStore()
+    if kind == "sqlite":
+        from .sqlite import SqliteStore
+
+        path = Path(target)
+        if readonly and not path.exists():
+            from .null import NullStore
+
+            return _MissingSqlite(path)
+        return SqliteStore(path, readonly=readonly)
+    from .firestore import FirestoreStore
+
+    return FirestoreStore(project=target or None)
+
+
+class _MissingSqlite:
+    """Reads from a database the backend has not created yet: empty, and opened once it appears."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._store = None
+
+    def _inner(self):
+        if self._store is None and self.path.exists():
+            from .sqlite import SqliteStore
+
+            self._store = SqliteStore(self.path, readonly=True)
+        return self._store
+
+    def apply(self, delta):  # pragma: no cover - read-only handle
+        raise PermanentStoreError("read-only store")
+
+    def publications(self):
+        inner = self._inner()
+        return inner.publications() if inner else []
+
+    def entities(self, publication, limit=20, offset=0):
+        inner = self._inner()
+        return inner.entities(publication, limit, offset) if inner else None
+
+    def close(self):
+        if self._store is not None:
+            self._store.close()

@@ -1,0 +1,36 @@
+"""The one small interface the savers write through and the frontend reads through."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..models import Delta, EntityCount, PublicationSummary
+
+
+class StoreError(Exception):
+    """A store failure worth retrying (timeouts, unavailable, locked)."""
+
+
+class PermanentStoreError(Exception):
+    """A store failure that a retry cannot fix (bad configuration, invalid data)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    def apply(self, delta: Delta) -> int:
+        """Apply all increments of `delta` exactly once, keyed by `delta.batch_id`.
+
+        Returns the number of document/row writes issued (0 when the batch was
+        already applied). Raises StoreError for transient failures.
+        """
+
+    def publications(self) -> list[PublicationSummary]:
+        """All publications, sorted by articles desc (then key)."""
+
+    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+        """A publication's entities by mentions desc, entity asc; None if unknown.
+
+        `publication` is matched by its key (case- and whitespace-insensitive).
+        """
+
+    def close(self) -> None: ...

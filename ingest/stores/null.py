@@ -1,0 +1,28 @@
+"""`--no-persist`: process everything, store nothing, log what would be written."""
+
+from __future__ import annotations
+
+import logging
+
+from ..models import Delta, EntityCount, PublicationSummary
+
+log = logging.getLogger("ingest.store.null")
+
+
+class NullStore:
+    def apply(self, delta: Delta) -> int:
+        for post in delta.publications.values():
+            log.info(
+                "would write batch=%s publication=%r articles=+%d entities=%d mentions=+%d",
+                delta.batch_id, post.key, post.articles, len(post.mentions), post.total_mentions,
+            )
+        return 0
+
+    def publications(self) -> list[PublicationSummary]:
+        return []
+
+    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+        return None
+
+    def close(self) -> None:
+        pass

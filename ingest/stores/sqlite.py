@@ -1,0 +1,130 @@
+"""SQLite store: the laptop default. WAL so the frontend can read while savers write."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from ..models import Delta, EntityCount, PublicationSummary
+from ..rules import publication_key
+from .base import StoreError
+
+log = logging.getLogger("ingest.store.sqlite")
+
+MARKER_TTL_SECONDS = 24 * 3600
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS publications (
+    key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    articles INTEGER NOT NULL DEFAULT 0,
+    mentions INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities (
+    pub_key TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    mentions INTEGER NOT NULL DEFAULT 0,
+    articles INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pub_key, entity)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entities_by_mentions ON entities (pub_key, mentions DESC, entity);
+CREATE TABLE IF NOT EXISTS applied_batches (
+    batch_id TEXT PRIMARY KEY,
+    applied_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 30.0):
+        self.path = Path(path)
+        self.readonly = readonly
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.executescript(SCHEMA)
+        self._last_expiry = 0.0
+
+    # -- writes ---------------------------------------------------------
+    def apply(self, delta: Delta) -> int:
+        try:
+            return self._apply(delta)
+        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O: worth a retry
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _apply(self, delta: Delta) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                conn.execute("INSERT INTO applied_batches VALUES (?, ?)", (delta.batch_id, time.time()))
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                log.info("batch=%s already applied; skipped", delta.batch_id)
+                return 0
+            writes = 1
+            for post in delta.publications.values():
+                conn.execute(
+                    "INSERT INTO publications (key, name, articles, mentions) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET articles = articles + excluded.articles, "
+                    "mentions = mentions + excluded.mentions",
+                    (post.key, post.name, post.articles, post.total_mentions),
+                )
+                conn.executemany(
+                    "INSERT INTO entities (pub_key, entity, mentions, articles) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pub_key, entity) DO UPDATE SET mentions = mentions + excluded.mentions, "
+                    "articles = articles + excluded.articles",
+                    [(post.key, e, m, post.entity_articles[e]) for e, m in post.mentions.items()],
+                )
+                writes += 1 + len(post.mentions)
+            self._expire_markers()
+            conn.execute("COMMIT")
+            return writes
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _expire_markers(self) -> None:
+        now = time.time()
+        if now - self._last_expiry > 600:
+            self._conn.execute("DELETE FROM applied_batches WHERE applied_at < ?", (now - MARKER_TTL_SECONDS,))
+            self._last_expiry = now
+
+    # -- reads ----------------------------------------------------------
+    def publications(self) -> list[PublicationSummary]:
+        if not self._has_schema():
+            return []
+        rows = self._conn.execute(
+            "SELECT p.name, p.articles, (SELECT count(*) FROM entities e WHERE e.pub_key = p.key), p.mentions "
+            "FROM publications p ORDER BY p.articles DESC, p.key"
+        ).fetchall()
+        return [PublicationSummary(publication=n, articles=a, entities=e, mentions=m) for n, a, e, m in rows]
+
+    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+        if not self._has_schema():
+            return None
+        key = publication_key(publication)
+        if self._conn.execute("SELECT 1 FROM publications WHERE key = ?", (key,)).fetchone() is None:
+            return None
+        rows = self._conn.execute(
+            "SELECT entity, mentions, articles FROM entities WHERE pub_key = ? "
+            "ORDER BY mentions DESC, entity ASC LIMIT ? OFFSET ?",
+            (key, limit, offset),
+        ).fetchall()
+        return [EntityCount(entity=e, mentions=m, articles=a) for e, m, a in rows]
+
+    def _has_schema(self) -> bool:
+        if not self.readonly:
+            return True
+        row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'publications'").fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        self._conn.close()
