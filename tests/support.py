@@ -1,0 +1,131 @@
+"""Real processes for tests: the backend as a subprocess in its own process group, free ports, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.queues import BackendUnavailable, IngestClient
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60.0, group: bool = False) -> int:
+    """Signal by PID (or its group), wait, then escalate to SIGKILL of the whole group."""
+    if proc.poll() is None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc)
+    return proc.wait(10)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class Backend:
+    """A running `ingestiond`; `env` holds what a frontend needs to reach it and its store."""
+
+    proc: subprocess.Popen
+    address: tuple[str, int]
+    authkey: str
+    store_url: str
+    env: dict = field(default_factory=dict)
+    log_path: Path | None = None
+
+    @property
+    def client(self) -> IngestClient:
+        return IngestClient(self.address, self.authkey.encode())
+
+    def status(self) -> dict:
+        return self.client.status()
+
+    def wait_idle(self, timeout: float = 120.0) -> dict:
+        """Until everything accepted has been processed and stored."""
+        def idle():
+            s = self.status()
+            return s if s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and s["processed"] >= s["accepted"] else None
+        return wait_for(idle, timeout, 0.1, "backend to settle")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 120.0, group: bool = False) -> int:
+        return stop_process(self.proc, sig, timeout, group)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env: dict | None = None,
+                  ready_timeout: float = 120.0, wait_ready: bool = True) -> Backend:
+    """Start `ingestiond` with a temporary SQLite store (unless told otherwise) and wait until it serves."""
+    port = free_port()
+    authkey = "test-" + os.urandom(8).hex()
+    store_url = store_url or f"sqlite:///{tmp_path / 'ingest.db'}"
+    child_env = dict(os.environ)
+    child_env.update({
+        "INGEST_VAR_DIR": str(tmp_path / "var"),
+        "INGEST_MANAGER_ADDRESS": f"127.0.0.1:{port}",
+        "INGEST_AUTHKEY": authkey,
+        "INGEST_STORE": store_url,
+        "PYTHONUNBUFFERED": "1",
+    })
+    child_env.update(env or {})
+    log_path = tmp_path / f"ingestiond-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "ingestiond"), *args], env=child_env, cwd=tmp_path,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    backend = Backend(proc, ("127.0.0.1", port), authkey, store_url,
+                      env={k: child_env[k] for k in ("INGEST_MANAGER_ADDRESS", "INGEST_AUTHKEY", "INGEST_STORE", "INGEST_VAR_DIR")},
+                      log_path=log_path)
+    if wait_ready:
+        def ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"ingestiond exited with {proc.returncode}:\n{backend.log()}")
+            try:
+                return backend.status()["workers_ready"] >= 1
+            except BackendUnavailable:
+                return False
+        try:
+            wait_for(ready, ready_timeout, 0.1, "ingestiond to be ready")
+        except BaseException:
+            stop_process(proc, signal.SIGKILL)
+            raise
+    return backend
