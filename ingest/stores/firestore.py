@@ -1,0 +1,299 @@
+"""Firestore store: the production backend (and Google's emulator via FIRESTORE_EMULATOR_HOST).
+
+Layout (see CONTRACT.md): `publications/{doc_id(key)}` {name, key, count, mentions} and
+`publications/{pub_id}/ent/{doc_id(entity)}` {word, count, articles}, all bumped with
+`firestore.Increment` under `set(merge=True)`.
+
+Exactly once: a delta becomes a deterministic list of chunks (publication docs first, then
+entities, each sorted by key) of at most MAX_WRITES - 1 increments plus one marker `create` of
+`ingest_batches/{batch}-{chunk}` in the same commit. A retry rebuilds the same chunks; a chunk
+whose marker exists fails with AlreadyExists, which means "already applied", and is skipped.
+Markers carry `expires_at` (now + 1 day) for a TTL policy (deploy/firestore.ttl.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Union
+
+from ..models import Delta, EntityCount, PublicationSummary
+from ..rules import doc_id, publication_key
+from .base import PermanentStoreError, StoreError
+
+log = logging.getLogger("ingest.store.firestore")
+
+PUBLICATIONS = "publications"
+ENTITIES = "ent"
+MARKERS = "ingest_batches"
+MAX_WRITES = 500  # per commit, marker included; the emulator accepts more, real Firestore may not
+MARKER_TTL = timedelta(days=1)
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,199}")
+
+
+@dataclass(frozen=True)
+class PublicationWrite:
+    key: str
+    name: str
+    articles: int
+    mentions: int
+
+
+@dataclass(frozen=True)
+class EntityWrite:
+    pub_key: str
+    entity: str
+    mentions: int
+    articles: int
+
+
+Write = Union[PublicationWrite, EntityWrite]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One commit: `writes` plus the marker document `marker_id`."""
+
+    index: int
+    marker_id: str
+    writes: tuple[Write, ...]
+
+
+def marker_base(batch_id: str) -> str:
+    """The batch id itself when it is a readable, valid document id; its digest otherwise."""
+    if _SAFE_ID.fullmatch(batch_id) and not batch_id.startswith("__"):
+        return batch_id
+    return "b" + doc_id(batch_id)
+
+
+def plan_chunks(delta: Delta, max_writes: int = MAX_WRITES) -> list[Chunk]:
+    """Splits a delta into commits; the same delta always yields the same chunks (retry-safe).
+
+    Publication writes come first, so each publication's article count sits in exactly one
+    chunk (chunk 0 unless there are more publications than fit) and exists before its entities.
+    """
+    if max_writes < 2:
+        raise ValueError("max_writes must leave room for the marker")
+    posts = [delta.publications[k] for k in sorted(delta.publications)]
+    writes: list[Write] = [PublicationWrite(p.key, p.name, p.articles, p.total_mentions) for p in posts]
+    for post in posts:
+        writes.extend(EntityWrite(post.key, e, post.mentions[e], post.entity_articles[e]) for e in sorted(post.mentions))
+    size = max_writes - 1
+    base = marker_base(delta.batch_id)
+    return [Chunk(i, f"{base}-{i}", tuple(writes[start:start + size]))
+            for i, start in enumerate(range(0, len(writes), size))]
+
+
+def _errors():
+    from google.api_core import exceptions as gexc
+
+    transient = (gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.Aborted, gexc.InternalServerError,
+                 gexc.ResourceExhausted, gexc.TooManyRequests, gexc.GatewayTimeout, gexc.Unknown,
+                 gexc.RetryError, gexc.Cancelled, ConnectionError, TimeoutError)
+    try:
+        import grpc
+
+        transient += (grpc.RpcError,)  # unwrapped channel errors (streams): treat as a blip
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from google.auth.exceptions import DefaultCredentialsError, RefreshError, TransportError
+
+        transient += (TransportError,)
+        permanent_auth: tuple = (DefaultCredentialsError, RefreshError)
+    except ImportError:  # pragma: no cover - google-auth always ships with the client
+        permanent_auth = ()
+    return gexc, transient, permanent_auth
+
+
+class FirestoreStore:
+    """Store interface on Cloud Firestore. The client is made lazily, in the process that uses it."""
+
+    def __init__(self, project: str | None = None, *, database: str | None = None, timeout: float = 30.0,
+                 max_writes: int = MAX_WRITES, marker_ttl: timedelta = MARKER_TTL):
+        if not 2 <= max_writes <= MAX_WRITES:
+            raise ValueError(f"max_writes must be between 2 and {MAX_WRITES}")
+        self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+        self.database = database
+        self.timeout = timeout
+        self.max_writes = max_writes
+        self.marker_ttl = marker_ttl
+        self._client = None
+        self._pid = None
+        self._named: set[str] = set()  # publication keys known to have a stored display name
+        self._pool: ThreadPoolExecutor | None = None
+        self._retry = None
+
+    def __getstate__(self):
+        """Picklable for spawned savers: the child builds its own client."""
+        state = self.__dict__.copy()
+        state.update(_client=None, _pid=None, _pool=None, _named=set(), _retry=None)
+        return state
+
+    @property
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            from google.cloud import firestore
+
+            kwargs = {"project": self.project}
+            if self.database:
+                kwargs["database"] = self.database
+            try:
+                self._client = firestore.Client(**kwargs)
+            except Exception as exc:  # no credentials / no project: configuration, not a blip
+                raise PermanentStoreError(
+                    f"firestore: cannot create a client (project={self.project or 'default'}): {exc}. "
+                    "Set GOOGLE_CLOUD_PROJECT and credentials, or FIRESTORE_EMULATOR_HOST for the emulator"
+                ) from exc
+            self._pid = os.getpid()
+            self._named = set()
+        return self._client
+
+    @property
+    def read_retry(self):
+        """Reads retry blips, but never for longer than `timeout` (a frontend must not hang)."""
+        if self._retry is None:
+            from google.api_core import exceptions as gexc
+            from google.api_core.retry import Retry, if_exception_type
+
+            self._retry = Retry(initial=0.1, maximum=2.0, multiplier=2.0, timeout=self.timeout,
+                                predicate=if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded,
+                                                            gexc.InternalServerError, gexc.ResourceExhausted))
+        return self._retry
+
+    # -- writes ---------------------------------------------------------
+    def apply(self, delta: Delta) -> int:
+        """Commits every chunk not yet applied; returns the writes issued (0 if all were applied)."""
+        chunks = plan_chunks(delta, self.max_writes)
+        with self._translated(f"batch={delta.batch_id}"):
+            new_names = self._unnamed_publications(delta)
+            total = 0
+            for chunk in chunks:
+                total += self._commit_chunk(delta.batch_id, chunk, len(chunks), new_names)
+            self._named.update(new_names)
+        return total
+
+    def _commit_chunk(self, batch_id: str, chunk: Chunk, chunks: int, new_names: set[str] = frozenset()) -> int:
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import firestore
+
+        db = self.client
+        batch = db.batch()
+        batch.create(db.collection(MARKERS).document(chunk.marker_id), {
+            "batch_id": batch_id, "chunk": chunk.index, "chunks": chunks, "writes": len(chunk.writes),
+            "expires_at": datetime.now(timezone.utc) + self.marker_ttl,
+        })
+        for w in chunk.writes:
+            pub = db.collection(PUBLICATIONS).document(doc_id(w.pub_key if isinstance(w, EntityWrite) else w.key))
+            if isinstance(w, PublicationWrite):
+                data = {"key": w.key, "count": firestore.Increment(w.articles), "mentions": firestore.Increment(w.mentions)}
+                if w.key in new_names:
+                    data["name"] = w.name
+                batch.set(pub, data, merge=True)
+            else:
+                batch.set(pub.collection(ENTITIES).document(doc_id(w.entity)),
+                          {"word": w.entity, "count": firestore.Increment(w.mentions),
+                           "articles": firestore.Increment(w.articles)}, merge=True)
+        try:
+            batch.commit(retry=None, timeout=self.timeout)
+        except AlreadyExists:  # the marker exists; never Conflict: Aborted is a Conflict too, and transient
+            log.info("batch=%s chunk=%d/%d already applied; skipped", batch_id, chunk.index + 1, chunks)
+            return 0
+        return len(chunk.writes) + 1
+
+    def _unnamed_publications(self, delta: Delta) -> set[str]:
+        """Keys whose doc has no display name yet, so the first spelling stored wins (one read per key per process)."""
+        unknown = [k for k in delta.publications if k not in self._named]
+        if not unknown:
+            return set()
+        db = self.client
+        refs = [db.collection(PUBLICATIONS).document(doc_id(k)) for k in unknown]
+        named = {snap.id for snap in db.get_all(refs, field_paths=["name"], retry=self.read_retry,
+                                                  timeout=self.timeout)
+                 if snap.exists and _has_name(snap)}
+        self._named.update(k for k in unknown if doc_id(k) in named)
+        return {k for k in unknown if doc_id(k) not in named}
+
+    # -- reads ----------------------------------------------------------
+    def publications(self) -> list[PublicationSummary]:
+        with self._translated("publications"):
+            snaps = [s for s in self.client.collection(PUBLICATIONS).stream(retry=self.read_retry, timeout=self.timeout)
+                     if s.exists]
+            counts = list(self._executor().map(self._distinct_entities, [s.reference for s in snaps]))
+        rows = []
+        for snap, entities in zip(snaps, counts):
+            d = snap.to_dict()
+            key = d.get("key") or ""
+            rows.append((key, PublicationSummary(publication=d.get("name") or key, articles=int(d.get("count", 0)),
+                                                 entities=entities, mentions=int(d.get("mentions", 0)))))
+        rows.sort(key=lambda r: (-r[1].articles, r[0]))
+        return [summary for _, summary in rows]
+
+    def _distinct_entities(self, pub_ref) -> int:
+        result = pub_ref.collection(ENTITIES).count(alias="n").get(retry=self.read_retry, timeout=self.timeout)
+        return int(result[0][0].value) if result and result[0] else 0
+
+    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+        from google.cloud import firestore
+
+        with self._translated("entities"):
+            pub = self.client.collection(PUBLICATIONS).document(doc_id(publication_key(publication)))
+            if not pub.get(field_paths=["key"], retry=self.read_retry, timeout=self.timeout).exists:
+                return None
+            query = (pub.collection(ENTITIES)
+                     .order_by("count", direction=firestore.Query.DESCENDING)
+                     .order_by("word", direction=firestore.Query.ASCENDING)
+                     .offset(offset).limit(limit))
+            return [EntityCount(entity=d.get("word"), mentions=int(d.get("count")), articles=int(d.get("articles")))
+                    for d in (s.to_dict() for s in query.stream(retry=self.read_retry, timeout=self.timeout))]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="firestore-count")
+        return self._pool
+
+    # -- errors and lifecycle -------------------------------------------
+    def _translated(self, what: str):
+        return _Translate(what)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        if self._client is not None and self._pid == os.getpid():
+            try:
+                self._client.close()
+            except Exception:  # closing must never mask the real outcome
+                log.debug("firestore client close failed", exc_info=True)
+        self._client = None
+
+
+def _has_name(snap) -> bool:
+    try:
+        return bool(snap.get("name"))
+    except KeyError:
+        return False
+
+
+class _Translate:
+    """Maps Google errors to StoreError (retry) / PermanentStoreError (do not)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, (StoreError, PermanentStoreError)) or not isinstance(exc, Exception):
+            return False
+        gexc, transient, permanent_auth = _errors()
+        if isinstance(exc, transient):
+            raise StoreError(f"firestore {self.what}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, permanent_auth) or isinstance(exc, gexc.GoogleAPICallError):
+            raise PermanentStoreError(f"firestore {self.what}: {type(exc).__name__}: {exc}") from exc
+        return False

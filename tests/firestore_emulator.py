@@ -1,0 +1,150 @@
+"""Google's official Firestore emulator (Cloud SDK component) as pytest fixtures.
+
+`firestore_emulator` (session): starts one emulator on a free loopback port in its own process
+group and yields "127.0.0.1:PORT"; stopped by PID (SIGTERM, then SIGKILL of the group).
+`firestore_project` (function): a fresh project id per test, FIRESTORE_EMULATOR_HOST set for the
+test, its data deleted afterwards. Without Java or the jar, tests skip and say how to install them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+
+JAR_RELATIVE = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+INSTALL_HINT = (
+    "install the Debian packages google-cloud-cli-firestore-emulator and a JRE "
+    "(e.g. `apt-get install google-cloud-cli-firestore-emulator default-jre-headless`), "
+    "or `gcloud components install cloud-firestore-emulator`"
+)
+FALLBACK_SDK_ROOTS = (Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk"),
+                      Path("/opt/google-cloud-sdk"))
+
+
+class EmulatorUnavailable(RuntimeError):
+    """Java or the emulator jar is not installed here."""
+
+
+def _sdk_roots() -> list[Path]:
+    roots = []
+    if shutil.which("gcloud"):
+        try:
+            out = subprocess.run(["gcloud", "info", "--format=value(installation.sdk_root)"],
+                                 capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        if out:
+            roots.append(Path(out))
+    return roots + [r for r in FALLBACK_SDK_ROOTS if r not in roots]
+
+
+def find_emulator() -> tuple[str, Path]:
+    """(java executable, jar path), or EmulatorUnavailable saying what is missing."""
+    java = os.environ.get("JAVA") or shutil.which("java")
+    jar_env = os.environ.get("FIRESTORE_EMULATOR_JAR")
+    jars = [Path(jar_env)] if jar_env else [root / JAR_RELATIVE for root in _sdk_roots()]
+    jar = next((j for j in jars if j.is_file()), None)
+    missing = []
+    if not java:
+        missing.append("java (a JRE) is not on PATH")
+    if jar is None:
+        missing.append("the Firestore emulator jar was not found at " + ", ".join(map(str, jars)))
+    if missing:
+        raise EmulatorUnavailable("Firestore emulator unavailable: " + "; ".join(missing) + " — " + INSTALL_HINT)
+    return java, jar
+
+
+def _answers(host: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def running_emulator(timeout: float = 60.0):
+    """Runs one emulator for the duration of the block; yields 'host:port'."""
+    java, jar = find_emulator()
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix="firestore-emulator-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [java, "-Xmx1g", "-Duser.language=en", "-cp", str(jar), MAIN_CLASS, "start",
+         "--host=127.0.0.1", f"--port={port}"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(host):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = Path(log.name).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"Firestore emulator did not start on {host} (exit {proc.poll()}):\n{text}")
+            time.sleep(0.1)
+        yield host
+    finally:
+        _stop(proc)
+        log.close()
+        os.unlink(log.name)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the JVM may leave helpers in its group
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(10)
+
+
+def reset_project(host: str, project: str) -> None:
+    """Deletes every document of `project` in the emulator (its documented reset endpoint)."""
+    req = urllib.request.Request(
+        f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE")
+    with urllib.request.urlopen(req, timeout=30):
+        pass
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator():
+    """'127.0.0.1:PORT' of an emulator shared by the session; skips loudly when not installed."""
+    try:
+        find_emulator()
+    except EmulatorUnavailable as exc:
+        pytest.skip(str(exc))
+    with running_emulator() as host:
+        yield host
+
+
+@pytest.fixture
+def firestore_project(firestore_emulator, monkeypatch):
+    """A fresh project id for one test, with FIRESTORE_EMULATOR_HOST pointing at the emulator."""
+    project = "test-" + uuid.uuid4().hex[:12]
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", project)
+    yield project
+    try:
+        reset_project(firestore_emulator, project)
+    except (urllib.error.URLError, OSError):
+        pass

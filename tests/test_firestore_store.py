@@ -1,0 +1,254 @@
+"""FirestoreStore against Google's Firestore emulator; chunk planning and error mapping without it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ingest.models import Delta, EntityCount, ProcessedPost
+from ingest.rules import doc_id
+from ingest.stores import open_store
+from ingest.stores.base import PermanentStoreError, StoreError
+from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, PublicationWrite, _Translate,
+                                     marker_base, plan_chunks)
+from tests.firestore_emulator import firestore_emulator, firestore_project  # noqa: F401  (fixtures)
+from tests.support import free_port
+
+
+def post(publication: str, *entity_lists: list[str]) -> ProcessedPost:
+    """The aggregate of one article per entity list, as a worker would build it."""
+    total = None
+    for entities in entity_lists:
+        one = ProcessedPost.from_article(publication, entities)
+        if total is None:
+            total = one
+        else:
+            total += one
+    return total
+
+
+def delta(batch_id: str, *posts: ProcessedPost) -> Delta:
+    d = Delta(batch_id=batch_id)
+    for p in posts:
+        d.add(p)
+    return d
+
+
+def big_post(publication: str, n: int) -> ProcessedPost:
+    return post(publication, [f"entity {i:04d}" for i in range(n)] + ["entity 0000"])
+
+
+def stored(project: str) -> dict:
+    """Every publication and entity document, read straight from Firestore (not through the store)."""
+    from google.cloud import firestore
+
+    db = firestore.Client(project=project)
+    out = {}
+    for pub in db.collection("publications").stream():
+        out[pub.id] = {"doc": pub.to_dict(), "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
+    db.close()
+    return out
+
+
+@pytest.fixture
+def store(firestore_project):
+    s = FirestoreStore(project=firestore_project, timeout=10)
+    yield s
+    s.close()
+
+
+# -- planning (no emulator) ------------------------------------------------
+
+def test_plan_splits_deterministically_within_the_commit_limit():
+    a, b = big_post("Zeta News", 700), big_post("alpha times", 300)
+    chunks = plan_chunks(delta("batch-7", a, b))
+    again = plan_chunks(delta("batch-7", b, a))  # another insertion order, same plan
+    assert chunks == again
+    assert [c.marker_id for c in chunks] == ["batch-7-0", "batch-7-1", "batch-7-2"]
+    assert all(1 <= len(c.writes) <= MAX_WRITES - 1 for c in chunks)
+    writes = [w for c in chunks for w in c.writes]
+    assert writes[:2] == [PublicationWrite("alpha times", "alpha times", 1, 301),
+                          PublicationWrite("zeta news", "Zeta News", 1, 701)]
+    ents = [(w.pub_key, w.entity) for w in writes[2:]]
+    assert ents == sorted(ents) and len(set(ents)) == 1000
+    assert EntityWrite("alpha times", "entity 0000", 2, 1) in writes
+
+
+def test_plan_exactly_full_chunk_and_small_limit():
+    one = plan_chunks(delta("b", big_post("p", MAX_WRITES - 2)))  # 1 publication + 498 entities
+    assert len(one) == 1 and len(one[0].writes) == MAX_WRITES - 1
+    two = plan_chunks(delta("b", big_post("p", MAX_WRITES - 1)))
+    assert [len(c.writes) for c in two] == [MAX_WRITES - 1, 1]
+    small = plan_chunks(delta("b", big_post("p", 4)), max_writes=3)
+    assert [len(c.writes) for c in small] == [2, 2, 1]
+    assert plan_chunks(Delta(batch_id="empty")) == []
+
+
+def test_marker_ids_are_valid_for_any_batch_id():
+    assert marker_base("saver-3-17") == "saver-3-17"
+    for weird in ("a/b", "..", "__x__", "", "é" * 300):
+        base = marker_base(weird)
+        assert "/" not in base and not base.startswith("__") and len(base) < 100
+        assert base == marker_base(weird)
+    assert marker_base("a/b") != marker_base("a_b")
+
+
+def test_google_errors_map_to_store_errors():
+    from google.api_core import exceptions as gexc
+
+    for exc, expected in [(gexc.ServiceUnavailable("x"), StoreError), (gexc.DeadlineExceeded("x"), StoreError),
+                          (gexc.Aborted("x"), StoreError), (gexc.ResourceExhausted("x"), StoreError),
+                          (gexc.InternalServerError("x"), StoreError), (ConnectionResetError(), StoreError),
+                          (gexc.InvalidArgument("x"), PermanentStoreError),
+                          (gexc.PermissionDenied("x"), PermanentStoreError)]:
+        with pytest.raises(expected):
+            with _Translate("test"):
+                raise exc
+    with pytest.raises(KeyError):  # our own bugs are not disguised as store errors
+        with _Translate("test"):
+            raise KeyError("x")
+
+
+def test_open_store_and_pickle_make_no_client(monkeypatch):
+    import pickle
+
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    s = open_store("firestore://my-proj")
+    assert isinstance(s, FirestoreStore) and s.project == "my-proj" and s._client is None
+    assert pickle.loads(pickle.dumps(s)).project == "my-proj"
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "env-proj")
+    assert open_store("firestore").project == "env-proj"
+
+
+# -- against the emulator --------------------------------------------------
+
+def test_apply_writes_the_documented_layout(store, firestore_project):
+    d = delta("b1", post("BBC  News", ["london", "may", "london"], ["london"]), post("cnn", ["usa"]))
+    assert store.apply(d) == 2 + 3 + 1  # two publications, three entities, one marker
+    docs = stored(firestore_project)
+    assert set(docs) == {doc_id("bbc news"), doc_id("cnn")}
+    bbc = docs[doc_id("bbc news")]
+    assert bbc["doc"] == {"name": "BBC  News", "key": "bbc news", "count": 2, "mentions": 4}
+    assert bbc["ent"] == {doc_id("london"): {"word": "london", "count": 3, "articles": 2},
+                          doc_id("may"): {"word": "may", "count": 1, "articles": 1}}
+    assert docs[doc_id("cnn")]["ent"] == {doc_id("usa"): {"word": "usa", "count": 1, "articles": 1}}
+
+    from google.cloud import firestore
+
+    marker = firestore.Client(project=firestore_project).collection("ingest_batches").document("b1-0").get()
+    expires = marker.get("expires_at")
+    assert timedelta(hours=23) < expires - datetime.now(timezone.utc) <= timedelta(days=1)
+
+
+def test_second_apply_of_a_batch_changes_nothing(store, firestore_project):
+    d = delta("b1", post("bbc", ["london"]))
+    assert store.apply(d) == 3
+    before = stored(firestore_project)
+    assert store.apply(d) == 0
+    assert FirestoreStore(project=firestore_project).apply(d) == 0  # another process, same answer
+    assert stored(firestore_project) == before
+    assert store.apply(delta("b2", post("bbc", ["london"]))) == 3
+    assert store.entities("bbc") == [EntityCount(entity="london", mentions=2, articles=2)]
+
+
+def test_delta_over_the_commit_limit_is_split_and_applied_once(store, firestore_project):
+    d = delta("big", big_post("alpha", 700), big_post("beta", 400))
+    writes = 2 + 1100
+    assert store.apply(d) == writes + 3  # three chunks, three markers
+    assert store.apply(d) == 0
+    pubs = {p.publication: p for p in store.publications()}
+    assert (pubs["alpha"].articles, pubs["alpha"].entities, pubs["alpha"].mentions) == (1, 700, 701)
+    assert (pubs["beta"].articles, pubs["beta"].entities, pubs["beta"].mentions) == (1, 400, 401)
+    top = store.entities("alpha", limit=2)
+    assert top == [EntityCount(entity="entity 0000", mentions=2, articles=1),
+                   EntityCount(entity="entity 0001", mentions=1, articles=1)]
+
+
+def test_partial_failure_then_retry_counts_everything_once(store, firestore_project):
+    d = delta("part", big_post("alpha", 600), post("beta", ["x", "y"]))
+    chunks = plan_chunks(d)
+    assert len(chunks) == 2
+    # the first attempt committed chunk 0 and died before chunk 1
+    assert store._commit_chunk(d.batch_id, chunks[0], len(chunks), {"alpha", "beta"}) == len(chunks[0].writes) + 1
+    assert store.apply(d) == len(chunks[1].writes) + 1
+    assert store.apply(d) == 0
+    docs = stored(firestore_project)
+    alpha = docs[doc_id("alpha")]
+    assert alpha["doc"]["count"] == 1 and alpha["doc"]["mentions"] == 601
+    assert len(alpha["ent"]) == 600
+    assert sum(e["count"] for e in alpha["ent"].values()) == 601
+    assert all(e["articles"] == 1 for e in alpha["ent"].values())
+    assert docs[doc_id("beta")]["doc"]["count"] == 1
+
+
+def test_reads_are_sorted_and_paged(store):
+    store.apply(delta("b1", post("Small", ["a"]),
+                      post("Big", ["zed", "zed", "bob"], ["bob", "amy"], ["amy", "carl"]),
+                      post("Tie A", ["q"], ["q"]), post("tie b", ["r"], ["r"])))
+    pubs = store.publications()
+    assert [(p.publication, p.articles, p.entities, p.mentions) for p in pubs] == [
+        ("Big", 3, 4, 7), ("Tie A", 2, 1, 2), ("tie b", 2, 1, 2), ("Small", 1, 1, 1)]
+    everything = store.entities("  BIG ")
+    assert [(e.entity, e.mentions, e.articles) for e in everything] == [
+        ("amy", 2, 2), ("bob", 2, 2), ("zed", 2, 1), ("carl", 1, 1)]
+    assert store.entities("big", limit=2, offset=1) == everything[1:3]
+    assert store.entities("big", limit=10, offset=10) == []
+
+
+def test_unknown_publication_is_none(store):
+    assert store.publications() == []
+    assert store.entities("nobody") is None
+    store.apply(delta("b1", post("somebody", ["x"])))
+    assert store.entities("nobody") is None
+    assert store.entities("SOMEBODY") == [EntityCount(entity="x", mentions=1, articles=1)]
+
+
+def test_weird_keys_are_stored_and_read_back(store):
+    long_entity = "é" * 1000  # 2,000 UTF-8 bytes: beyond Firestore's id limit, fine as a field
+    d = delta("a/b", post("a/b", ["..", "__x__", long_entity, "a/b"]), post("..", ["x"]), post("__x__", ["y"]))
+    assert store.apply(d) == 3 + 6 + 1
+    assert store.apply(d) == 0
+    assert {p.publication for p in store.publications()} == {"a/b", "..", "__x__"}
+    assert {e.entity for e in store.entities("a/b")} == {"..", "__x__", long_entity, "a/b"}
+    assert store.entities("..") == [EntityCount(entity="x", mentions=1, articles=1)]
+    assert store.entities("__x__") == [EntityCount(entity="y", mentions=1, articles=1)]
+
+
+def test_a_fresh_instance_updates_the_same_documents(firestore_project):
+    first = FirestoreStore(project=firestore_project)
+    first.apply(delta("s1-1", post("Reuters", ["paris"])))
+    first.close()
+    second = open_store(f"firestore://{firestore_project}")  # a restarted saver
+    assert second.apply(delta("s1-1", post("Reuters", ["paris"]))) == 0
+    second.apply(delta("s2-1", post("REUTERS", ["paris", "rome"])))
+    [summary] = second.publications()
+    assert (summary.publication, summary.articles, summary.entities, summary.mentions) == ("Reuters", 2, 2, 3)
+    assert second.entities("reuters")[0] == EntityCount(entity="paris", mentions=2, articles=2)
+    assert len(stored(firestore_project)) == 1
+    second.close()
+
+
+def test_unreachable_firestore_is_a_transient_error(monkeypatch):
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+    s = FirestoreStore(project="nowhere", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        s.apply(delta("b", post("p", ["x"])))
+    with pytest.raises(StoreError):
+        s.publications()
+    assert time.monotonic() - started < 10
+    s.close()
+
+
+def test_a_500_write_commit_is_quick(store, firestore_project):
+    """Rough speed of one full commit (499 increments + marker) on the emulator."""
+    d = delta("speed", big_post("speed", MAX_WRITES - 2))
+    started = time.perf_counter()
+    assert store.apply(d) == MAX_WRITES
+    elapsed = time.perf_counter() - started
+    print(f"\n500-write apply on the emulator: {elapsed * 1000:.0f} ms")
+    assert elapsed < 20
