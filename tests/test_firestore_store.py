@@ -15,7 +15,6 @@ from ingest.stores import open_store
 from ingest.stores.base import PermanentStoreError, StoreError
 from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, PublicationWrite, _Translate,
                                      marker_base, plan_chunks)
-from tests.firestore_emulator import firestore_emulator, firestore_project  # noqa: F401  (fixtures)
 from tests.support import free_port
 
 
@@ -160,6 +159,7 @@ def test_delta_over_the_commit_limit_is_split_and_applied_once(store, firestore_
     writes = 2 + 1100
     assert store.apply(d) == writes + 3  # three chunks, three markers
     assert store.apply(d) == 0
+    assert store.commits == 3
     pubs = {p.publication: p for p in store.publications()}
     assert (pubs["alpha"].articles, pubs["alpha"].entities, pubs["alpha"].mentions) == (1, 700, 701)
     assert (pubs["beta"].articles, pubs["beta"].entities, pubs["beta"].mentions) == (1, 400, 401)

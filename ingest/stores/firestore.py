@@ -127,6 +127,7 @@ class FirestoreStore:
         self._named: set[str] = set()  # publication keys known to have a stored display name
         self._pool: ThreadPoolExecutor | None = None
         self._retry = None
+        self.commits = 0  # commits issued by this instance (the saver reports them)
 
     def __getstate__(self):
         """Picklable for spawned savers: the child builds its own client."""
@@ -203,6 +204,7 @@ class FirestoreStore:
         except AlreadyExists:  # the marker exists; never Conflict: Aborted is a Conflict too, and transient
             log.info("batch=%s chunk=%d/%d already applied; skipped", batch_id, chunk.index + 1, chunks)
             return 0
+        self.commits += 1
         return len(chunk.writes) + 1
 
     def _unnamed_publications(self, delta: Delta) -> set[str]:
