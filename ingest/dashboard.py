@@ -1,0 +1,197 @@
+"""The dashboard at GET /: publications, their top entities as bars, and a word cloud.
+
+The page is a thin shell: its script polls the JSON read API (GET /publications and
+GET /publications/<publication>/entities) so it shows exactly what the API answers, paged,
+never all entities at once. The word cloud is the one thing rendered here, as a PNG from the
+top entities, cached in-process under (publication key, articles, mentions) so a render happens
+only when that publication's counts change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import threading
+from collections import OrderedDict
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from .models import PublicationSummary
+from .rules import publication_key
+
+log = logging.getLogger("ingest.dashboard")
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/dashboard/static",
+)
+
+WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
+WORDCLOUD_SIZE = (800, 400)
+DEFAULT_CACHE_ENTRIES = 64
+POLL_SECONDS = 3
+
+
+class WordcloudCache:
+    """A small LRU of rendered PNGs; holds at most one entry per publication key."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._render_lock = threading.Lock()  # one render at a time: it is CPU-bound anyway
+        self.renders = 0
+
+    def get(self, key: tuple[str, int, int]) -> bytes | None:
+        with self._lock:
+            png = self._items.get(key)
+            if png is not None:
+                self._items.move_to_end(key)
+            return png
+
+    def put(self, key: tuple[str, int, int], png: bytes) -> None:
+        with self._lock:
+            for stale in [k for k in self._items if k[0] == key[0] and k != key]:
+                del self._items[stale]  # counts changed: the old picture is worthless
+            self._items[key] = png
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get_or_render(self, key: tuple[str, int, int], render) -> bytes:
+        png = self.get(key)
+        if png is not None:
+            return png
+        with self._render_lock:
+            png = self.get(key)  # another request may have rendered it while we waited
+            if png is None:
+                png = render()
+                self.renders += 1
+                self.put(key, png)
+            return png
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _store():
+    return current_app.extensions["ingest.store"]
+
+
+def wordcloud_cache() -> WordcloudCache:
+    cache = current_app.extensions.get("ingest.dashboard.wordcloud")
+    if cache is None:
+        capacity = int(current_app.config.get("DASHBOARD_WORDCLOUD_CACHE", DEFAULT_CACHE_ENTRIES))
+        cache = current_app.extensions.setdefault("ingest.dashboard.wordcloud", WordcloudCache(capacity))
+    return cache
+
+
+def _read_keys() -> tuple[str, ...]:
+    """The read keys the app was configured with, wherever create_app keeps its settings."""
+    settings = current_app.extensions.get("ingest.settings") or current_app.config.get("INGEST_SETTINGS")
+    keys = getattr(settings, "read_api_keys", None)
+    if keys is None:
+        keys = current_app.config.get("INGEST_READ_API_KEYS", ())
+    if isinstance(keys, str):
+        keys = tuple(k.strip() for k in keys.split(",") if k.strip())
+    return tuple(keys)
+
+
+def _reads_allowed() -> bool:
+    keys = _read_keys()
+    if not keys:
+        return True
+    given = request.headers.get("X-API-Key") or request.headers.get("access_token") or ""
+    return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
+
+
+def _error(status: int, code: str, detail: str):
+    response = jsonify(error=code, detail=detail)
+    response.status_code = status
+    return response
+
+
+@bp.get("/")
+def page():
+    """The HTML shell; with public reads it carries the publications table for a fast first paint."""
+    publications = _store().publications() if not _read_keys() else None
+    html = render_template(
+        "dashboard.html",
+        publications=publications,
+        poll_seconds=POLL_SECONDS,
+        api_root=request.script_root,
+    )
+    response = current_app.make_response(html)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _find(publication: str) -> PublicationSummary | None:
+    key = publication_key(publication)
+    for summary in _store().publications():
+        if publication_key(summary.publication) == key:
+            return summary
+    return None
+
+
+@bp.get("/dashboard/wordcloud.png")
+def wordcloud_png():
+    """?publication=NAME[&v=ARTICLES-MENTIONS]: the cloud of NAME's top entities by mentions.
+
+    `v` only busts browser caches; the server always answers for the current counts, and lets
+    the browser keep a response for long only when `v` names those counts.
+    """
+    if not _reads_allowed():
+        return _error(401, "unauthorized", "reads need an API key in header X-API-Key")
+    publication = request.args.get("publication", "")
+    key = publication_key(publication)
+    summary = _find(publication) if key else None
+    if summary is None:
+        return _error(404, "unknown_publication", "no such publication")
+    cache_key = (key, summary.articles, summary.mentions)
+
+    def render() -> bytes:
+        entities = _store().entities(publication, limit=WORDCLOUD_TOP_N, offset=0) or []
+        return render_wordcloud({e.entity: e.mentions for e in entities})
+
+    png = wordcloud_cache().get_or_render(cache_key, render)
+    response = current_app.response_class(png, mimetype="image/png")
+    response.set_etag(hashlib.blake2b(repr(cache_key).encode(), digest_size=12).hexdigest())
+    scope = "private" if _read_keys() else "public"
+    if request.args.get("v") == f"{summary.articles}-{summary.mentions}":
+        response.headers["Cache-Control"] = f"{scope}, max-age=86400, immutable"
+    else:
+        response.headers["Cache-Control"] = f"{scope}, no-cache"
+    return response.make_conditional(request)
+
+
+def render_wordcloud(frequencies: dict[str, int]) -> bytes:
+    """PNG bytes; a publication without entities yet gets a quiet placeholder, not an error."""
+    from PIL import Image, ImageDraw
+
+    width, height = WORDCLOUD_SIZE
+    if frequencies:
+        from wordcloud import WordCloud
+
+        cloud = WordCloud(
+            width=width,
+            height=height,
+            background_color="white",
+            colormap="viridis",
+            prefer_horizontal=0.9,
+            max_words=WORDCLOUD_TOP_N,
+            random_state=7,  # the same counts always give the same picture
+            margin=4,
+        ).generate_from_frequencies(frequencies)
+        image = cloud.to_image()
+    else:
+        image = Image.new("RGB", (width, height), "white")
+        ImageDraw.Draw(image).text((width // 2, height // 2), "no entities yet", fill="#888", anchor="mm")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,335 @@
+/* ingestiond dashboard: polls the JSON read API and draws what it answers.
+ *
+ * Everything user-supplied (publication and entity names) goes into the page through
+ * textContent or attributes, never innerHTML. Entities are read one page at a time.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var API = body.dataset.apiRoot || "";
+  var CLOUD_URL = body.dataset.wordcloudUrl;
+  var POLL_MS = Math.max(1, Number(body.dataset.pollSeconds) || 3) * 1000;
+  var KEY_STORAGE = "ingest.readKey";
+  var fmt = new Intl.NumberFormat("en-US");
+
+  var state = {
+    publications: [],
+    pubsJSON: null,
+    selected: null,      // display name of the chosen publication
+    offset: 0,
+    limit: 20,
+    shown: null,         // "name|articles|mentions|offset|limit" of the page on screen
+    topMentions: 1,      // mentions of the publication's #1 entity: the bars' full scale
+    cloudFor: null,      // "name|articles-mentions" of the cloud on screen
+    cloudObjectURL: null,
+    seq: 0,
+    timer: null,
+    busy: false,
+  };
+
+  function $(id) { return document.getElementById(id); }
+
+  function pubKey(name) {
+    return String(name).trim().split(/\s+/).join(" ").toLowerCase();
+  }
+
+  /* One path segment for a publication. A segment that is "." or ".." (or starts with "/")
+   * would be folded away by URL normalisation; a leading space keeps it intact and the
+   * server ignores it, since publications are looked up by their whitespace-normalised key. */
+  function pubSegment(name) {
+    var s = encodeURIComponent(name);
+    if (s === "." || s === ".." || s.indexOf("%2F") === 0) s = "%20" + s;
+    return s;
+  }
+
+  function readKey() {
+    try { return sessionStorage.getItem(KEY_STORAGE) || ""; } catch (e) { return ""; }
+  }
+
+  function headers() {
+    var key = readKey();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function AuthError() { this.message = "unauthorized"; }
+
+  function api(path) {
+    return fetch(API + path, { headers: headers(), cache: "no-store" }).then(function (r) {
+      if (r.status === 401) { showAuth(true); throw new AuthError(); }
+      showAuth(false);
+      return r.json().catch(function () { return null; }).then(function (data) {
+        if (!r.ok) {
+          var detail = data && (data.detail || data.error) ? (data.detail || data.error) : r.statusText;
+          var err = new Error("HTTP " + r.status + ": " + detail);
+          err.status = r.status;
+          throw err;
+        }
+        return data;
+      });
+    });
+  }
+
+  function showAuth(on) { $("auth").hidden = !on; }
+
+  function showError(text) {
+    var box = $("error");
+    box.textContent = text || "";
+    box.hidden = !text;
+  }
+
+  function setStatus(text, ok) {
+    $("status").textContent = text;
+    $("live-dot").className = "dot" + (ok ? " ok" : " bad");
+  }
+
+  // ---- URL hash: #publication=NAME&offset=N&limit=N keeps the view across reloads ----
+  function readHash() {
+    var p = new URLSearchParams(location.hash.replace(/^#/, ""));
+    if (p.has("publication")) state.selected = p.get("publication");
+    var off = parseInt(p.get("offset"), 10);
+    var lim = parseInt(p.get("limit"), 10);
+    state.offset = off >= 0 ? off : 0;
+    if ([10, 20, 50, 100].indexOf(lim) >= 0) state.limit = lim;
+    $("page-size").value = String(state.limit);
+  }
+
+  function writeHash() {
+    var p = new URLSearchParams();
+    p.set("publication", state.selected);
+    if (state.offset) p.set("offset", String(state.offset));
+    if (state.limit !== 20) p.set("limit", String(state.limit));
+    history.replaceState(null, "", "#" + p.toString());
+  }
+
+  // ---- publications table ----
+  function renderPublications(pubs) {
+    var json = JSON.stringify(pubs);
+    if (json !== state.pubsJSON) {
+      state.pubsJSON = json;
+      var tbody = $("publications").tBodies[0];
+      var rows = document.createDocumentFragment();
+      pubs.forEach(function (p) {
+        var tr = document.createElement("tr");
+        tr.className = "pub";
+        tr.dataset.publication = p.publication;
+        tr.dataset.articles = p.articles;
+        tr.dataset.entities = p.entities;
+        tr.dataset.mentions = p.mentions;
+        var td = document.createElement("td");
+        var btn = document.createElement("button");
+        btn.type = "button";
+        btn.className = "pub-name";
+        btn.textContent = p.publication;
+        btn.title = p.publication;
+        td.appendChild(btn);
+        tr.appendChild(td);
+        [p.articles, p.entities, p.mentions].forEach(function (n) {
+          var c = document.createElement("td");
+          c.className = "num";
+          c.textContent = fmt.format(n);
+          tr.appendChild(c);
+        });
+        rows.appendChild(tr);
+      });
+      tbody.replaceChildren(rows);
+    }
+    $("pubs-empty").hidden = pubs.length > 0;
+    markSelected();
+  }
+
+  function markSelected() {
+    var rows = $("publications").tBodies[0].rows;
+    for (var i = 0; i < rows.length; i++) {
+      var on = rows[i].dataset.publication === state.selected;
+      rows[i].classList.toggle("selected", on);
+      if (on) rows[i].setAttribute("aria-current", "true"); else rows[i].removeAttribute("aria-current");
+    }
+  }
+
+  function findSelected() {
+    if (state.selected === null) return null;
+    var exact = state.publications.filter(function (p) { return p.publication === state.selected; })[0];
+    if (exact) return exact;
+    var key = pubKey(state.selected);
+    return state.publications.filter(function (p) { return pubKey(p.publication) === key; })[0] || null;
+  }
+
+  // ---- the chosen publication: stats, bars, pager, cloud ----
+  function renderDetail(pub, entities) {
+    $("detail").hidden = false;
+    $("detail-title").textContent = pub.publication;
+    $("detail-title").title = pub.publication;
+    $("stat-articles").textContent = fmt.format(pub.articles);
+    $("stat-entities").textContent = fmt.format(pub.entities);
+    $("stat-mentions").textContent = fmt.format(pub.mentions);
+
+    var chart = $("chart");
+    var frag = document.createDocumentFragment();
+    var scale = Math.max(state.topMentions, entities.length ? entities[0].mentions : 1, 1);
+    entities.forEach(function (e, i) {
+      var row = document.createElement("div");
+      row.className = "bar-row";
+      row.setAttribute("role", "listitem");
+      row.dataset.entity = e.entity;
+      row.dataset.mentions = e.mentions;
+      row.dataset.articles = e.articles;
+      var rank = document.createElement("span");
+      rank.className = "rank";
+      rank.textContent = String(state.offset + i + 1);
+      var name = document.createElement("span");
+      name.className = "name";
+      name.textContent = e.entity;
+      name.title = e.entity + " — " + fmt.format(e.mentions) + " mentions in " + fmt.format(e.articles) + " articles";
+      var track = document.createElement("span");
+      track.className = "track";
+      var bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = Math.max(0.5, (100 * e.mentions) / scale).toFixed(2) + "%";
+      track.appendChild(bar);
+      var value = document.createElement("span");
+      value.className = "value";
+      value.textContent = fmt.format(e.mentions);
+      var arts = document.createElement("span");
+      arts.className = "articles";
+      arts.textContent = fmt.format(e.articles) + " art.";
+      row.append(rank, name, track, value, arts);
+      frag.appendChild(row);
+    });
+    chart.replaceChildren(frag);
+    $("chart-empty").hidden = entities.length > 0;
+
+    var first = entities.length ? state.offset + 1 : 0;
+    var last = state.offset + entities.length;
+    $("range").textContent = entities.length
+      ? fmt.format(first) + "–" + fmt.format(last) + " of " + fmt.format(pub.entities)
+      : "0 of " + fmt.format(pub.entities);
+    $("prev").disabled = state.offset === 0;
+    $("next").disabled = state.offset + state.limit >= pub.entities;
+    updateCloud(pub);
+  }
+
+  function updateCloud(pub) {
+    var version = pub.articles + "-" + pub.mentions;
+    var id = pub.publication + "|" + version;
+    if (state.cloudFor === id) return;  // counts unchanged: keep the picture we have
+    state.cloudFor = id;
+    var img = $("wordcloud");
+    var url = CLOUD_URL + "?publication=" + encodeURIComponent(pub.publication) + "&v=" + encodeURIComponent(version);
+    img.alt = "Word cloud of the top entities of " + pub.publication;
+    img.dataset.version = version;
+    $("cloud-note").textContent = "as of " + fmt.format(pub.articles) + " articles, " + fmt.format(pub.mentions) + " mentions";
+    var key = readKey();
+    if (!key) { img.src = url; return; }
+    // An <img> cannot send a header: fetch the picture with the key and show it from a blob.
+    fetch(url, { headers: headers() }).then(function (r) {
+      if (!r.ok) throw new Error("word cloud: HTTP " + r.status);
+      return r.blob();
+    }).then(function (blob) {
+      if (state.cloudFor !== id) return;
+      if (state.cloudObjectURL) URL.revokeObjectURL(state.cloudObjectURL);
+      state.cloudObjectURL = URL.createObjectURL(blob);
+      img.src = state.cloudObjectURL;
+    }).catch(function (e) { state.cloudFor = null; showError(e.message); });
+  }
+
+  function entitiesPath(name, limit, offset) {
+    return "/publications/" + pubSegment(name) + "/entities?limit=" + limit + "&offset=" + offset;
+  }
+
+  function loadDetail(pub, force) {
+    var shown = [pub.publication, pub.articles, pub.mentions, state.offset, state.limit].join("|");
+    if (!force && shown === state.shown) return Promise.resolve();
+    var seq = ++state.seq;
+    var page = api(entitiesPath(pub.publication, state.limit, state.offset));
+    var top = state.offset > 0 ? api(entitiesPath(pub.publication, 1, 0)) : page;
+    return Promise.all([page, top]).then(function (res) {
+      if (seq !== state.seq) return;  // a newer choice was made while this was in flight
+      state.topMentions = res[1].length ? res[1][0].mentions : 1;
+      state.shown = shown;
+      renderDetail(pub, res[0]);
+    });
+  }
+
+  // ---- the poll loop ----
+  function refresh(force) {
+    if (state.busy) return Promise.resolve();
+    state.busy = true;
+    return api("/publications").then(function (pubs) {
+      state.publications = pubs;
+      if (state.selected === null && pubs.length) state.selected = pubs[0].publication;
+      renderPublications(pubs);
+      var pub = findSelected();
+      if (pub) {
+        state.selected = pub.publication;
+        markSelected();
+        return loadDetail(pub, force).then(function () {
+          showError("");
+          setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubs.length + " publications", true);
+        });
+      }
+      if (state.selected !== null && pubs.length) {
+        showError("Publication \u201c" + state.selected + "\u201d not found.");
+      }
+      $("detail").hidden = true;
+      setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubs.length + " publications", true);
+    }).catch(function (e) {
+      if (e instanceof AuthError) { setStatus("Waiting for an API key", false); return; }
+      showError("Could not read counts: " + e.message + (e.status ? "" : " (is the frontend up?)"));
+      setStatus("Read failed; retrying", false);
+    }).then(function () { state.busy = false; });
+  }
+
+  function schedule() {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(function () {
+      var go = $("live").checked && !document.hidden;
+      (go ? refresh(false) : Promise.resolve()).then(schedule);
+    }, POLL_MS);
+  }
+
+  function choose(name) {
+    state.selected = name;
+    state.offset = 0;
+    state.shown = null;
+    writeHash();
+    markSelected();
+    var pub = findSelected();
+    if (pub) loadDetail(pub, true).catch(function (e) { if (!(e instanceof AuthError)) showError(e.message); });
+  }
+
+  function page(delta) {
+    var pub = findSelected();
+    if (!pub) return;
+    state.offset = Math.max(0, state.offset + delta * state.limit);
+    writeHash();
+    loadDetail(pub, true).catch(function (e) { if (!(e instanceof AuthError)) showError(e.message); });
+  }
+
+  // ---- wiring ----
+  $("publications").addEventListener("click", function (ev) {
+    var row = ev.target.closest("tr.pub");
+    if (row) choose(row.dataset.publication);
+  });
+  $("prev").addEventListener("click", function () { page(-1); });
+  $("next").addEventListener("click", function () { page(1); });
+  $("page-size").addEventListener("change", function () {
+    state.limit = Number(this.value);
+    state.offset = 0;
+    writeHash();
+    var pub = findSelected();
+    if (pub) loadDetail(pub, true);
+  });
+  $("live").addEventListener("change", function () { if (this.checked) refresh(false); });
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(false); });
+  window.addEventListener("hashchange", function () { readHash(); state.shown = null; refresh(true); });
+  $("auth-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    try { sessionStorage.setItem(KEY_STORAGE, $("auth-key").value); } catch (e) { /* private mode */ }
+    state.cloudFor = null;
+    refresh(true);
+  });
+
+  readHash();
+  refresh(true).then(schedule);
+})();

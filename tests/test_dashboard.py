@@ -1,0 +1,246 @@
+"""The dashboard through Flask's test client, over a real SQLite store filled by SqliteStore.apply."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from ingest import dashboard
+from ingest.models import Delta, ProcessedPost
+from ingest.stores.sqlite import SqliteStore
+
+XSS_NAME = '<img src=x onerror="window.__xss=1">'
+XSS_ENTITY = "<script>window.__xss=2</script>"
+ODD_NAMES = ["a/../b", "..", "Zürich Zeitung ✓", "/leading slash"]
+
+
+def publish(store: SqliteStore, publication: str, articles: list[dict[str, int]]) -> None:
+    """Apply one saver batch holding these articles (each a mapping entity -> mentions)."""
+    delta = Delta(batch_id=uuid.uuid4().hex)
+    for mentions in articles:
+        post = ProcessedPost.from_article(publication, [])
+        post.mentions = Counter(mentions)
+        post.entity_articles = Counter(dict.fromkeys(mentions, 1))
+        delta.add(post)
+    store.apply(delta)
+
+
+def populate(store: SqliteStore) -> None:
+    """A big publication (3,272 entities), odd names, an XSS attempt, one without entities."""
+    big = [{f"entity {i:04d}": 1 + (i * 7 + a) % 5 for i in range(a * 30, a * 30 + 300)} for a in range(100)]
+    big.append({"Anna Karenina": 900, "Moscow": 450})
+    publish(store, "The Daily Planet", big)
+    publish(store, XSS_NAME, [{XSS_ENTITY: 3, "fine entity": 1}, {XSS_ENTITY: 1}])
+    for n, name in enumerate(ODD_NAMES):
+        publish(store, name, [{"shared": 2, f"only {n}": 1}] * (n + 2))
+    publish(store, "Silent Times", [{}])
+
+
+def build_app(db_path, **config):
+    """The real app (ingest.frontend.create_app) reading this SQLite file."""
+    store_url = f"sqlite:///{db_path}"
+    try:
+        from ingest.frontend import create_app
+
+        return create_app({"TESTING": True, "store": store_url, **config})
+    except ImportError:  # pragma: no cover - only while the frontend's read API has not landed
+        return minimal_app(store_url, **config)
+
+
+def minimal_app(store_url: str | None = None, **config):
+    """Stand-in for ingest.frontend.create_app: the dashboard and the JSON reads it polls."""
+    import os
+
+    from flask import Flask, abort, jsonify, request
+
+    from ingest.stores import open_store
+
+    app = Flask("ingest")
+    app.config.update(TESTING=True, **config)
+    app.extensions["ingest.store"] = open_store(store_url or os.environ["INGEST_STORE"], readonly=True)
+    app.register_blueprint(dashboard.bp)
+
+    @app.get("/publications")
+    def publications():
+        return jsonify([p.model_dump() for p in app.extensions["ingest.store"].publications()])
+
+    @app.get("/publications/<path:publication>/entities")
+    def entities(publication):
+        rows = app.extensions["ingest.store"].entities(
+            publication, request.args.get("limit", 20, type=int), request.args.get("offset", 0, type=int)
+        )
+        if rows is None:
+            abort(404)
+        return jsonify([r.model_dump() for r in rows])
+
+    return app
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "ingest.db"
+    store = SqliteStore(path)
+    populate(store)
+    yield store, path
+    store.close()
+
+
+@pytest.fixture
+def client(db):
+    app = build_app(db[1])
+    with app.test_client() as c:
+        c.application = app
+        yield c
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data)).size
+
+
+def cloud(client, publication, **params):
+    return client.get("/dashboard/wordcloud.png", query_string={"publication": publication, **params})
+
+
+def test_page_lists_every_publication_with_its_counts(client, db):
+    resp = client.get("/")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/html"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    html = resp.get_data(as_text=True)
+    planet = next(p for p in db[0].publications() if p.publication == "The Daily Planet")
+    assert planet.entities == 3272
+    for text in ("The Daily Planet", f"{planet.articles:,}", "3,272", f"{planet.mentions:,}", "Zürich Zeitung ✓"):
+        assert text in html
+    assert html.count('<tr class="pub"') == len(db[0].publications()) == 3 + len(ODD_NAMES)
+
+
+def test_page_escapes_publication_names(client):
+    html = client.get("/").get_data(as_text=True)
+    assert XSS_NAME not in html
+    assert "&lt;img src=x onerror=&#34;window.__xss=1&#34;&gt;" in html
+
+
+def test_page_assets_are_served_locally(client):
+    html = client.get("/").get_data(as_text=True)
+    assert "http://" not in html and "https://" not in html  # no CDN, nothing fetched from elsewhere
+    for asset, mimetype in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+        assert f"/dashboard/static/{asset}" in html
+        resp = client.get(f"/dashboard/static/{asset}")
+        assert resp.status_code == 200 and resp.mimetype == mimetype
+        assert b"http://" not in resp.data and b"https://" not in resp.data
+        resp.close()
+
+
+def test_empty_store_renders_an_empty_page(tmp_path):
+    path = tmp_path / "empty.db"
+    SqliteStore(path).close()
+    with build_app(path).test_client() as c:
+        resp = c.get("/")
+        assert resp.status_code == 200
+        assert "No publications yet" in resp.get_data(as_text=True)
+
+
+def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
+    store, _ = db
+    first = cloud(client, "The Daily Planet")
+    assert first.status_code == 200 and first.mimetype == "image/png"
+    assert png_size(first.data) == dashboard.WORDCLOUD_SIZE
+    with client.application.app_context():
+        renders = dashboard.wordcloud_cache().renders
+    assert renders == 1
+
+    again = cloud(client, "the   DAILY planet")  # same key, other spelling
+    assert again.data == first.data and again.headers["ETag"] == first.headers["ETag"]
+    with client.application.app_context():
+        assert dashboard.wordcloud_cache().renders == 1  # served from the cache
+
+    not_modified = client.get(
+        "/dashboard/wordcloud.png",
+        query_string={"publication": "The Daily Planet"},
+        headers={"If-None-Match": first.headers["ETag"]},
+    )
+    assert not_modified.status_code == 304 and not not_modified.data
+
+    publish(store, "The Daily Planet", [{"Brand New Entity": 5000}])
+    changed = cloud(client, "The Daily Planet")
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != first.headers["ETag"]
+    assert changed.data != first.data
+    with client.application.app_context():
+        cache = dashboard.wordcloud_cache()
+        assert cache.renders == 2
+        assert len(cache) == 1  # the stale picture was dropped, not kept beside the new one
+
+
+def test_wordcloud_cache_control_follows_the_version_in_the_url(client, db):
+    planet = next(p for p in db[0].publications() if p.publication == "The Daily Planet")
+    current = cloud(client, "The Daily Planet", v=f"{planet.articles}-{planet.mentions}")
+    assert "max-age=86400" in current.headers["Cache-Control"]
+    stale = cloud(client, "The Daily Planet", v="1-1")
+    assert stale.status_code == 200
+    assert "no-cache" in stale.headers["Cache-Control"]
+    assert "no-cache" in cloud(client, "The Daily Planet").headers["Cache-Control"]
+
+
+def test_wordcloud_unknown_publication_is_404(client):
+    for name in ("nobody", "", "   "):
+        resp = cloud(client, name)
+        assert resp.status_code == 404
+        assert resp.get_json()["error"] == "unknown_publication"
+    assert client.get("/dashboard/wordcloud.png").status_code == 404
+
+
+@pytest.mark.parametrize("name", ODD_NAMES + [XSS_NAME, "Silent Times"])
+def test_wordcloud_for_odd_names_and_empty_publications(client, name):
+    resp = cloud(client, name)
+    assert resp.status_code == 200
+    assert png_size(resp.data) == dashboard.WORDCLOUD_SIZE
+
+
+def test_wordcloud_cache_is_capped(db):
+    app = build_app(db[1], DASHBOARD_WORDCLOUD_CACHE=2)
+    with app.test_client() as c:
+        for name in ODD_NAMES[:3]:
+            assert cloud(c, name).status_code == 200
+        with app.app_context():
+            cache = dashboard.wordcloud_cache()
+            assert (len(cache), cache.renders) == (2, 3)
+        assert cloud(c, ODD_NAMES[0]).status_code == 200  # evicted first: rendered again
+        with app.app_context():
+            assert dashboard.wordcloud_cache().renders == 4
+
+
+def test_wordcloud_renders_top_entities_only(db, monkeypatch):
+    """Thousands of entities: the render reads one page of WORDCLOUD_TOP_N, not everything."""
+    store, path = db
+    app = build_app(path)
+    real = app.extensions["ingest.store"]
+    seen = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def entities(self, publication, limit=20, offset=0):
+            seen.append((limit, offset))
+            return real.entities(publication, limit, offset)
+
+    app.extensions["ingest.store"] = Recording()
+    with app.test_client() as c:
+        assert cloud(c, "The Daily Planet").status_code == 200
+    assert seen == [(dashboard.WORDCLOUD_TOP_N, 0)]
+
+
+def test_render_wordcloud_draws_words():
+    """A real cloud has ink; the placeholder for a publication without entities has almost none."""
+    png = dashboard.render_wordcloud({"alpha": 1000})
+    image = Image.open(io.BytesIO(png)).convert("L")
+    inked = sum(1 for px in image.get_flattened_data() if px < 200)
+    assert inked > 0.05 * image.width * image.height
+    blank = Image.open(io.BytesIO(dashboard.render_wordcloud({}))).convert("L")
+    assert sum(1 for px in blank.get_flattened_data() if px < 200) < inked / 10
