@@ -1,0 +1,274 @@
+"""The JSON API: write endpoints that validate everything before enqueuing anything, reads, probes.
+
+A write is checked in the order a client can fix it: key (401), declared size (413, before a
+byte of the body is read), content type (415), the body itself (413 for an oversized chunked
+body, 400 for anything malformed), then the queue (503 with Retry-After). A rejected request
+enqueues nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import ValidationError
+
+from . import metrics
+from .frontend import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError, require_key
+from .models import Post
+from .queues import BackendUnavailable, Draining, QueueFull
+from .rules import MAX_PUBLICATION_KEY, publication_key
+
+log = logging.getLogger("ingest.frontend.api")
+
+bp = Blueprint("api", __name__)
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+JSON_TYPE = "application/json"
+MAX_LIMIT = 1000
+MAX_OFFSET = 2**31 - 1
+READ_ENDPOINTS = frozenset({"api.publications", "api.entities"})
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _settings():
+    return current_app.extensions["ingest.settings"]
+
+
+def _client():
+    return current_app.extensions["ingest.client"]
+
+
+def _store():
+    return current_app.extensions["ingest.store"]
+
+
+@bp.before_request
+def _guard_reads():
+    if request.endpoint in READ_ENDPOINTS and _settings().read_api_keys:
+        require_key(_settings().read_api_keys, "read")
+
+
+# -- writes ---------------------------------------------------------------
+
+@bp.post("/post/enqueue")
+def enqueue():
+    _check_write_request(allowed={JSON_TYPE})
+    item = _parse_json(_read_body())
+    if not isinstance(item, dict):
+        raise ApiError(400, "invalid_post", f"expected a JSON object, got {_json_type(item)}")
+    post = _validate(item, "body")
+    return _put([post])
+
+
+@bp.post("/posts")
+def enqueue_many():
+    mimetype = _check_write_request(allowed={JSON_TYPE, *NDJSON_TYPES})
+    body = _read_body()
+    if mimetype in NDJSON_TYPES:
+        items = _parse_ndjson(body)
+    else:
+        items = _parse_json(body)
+        if not isinstance(items, list):
+            raise ApiError(400, "invalid_batch", f"expected a JSON array of posts, got {_json_type(items)}")
+        _check_batch_size(len(items))
+    posts = [_validate(item, f"item {i}") for i, item in enumerate(items)]
+    return _put(posts)
+
+
+def _check_write_request(allowed: set[str]) -> str:
+    require_key(_settings().api_keys, "write")
+    limit = _settings().max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"request body of {request.content_length} bytes is over the limit of {limit}",
+                       {"Connection": "close"})
+    mimetype = request.mimetype
+    if mimetype not in allowed:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type must be one of {', '.join(sorted(allowed))}, not {mimetype or 'missing'!r}")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiError(415, "unsupported_media_type", f"only UTF-8 bodies are accepted, not charset={charset!r}")
+    return mimetype
+
+
+def _read_body() -> str:
+    """Read at most the configured limit (werkzeug raises 413 past it, chunked or not) and decode."""
+    raw = request.get_data(cache=False)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_utf8", f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(text: str, where: str = "body"):
+    if not text.strip():
+        raise ApiError(400, "invalid_json", f"{where} is empty")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", f"{where}: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    except ValueError:  # NaN/Infinity, integers over Python's digit limit
+        raise ApiError(400, "invalid_json", f"{where}: a number is out of range or not valid JSON (NaN, Infinity)") from None
+
+
+def _parse_ndjson(text: str) -> list:
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    _check_batch_size(len(lines))
+    items = []
+    for n, line in lines:
+        item = _parse_json(line, f"line {n}")
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_post", f"line {n}: expected a JSON object, got {_json_type(item)}")
+        items.append(item)
+    return items
+
+
+def _check_batch_size(n: int) -> None:
+    if n == 0:
+        raise ApiError(400, "empty_batch", "the batch holds no posts")
+    limit = _settings().max_batch
+    if n > limit:
+        raise ApiError(413, "batch_too_large", f"the batch holds {n} posts; the limit is {limit}")
+
+
+def _validate(item, where: str) -> Post:
+    if not isinstance(item, dict):
+        raise ApiError(400, "invalid_post", f"{where}: expected a JSON object, got {_json_type(item)}")
+    try:
+        post = Post.model_validate(item)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'post'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ApiError(400, "invalid_post", f"{where}: {problems}") from None
+    for field in ("publication", "content"):
+        try:
+            getattr(post, field).encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes: no store can keep them
+            raise ApiError(400, "invalid_post", f"{where}: {field} holds an unpaired surrogate escape") from None
+    return post
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _put(posts: list[Post]):
+    try:
+        accepted = _client().put_many([p.as_wire() for p in posts])
+    except QueueFull:
+        raise ApiError(503, "queue_full", "the input queue has no room for this request; retry later",
+                       {"Retry-After": str(RETRY_AFTER_FULL)}) from None
+    except Draining:
+        raise ApiError(503, "draining", "the backend is shutting down and accepts nothing more; retry later",
+                       {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}) from None
+    except BackendUnavailable as exc:
+        _warn_unavailable(exc)
+        raise ApiError(503, "backend_unavailable", "the backend is not reachable; retry later",
+                       {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}) from None
+    metrics.ACCEPTED.inc(accepted)
+    response = jsonify(accepted=accepted)
+    response.status_code = 202
+    return response
+
+
+_last_warning = [0.0]
+
+
+def _warn_unavailable(exc: Exception) -> None:
+    """At most one line per 10 s per process: a down backend under load must not flood the log."""
+    now = time.monotonic()
+    if now - _last_warning[0] > 10:
+        _last_warning[0] = now
+        log.warning("%s", exc)
+
+
+# -- reads ----------------------------------------------------------------
+
+@bp.get("/publications")
+def publications():
+    rows = _read(lambda store: store.publications())
+    return jsonify([row.model_dump() for row in rows])
+
+
+@bp.get("/publications/<path:publication>/entities")
+def entities(publication: str):
+    limit = _int_arg("limit", 20, 1, MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    key = publication_key(publication)
+    rows = None
+    if key and len(key) <= MAX_PUBLICATION_KEY:
+        rows = _read(lambda store: store.entities(publication, limit, offset))
+    if rows is None:
+        raise ApiError(404, "not_found", "no such publication")
+    return jsonify([row.model_dump() for row in rows])
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _read(query):
+    try:
+        return query(_store())
+    except Exception:  # locked database, unreachable Firestore: the store's trouble, not the client's
+        log.exception("store read failed")
+        raise ApiError(503, "store_unavailable", "the store could not be read; retry later",
+                       {"Retry-After": str(RETRY_AFTER_FULL)}) from None
+
+
+# -- probes and metrics ------------------------------------------------------
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        status = _client().status()
+    except BackendUnavailable as exc:
+        return _not_ready("backend_unavailable", str(exc), {})
+    state, depth, capacity = status.get("state"), status.get("depth", 0), status.get("capacity", 0)
+    facts = {"state": state, "depth": depth, "capacity": capacity}
+    if state != "accepting":
+        return _not_ready("draining", f"backend is {state}", facts)
+    if capacity and depth >= capacity:
+        return _not_ready("queue_full", f"input queue is full ({depth}/{capacity})", facts)
+    return jsonify(ready=True, **facts)
+
+
+def _not_ready(code: str, detail: str, facts: dict):
+    response = jsonify(ready=False, error=code, detail=detail, **facts)
+    response.status_code = 503
+    response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
+    return response
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    return Response(metrics.render(_client().status), content_type=metrics.CONTENT_TYPE)
+
+
+def index():
+    """GET / while no dashboard is installed: where to go next."""
+    return jsonify(service="ingestiond", endpoints=[
+        "POST /post/enqueue", "POST /posts", "GET /publications",
+        "GET /publications/<publication>/entities?limit=20&offset=0",
+        "GET /healthz", "GET /readyz", "GET /metrics",
+    ])

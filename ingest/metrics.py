@@ -1,0 +1,113 @@
+"""Prometheus metrics for the front door, plus the backend's status() rendered at scrape time.
+
+gunicorn runs several worker processes, so the front-end counters live in prometheus_client's
+multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` is set (ingest-frontend sets it before any
+worker starts). The backend's numbers are not copied into the front: a custom collector asks
+the backend for status() on every scrape, so /metrics is one view of front and back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import REGISTRY
+
+log = logging.getLogger("ingest.frontend.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # *_created samples double the output and tell nobody anything here
+
+HTTP_REQUESTS = Counter(
+    "ingest_frontend_http_requests", "HTTP requests answered by the frontend",
+    ["method", "endpoint", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "ingest_frontend_http_request_duration_seconds", "Time to answer a request, by endpoint",
+    ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ACCEPTED = Counter("ingest_frontend_accepted_articles", "Articles accepted (202) and put on the input queue")
+REJECTED = Counter(
+    "ingest_frontend_rejected_requests", "Write requests rejected, by reason (the JSON error code)", ["reason"],
+)
+
+# backend status() keys that only ever grow: exported as counters, the rest as gauges
+BACKEND_COUNTERS = frozenset({
+    "accepted", "processed", "flushes", "store_writes", "store_errors", "lost", "respawns",
+    "rejected_full", "rejected_draining", "saved", "deadlettered", "articles_saved", "retries",
+})
+_NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class BackendCollector:
+    """Renders the backend's status() dict as ingest_backend_* metrics at scrape time."""
+
+    def __init__(self, status: Callable[[], dict]):
+        self._status = status
+
+    def describe(self):
+        return []  # dynamic: do not call status() at registration time
+
+    def collect(self):
+        up = GaugeMetricFamily("ingest_backend_up", "1 when the backend's queue manager answered this scrape")
+        try:
+            status = self._status()
+        except Exception as exc:  # unreachable, draining manager gone, auth: the scrape still succeeds
+            log.info("backend status unavailable for /metrics: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        accepting = GaugeMetricFamily("ingest_backend_accepting", "1 while the backend accepts posts, 0 while draining")
+        accepting.add_metric([], 1 if status.get("state") == "accepting" else 0)
+        yield accepting
+        yield from _families(status)
+
+
+def _families(status: dict, prefix: str = "ingest_backend_"):
+    for key, value in sorted(status.items()):
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, (int, float)):
+            continue  # strings (state), nested structures: not a number to export
+        name = prefix + _NAME_RE.sub("_", str(key))
+        if key in BACKEND_COUNTERS:
+            family = CounterMetricFamily(name, f"backend status '{key}' (since the backend started)")
+        else:
+            family = GaugeMetricFamily(name, f"backend status '{key}'")
+        family.add_metric([], value)
+        yield family
+
+
+def render(status: Callable[[], dict]) -> bytes:
+    """The text exposition: front-end metrics (all gunicorn workers) followed by the backend's."""
+    directory = multiprocess_dir()
+    if directory:
+        from prometheus_client import multiprocess
+
+        front = CollectorRegistry()
+        multiprocess.MultiProcessCollector(front, path=directory)
+        text = generate_latest(front)
+    else:
+        text = generate_latest(REGISTRY)
+    back = CollectorRegistry(auto_describe=False)
+    back.register(BackendCollector(status))
+    return text + generate_latest(back)
+
+
+def worker_exited(pid: int) -> None:
+    """gunicorn child_exit hook: drop a dead worker's live gauges (its counters stay summed)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
