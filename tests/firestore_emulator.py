@@ -3,11 +3,13 @@
 `firestore_emulator` (session): starts one emulator on a free loopback port in its own process
 group and yields "127.0.0.1:PORT"; stopped by PID (SIGTERM, then SIGKILL of the group).
 `firestore_project` (function): a fresh project id per test, FIRESTORE_EMULATOR_HOST set for the
-test, its data deleted afterwards. Without Java or the jar, tests skip and say how to install them.
+test, its data deleted afterwards. Without Java or the jar, tests skip and say how to install them
+(or fail, when INGEST_REQUIRE_FIRESTORE_EMULATOR is set, so CI cannot lose them silently).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -39,6 +41,7 @@ class EmulatorUnavailable(RuntimeError):
     """Java or the emulator jar is not installed here."""
 
 
+@functools.lru_cache(maxsize=1)
 def _sdk_roots() -> list[Path]:
     roots = []
     if shutil.which("gcloud"):
@@ -54,7 +57,7 @@ def _sdk_roots() -> list[Path]:
 
 def find_emulator() -> tuple[str, Path]:
     """(java executable, jar path), or EmulatorUnavailable saying what is missing."""
-    java = os.environ.get("JAVA") or shutil.which("java")
+    java = shutil.which(os.environ.get("JAVA") or "java")
     jar_env = os.environ.get("FIRESTORE_EMULATOR_JAR")
     jars = [Path(jar_env)] if jar_env else [root / JAR_RELATIVE for root in _sdk_roots()]
     jar = next((j for j in jars if j.is_file()), None)
@@ -132,6 +135,8 @@ def firestore_emulator():
     try:
         find_emulator()
     except EmulatorUnavailable as exc:
+        if os.environ.get("INGEST_REQUIRE_FIRESTORE_EMULATOR"):  # CI: a missing emulator is a failure
+            pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
     with running_emulator() as host:
         yield host

@@ -17,6 +17,8 @@ from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, Pu
                                      marker_base, plan_chunks)
 from tests.support import free_port
 
+firestore = pytest.mark.firestore  # needs the emulator
+
 
 def post(publication: str, *entity_lists: list[str]) -> ProcessedPost:
     """The aggregate of one article per entity list, as a worker would build it."""
@@ -125,6 +127,7 @@ def test_open_store_and_pickle_make_no_client(monkeypatch):
 
 # -- against the emulator --------------------------------------------------
 
+@firestore
 def test_apply_writes_the_documented_layout(store, firestore_project):
     d = delta("b1", post("BBC  News", ["london", "may", "london"], ["london"]), post("cnn", ["usa"]))
     assert store.apply(d) == 2 + 3 + 1  # two publications, three entities, one marker
@@ -143,6 +146,7 @@ def test_apply_writes_the_documented_layout(store, firestore_project):
     assert timedelta(hours=23) < expires - datetime.now(timezone.utc) <= timedelta(days=1)
 
 
+@firestore
 def test_second_apply_of_a_batch_changes_nothing(store, firestore_project):
     d = delta("b1", post("bbc", ["london"]))
     assert store.apply(d) == 3
@@ -154,6 +158,7 @@ def test_second_apply_of_a_batch_changes_nothing(store, firestore_project):
     assert store.entities("bbc") == [EntityCount(entity="london", mentions=2, articles=2)]
 
 
+@firestore
 def test_delta_over_the_commit_limit_is_split_and_applied_once(store, firestore_project):
     d = delta("big", big_post("alpha", 700), big_post("beta", 400))
     writes = 2 + 1100
@@ -168,6 +173,7 @@ def test_delta_over_the_commit_limit_is_split_and_applied_once(store, firestore_
                    EntityCount(entity="entity 0001", mentions=1, articles=1)]
 
 
+@firestore
 def test_partial_failure_then_retry_counts_everything_once(store, firestore_project):
     d = delta("part", big_post("alpha", 600), post("beta", ["x", "y"]))
     chunks = plan_chunks(d)
@@ -185,6 +191,7 @@ def test_partial_failure_then_retry_counts_everything_once(store, firestore_proj
     assert docs[doc_id("beta")]["doc"]["count"] == 1
 
 
+@firestore
 def test_reads_are_sorted_and_paged(store):
     store.apply(delta("b1", post("Small", ["a"]),
                       post("Big", ["zed", "zed", "bob"], ["bob", "amy"], ["amy", "carl"]),
@@ -199,6 +206,7 @@ def test_reads_are_sorted_and_paged(store):
     assert store.entities("big", limit=10, offset=10) == []
 
 
+@firestore
 def test_unknown_publication_is_none(store):
     assert store.publications() == []
     assert store.entities("nobody") is None
@@ -207,6 +215,7 @@ def test_unknown_publication_is_none(store):
     assert store.entities("SOMEBODY") == [EntityCount(entity="x", mentions=1, articles=1)]
 
 
+@firestore
 def test_weird_keys_are_stored_and_read_back(store):
     long_entity = "é" * 1000  # 2,000 UTF-8 bytes: beyond Firestore's id limit, fine as a field
     d = delta("a/b", post("a/b", ["..", "__x__", long_entity, "a/b"]), post("..", ["x"]), post("__x__", ["y"]))
@@ -218,6 +227,7 @@ def test_weird_keys_are_stored_and_read_back(store):
     assert store.entities("__x__") == [EntityCount(entity="y", mentions=1, articles=1)]
 
 
+@firestore
 def test_a_fresh_instance_updates_the_same_documents(firestore_project):
     first = FirestoreStore(project=firestore_project)
     first.apply(delta("s1-1", post("Reuters", ["paris"])))
@@ -244,6 +254,7 @@ def test_unreachable_firestore_is_a_transient_error(monkeypatch):
     s.close()
 
 
+@firestore
 def test_a_500_write_commit_is_quick(store, firestore_project):
     """Rough speed of one full commit (499 increments + marker) on the emulator."""
     d = delta("speed", big_post("speed", MAX_WRITES - 2))
