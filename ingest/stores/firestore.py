@@ -152,6 +152,7 @@ class FirestoreStore:
                 ) from exc
             self._pid = os.getpid()
             self._named = set()
+            self._pool = None  # a forked child cannot use its parent's threads
         return self._client
 
     @property
