@@ -72,7 +72,9 @@ class Backend:
 
     @property
     def client(self) -> IngestClient:
-        return IngestClient(self.address, self.authkey.encode())
+        if "_client" not in self.__dict__:  # one connection per test: a new one costs ~0.2 s
+            self.__dict__["_client"] = IngestClient(self.address, self.authkey.encode())
+        return self.__dict__["_client"]
 
     def status(self) -> dict:
         return self.client.status()

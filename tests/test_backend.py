@@ -1,0 +1,218 @@
+"""The real `ingestiond` as a subprocess: exact counts across drains, signals, kills and restarts."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from ingest.queues import BackendUnavailable, Draining, IngestClient, QueueFull
+from ingest.rules import publication_key
+from ingest.stores import open_store
+from tests.corpus import articles
+from tests.support import BIN, start_backend, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def store_counts(url):
+    store = open_store(url, readonly=True)
+    try:
+        out = {}
+        for summary in store.publications():
+            rows = store.entities(summary.publication, limit=1000) or []
+            assert len(rows) == summary.entities
+            out[publication_key(summary.publication)] = (
+                summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
+        return out
+    finally:
+        store.close()
+
+
+def expected_counts(recount, posts):
+    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
+            for k, p in recount(posts).items()}
+
+
+def children(pid, name_part="spawn_main"):
+    return [c for c in psutil.Process(pid).children() if any(name_part in a for a in c.cmdline())]
+
+
+def test_counts_equal_an_independent_recount(tmp_path, recount):
+    posts = articles(40, seed=11)
+    backend = start_backend(tmp_path, "--workers", "2", "--cache-size", "8")
+    try:
+        for i in range(0, len(posts), 10):
+            assert backend.client.put_many(posts[i:i + 10]) == 10
+        status = backend.wait_idle()
+        assert status["processed"] == 40 and status["lost"] == 0
+        assert store_counts(backend.store_url) == expected_counts(recount, posts)  # readable while running
+    finally:
+        assert backend.stop() == 0
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def _stream(client, posts, accepted, stop):
+    """Put posts one request at a time until the backend refuses; record exactly what was accepted."""
+    for i in range(0, len(posts), 4):
+        if stop.is_set():
+            return
+        chunk = posts[i:i + 4]
+        try:
+            client.put_many(chunk)
+            accepted.extend(chunk)
+        except (Draining, BackendUnavailable):
+            return
+        except QueueFull:
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["signal-to-main-process", "signal-to-process-group"])
+def test_sigterm_mid_stream_loses_nothing(tmp_path, recount, group):
+    posts = articles(160, seed=5 if group else 6)
+    backend = start_backend(tmp_path, "--workers", "2", "--cache-size", "16", "--flush-interval", "5")
+    accepted, stop = [], threading.Event()
+    feeder = threading.Thread(target=_stream, args=(backend.client, posts, accepted, stop))
+    feeder.start()
+    wait_for(lambda: len(accepted) >= 40, 60, what="some posts accepted")
+    status = backend.status()
+    assert status["depth"] + status["in_flight"] > 0, "the signal must arrive mid-stream"
+    code = backend.stop(signal.SIGINT if group else signal.SIGTERM, timeout=180, group=group)
+    stop.set()
+    feeder.join()
+    assert code == 0, backend.log()
+    assert "draining" in backend.log()
+    assert store_counts(backend.store_url) == expected_counts(recount, accepted)
+    assert not psutil.pid_exists(backend.proc.pid) or psutil.Process(backend.proc.pid).status() == "zombie"
+
+
+def test_draining_backend_refuses_new_posts(tmp_path):
+    backend = start_backend(tmp_path, "--workers", "1")
+    try:
+        backend.client.put_many(articles(30))
+        os.kill(backend.proc.pid, signal.SIGTERM)
+        with pytest.raises((Draining, BackendUnavailable)):
+            for _ in range(200):  # until the drain ends the manager answers "draining"
+                backend.client.put("BBC", "Late article about Paris.")
+                time.sleep(0.01)
+    finally:
+        assert backend.stop() == 0
+
+
+def test_sigkilled_worker_is_replaced_and_nothing_is_lost(tmp_path, recount):
+    posts = articles(400, seed=9)
+    backend = start_backend(tmp_path, "--workers", "2", "--cache-size", "1000", "--flush-interval", "60")
+    try:
+        backend.client.put_many(posts[:300])
+        wait_for(lambda: backend.status()["in_flight"] > 0, 60, what="a worker holding unflushed posts")
+        victim = children(backend.proc.pid)[0]
+        victim.kill()
+        backend.client.put_many(posts[300:])
+        status = wait_for(lambda: (lambda s: s if s["worker_deaths"] == 1 and s["workers_ready"] == 2 else None)(
+            backend.status()), 60, what="the worker to be respawned")
+        assert victim.pid not in [c.pid for c in children(backend.proc.pid)]
+        status = backend.wait_idle()
+        assert status["lost"] == 0 and status["redelivered"] > 0
+        assert "exited with signal SIGKILL" in backend.log()
+    finally:
+        assert backend.stop() == 0
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def test_restart_keeps_counting_into_the_same_store(tmp_path, recount):
+    first, second = articles(20, seed=1), articles(20, seed=2)
+    for batch in (first, second):
+        backend = start_backend(tmp_path, "--workers", "1")
+        try:
+            backend.client.put_many(batch)
+        finally:
+            assert backend.stop() == 0
+    assert store_counts(backend.store_url) == expected_counts(recount, first + second)
+
+
+def test_idle_daemon_flushes_within_the_interval(tmp_path, recount):
+    posts = articles(3, seed=4)
+    backend = start_backend(tmp_path, "--workers", "1", "--cache-size", "1000", "--flush-interval", "1")
+    try:
+        backend.client.put_many(posts)
+        wait_for(lambda: store_counts(backend.store_url) == expected_counts(recount, posts), 60,
+                 what="the posts to reach the store without a shutdown")
+    finally:
+        assert backend.stop() == 0
+
+
+def test_full_queue_is_refused_at_once_and_whole(tmp_path):
+    backend = start_backend(tmp_path, "--workers", "1", "--queue-size", "5")
+    try:
+        with pytest.raises(QueueFull):
+            backend.client.put_many(articles(6))
+        assert backend.status()["accepted"] == 0
+        assert backend.client.put_many(articles(5)) == 5
+        backend.wait_idle()
+    finally:
+        assert backend.stop() == 0
+    assert sum(v[0] for v in store_counts(backend.store_url).values()) == 5
+
+
+def test_wrong_authkey_is_refused(tmp_path):
+    backend = start_backend(tmp_path, "--workers", "1")
+    try:
+        with pytest.raises(BackendUnavailable):
+            IngestClient(backend.address, b"not-the-key").put("BBC", "text")
+        assert backend.status()["accepted"] == 0
+    finally:
+        backend.stop()
+
+
+def test_no_persist_processes_and_exits_cleanly(tmp_path):
+    backend = start_backend(tmp_path, "--workers", "1", "--no-persist")
+    try:
+        backend.client.put_many(articles(5))
+        assert backend.wait_idle()["processed"] == 5
+    finally:
+        assert backend.stop() == 0
+    assert "would write" in backend.log()
+    assert not (tmp_path / "ingest.db").exists()
+
+
+def test_unloadable_model_is_a_boot_error_not_a_respawn_loop(tmp_path):
+    backend = start_backend(tmp_path, "--workers", "1", "--model", "no_such_model_xyz", wait_ready=False)
+    assert backend.proc.wait(120) == 3
+    log = backend.log()
+    assert "no_such_model_xyz" in log and "stopping instead of respawning" in log
+    assert log.count("spawned worker") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "must be at least 1"),
+    (["--flush-interval", "soon"], "is not a number"),
+    (["--store", "mysql://x"], "unknown store URL"),
+    (["--manager-address", "nohost"], "is not HOST:PORT"),
+])
+def test_bad_configuration_is_one_clear_line(tmp_path, flags, message):
+    result = subprocess.run([str(BIN / "ingestiond"), *flags], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env={**os.environ, "INGEST_AUTHKEY": "k"})
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_environment_variables_configure_and_flags_win(tmp_path):
+    from ingest.config import load_backend_settings
+
+    env = {"INGEST_FLUSH_INTERVAL": "0.5", "INGEST_WORKERS": "3", "INGEST_AUTHKEY": "k"}
+    assert load_backend_settings([], env).flush_interval == 0.5
+    assert load_backend_settings(["--workers", "2"], env).workers == 2
+
+
+def test_generated_authkey_file_is_private(tmp_path):
+    from ingest.config import load_backend_settings
+
+    env = {"INGEST_VAR_DIR": str(tmp_path)}
+    settings = load_backend_settings([], env)
+    path = tmp_path / "authkey"
+    assert path.read_text().strip().encode() == settings.authkey
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert load_backend_settings([], env).authkey == settings.authkey  # stable across restarts

@@ -1,0 +1,85 @@
+"""The contract's counting rules and keys."""
+
+import pytest
+from pydantic import ValidationError
+
+from ingest.models import Delta, Post, ProcessedPost
+from ingest.nlp import Processor, split_long
+from ingest.rules import doc_id, entity_key, publication_key
+
+
+def test_keys_fold_whitespace_and_case():
+    assert publication_key("  The   Daily\tPlanet \n") == "the daily planet"
+    assert entity_key("Barack\n  Obama") == "barack obama"
+    assert entity_key(" \n ") == ""
+
+
+def test_doc_ids_are_stable_and_valid_for_any_key():
+    for key in ["a/b", ".", "..", "__x__", "é" * 2000, ""]:
+        ident = doc_id(key)
+        assert ident == doc_id(key)
+        assert "/" not in ident and ident not in (".", "..") and not ident.startswith("__")
+        assert len(ident.encode()) <= 1500
+    assert doc_id("bbc") == "30c14647db0df78ea032f88da2573fd3"  # stable across processes, releases and machines
+    assert doc_id("a") != doc_id("b")
+
+
+@pytest.mark.parametrize("body", [
+    {"publication": "", "content": "x"},
+    {"publication": "   ", "content": "x"},
+    {"publication": "BBC", "content": " \n\t"},
+    {"publication": 5, "content": "x"},
+    {"publication": "BBC", "content": ["x"]},
+    {"publication": "BBC"},
+    {"publication": "x" * 201, "content": "x"},
+])
+def test_invalid_posts_are_rejected(body):
+    with pytest.raises(ValidationError):
+        Post.model_validate(body)
+
+
+def test_publication_key_limit_counts_the_normalised_key():
+    assert Post.model_validate({"publication": "x" * 200 + "     ", "content": "c"}).key == "x" * 200
+
+
+def test_processed_posts_add_up():
+    a = ProcessedPost.from_article("BBC", ["uk", "uk", "london"])
+    b = ProcessedPost.from_article("bbc ", ["uk", "paris"])
+    a += b
+    assert a.articles == 2
+    assert a.mentions == {"uk": 3, "london": 1, "paris": 1}
+    assert a.entity_articles == {"uk": 2, "london": 1, "paris": 1}
+    with pytest.raises(ValueError):
+        a += ProcessedPost.from_article("CNN", [])
+
+
+def test_delta_coalesces_by_publication_key():
+    d = Delta(batch_id="x")
+    d.add(ProcessedPost.from_article("BBC", ["uk"]))
+    d.add(ProcessedPost.from_article("  bbc", ["uk"]))
+    assert list(d.publications) == ["bbc"] and d.articles == 2 and d.publications["bbc"].mentions["uk"] == 2
+
+
+def test_ner_skips_numeric_labels_and_counts_every_occurrence(nlp):
+    processor = Processor(nlp=nlp)
+    [post] = processor.process([("BBC", "Barack Obama met Angela Merkel in Berlin on Monday. "
+                                        "Obama paid $5 million for 3 books. Obama left at 5 pm.")])
+    assert post.mentions["obama"] == 2
+    assert post.mentions["angela merkel"] == 1 and post.mentions["berlin"] == 1
+    assert post.entity_articles["obama"] == 1
+    assert not {"monday", "$5 million", "3", "5 pm"} & set(post.mentions)
+
+
+def test_overlong_content_is_counted_not_crashed(nlp):
+    processor = Processor(nlp=nlp)
+    processor.max_length = 2000  # as if the article were longer than spaCy's max_length
+    text = "Angela Merkel visited Paris. " * 300  # 8,700 characters
+    [post] = processor.process([("BBC", text)])
+    assert post.articles == 1
+    assert post.mentions["angela merkel"] >= 290
+
+
+def test_split_long_keeps_every_character():
+    text = "word " * 1000
+    parts = split_long(text, 333)
+    assert "".join(parts) == text and all(len(p) <= 333 for p in parts)

@@ -1,0 +1,81 @@
+"""SqliteStore: exactly-once batches, sorted and paged reads, readable while written."""
+
+import sqlite3
+import time
+
+from ingest.models import Delta, ProcessedPost
+from ingest.stores import open_store, parse_store_url
+from ingest.stores.sqlite import SqliteStore
+
+
+def _delta(batch_id, *articles):
+    d = Delta(batch_id=batch_id)
+    for publication, entities in articles:
+        d.add(ProcessedPost.from_article(publication, entities))
+    return d
+
+
+def test_store_url_forms(tmp_path):
+    assert parse_store_url("sqlite:///var/x.db") == ("sqlite", "var/x.db")
+    assert parse_store_url("sqlite:////abs/x.db") == ("sqlite", "/abs/x.db")
+    assert parse_store_url("firestore") == ("firestore", "")
+    assert parse_store_url("firestore://my-proj") == ("firestore", "my-proj")
+
+
+def test_batches_apply_exactly_once_and_first_name_wins(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    d1 = _delta("b1", ("The BBC", ["uk", "uk", "london"]), ("CNN", ["usa"]))
+    assert store.apply(d1) > 0
+    assert store.apply(d1) == 0  # the retry of an applied batch changes nothing
+    store.apply(_delta("b2", ("the  bbc", ["uk", "paris"])))
+    pubs = store.publications()
+    assert [(p.publication, p.articles, p.entities, p.mentions) for p in pubs] == [
+        ("The BBC", 2, 3, 5), ("CNN", 1, 1, 1)]
+    rows = store.entities("THE BBC")
+    assert [(r.entity, r.mentions, r.articles) for r in rows] == [("uk", 3, 2), ("london", 1, 1), ("paris", 1, 1)]
+    assert [r.entity for r in store.entities("the bbc", limit=1, offset=1)] == ["london"]
+    assert store.entities("nobody") is None
+
+
+def test_failed_transaction_leaves_nothing_half_applied(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    store.apply(_delta("b1", ("BBC", ["uk"])))
+    blocker = sqlite3.connect(tmp_path / "s.db", timeout=0.1)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    store._conn.execute("PRAGMA busy_timeout = 100")
+    try:
+        store.apply(_delta("b2", ("BBC", ["uk", "paris"])))
+        raise AssertionError("expected a StoreError while the database is locked")
+    except Exception as exc:
+        assert type(exc).__name__ == "StoreError"
+    blocker.rollback()
+    assert store.apply(_delta("b2", ("BBC", ["uk", "paris"]))) > 0  # the retry applies it once
+    assert [(r.entity, r.mentions) for r in store.entities("bbc")] == [("uk", 2), ("paris", 1)]
+
+
+def test_other_processes_read_while_it_writes(tmp_path):
+    path = tmp_path / "s.db"
+    writer = SqliteStore(path)
+    reader = open_store(f"sqlite:///{path}", readonly=True)
+    writer._conn.execute("BEGIN IMMEDIATE")
+    writer._conn.execute("INSERT INTO publications VALUES ('x', 'X', 1, 0)")
+    assert reader.publications() == []  # not blocked, and sees no uncommitted data
+    writer._conn.execute("COMMIT")
+    assert reader.publications()[0].publication == "X"
+
+
+def test_reader_before_the_database_exists(tmp_path):
+    reader = open_store(f"sqlite:///{tmp_path / 'later.db'}", readonly=True)
+    assert reader.publications() == [] and reader.entities("x") is None
+    SqliteStore(tmp_path / "later.db").apply(_delta("b", ("BBC", ["uk"])))
+    assert reader.publications()[0].articles == 1
+
+
+def test_markers_expire_after_a_day(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    store.apply(_delta("old", ("BBC", ["uk"])))
+    store._conn.execute("UPDATE applied_batches SET applied_at = ?", (time.time() - 2 * 86400,))
+    store._last_expiry = 0
+    store.apply(_delta("new", ("BBC", ["uk"])))
+    ids = [r[0] for r in store._conn.execute("SELECT batch_id FROM applied_batches")]
+    assert ids == ["new"]
