@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import threading
 from collections import OrderedDict
 
@@ -33,6 +34,8 @@ bp = Blueprint(
 
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
+# a proportional face reads better than the package's bundled monospace one; used when installed
+WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
 POLL_SECONDS = 3
 
@@ -119,7 +122,12 @@ def _error(status: int, code: str, detail: str):
 @bp.get("/")
 def page():
     """The HTML shell; with public reads it carries the publications table for a fast first paint."""
-    publications = _store().publications() if not _read_keys() else None
+    publications = None
+    if not _read_keys():
+        try:
+            publications = _store().publications()
+        except Exception:  # the script will retry and say what the read API answers
+            log.exception("dashboard: store read failed")
     html = render_template(
         "dashboard.html",
         publications=publications,
@@ -150,16 +158,22 @@ def wordcloud_png():
         return _error(401, "unauthorized", "reads need an API key in header X-API-Key")
     publication = request.args.get("publication", "")
     key = publication_key(publication)
-    summary = _find(publication) if key else None
-    if summary is None:
-        return _error(404, "unknown_publication", "no such publication")
-    cache_key = (key, summary.articles, summary.mentions)
 
     def render() -> bytes:
         entities = _store().entities(publication, limit=WORDCLOUD_TOP_N, offset=0) or []
         return render_wordcloud({e.entity: e.mentions for e in entities})
 
-    png = wordcloud_cache().get_or_render(cache_key, render)
+    try:
+        summary = _find(publication) if key else None
+        if summary is None:
+            return _error(404, "unknown_publication", "no such publication")
+        cache_key = (key, summary.articles, summary.mentions)
+        png = wordcloud_cache().get_or_render(cache_key, render)
+    except Exception:  # a locked database or unreachable Firestore is not the client's fault
+        log.exception("dashboard: word cloud for %r failed", key)
+        response = _error(503, "store_unavailable", "the store could not be read; retry later")
+        response.headers["Retry-After"] = "1"
+        return response
     response = current_app.response_class(png, mimetype="image/png")
     response.set_etag(hashlib.blake2b(repr(cache_key).encode(), digest_size=12).hexdigest())
     scope = "private" if _read_keys() else "public"
@@ -182,11 +196,12 @@ def render_wordcloud(frequencies: dict[str, int]) -> bytes:
             width=width,
             height=height,
             background_color="white",
-            colormap="viridis",
+            colormap="Dark2",
             prefer_horizontal=0.9,
             max_words=WORDCLOUD_TOP_N,
             random_state=7,  # the same counts always give the same picture
             margin=4,
+            font_path=next((f for f in WORDCLOUD_FONTS if os.path.exists(f)), None),
         ).generate_from_frequencies(frequencies)
         image = cloud.to_image()
     else:

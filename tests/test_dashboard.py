@@ -244,3 +244,21 @@ def test_render_wordcloud_draws_words():
     assert inked > 0.05 * image.width * image.height
     blank = Image.open(io.BytesIO(dashboard.render_wordcloud({}))).convert("L")
     assert sum(1 for px in blank.get_flattened_data() if px < 200) < inked / 10
+
+
+def test_protected_reads_keep_counts_off_the_page_and_the_cloud(db):
+    """With INGEST_READ_API_KEYS set the shell still loads; the data needs the key, like the API."""
+    app = build_app(db[1], read_api_keys="read-secret")
+    with app.test_client() as c:
+        page = c.get("/")
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert "The Daily Planet" not in html and "Reads need an API key" in html
+        assert c.get("/publications").status_code == 401
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            resp = c.get("/dashboard/wordcloud.png", query_string={"publication": "The Daily Planet"}, headers=headers)
+            assert resp.status_code == 401 and resp.get_json()["error"] == "unauthorized"
+        ok = c.get("/dashboard/wordcloud.png", query_string={"publication": "The Daily Planet"},
+                   headers={"X-API-Key": "read-secret"})
+        assert ok.status_code == 200 and ok.mimetype == "image/png"
+        assert ok.headers["Cache-Control"].startswith("private")

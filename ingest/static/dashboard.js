@@ -26,6 +26,7 @@
     seq: 0,
     timer: null,
     busy: false,
+    again: false,
   };
 
   function $(id) { return document.getElementById(id); }
@@ -70,7 +71,10 @@
     });
   }
 
-  function showAuth(on) { $("auth").hidden = !on; }
+  function showAuth(on) {
+    $("auth").hidden = !on;
+    if (on) $("auth-why").textContent = readKey() ? "The key given was not accepted (401)." : "The read API answered 401 Unauthorized.";
+  }
 
   function showError(text) {
     var box = $("error");
@@ -192,7 +196,7 @@
       value.textContent = fmt.format(e.mentions);
       var arts = document.createElement("span");
       arts.className = "articles";
-      arts.textContent = fmt.format(e.articles) + " art.";
+      arts.textContent = fmt.format(e.articles);
       row.append(rank, name, track, value, arts);
       frag.appendChild(row);
     });
@@ -253,7 +257,7 @@
 
   // ---- the poll loop ----
   function refresh(force) {
-    if (state.busy) return Promise.resolve();
+    if (state.busy) { state.again = true; return Promise.resolve(); }  // run once more when done
     state.busy = true;
     return api("/publications").then(function (pubs) {
       state.publications = pubs;
@@ -277,7 +281,10 @@
       if (e instanceof AuthError) { setStatus("Waiting for an API key", false); return; }
       showError("Could not read counts: " + e.message + (e.status ? "" : " (is the frontend up?)"));
       setStatus("Read failed; retrying", false);
-    }).then(function () { state.busy = false; });
+    }).then(function () {
+      state.busy = false;
+      if (state.again) { state.again = false; return refresh(true); }
+    });
   }
 
   function schedule() {

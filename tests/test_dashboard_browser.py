@@ -1,0 +1,307 @@
+"""The dashboard in headless Chromium, served by a real gunicorn process over a real SQLite file.
+
+Needs the Debian packages `chromium` and `chromium-driver` and selenium from PyPI; without them the
+test skips and says why. A screenshot lands in test-artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from ingest.stores.sqlite import SqliteStore
+from tests.support import free_port, stop_process, wait_for
+from tests.test_dashboard import ODD_NAMES, XSS_ENTITY, XSS_NAME, populate, publish
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT = 15  # seconds; the page polls every 3
+
+
+def _need_browser():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("SKIPPED LOUDLY: selenium is not installed (pip install selenium); no browser test of the dashboard")
+    for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"SKIPPED LOUDLY: {path} not found; apt-get install -y chromium chromium-driver ({pkg})")
+
+
+def _app_spec() -> str:
+    try:
+        import ingest.api  # noqa: F401 - the frontend's read routes
+    except ImportError:  # pragma: no cover - only while the frontend's read API has not landed
+        return "tests.test_dashboard:minimal_app()"
+    return "ingest.frontend:create_app()"
+
+
+def serve(tmp_path, **extra_env):
+    """gunicorn serving the app on a free loopback port; yields (base URL, the writable store)."""
+    db = tmp_path / "ingest.db"
+    store = SqliteStore(db)
+    populate(store)
+    port = free_port()
+    env = {
+        **os.environ,
+        "INGEST_STORE": f"sqlite:///{db}",
+        "INGEST_VAR_DIR": str(tmp_path / "var"),
+        "INGEST_AUTHKEY": "dashboard-test-authkey",
+        "INGEST_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}",  # no backend: reads only
+        "INGEST_READ_API_KEYS": "",
+        **extra_env,
+    }
+    log_path = tmp_path / "gunicorn.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "4", _app_spec()],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="gunicorn serving the dashboard")
+        yield base, store
+    finally:
+        stop_process(proc, timeout=10)
+        log.close()
+        store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    _need_browser()
+    yield from serve(tmp_path)
+
+
+@pytest.fixture
+def protected_server(tmp_path):
+    _need_browser()
+    yield from serve(tmp_path, INGEST_READ_API_KEYS="read-secret")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    _need_browser()
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1500,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    except WebDriverException as exc:
+        pytest.skip(f"SKIPPED LOUDLY: Chromium would not start: {exc.msg}")
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def api(base, path, key=None):
+    resp = httpx.get(base + path, timeout=10, headers={"X-API-Key": key} if key else {})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def segment(name):
+    """Like the page's pubSegment: a leading space keeps '..' or a leading '/' from being folded away."""
+    s = quote(name, safe="")
+    return "%20" + s if s in (".", "..") or s.startswith("%2F") else s
+
+
+def entities_api(base, name, limit, offset):
+    return api(base, f"/publications/{segment(name)}/entities?limit={limit}&offset={offset}")
+
+
+def until(driver, predicate, what):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: predicate())
+    except Exception as exc:
+        raise AssertionError(f"the page did not show {what} within {WAIT}s") from exc
+
+
+def shown_publications(driver):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#publications tbody tr.pub')).map(function (r) {"
+        " return {publication: r.querySelector('.pub-name').textContent, articles: +r.dataset.articles,"
+        " entities: +r.dataset.entities, mentions: +r.dataset.mentions,"
+        " text: Array.from(r.cells).map(function (c) { return c.textContent; })}; })"
+    )
+
+
+def shown_entities(driver):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chart .bar-row')).map(function (r) {"
+        " return {entity: r.querySelector('.name').textContent, mentions: +r.dataset.mentions,"
+        " articles: +r.dataset.articles, value: r.querySelector('.value').textContent,"
+        " width: parseFloat(r.querySelector('.bar').style.width)}; })"
+    )
+
+
+def text(driver, element_id):
+    return driver.find_element("id", element_id).text
+
+
+def chart_matches(driver, expected):
+    rows = shown_entities(driver)
+    return [(r["entity"], r["mentions"], r["articles"]) for r in rows] == [
+        (e["entity"], e["mentions"], e["articles"]) for e in expected
+    ]
+
+
+def cloud_loaded(driver, version):
+    return driver.execute_script(
+        "var i = document.getElementById('wordcloud');"
+        "return i.complete && i.naturalWidth === 800 && i.dataset.version === arguments[0];",
+        version,
+    )
+
+
+def test_dashboard_in_chromium(server, browser):
+    base, store = server
+    driver = browser
+    driver.get(base + "/")
+    driver.execute_script("performance.setResourceTimingBufferSize(100000)")
+
+    # the publications table is the read API, row for row, count for count
+    publications = api(base, "/publications")
+    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+          "the publications of GET /publications")
+    for shown, expected in zip(shown_publications(driver), publications):
+        assert {k: shown[k] for k in expected} == expected
+        assert shown["text"][1:] == [f"{expected[k]:,}" for k in ("articles", "entities", "mentions")]
+
+    # the busiest publication is chosen first: its top entities as bars, scaled to the top one
+    top = publications[0]
+    assert top["publication"] == "The Daily Planet"
+    first_page = entities_api(base, top["publication"], 20, 0)
+    until(driver, lambda: chart_matches(driver, first_page), "the top 20 entities")
+    bars = shown_entities(driver)
+    assert bars[0]["width"] == 100 and bars[0]["value"] == f"{first_page[0]['mentions']:,}"
+    assert 0 < bars[-1]["width"] < bars[0]["width"]
+    assert text(driver, "detail-title") == top["publication"]
+    assert text(driver, "stat-articles") == f"{top['articles']:,}"
+    assert text(driver, "range") == f"1–20 of {top['entities']:,}"
+    assert not driver.find_element("id", "next").get_attribute("disabled")
+    assert driver.find_element("id", "prev").get_attribute("disabled")
+    version = f"{top['articles']}-{top['mentions']}"
+    until(driver, lambda: cloud_loaded(driver, version), "the word cloud")
+
+    # paging: Next, Next, Prev — each page the read API's page at that offset
+    for click, offset in (("next", 20), ("next", 40), ("prev", 20)):
+        driver.find_element("id", click).click()
+        expected = entities_api(base, top["publication"], 20, offset)
+        until(driver, lambda: chart_matches(driver, expected), f"entities {offset + 1}-{offset + 20}")
+        assert text(driver, "range") == f"{offset + 1}–{offset + 20} of {top['entities']:,}"
+        assert shown_entities(driver)[0]["width"] < 100  # still scaled to the #1 entity
+
+    # a bigger page, then the last page: Next is disabled there
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "page-size")).select_by_visible_text("100")
+    expected = entities_api(base, top["publication"], 100, 0)
+    until(driver, lambda: chart_matches(driver, expected), "100 entities")
+
+    # odd names (slashes, dots, unicode) and an XSS attempt are shown as text and read correctly
+    for name in ODD_NAMES + [XSS_NAME]:
+        row = next(r for r in driver.find_elements("css selector", "#publications tr.pub")
+                   if r.get_attribute("data-publication") == name)
+        row.find_element("css selector", ".pub-name").click()
+        expected = entities_api(base, name, 100, 0)
+        until(driver, lambda: text(driver, "detail-title") == name and chart_matches(driver, expected),
+              f"the entities of {name!r}")
+        pub = next(p for p in publications if p["publication"] == name)
+        until(driver, lambda: cloud_loaded(driver, f"{pub['articles']}-{pub['mentions']}"), f"the cloud of {name!r}")
+        assert driver.find_element("id", "error").get_attribute("hidden")
+    assert XSS_ENTITY in [e["entity"] for e in shown_entities(driver)]
+    assert driver.execute_script("return window.__xss === undefined")
+
+    # live refresh: counts change while the page is open; table, stats and cloud follow
+    driver.find_element("css selector", "#publications tr.pub .pub-name").click()  # The Daily Planet
+    until(driver, lambda: text(driver, "detail-title") == "The Daily Planet", "The Daily Planet again")
+    requests_before = cloud_requests(driver)
+    publish(store, "The Daily Planet", [{"Breaking News Entity": 100000}])
+    updated = next(p for p in api(base, "/publications") if p["publication"] == "The Daily Planet")
+    until(driver, lambda: text(driver, "stat-articles") == f"{updated['articles']:,}", "the new article count")
+    until(driver, lambda: shown_entities(driver)[0]["entity"] == "Breaking News Entity", "the new top entity")
+    until(driver, lambda: cloud_loaded(driver, f"{updated['articles']}-{updated['mentions']}"), "the new word cloud")
+    assert cloud_requests(driver) == requests_before + 1
+    # counts unchanged for two more polls: the cloud is not fetched again
+    polls = publication_polls(driver)
+    until(driver, lambda: publication_polls(driver) >= polls + 2, "two more polls")
+    assert cloud_requests(driver) == requests_before + 1
+
+    driver.execute_script("window.scrollTo(0, 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.get_screenshot_as_file(str(ARTIFACTS / "dashboard.png"))
+
+
+def resource_urls(driver):
+    return driver.execute_script("return performance.getEntriesByType('resource').map(function (e) { return e.name; })")
+
+
+def cloud_requests(driver):
+    return sum(1 for u in resource_urls(driver) if "/dashboard/wordcloud.png" in u)
+
+
+def publication_polls(driver):
+    return sum(1 for u in resource_urls(driver) if u.endswith("/publications"))
+
+
+def test_dashboard_asks_for_the_read_key(protected_server, browser):
+    """Reads protected: the page says so, takes the key, and then shows what the API answers with it."""
+    base, _ = protected_server
+    driver = browser
+    driver.get(base + "/")
+    until(driver, lambda: driver.find_element("id", "auth").is_displayed(), "the API-key form")
+    assert text(driver, "status") == "Waiting for an API key"
+    assert not shown_publications(driver)
+
+    driver.find_element("id", "auth-key").send_keys("wrong")
+    driver.find_element("css selector", "#auth-form button").click()
+    until(driver, lambda: text(driver, "auth-why") == "The key given was not accepted (401).", "the wrong key refused")
+    assert not shown_publications(driver)
+    field = driver.find_element("id", "auth-key")
+    field.clear()
+    field.send_keys("read-secret")
+    driver.find_element("css selector", "#auth-form button").click()
+
+    publications = api(base, "/publications", key="read-secret")
+    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+          "the publications once the key is given")
+    assert not driver.find_element("id", "auth").is_displayed()
+    top = publications[0]
+    expected = api(base, f"/publications/{segment(top['publication'])}/entities?limit=20&offset=0", key="read-secret")
+    until(driver, lambda: chart_matches(driver, expected), "the top entities with the key")
+    until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"), "the word cloud fetched with the key")
+    assert driver.find_element("id", "wordcloud").get_attribute("src").startswith("blob:")
