@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# System packages some tests need: Chromium (dashboard), shellcheck and ruby (deploy scripts), a JRE
+# and Google's Firestore emulator. Installed with apt-get when we are root; otherwise each missing piece
+# is named, and the tests that need it skip with a loud reason.
+set -uo pipefail
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v ruby >/dev/null 2>&1 || missing+=(ruby)
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
+[ -f "$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" ] || missing+=(google-cloud-cli-firestore-emulator)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: installing ${missing[*]}"
+    apt-get update -qq >/dev/null 2>&1 || true
+    for pkg in "${missing[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1 \
+            || echo "system-deps: WARNING: could not install $pkg; the tests that need it will skip" >&2
+    done
+else
+    echo "system-deps: WARNING: missing ${missing[*]} (install them with apt-get as root); the tests that need them will skip" >&2
+fi
+exit 0

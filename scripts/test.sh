@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command behind `make test` (and CI): system packages, then pytest on the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+mkdir -p test-artifacts
+set +e
+.venv/bin/python -m pytest -ra --durations=15 "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$code"
