@@ -96,8 +96,21 @@ def _check_write_request(allowed: set[str]) -> str:
 
 
 def _read_body() -> str:
-    """Read at most the configured limit (werkzeug raises 413 past it, chunked or not) and decode."""
-    raw = request.get_data(cache=False)
+    """Read at most limit + 1 bytes, so an oversized chunked body is a 413, not a truncated 400."""
+    limit = _settings().max_body_bytes
+    # gunicorn ends wsgi.input at Content-Length or the last chunk itself; werkzeug's wrapper would
+    # call a body of exactly `limit` bytes too large, so count here instead
+    terminated = "wsgi.input_terminated" in request.environ
+    stream, chunks, total = request.environ["wsgi.input"] if terminated else request.stream, [], 0
+    while True:
+        chunk = stream.read(min(64 * 1024, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "body_too_large", f"request body over the limit of {limit} bytes", {"Connection": "close"})
+    raw = b"".join(chunks)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

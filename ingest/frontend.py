@@ -213,6 +213,8 @@ def _register_error_handlers(app: Flask) -> None:
         if status == 413:
             detail = f"request body over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        if status == 413:
+            headers["Connection"] = "close"  # the rest of the body is never read
         return error_response(status, code, detail, headers)
 
     @app.errorhandler(Exception)
