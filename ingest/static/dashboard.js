@@ -11,6 +11,7 @@
   var CLOUD_URL = body.dataset.wordcloudUrl;
   var POLL_MS = Math.max(1, Number(body.dataset.pollSeconds) || 3) * 1000;
   var KEY_STORAGE = "ingest.readKey";
+  var CLOUD_MIN_MS = 10000;  // while counts climb, re-render the same publication's cloud at most this often
   var fmt = new Intl.NumberFormat("en-US");
 
   var state = {
@@ -23,6 +24,8 @@
     topMentions: 1,      // mentions of the publication's #1 entity: the bars' full scale
     cloudFor: null,      // "name|articles-mentions" of the cloud on screen
     cloudObjectURL: null,
+    cloudPub: null,      // publication of the cloud on screen, and when it was requested
+    cloudAt: 0,
     seq: 0,
     timer: null,
     busy: false,
@@ -217,7 +220,11 @@
     var version = pub.articles + "-" + pub.mentions;
     var id = pub.publication + "|" + version;
     if (state.cloudFor === id) return;  // counts unchanged: keep the picture we have
+    var now = Date.now();
+    if (state.cloudPub === pub.publication && now - state.cloudAt < CLOUD_MIN_MS) return;  // a later poll catches up
     state.cloudFor = id;
+    state.cloudPub = pub.publication;
+    state.cloudAt = now;
     var img = $("wordcloud");
     var url = CLOUD_URL + "?publication=" + encodeURIComponent(pub.publication) + "&v=" + encodeURIComponent(version);
     img.alt = "Word cloud of the top entities of " + pub.publication;
@@ -234,7 +241,7 @@
       if (state.cloudObjectURL) URL.revokeObjectURL(state.cloudObjectURL);
       state.cloudObjectURL = URL.createObjectURL(blob);
       img.src = state.cloudObjectURL;
-    }).catch(function (e) { state.cloudFor = null; showError(e.message); });
+    }).catch(function (e) { state.cloudFor = state.cloudPub = null; showError(e.message); });
   }
 
   function entitiesPath(name, limit, offset) {
@@ -268,6 +275,7 @@
         state.selected = pub.publication;
         markSelected();
         return loadDetail(pub, force).then(function () {
+          updateCloud(pub);  // a no-op unless the counts moved since the picture on screen
           showError("");
           setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubs.length + " publications", true);
         });
@@ -333,7 +341,7 @@
   $("auth-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
     try { sessionStorage.setItem(KEY_STORAGE, $("auth-key").value); } catch (e) { /* private mode */ }
-    state.cloudFor = null;
+    state.cloudFor = state.cloudPub = null;
     refresh(true);
   });
 
