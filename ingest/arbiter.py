@@ -87,11 +87,9 @@ class Arbiter:
                 now = time.monotonic()
                 self.hub.dispatch(now)
                 self.kill_unresponsive(now)
-                if self.draining:
-                    if self.advance_drain(now):
-                        return self.finish()
-                else:
-                    self.spawn_missing()
+                if self.draining and self.advance_drain(now):
+                    return self.finish()
+                self.spawn_missing()
         except BootError as exc:
             self.stop_all_now()
             return int(exc.code)
@@ -148,9 +146,12 @@ class Arbiter:
 
     # -- children -------------------------------------------------------------------
     def spawn_missing(self) -> None:
-        while len(self.hub.workers) < self.settings.workers:
+        """Top up the children; during a drain only while there is still work for that role."""
+        need_workers = not self.draining or (len(self.intake) and not self.hub.workers)
+        need_savers = not self.draining or (not self.hub.savers and not self.hub.savers_settled())
+        while need_workers and len(self.hub.workers) < self.settings.workers:
             self.hub.add_worker(WorkerSlot(*self.spawn(worker_main, "worker")))
-        while len(self.hub.savers) < self.settings.savers:
+        while need_savers and len(self.hub.savers) < self.settings.savers:
             self.hub.add_saver(SaverSlot(*self.spawn(saver_main, "saver")))
 
     def spawn(self, target, role: str):
@@ -208,7 +209,7 @@ class Arbiter:
             self.start_drain(name)
 
     def start_drain(self, why: str) -> None:
-        self.draining = True
+        self.draining = self.hub.draining = True
         self.drain_deadline = time.monotonic() + self.settings.drain_timeout
         self.intake.stop_accepting()
         log.info("%s: draining: queue=%d in_flight=%d — accepting nothing more",

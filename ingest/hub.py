@@ -70,6 +70,8 @@ class Hub:
         self.pending: dict[str, ProcessedPost] = {}
         self.pending_articles = 0
         self.retry: collections.deque[tuple[float, Delta]] = collections.deque()
+        self.given_up: list[Delta] = []  # failed during a drain: bound for the dead-letter file
+        self.draining = False
         self.metrics = Metrics()
 
     # -- children come and go ------------------------------------------------
@@ -149,8 +151,12 @@ class Hub:
             self.metrics.store_commits += message[3]
         elif kind == wire.FAILED and batch is not None:
             self.metrics.store_errors += 1
-            self.retry.append((time.monotonic() + RETRY_DELAY, batch))
-            log.error("batch=%s (%d articles) parked for retry: %s", batch.batch_id, batch.articles, message[2])
+            if self.draining:  # its retries are spent and we are stopping: keep it for the next start
+                self.given_up.append(batch)
+                log.error("batch=%s (%d articles) not stored during the drain: %s", batch.batch_id, batch.articles, message[2])
+            else:
+                self.retry.append((time.monotonic() + RETRY_DELAY, batch))
+                log.error("batch=%s (%d articles) parked for retry: %s", batch.batch_id, batch.articles, message[2])
 
     # -- dispatch ---------------------------------------------------------------
     def dispatch(self, now: float) -> None:
@@ -195,7 +201,7 @@ class Hub:
                 pass  # reaped by the arbiter; saver_died puts the batch back
 
     def next_batch(self, now: float) -> Delta | None:
-        if self.retry and self.retry[0][0] <= now:
+        if self.retry and (self.retry[0][0] <= now or self.draining):
             return self.retry.popleft()[1]
         if not self.pending:
             return None
@@ -227,7 +233,7 @@ class Hub:
         posts = list(self.intake.take(len(self.intake)))
         for slot in self.workers.values():
             posts.extend(slot.unflushed)
-        deltas = [d for _, d in self.retry] + [s.batch for s in self.savers.values() if s.batch is not None]
+        deltas = self.given_up + [d for _, d in self.retry] + [s.batch for s in self.savers.values() if s.batch is not None]
         if self.pending:
             deltas.append(Delta.model_construct(batch_id=uuid.uuid4().hex, publications=self.pending))
         return posts, deltas
@@ -239,7 +245,8 @@ class Hub:
         return {
             "processed": m.processed,
             "in_flight": sum(len(s.unflushed) for s in self.workers.values()),
-            "unsaved": self.pending_articles + in_saver + sum(d.articles for _, d in self.retry),
+            "unsaved": self.pending_articles + in_saver + sum(d.articles for _, d in self.retry)
+                       + sum(d.articles for d in self.given_up),
             "workers": len(self.workers),
             "workers_ready": sum(1 for s in self.workers.values() if s.ready),
             "savers": len(self.savers),
@@ -254,4 +261,6 @@ class Hub:
             "redelivered": m.redelivered,
             "worker_deaths": m.worker_deaths,
             "saver_deaths": m.saver_deaths,
+            "children": {**{f"worker-{n}": w.process.pid for n, w in self.workers.items()},
+                         **{f"saver-{n}": s.process.pid for n, s in self.savers.items()}},
         }

@@ -37,8 +37,10 @@ def expected_counts(recount, posts):
             for k, p in recount(posts).items()}
 
 
-def children(pid, name_part="spawn_main"):
-    return [c for c in psutil.Process(pid).children() if any(name_part in a for a in c.cmdline())]
+def child(backend, role):
+    """The first live child of `role` ('worker' or 'saver'), as the backend reports it."""
+    pid = next(p for name, p in sorted(backend.status()["children"].items()) if name.startswith(role))
+    return psutil.Process(pid)
 
 
 def test_counts_equal_an_independent_recount(tmp_path, recount):
@@ -108,12 +110,13 @@ def test_sigkilled_worker_is_replaced_and_nothing_is_lost(tmp_path, recount):
     try:
         backend.client.put_many(posts[:300])
         wait_for(lambda: backend.status()["in_flight"] > 0, 60, what="a worker holding unflushed posts")
-        victim = children(backend.proc.pid)[0]
+        victim = child(backend, "worker")
         victim.kill()
         backend.client.put_many(posts[300:])
         status = wait_for(lambda: (lambda s: s if s["worker_deaths"] == 1 and s["workers_ready"] == 2 else None)(
             backend.status()), 60, what="the worker to be respawned")
-        assert victim.pid not in [c.pid for c in children(backend.proc.pid)]
+        assert victim.pid not in backend.status()["children"].values()
+        assert all(psutil.pid_exists(p) for p in backend.status()["children"].values())
         status = backend.wait_idle()
         assert status["lost"] == 0 and status["redelivered"] > 0
         assert "exited with signal SIGKILL" in backend.log()
@@ -216,3 +219,46 @@ def test_generated_authkey_file_is_private(tmp_path):
     assert path.read_text().strip().encode() == settings.authkey
     assert (path.stat().st_mode & 0o777) == 0o600
     assert load_backend_settings([], env).authkey == settings.authkey  # stable across restarts
+
+
+def test_store_outage_during_drain_goes_to_dead_letters_and_is_replayed(tmp_path, recount):
+    import sqlite3
+
+    posts = articles(12, seed=21)
+    db = tmp_path / "ingest.db"
+    url = f"sqlite:///{db}?timeout=0.2"
+    first = start_backend(tmp_path, "--workers", "1", "--store-retries", "2", store_url=url)
+    blocker = sqlite3.connect(db, timeout=5)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store is unwritable for the whole drain
+    try:
+        first.client.put_many(posts)
+        code = first.stop()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert code == 1, "a drain that could not store everything must not exit 0"
+    assert "written to" in first.log() and (tmp_path / "var" / "deadletter.jsonl").exists()
+    assert store_counts(url) == {}
+    second = start_backend(tmp_path, "--workers", "1", store_url=url)
+    try:
+        second.wait_idle()
+        assert "replaying" in second.log()
+    finally:
+        assert second.stop() == 0
+    assert store_counts(url) == expected_counts(recount, posts)
+    assert not (tmp_path / "var" / "deadletter.jsonl").exists()
+
+
+def test_sigkilled_saver_is_replaced_and_its_batch_retried(tmp_path, recount):
+    posts = articles(60, seed=22)
+    backend = start_backend(tmp_path, "--workers", "1", "--cache-size", "4")
+    try:
+        saver = child(backend, "saver")
+        backend.client.put_many(posts[:30])
+        saver.kill()
+        backend.client.put_many(posts[30:])
+        status = backend.wait_idle()
+        assert status["saver_deaths"] == 1 and status["savers_ready"] == 1
+    finally:
+        assert backend.stop() == 0
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)

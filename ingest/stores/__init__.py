@@ -19,7 +19,7 @@ def parse_store_url(url: str) -> tuple[str, str]:
     if url in ("none", "null", "no-persist"):
         return "none", ""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///"):].split("?", 1)[0]
         if not path:
             raise StoreURLError(f"store URL {url!r} names no file: use sqlite:///relative.db or sqlite:////abs.db")
         return "sqlite", path  # 'sqlite:////abs' leaves '/abs'; 'sqlite:///rel' leaves 'rel'
@@ -46,10 +46,21 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
             from .null import NullStore
 
             return _MissingSqlite(path)
-        return SqliteStore(path, readonly=readonly)
+        return SqliteStore(path, readonly=readonly, timeout=_query_float(url, "timeout", 30.0))
     from .firestore import FirestoreStore
 
     return FirestoreStore(project=target or None)
+
+
+def _query_float(url: str, name: str, default: float) -> float:
+    """`sqlite:///x.db?timeout=5`: seconds to wait for a lock before a write counts as failed."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(url.partition("?")[2]).get(name)
+    try:
+        return float(values[0]) if values else default
+    except ValueError:
+        raise StoreURLError(f"store URL option {name}={values[0]!r} is not a number") from None
 
 
 class _MissingSqlite:
