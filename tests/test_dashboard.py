@@ -42,42 +42,9 @@ def populate(store: SqliteStore) -> None:
 
 def build_app(db_path, **config):
     """The real app (ingest.frontend.create_app) reading this SQLite file."""
-    store_url = f"sqlite:///{db_path}"
-    try:
-        from ingest.frontend import create_app
+    from ingest.frontend import create_app
 
-        return create_app({"TESTING": True, "store": store_url, **config})
-    except ImportError:  # pragma: no cover - only while the frontend's read API has not landed
-        return minimal_app(store_url, **config)
-
-
-def minimal_app(store_url: str | None = None, **config):
-    """Stand-in for ingest.frontend.create_app: the dashboard and the JSON reads it polls."""
-    import os
-
-    from flask import Flask, abort, jsonify, request
-
-    from ingest.stores import open_store
-
-    app = Flask("ingest")
-    app.config.update(TESTING=True, **config)
-    app.extensions["ingest.store"] = open_store(store_url or os.environ["INGEST_STORE"], readonly=True)
-    app.register_blueprint(dashboard.bp)
-
-    @app.get("/publications")
-    def publications():
-        return jsonify([p.model_dump() for p in app.extensions["ingest.store"].publications()])
-
-    @app.get("/publications/<path:publication>/entities")
-    def entities(publication):
-        rows = app.extensions["ingest.store"].entities(
-            publication, request.args.get("limit", 20, type=int), request.args.get("offset", 0, type=int)
-        )
-        if rows is None:
-            abort(404)
-        return jsonify([r.model_dump() for r in rows])
-
-    return app
+    return create_app({"TESTING": True, "store": f"sqlite:///{db_path}", **config})
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The dashboard in headless Chromium, served by a real gunicorn process over a real SQLite file.
+"""The dashboard in headless Chromium, served by a real `ingest-frontend` process over a real SQLite file.
 
 Needs the Debian packages `chromium` and `chromium-driver` and selenium from PyPI; without them the
 test skips and says why. A screenshot lands in test-artifacts/dashboard.png.
@@ -39,16 +39,8 @@ def _need_browser():
             pytest.skip(f"SKIPPED LOUDLY: {path} not found; apt-get install -y chromium chromium-driver ({pkg})")
 
 
-def _app_spec() -> str:
-    try:
-        import ingest.api  # noqa: F401 - the frontend's read routes
-    except ImportError:  # pragma: no cover - only while the frontend's read API has not landed
-        return "tests.test_dashboard:minimal_app()"
-    return "ingest.frontend:create_app()"
-
-
 def serve(tmp_path, **extra_env):
-    """gunicorn serving the app on a free loopback port; yields (base URL, the writable store)."""
+    """`ingest-frontend` (gunicorn) serving the app on a free loopback port; yields (base URL, the writable store)."""
     db = tmp_path / "ingest.db"
     store = SqliteStore(db)
     populate(store)
@@ -62,25 +54,24 @@ def serve(tmp_path, **extra_env):
         "INGEST_READ_API_KEYS": "",
         **extra_env,
     }
-    log_path = tmp_path / "gunicorn.log"
+    log_path = tmp_path / "frontend.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", _app_spec()],
+        [str(Path(sys.executable).parent / "ingest-frontend"), "--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
 
     def up():
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"ingest-frontend exited {proc.returncode}: {log_path.read_text()[-2000:]}")
         try:
             return httpx.get(base + "/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
-        wait_for(up, timeout=30, what="gunicorn serving the dashboard")
+        wait_for(up, timeout=30, what="ingest-frontend serving the dashboard")
         yield base, store
     finally:
         stop_process(proc, timeout=10)
