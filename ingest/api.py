@@ -15,6 +15,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
+from werkzeug.routing import PathConverter
 
 from . import metrics
 from .frontend import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError, require_key
@@ -25,6 +26,19 @@ from .rules import MAX_PUBLICATION_KEY, publication_key
 log = logging.getLogger("ingest.frontend.api")
 
 bp = Blueprint("api", __name__)
+
+
+class PublicationConverter(PathConverter):
+    """Any publication name, even '/x', 'a//b' or 'a/' once percent-decoded ('a%2Fb' arrives as 'a/b')."""
+
+    regex = r"[\s\S]+?"  # newlines too (a name may hold "\n")
+    part_isolating = False  # may span '/': werkzeug would otherwise match it within one segment
+
+
+@bp.record_once
+def _register_converter(state):  # runs before the routes below are added to the app
+    state.app.url_map.converters["publication"] = PublicationConverter
+
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 JSON_TYPE = "application/json"
@@ -135,7 +149,8 @@ def _parse_json(text: str, where: str = "body"):
 
 
 def _parse_ndjson(text: str) -> list:
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # split on "\n" only: str.splitlines() would also cut at U+2028, \x1e ... which JSON strings may hold raw
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     _check_batch_size(len(lines))
     items = []
     for n, line in lines:
@@ -213,7 +228,7 @@ def publications():
     return jsonify([row.model_dump() for row in rows])
 
 
-@bp.get("/publications/<path:publication>/entities")
+@bp.get("/publications/<publication:publication>/entities", merge_slashes=False)
 def entities(publication: str):
     limit = _int_arg("limit", 20, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
