@@ -90,6 +90,8 @@ def test_page_escapes_publication_names(client):
     html = client.get("/").get_data(as_text=True)
     assert XSS_NAME not in html
     assert "&lt;img src=x onerror=&#34;window.__xss=1&#34;&gt;" in html
+    csp = client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
 
 
 def test_page_assets_are_served_locally(client):

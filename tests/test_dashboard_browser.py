@@ -105,6 +105,7 @@ def browser(tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1500,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     except WebDriverException as exc:
@@ -253,9 +254,16 @@ def test_dashboard_in_chromium(server, browser):
     until(driver, lambda: publication_polls(driver) >= polls + 2, "two more polls")
     assert cloud_requests(driver) == requests_before + 1
 
+    assert console_errors(driver) == []  # no script errors, no CSP violations
+
     driver.execute_script("window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(exist_ok=True)
     driver.get_screenshot_as_file(str(ARTIFACTS / "dashboard.png"))
+
+
+def console_errors(driver):
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
 
 
 def resource_urls(driver):
@@ -297,3 +305,5 @@ def test_dashboard_asks_for_the_read_key(protected_server, browser):
     until(driver, lambda: chart_matches(driver, expected), "the top entities with the key")
     until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"), "the word cloud fetched with the key")
     assert driver.find_element("id", "wordcloud").get_attribute("src").startswith("blob:")
+    # the two refused reads are the only errors on the console
+    assert all("401" in message for message in console_errors(driver)), console_errors(driver)
