@@ -1,0 +1,198 @@
+"""The shipped supervisord.conf and scripts/run.sh, run for real: both programs come up, take posts
+over HTTP, and a SIGTERM to supervisord (or Ctrl-C, SIGINT to the terminal's process group) stops
+the stack with every accepted article counted in the SQLite file."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests import corpus
+from tests.support import BIN, ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def stack_env(tmp_path: Path, **extra: str) -> dict:
+    """A clean environment: nothing from the test runner's INGEST_* leaks in; free ports; temp dirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "PROMETHEUS_"))}
+    var = tmp_path / "var"
+    env.update({
+        "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        "INGEST_VAR_DIR": str(var),
+        "INGEST_LOG_DIR": str(var / "log"),
+        "INGEST_BIND": f"127.0.0.1:{free_port()}",
+        "INGEST_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}",
+        "INGEST_STORE": f"sqlite:///{tmp_path / 'stack.db'}",
+        "INGEST_WORKERS": "1",
+        "INGEST_SAVERS": "1",
+        "INGEST_FRONTEND_WORKERS": "1",
+        "INGEST_FLUSH_INTERVAL": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def program_pids(env: dict) -> dict[str, int]:
+    """Both programs' pids once supervisorctl (over the unix socket under INGEST_VAR_DIR) says RUNNING."""
+    def running():
+        out = subprocess.run([str(BIN / "supervisorctl"), "-c", str(ROOT / "supervisord.conf"), "status"],
+                             env=env, capture_output=True, text=True, timeout=30).stdout
+        pids = {m.group(1): int(m.group(2)) for m in re.finditer(r"ingest:(\w+)\s+RUNNING\s+pid (\d+)", out)}
+        return pids if set(pids) == {"backend", "frontend"} else None
+
+    return wait_for(running, 30, 0.5, "supervisorctl to report both programs RUNNING")
+
+
+def whole_tree(pids) -> list[psutil.Process]:
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            procs += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def kill_leftovers(procs: list[psutil.Process]) -> None:
+    """Only processes this test started (their pids were recorded while they ran)."""
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def post_corpus(url: str, key: str, n: int) -> list[tuple[str, str]]:
+    accepted = []
+    posts = corpus.articles(n, seed=3)
+    with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": key}) as http:
+        for i in range(0, n, 25):
+            chunk = posts[i:i + 25]
+            r = http.post("/posts", json=[{"publication": p, "content": c} for p, c in chunk])
+            assert r.status_code == 202, r.text
+            accepted += chunk
+        r = http.post("/post/enqueue", json={"publication": "Solo", "content": "Jacinda Ardern flew to Tokyo."},
+                      headers={"access_token": key})
+        assert r.status_code == 202, r.text
+        accepted.append(("Solo", "Jacinda Ardern flew to Tokyo."))
+    return accepted
+
+
+def assert_db_equals_recount(db: Path, accepted, recount) -> None:
+    expected = recount(accepted)
+    with sqlite3.connect(db) as conn:
+        articles = dict(conn.execute("SELECT key, articles FROM publications"))
+        entities = {(k, e): (m, a) for k, e, m, a in conn.execute("SELECT pub_key, entity, mentions, articles FROM entities")}
+    assert articles == {k: c.articles for k, c in expected.items()}
+    assert sum(articles.values()) == len(accepted)
+    assert entities == {(k, e): (m, c.entity_articles[e]) for k, c in expected.items() for e, m in c.mentions.items()}
+
+
+def wait_ready(url: str, proc: subprocess.Popen, logs: Path) -> None:
+    def ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}: " + "\n".join(
+                f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs.glob("*.log")))
+        try:
+            return httpx.get(url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, 120, 0.2, "the stack to be ready")
+
+
+def test_supervisord_conf_runs_both_programs_and_sigterm_loses_nothing(tmp_path, recount):
+    env = stack_env(tmp_path, INGEST_API_KEYS="stack-key-" + os.urandom(6).hex())
+    Path(env["INGEST_LOG_DIR"]).mkdir(parents=True)
+    with open(tmp_path / "supervisord.out", "wb") as out:
+        proc = subprocess.Popen([str(BIN / "supervisord"), "-n", "-c", str(ROOT / "supervisord.conf")], env=env,
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        url = "http://" + env["INGEST_BIND"]
+        wait_ready(url, proc, Path(env["INGEST_LOG_DIR"]))
+        tree = whole_tree([proc.pid])
+        pids = program_pids(env)
+        tree = whole_tree([proc.pid, *pids.values()])
+        assert (Path(env["INGEST_VAR_DIR"]) / "supervisor.sock").is_socket()
+
+        accepted = post_corpus(url, env["INGEST_API_KEYS"], 150)
+        proc.send_signal(signal.SIGTERM)  # what systemd and `supervisorctl shutdown` do
+        assert proc.wait(300) == 0
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "a process outlived supervisord"
+        assert_db_equals_recount(tmp_path / "stack.db", accepted, recount)
+        backend_log = (Path(env["INGEST_LOG_DIR"]) / "backend.log").read_text()
+        supervisord_log = (Path(env["INGEST_LOG_DIR"]) / "supervisord.log").read_text()
+        assert "drained" in backend_log
+        assert "stopped: backend (exit status 0)" in supervisord_log
+        assert "stopped: frontend (exit status 0)" in supervisord_log
+        frontend_log = (Path(env["INGEST_LOG_DIR"]) / "frontend.log").read_text()
+        assert env["INGEST_API_KEYS"] not in frontend_log and "Traceback" not in frontend_log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        kill_leftovers(tree)
+
+
+def make_fake_venv(tmp_path: Path) -> Path:
+    """A venv whose install is already done: run.sh skips pip and uses the real programs."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "supervisord", "supervisorctl", "ingestiond", "ingest-frontend"):
+        (venv / "bin" / name).symlink_to(BIN / name)
+    (venv / ".installed").touch()
+    return venv
+
+
+def test_run_script_creates_a_key_prints_a_working_curl_and_ctrl_c_drains(tmp_path, recount):
+    venv = make_fake_venv(tmp_path)
+    env = stack_env(tmp_path, VENV=str(venv))
+    del env["INGEST_STORE"]  # run.sh's default: var/ingest.db
+    with open(tmp_path / "run.out", "wb") as out:
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh")], env=env, cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        url = "http://" + env["INGEST_BIND"]
+        wait_ready(url, proc, Path(env["INGEST_LOG_DIR"]))
+        printed = (tmp_path / "run.out").read_text()
+        key_file = Path(env["INGEST_VAR_DIR"]) / "api_keys"
+        key = key_file.read_text().strip()
+        assert len(key) >= 32 and key in printed
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        tree = whole_tree([proc.pid])
+        tree = whole_tree([proc.pid, *program_pids(env).values()])
+
+        # the curl example, verbatim as printed
+        command = re.search(r"(curl -s -X POST .*?-d '\{.*?\}')", printed, re.S).group(1)
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and '"accepted":1' in done.stdout.replace(" ", ""), done
+        accepted = [("The Daily Planet", "Lois Lane met Bruce Wayne in Metropolis.")]
+        accepted += post_corpus(url, key, 100)
+
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground group
+        assert proc.wait(300) == 0
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert_db_equals_recount(Path(env["INGEST_VAR_DIR"]) / "ingest.db", accepted, recount)
+        supervisord_log = (Path(env["INGEST_LOG_DIR"]) / "supervisord.log").read_text()
+        assert "stopped: backend (exit status 0)" in supervisord_log
+        assert "stopped: frontend (exit status 0)" in supervisord_log
+        frontend_log = (Path(env["INGEST_LOG_DIR"]) / "frontend.log").read_text()
+        assert key not in frontend_log and "Traceback" not in frontend_log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_leftovers(tree)
