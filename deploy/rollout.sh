@@ -11,8 +11,8 @@ usage() {
     cat <<EOF
 Usage: $PROG [target] [options]
 
-Installs a new ingestiond wheel on a VM set up by bootstrap.sh. POSTs get 503 from the
-moment the drain starts until the new version is ready.
+Installs a new ingestiond wheel on a VM set up by bootstrap.sh. POSTs are refused (503 or
+connection refused) from the moment the drain starts until the new version is ready.
 
 $TARGET_USAGE
 
