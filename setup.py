@@ -27,6 +27,7 @@ setup(
             "pytest>=8,<10",
             "hypothesis>=6.100,<7",
             "psutil>=5.9,<8",
+            "selenium>=4.20,<5",
         ],
     },
     entry_points={
