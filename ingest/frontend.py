@@ -125,7 +125,9 @@ def require_key(keys: tuple[str, ...], what: str) -> None:
 def _settings(test_config: dict[str, Any]) -> FrontendSettings:
     settings = test_config.pop("settings", None) or load_frontend_settings()
     fields = {f.name for f in dataclasses.fields(FrontendSettings)}
-    overrides = {k: test_config.pop(k) for k in list(test_config) if k in fields}
+    # "store" is the URL when a string; anything else is a Store object for create_app itself
+    overrides = {k: test_config.pop(k) for k in list(test_config)
+                 if k in fields and not (k == "store" and not isinstance(test_config[k], str))}
     for name in ("api_keys", "read_api_keys"):
         if isinstance(overrides.get(name), str):
             overrides[name] = tuple(k.strip() for k in overrides[name].split(",") if k.strip())
@@ -135,8 +137,8 @@ def _settings(test_config: dict[str, Any]) -> FrontendSettings:
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. `test_config` may carry `settings`, any FrontendSettings field, `client`,
-    `store`, and plain Flask config keys (TESTING, ...)."""
+    """Build the app. `test_config` may carry `settings`, any FrontendSettings field (`store` as a
+    URL, `api_keys`, ...), a `client` or `store` object to use as is, and Flask config (TESTING, ...)."""
     config = dict(test_config or {})
     settings = _settings(config)
     client = config.pop("client", None) or IngestClient(settings.manager_address, settings.authkey)

@@ -16,6 +16,7 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 
 from .config import ConfigError, load_frontend_settings
+from .stores import StoreURLError, parse_store_url
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 
@@ -88,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         workers = _positive_int(str(args.workers))
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--workers: {exc}")
-    try:
-        load_frontend_settings()  # fail here, clearly, rather than in every gunicorn worker
-    except ConfigError as exc:
+    try:  # fail here, clearly, rather than in every gunicorn worker
+        settings = load_frontend_settings()
+        parse_store_url(settings.store)
+    except (ConfigError, StoreURLError) as exc:
         print(f"ingest-frontend: error: {exc}", file=sys.stderr)
         return 2
     try:

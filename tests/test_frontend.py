@@ -430,3 +430,38 @@ def test_queue_full_and_drain_answer_503_and_lose_nothing(tmp_path):
     finally:
         f.stop()
         stop_process(backend.proc)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--workers", "0"], {}, "must be at least 1"),
+    ([], {"INGEST_FRONTEND_WORKERS": "many"}, "is not an integer"),
+    ([], {"INGEST_MAX_BATCH": "abc"}, "INGEST_MAX_BATCH"),
+    ([], {"INGEST_MAX_BODY_BYTES": "-1"}, "INGEST_MAX_BODY_BYTES"),
+    ([], {"INGEST_STORE": "mysql://x"}, "unknown store URL"),
+    ([], {"INGEST_MANAGER_ADDRESS": "no-port"}, "HOST:PORT"),
+])
+def test_bad_configuration_is_one_clear_line(tmp_path, args, env, message):
+    from tests.frontend_support import frontend_command
+
+    done = subprocess.run([*frontend_command(), "--bind", f"127.0.0.1:{free_port()}", *args],
+                          env={**os.environ, "INGEST_VAR_DIR": str(tmp_path), **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_create_app_takes_overrides_for_fresh_test_apps(tmp_path):
+    """The factory alone, in-process: settings overrides, no server, no backend (writes answer 503)."""
+    from ingest.frontend import create_app
+
+    app = create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'none.db'}", "api_keys": "k1,k2",
+                      "manager_address": ("127.0.0.1", free_port()), "authkey_explicit": "x", "max_batch": 2})
+    assert app.extensions["ingest.settings"].api_keys == ("k1", "k2")
+    client = app.test_client()
+    assert client.get("/publications").get_json() == []
+    r = client.post("/posts", json=[post("F")] * 3, headers={"X-API-Key": "k2"})
+    assert r.status_code == 413 and r.get_json()["error"] == "batch_too_large"
+    r = client.post("/posts", json=[post("F")] * 2, headers={"X-API-Key": "k1"})
+    assert r.status_code == 503 and r.get_json()["error"] == "backend_unavailable" and r.headers["Retry-After"]
