@@ -689,6 +689,66 @@ def test_vm_install_enables_starts_and_waits_for_readyz(installed):
     assert "ready after" in installed["result"].stderr
 
 
+def unit_environment(unit: str, root: Path) -> dict:
+    """The environment systemd would give ExecStart: Environment= lines, then EnvironmentFile=."""
+    env = {"HOME": str(root / "var" / "lib" / "ingestiond"), "LANG": "C.UTF-8"}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            env.update(item.split("=", 1) for item in line[len("Environment="):].split())
+        elif line.startswith("EnvironmentFile="):
+            text = Path(line.split("=", 1)[1]).read_text()
+            env.update(item.split("=", 1) for item in text.splitlines() if item and not item.startswith("#"))
+    return env
+
+
+@pytest.mark.slow
+def test_installed_unit_runs_the_stack(installed):
+    """ExecStart of the installed unit, with its environment, serves and stores; TERM drains it.
+
+    Only systemd itself is missing: the command, env file, supervisord.conf, key file and venv
+    are the installed ones (with a SQLite store and free loopback ports instead of Firestore).
+    """
+    from tests.support import free_port, wait_for
+
+    tmp, root = installed["tmp"], installed["root"]
+    port, manager = free_port(), free_port()
+    db = root / "var" / "lib" / "ingestiond" / "e2e.db"
+    env_text = ok(vm_setup(tmp, "render-env", "--root", str(root), "--store", f"sqlite:///{db}",
+                           "--bind", f"127.0.0.1:{port}", "--workers", "1", "--savers", "1",
+                           "--frontend-workers", "1", "--env", f"INGEST_MANAGER_ADDRESS=127.0.0.1:{manager}")).stdout
+    (root / "etc" / "ingestiond" / "env").write_text(env_text)
+    unit = (root / "etc" / "systemd" / "system" / "ingestiond.service").read_text()
+    exec_start = next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart="))
+    supervisord = root / "opt" / "ingestiond" / "venv" / "bin" / "supervisord"
+    if not supervisord.exists():  # installed with --no-deps: borrow this environment's
+        supervisord.symlink_to(Path(sys.executable).parent / "supervisord")
+    env = unit_environment(unit, root) | {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    key = (root / "etc" / "ingestiond" / "api_keys").read_text().split()[0]
+
+    import httpx
+
+    proc = subprocess.Popen(exec_start.split(), env=env, cwd=env["HOME"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ok(vm_setup(tmp, "wait-ready", "--bind", f"127.0.0.1:{port}", "--ready-timeout", "90"))
+        base = f"http://127.0.0.1:{port}"
+        posted = httpx.post(f"{base}/post/enqueue", headers={"X-API-Key": key},
+                            json={"publication": "BBC", "content": "Angela Merkel visited Paris on Monday."})
+        assert posted.status_code == 202, posted.text
+        rows = wait_for(lambda: [r for r in httpx.get(f"{base}/publications").json() if r["articles"] == 1],
+                        timeout=60, interval=0.5, what="the article to be stored")
+        assert rows[0]["publication"] == "BBC"
+        proc.send_signal(15)  # KillMode=mixed: TERM to supervisord alone
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    logs = root / "var" / "log" / "ingestiond"
+    assert {"supervisord.log", "backend.log", "frontend.log"} <= {p.name for p in logs.iterdir()}
+    assert key not in "".join(p.read_text(errors="replace") for p in logs.iterdir())
+
+
 def test_unit_outwaits_supervisord_and_passes_systemd_analyze(tmp_path):
     conf = supervisord_conf()
     waits = [int(w) for w in re.findall(r"^\s*stopwaitsecs\s*=\s*(\d+)", conf.read_text(), re.M)]
