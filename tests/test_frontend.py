@@ -377,6 +377,16 @@ def test_unreachable_backend_is_503_and_found_again_after_it_starts(tmp_path):
             assert r.status_code == 202, r.text
             backend.wait_idle(60)
             assert http.get("/publications").json()[0]["articles"] == 1
+
+            # a restart: the frontend's open connections to the old backend are stale now
+            assert backend.stop() == 0
+            assert_error(http.post("/post/enqueue", json=post("Late"), headers=key), 503, "backend_unavailable")
+            backend = start_backend_at(tmp_path, env, "--workers", "1")
+            wait_for(lambda: http.get("/readyz").status_code == 200, 60, 0.2, "frontend to see the new backend")
+            for _ in range(6):
+                assert http.post("/post/enqueue", json=post("Late"), headers=key).status_code == 202
+            backend.wait_idle(60)
+            assert http.get("/publications").json()[0]["articles"] == 7
     finally:
         f.stop()
         if backend is not None:
@@ -385,7 +395,7 @@ def test_unreachable_backend_is_503_and_found_again_after_it_starts(tmp_path):
 
 def start_backend_at(tmp_path, env: dict, *args: str) -> Backend:
     """`ingestiond` on an address chosen before it starts (start_backend picks its own)."""
-    log_path = tmp_path / "late-backend.log"
+    log_path = tmp_path / f"late-backend-{len(list(tmp_path.glob('late-backend-*.log')))}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(BIN / "ingestiond"), *args], env={**os.environ, **env}, cwd=tmp_path,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
