@@ -207,10 +207,14 @@ remote_copy() {
 
 # The newest built wheel in dist/ (build.sh puts exactly one there).
 default_wheel() {
-    local w
-    w="$(find "$REPO_DIR/dist" -maxdepth 1 -name 'ingestiond-*.whl' -printf '%T@ %p\n' 2>/dev/null |
-        sort -rn | head -n 1 | cut -d' ' -f2-)"
-    printf '%s' "$w"
+    local w newest=""
+    for w in "$REPO_DIR"/dist/ingestiond-*.whl; do
+        [[ -f "$w" ]] || continue
+        if [[ -z "$newest" || "$w" -nt "$newest" ]]; then
+            newest="$w"
+        fi
+    done
+    printf '%s' "$newest"
 }
 
 check_wheel() {

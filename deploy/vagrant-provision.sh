@@ -28,11 +28,17 @@ done
 
 # Build from a copy: keeps pip's build files out of the host's tree, and the host's .venv,
 # data and var out of the build.
-BUILD="$(mktemp -d /tmp/ingestiond-src.XXXXXX)"
-trap 'rm -rf "$BUILD"' EXIT
-tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./var --exclude=./data \
-    --exclude=./dist --exclude=./build --exclude='*.egg-info' --exclude=./test-artifacts -cf - . |
-    tar -C "$BUILD" -xf -
+copy=(tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./var --exclude=./data
+    --exclude=./dist --exclude=./build --exclude='*.egg-info' --exclude=./test-artifacts -cf - .)
+if ((${#DRY[@]})); then
+    BUILD=/tmp/ingestiond-src.XXXXXX
+    printf '%q ' "${copy[@]}"
+    printf '| tar -C %q -xf -\n' "$BUILD"
+else
+    BUILD="$(mktemp -d /tmp/ingestiond-src.XXXXXX)"
+    trap 'rm -rf "$BUILD"' EXIT
+    "${copy[@]}" | tar -C "$BUILD" -xf -
+fi
 
 bash "$SRC/deploy/vm-setup.sh" install "${DRY[@]+"${DRY[@]}"}" \
     --package "$BUILD" \

@@ -46,6 +46,8 @@ Options:
 EOF
 }
 
+export PIP_ROOT_USER_ACTION=ignore  # root installing into its own venv is the point here
+
 COMMAND=""
 PACKAGE=""
 SUPERVISORD_CONF=""
@@ -135,7 +137,7 @@ check_args() {
         usage_error "--api-keys-secret '$API_KEYS_SECRET' is not a secret name"
     if [[ "$COMMAND" == install || "$COMMAND" == upgrade ]]; then
         [[ -n "$PACKAGE" ]] || usage_error "--package is required"
-        [[ -e "$PACKAGE" ]] || usage_error "--package '$PACKAGE' does not exist"
+        [[ -e "$PACKAGE" || "$DRY_RUN" == 1 ]] || usage_error "--package '$PACKAGE' does not exist"
         [[ -z "$API_KEYS_FILE" || -f "$API_KEYS_FILE" ]] || usage_error "--api-keys-file '$API_KEYS_FILE' does not exist"
         if [[ -z "$ROOT" && "$DRY_RUN" != 1 && "$EUID" -ne 0 ]]; then
             die "run as root (sudo), or give --root DIR"
@@ -223,8 +225,10 @@ as_root() { [[ "$EUID" -eq 0 ]]; }
 
 install_system_packages() {
     ((SKIP_PACKAGES)) && return 0
-    run env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    # a fresh VM's unattended-upgrades may hold the dpkg lock for a while: wait for it
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+    run "${apt[@]}" update -q
+    run "${apt[@]}" install -y -q --no-install-recommends \
         python3 python3-venv python3-pip curl ca-certificates
 }
 
