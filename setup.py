@@ -1,11 +1,11 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="ingestiond",
     version="0.1.0",
     description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in Firestore or SQLite",
     python_requires=">=3.10",
-    packages=find_packages(include=["ingest", "ingest.*"]),
+    packages=find_namespace_packages(include=["ingest", "ingest.*"]),
     include_package_data=True,
     package_data={"ingest": ["templates/*", "static/*", "static/**/*"]},
     install_requires=[

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages some tests need: Chromium (dashboard), shellcheck and ruby (deploy scripts), a JRE
+# System packages some tests need: Chromium (dashboard), shellcheck, ruby, vagrant, systemd-analyze
+# (deploy scripts), a JRE
 # and Google's Firestore emulator. Installed with apt-get when we are root; otherwise each missing piece
 # is named, and the tests that need it skip with a loud reason.
 set -uo pipefail
@@ -9,6 +10,9 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v ruby >/dev/null 2>&1 || missing+=(ruby)
+command -v vagrant >/dev/null 2>&1 || missing+=(vagrant)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
 [ -f "$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" ] || missing+=(google-cloud-cli-firestore-emulator)
@@ -21,7 +25,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: installing ${missing[*]}"
     apt-get update -qq >/dev/null 2>&1 || true
     for pkg in "${missing[@]}"; do
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1 \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
             || echo "system-deps: WARNING: could not install $pkg; the tests that need it will skip" >&2
     done
 else
