@@ -43,6 +43,7 @@ AUTH_STATUSES = frozenset({401, 403})
 # Raised before the whole request reached the server, so it cannot have been queued: safe to resend.
 SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
+CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
 
 
 class UsageError(Exception):
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=_positive_int, default=1024 * 1024, help="never build a batch body larger than this (default 1 MiB, the frontend's default limit)")
     p.add_argument("--format", choices=FORMATS, help="dataset format (default: from the extension)")
     p.add_argument("--json", metavar="REPORT.json", type=Path, help="also write the report as JSON")
-    p.add_argument("--max-retries", type=_non_negative_int, default=20, help="retries per request on 503/connection errors (default 20)")
+    p.add_argument("--max-retries", type=_non_negative_int, default=20, help="retries per request on 503/429/502/504 (default 20; connection errors: at most 5)")
     p.add_argument("--max-retry-time", type=_positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
     p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per HTTP request (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -179,6 +180,7 @@ class Stats:
     retry_reasons: Counter = field(default_factory=Counter)
     latencies: list = field(default_factory=list)  # seconds per HTTP request that got a 202
     settled: int = 0
+    running: int = 0  # sender threads still working
 
     def add(self, **deltas) -> None:
         with self.lock:
@@ -242,22 +244,36 @@ class Sender:
     def send(self, work: Work) -> None:
         self.stats.add(sent=work.articles)
         started = time.monotonic()
-        attempt = 0
+        attempt = connect_failures = 0
         while True:
             attempt += 1
             reason, delay = self._attempt(work, attempt)
             if reason is None:
                 return
-            if attempt > self.max_retries or time.monotonic() - started + delay > self.max_retry_time:
+            connect_failures += not reason.isdigit()
+            if (attempt > self.max_retries or connect_failures > CONNECT_RETRIES
+                    or time.monotonic() - started + delay > self.max_retry_time):
                 self._give_up(work, f"gave up after {reason}", f"gave up after {attempt} attempts over "
                               f"{time.monotonic() - started:.1f}s (last: {reason})")
                 return
-            self.stats.add(retries=1)
-            with self.stats.lock:
-                self.stats.retry_reasons[reason] += 1
-            if self.stop.wait(delay):
-                self._give_up(work, "interrupted while waiting to retry", stopping=False)
+            if self._wait(delay, work):
                 return
+            with self.stats.lock:
+                self.stats.retries += 1
+                self.stats.retry_reasons[reason] += 1
+
+    def _wait(self, delay: float, work: Work) -> bool:
+        """Sleep before a retry; True when the run ends meanwhile (nothing of this request was queued)."""
+        try:
+            stopped = self.stop.wait(delay)
+        except KeyboardInterrupt:  # the main thread sends the probe itself
+            stopped = True
+            self.stop.set()
+            self.stats.add(sent=-work.articles)
+            raise
+        if stopped:
+            self.stats.add(sent=-work.articles)
+        return stopped
 
     def _attempt(self, work: Work, attempt: int) -> tuple[str | None, float]:
         """(None, 0) when settled; else (retry reason, seconds to wait)."""
@@ -309,14 +325,13 @@ class Sender:
             self._stop_run(f"the frontend refused the API key ({status} {_error_detail(response)}); "
                            "check --api-key / INGEST_API_KEY")
 
-    def _give_up(self, work: Work, reason: str, message: str | None = None, stopping: bool = True) -> None:
+    def _give_up(self, work: Work, reason: str, message: str) -> None:
         """Lost articles stop the run: whatever made us give up would hit every later request too."""
         with self.stats.lock:
             self.stats.lost += work.articles
             self.stats.settled += work.articles
             self.stats.lost_reasons[reason] += work.articles
-        if stopping:
-            self._stop_run(f"{work.where}: {message or reason}; stopped sending")
+        self._stop_run(f"{work.where}: {message}; stopped sending")
 
     def _stop_run(self, why: str) -> None:
         if self.fatal is None:
@@ -369,20 +384,23 @@ def run(cfg: Run) -> tuple[dict, int]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="article", desc="ingest-load", disable=not cfg.progress, mininterval=0.25, file=sys.stderr)
+    threads: list[threading.Thread] = []
     try:
-        first = next_work()  # a lone probe: a wrong key or a dead frontend ends the run after one request
-        if first is not None:
-            sender.send(first)
-        threads = [threading.Thread(target=_worker, args=(sender, next_work), daemon=True, name=f"ingest-load-{i}")
-                   for i in range(cfg.concurrency)] if not stop.is_set() else []
-        for t in threads:
-            t.start()
         try:
-            _watch(threads, stats, bar)
+            first = next_work()  # a lone probe: a wrong key or a dead frontend ends the run after one request
+            if first is not None:
+                sender.send(first)
+            if not stop.is_set():
+                threads = [threading.Thread(target=_worker, args=(sender, next_work), daemon=True,
+                                            name=f"ingest-load-{i}") for i in range(cfg.concurrency)]
+            stats.running = len(threads)
+            for t in threads:
+                t.start()
+            _watch(stats, bar)
         except KeyboardInterrupt:
             interrupted = True
             stop.set()
-            _watch(threads, stats, bar, deadline=cfg.timeout + 1)
+            _watch(stats, bar, deadline=cfg.timeout + 1)  # let requests in flight settle
     finally:
         bar.update(stats.settled - bar.n)
         bar.close()
@@ -408,17 +426,24 @@ def _client(cfg: Run) -> httpx.Client:
 
 
 def _worker(sender: Sender, next_work) -> None:
-    while (work := next_work()) is not None:
-        sender.send(work)
+    try:
+        while (work := next_work()) is not None:
+            sender.send(work)
+    finally:
+        sender.stats.add(running=-1)
 
 
-def _watch(threads: list[threading.Thread], stats: Stats, bar, deadline: float | None = None) -> None:
-    """Join the senders while refreshing the bar from the main thread (the only one that touches it)."""
+def _watch(stats: Stats, bar, deadline: float | None = None) -> None:
+    """Wait for the senders while refreshing the bar from the main thread (the only one that touches it).
+
+    Polls a counter rather than Thread.join(): on Python 3.11 a join interrupted by Ctrl-C can mark a
+    still-running thread as finished (bpo-45274), and its request would then go unreported.
+    """
     end = None if deadline is None else time.monotonic() + deadline
-    while any(t.is_alive() for t in threads):
+    while stats.running > 0:
         if end is not None and time.monotonic() > end:
             return
-        next(t for t in threads if t.is_alive()).join(0.2)
+        time.sleep(0.1)
         bar.update(stats.settled - bar.n)
         if stats.retries or stats.lost or stats.rejected:
             bar.set_postfix(retries=stats.retries, rejected=sum(stats.rejected.values()), lost=stats.lost, refresh=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,21 +20,40 @@ from ingest.datasets import Article, Dataset
 from ingest.load import main, percentile, plan, resolve_api_key, retry_after
 from ingest.rules import publication_key
 from tests.frontend_support import start_frontend
-from tests.support import BIN, ROOT, free_port, start_backend
+from tests.support import BIN, ROOT, free_port, start_backend, wait_for
 
 SAMPLE = ROOT / "data" / "sample.jsonl"
 SAMPLE_ARTICLES = 34
 
 
-def load(*args: str, api_key: str | None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the installed console script as a user would."""
+def _env(api_key: str | None, env: dict | None) -> dict:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     child_env["INGEST_VAR_DIR"] = "/nonexistent-ingest-var"  # no stray var/api_keys file
     if api_key is not None:
         child_env["INGEST_API_KEY"] = api_key
     child_env.update(env or {})
-    return subprocess.run([str(BIN / "ingest-load"), *args], env=child_env, cwd=ROOT, capture_output=True,
+    return child_env
+
+
+def load(*args: str, api_key: str | None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would."""
+    return subprocess.run([str(BIN / "ingest-load"), *args], env=_env(api_key, env), cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def interrupted_load(*args: str, api_key: str, when) -> tuple[int, str]:
+    """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true."""
+    proc = subprocess.Popen([str(BIN / "ingest-load"), *args], env=_env(api_key, None), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(when, 60, 0.05, "the load to get going")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out
 
 
 def stored_articles(url: str) -> dict[str, int]:
@@ -72,8 +92,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_queue_stack(tmp_path_factory):
-    """Room for two articles: a burst of posts makes the frontend answer 503 with Retry-After."""
-    yield from _stack(tmp_path_factory.mktemp("tiny"), "--queue-size", "2")
+    """Room for two queued articles (and one at the worker): a burst of posts meets 503 with Retry-After."""
+    yield from _stack(tmp_path_factory.mktemp("tiny"), "--queue-size", "2", "--batch-size", "1")
 
 
 def sample_counts() -> dict[str, int]:
@@ -155,10 +175,10 @@ def test_full_queue_is_retried_until_everything_is_counted(tiny_queue_stack, tmp
     stack = tiny_queue_stack
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "8", "--json", str(report_path), api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_path.read_text())
-    assert report["retry_reasons"].get("503", 0) > 0, "a queue of 2 behind 4 senders must have answered 503"
+    assert report["retry_reasons"].get("503", 0) > 0, "a queue of 2 behind 8 senders must have answered 503"
     assert report["requests"] == SAMPLE_ARTICLES + report["retries"]
     assert (report["accepted"], report["lost"], report["rejected"]) == (SAMPLE_ARTICLES, 0, {})
     assert delta(before, stack.settled_counts()) == sample_counts()
@@ -179,6 +199,25 @@ def test_batch_that_never_fits_is_given_up_after_honouring_retry_after(tiny_queu
     assert report["wall_seconds"] >= 1.0, "the retry must wait for Retry-After"
     assert "gave up after 2 attempts" in result.stderr and f"{SAMPLE}:1" in result.stderr
     assert stack.settled_counts() == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_path):
+    """Interrupted while the queue is full: the report still matches what the store ends up counting."""
+    stack = tiny_queue_stack
+    before = stack.settled_counts()
+    accepted_before = stack.backend.status()["accepted"]
+    dataset = tmp_path / "sample-x4.jsonl"
+    dataset.write_text(SAMPLE.read_text() * 4)  # far more than fits through a queue of 2 in the time it takes
+    report_path = tmp_path / "report.json"
+    status, out = interrupted_load(str(dataset), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
+                                   api_key=stack.api_key, when=lambda: stack.backend.status()["accepted"] >= accepted_before + 3)
+    assert status == 130
+    report = json.loads(report_path.read_text())
+    assert report["stopped"] == "interrupted" and "stopped: interrupted" in out
+    assert 3 <= report["accepted"] < 4 * SAMPLE_ARTICLES
+    assert report["sent"] == report["accepted"] and report["not_sent"] == 4 * SAMPLE_ARTICLES - report["accepted"], json.dumps(report)
+    assert sum(delta(before, stack.settled_counts()).values()) == report["accepted"], json.dumps(report)
 
 
 # --- failures before or without a server ------------------------------------------------------------------
