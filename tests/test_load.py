@@ -143,7 +143,8 @@ def test_oversized_article_is_rejected_the_rest_accepted_exit_1(stack, tmp_path)
     dataset = tmp_path / "mixed.jsonl"
     rows = [{"publication": "Loadtest Weekly", "content": "Ada Lovelace visited London."},
             {"publication": "Loadtest Weekly", "content": "Paris " * 200_000},  # 1.2 MB body: over the 1 MiB limit
-            {"publication": "Loadtest Weekly", "content": "Alan Turing worked in Manchester."}]
+            {"publication": "Loadtest Weekly", "content": "Alan Turing worked in Manchester."},
+            {"publication": "Loadtest Weekly", "content": "  "}]  # skipped by the reader, reported as such
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
@@ -151,6 +152,7 @@ def test_oversized_article_is_rejected_the_rest_accepted_exit_1(stack, tmp_path)
     report = json.loads(report_path.read_text())
     assert result.returncode == 1, result.stdout + result.stderr
     assert (report["accepted"], report["rejected"], report["lost"], report["ok"]) == (2, {"413": 1}, 0, False)
+    assert (report["articles"], report["skipped_rows"]) == (3, {"empty content": 1})
     assert report["rejected_examples"]["413"].startswith(f"{dataset}:2: ")
     assert "first 413:" in result.stdout and "INCOMPLETE" in result.stdout
     assert delta(before, stack.settled_counts()) == {"loadtest weekly": 2}
