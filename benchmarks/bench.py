@@ -85,6 +85,19 @@ class Quiet:
                      "quiet": streak >= 3}
 
 
+def until_quiet(measure, max_noise: float, retries: int) -> list[dict]:
+    """Run `measure` again (up to `retries` times) while other load over `max_noise`% disturbed it."""
+    runs = []
+    for attempt in range(1, retries + 2):
+        r = measure() | {"attempt": attempt}
+        runs.append(r)
+        if r["other_load_percent"] <= max_noise:
+            break
+        if attempt <= retries:
+            say(f"    {r['other_load_percent']}% of the CPU went to other processes: measuring again")
+    return runs
+
+
 def other_load(foreign_cpu: float, wall: float) -> float:
     """Share of the machine's CPU used by processes outside the measurement, in percent."""
     return round(100 * foreign_cpu / (wall * (os.cpu_count() or 1)), 1)
@@ -185,14 +198,23 @@ def measure_ceiling(children: st.Children, texts: Path, workers: int, batch_size
 
 def measure_course(children: st.Children, texts: Path, workdir: Path, quiet: Quiet) -> dict:
     proc = st.start_role(children, clean_env(), "course", str(texts), str(workdir / "course.db"))
-    load = loadavg()
-    r = st.run_together(children, [proc], before_go=quiet)[0]
+    marks = {}
+
+    def go():
+        quiet()
+        marks.update(cpu0=busy_cpu_seconds(), load=loadavg())
+
+    r = st.run_together(children, [proc], before_go=go)[0]
+    foreign = max(0.0, busy_cpu_seconds() - marks["cpu0"] - r["cpu_seconds"])
+    load = marks["load"]
     wall = r["ended"] - r["started"]
     return {
         "articles": r["articles"], "words": r["words"], "seconds": round(wall, 3),
         "articles_per_s": round(r["articles"] / wall, 2), "words_per_s": round(r["words"] / wall, 1),
         "store_writes": r["store_writes"], "store_commits": r["store_commits"],
         "nlp_seconds": round(r["nlp_seconds"], 2), "store_seconds": round(r["store_seconds"], 2),
+        "cpu_seconds": round(r["cpu_seconds"], 2), "cpu_ms_per_article": round(1000 * r["cpu_seconds"] / r["articles"], 2),
+        "other_load_percent": other_load(foreign, wall),
         "blas_threads": "library default (the course set none)", "loadavg_before": load, **quiet.last,
     }
 
@@ -487,7 +509,7 @@ def format_table(results: dict) -> str:
     b = results["b_course"]
     if b:
         lines.append(f"{'(b) course: full pipeline, nlp(text), commit per entity':<58} {b['articles_per_s']:>11.1f} "
-                     f"{b['words_per_s']:>9.0f}")
+                     f"{b['words_per_s']:>9.0f} {b['cpu_ms_per_article']:>15.1f} {b['other_load_percent']:>10.0f}%")
     for c in best_runs(results["c_end_to_end"], "workers"):
         lines.append(f"{'(c) end to end W=%d: POST -> stored (SQLite)' % c['workers']:<58} {c['articles_per_s']:>11.1f} "
                      f"{c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} {c['other_load_percent']:>10.0f}%")
@@ -534,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--articles", type=int, help="first N articles (default 600; --quick 120)")
     p.add_argument("--quick", action="store_true", help="smoke test: 120 articles, 2 s front-door runs")
     p.add_argument("--rounds", type=int, help="repeat (a) and (c) this many times, alternating, and rate each by its "
-                                              "best round (default 2; --quick 1): other load on the machine only slows runs")
+                                              "best round (default 3; --quick 1): other load on the machine only slows runs")
     p.add_argument("--workers", type=int, nargs="+", help="W values for (a) and (c) (default: cores-1, and cores)")
     p.add_argument("--batch-size", type=int, default=16, help="nlp.pipe batch size for (a) (default 16, as ingestiond)")
     p.add_argument("--post-batch", type=int, default=100, help="articles per POST /posts in (c) and (d) (default 100)")
@@ -544,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-arg", action="append", default=[], help="extra ingestiond flag for (c), e.g. --backend-arg=--batch-size=8")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="before each measurement wait up to this many seconds "
                                                                    "for the machine to be idle (default 30; 0: never wait)")
+    p.add_argument("--max-noise", type=float, default=10.0, help="a run during which other processes took more than this "
+                                                                  "%% of the CPU is repeated (default 10)")
+    p.add_argument("--noise-retries", type=int, default=2, help="how often a noisy run is repeated (default 2)")
     p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d"], help="phases to leave out (for experiments)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results file (default benchmarks/results.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores) for inspection")
@@ -554,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     n = args.articles or (120 if args.quick else 600)
     front_seconds = args.front_seconds or (2.0 if args.quick else 8.0)
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 3)
     cores = os.cpu_count() or 1
     workers = args.workers or sorted({default_workers(), cores})
     ensure_data(args.data)
@@ -581,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                          "default_workers": default_workers(), "nlp_batch_size": args.batch_size,
                          "post_batch": args.post_batch, "max_body_bytes": 1024 * 1024,
                          "backend_extra_args": args.backend_arg, "quick": args.quick, "rounds": rounds,
+                         "max_noise_percent": args.max_noise, "noise_retries": args.noise_retries,
                          "flat_rule": "lowest worker RSS sample in the last third of (c) <= lowest in the first third x 1.05 + 8 MB",
                          "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])])},
             "loadavg_start": loadavg(),
@@ -591,24 +617,27 @@ def main(argv: list[str] | None = None) -> int:
             if "a" not in args.skip:
                 for w in workers:
                     for mode in ("raw", "processor") if rnd == 1 else ("raw",):
-                        r = measure_ceiling(children, texts, w, args.batch_size, mode, quiet) | {"round": rnd}
-                        results["a_ceiling"].append(r)
-                        say(f"(a) round {rnd} W={w} {mode}: {r['articles_per_s']:.1f} articles/s, {r['words_per_s']:.0f} words/s "
-                            f"(per process {r['per_process_words_per_s']}; {r['cpu_ms_per_article']} cpu-ms/article; "
-                            f"other load {r['foreign_cpu_seconds']} cpu-s)")
+                        for r in until_quiet(lambda: measure_ceiling(children, texts, w, args.batch_size, mode, quiet)
+                                             | {"round": rnd}, args.max_noise, args.noise_retries):
+                            results["a_ceiling"].append(r)
+                            say(f"(a) round {rnd} W={w} {mode}: {r['articles_per_s']:.1f} articles/s, "
+                                f"{r['words_per_s']:.0f} words/s (per process {r['per_process_words_per_s']}; "
+                                f"{r['cpu_ms_per_article']} cpu-ms/article; other load {r['other_load_percent']}%)")
             if "b" not in args.skip and rnd == 1:
-                r = measure_course(children, texts, workdir, quiet)
-                results["b_course"] = r
+                runs = until_quiet(lambda: measure_course(children, texts, workdir, quiet), args.max_noise, args.noise_retries)
+                r = results["b_course"] = max(runs, key=lambda x: x["articles_per_s"])
+                results["b_course_runs"] = runs
                 say(f"(b) course: {r['articles_per_s']:.1f} articles/s (nlp {r['nlp_seconds']} s, store {r['store_seconds']} s, "
-                    f"{r['store_commits']} commits)")
+                    f"{r['store_commits']} commits; {r['cpu_ms_per_article']} cpu-ms/article; other load {r['other_load_percent']}%)")
             if "c" not in args.skip:
                 for w in workers:
-                    r = measure_end_to_end(children, workdir / f"round{rnd}", posts, w, args.post_batch, 1024 * 1024,
-                                           args.backend_arg, timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd}
-                    results["c_end_to_end"].append(r)
-                    say(f"(c) round {rnd} W={w}: {r['articles_per_s']:.1f} articles/s in {r['seconds']} s; "
-                        f"{r['cpu_ms_per_article']} cpu-ms/article; commits/1000 {r['store_commits_per_1000']}; "
-                        f"cpu {r['cpu_seconds']}; other {r['cpu_seconds_other_processes']}")
+                    for r in until_quiet(lambda: measure_end_to_end(
+                            children, workdir / f"round{rnd}", posts, w, args.post_batch, 1024 * 1024, args.backend_arg,
+                            timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd}, args.max_noise, args.noise_retries):
+                        results["c_end_to_end"].append(r)
+                        say(f"(c) round {rnd} W={w}: {r['articles_per_s']:.1f} articles/s in {r['seconds']} s; "
+                            f"{r['cpu_ms_per_article']} cpu-ms/article; commits/1000 {r['store_commits_per_1000']}; "
+                            f"cpu {r['cpu_seconds']}; other load {r['other_load_percent']}%")
         if "d" not in args.skip:
             r = measure_front_door(children, workdir, posts, args.post_batch, 1024 * 1024, front_seconds,
                                    args.clients, args.threads, quiet)

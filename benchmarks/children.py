@@ -82,6 +82,7 @@ def course(texts_path: str, db_path: str) -> None:
                  "PRIMARY KEY (pub_key, entity))")
     ready_then_go()
     started = time.monotonic()
+    cpu0 = time.process_time()
     nlp_seconds = store_seconds = 0.0
     writes = 0
     for publication, content in posts:
@@ -110,7 +111,7 @@ def course(texts_path: str, db_path: str) -> None:
     conn.close()
     done({"articles": len(posts), "words": sum(len(p[1].split()) for p in posts), "store_writes": writes,
           "store_commits": writes, "nlp_seconds": nlp_seconds, "store_seconds": store_seconds,
-          "started": started, "ended": ended})
+          "started": started, "ended": ended, "cpu_seconds": time.process_time() - cpu0})
 
 
 # -- (d) the front door -----------------------------------------------------------------------------
