@@ -590,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job starts with it ignored
+        signal.signal(sig, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     results: dict = {}
     try:
@@ -659,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: stopping every child")
         return 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         children.stop_all(timeout=10)
         if args.keep:
             say(f"kept {workdir}")
