@@ -28,6 +28,9 @@ setup(
             "hypothesis>=6.100,<7",
             "psutil>=5.9,<8",
             "selenium>=4.20,<5",
+            # deploy/build.sh --no-build-isolation (the tests) builds the wheel with these.
+            "setuptools>=70.1",
+            "wheel>=0.42,<1",
         ],
     },
     entry_points={

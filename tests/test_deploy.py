@@ -274,7 +274,10 @@ def vagrant_settings(tmp_path) -> list[dict]:
 
 
 def test_vagrantfile_is_valid(tmp_path):
-    """`vagrant validate` when Vagrant is installed (Debian has it), else Ruby's syntax check."""
+    """`vagrant validate` when Vagrant is installed (Debian has it), else Ruby's syntax check.
+
+    `--ignore-provider`: CI machines have no hypervisor, and without one plain `validate` refuses
+    to look at the file at all ("No usable default provider")."""
     vagrant = shutil.which("vagrant")
     if vagrant is None and apt_install("vagrant"):
         vagrant = shutil.which("vagrant")
@@ -284,7 +287,7 @@ def test_vagrantfile_is_valid(tmp_path):
         shutil.copy(REPO / "Vagrantfile", project)
         shutil.copy(DEPLOY / "vagrant-provision.sh", project / "deploy")
         env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
-        result = subprocess.run([vagrant, "validate"], cwd=project, capture_output=True, text=True, timeout=120, env=env)
+        result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=project, capture_output=True, text=True, timeout=120, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         ruby = need_tool("ruby", "ruby")
