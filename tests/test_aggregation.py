@@ -29,6 +29,28 @@ def test_batch_size_does_not_change_entities(nlp):
     assert sum(p.total_mentions for p in one) > 50  # the corpus really has entities
 
 
+def test_pipeline_reload_keeps_counts_and_drops_accumulated_strings(nlp):
+    """A worker reloads its pipeline every `reload_every` articles to bound memory: same entities."""
+    reference = Processor(nlp=nlp, reload_every=0).process(CORPUS)
+    reloading = Processor(nlp=nlp, batch_size=4, reload_every=10)
+    got = []
+    for start in range(0, len(CORPUS), 4):
+        got.extend(reloading.process(CORPUS[start:start + 4]))
+        if start == 4:
+            grown = len(reloading.nlp.vocab.strings)
+    assert reloading.reloads == 2  # after articles 12 and 24
+    assert reloading.nlp is not nlp
+    assert len(reloading.nlp.vocab.strings) < grown  # the fresh pipeline forgot the corpus's words
+    assert [(p.key, p.mentions) for p in got] == [(p.key, p.mentions) for p in reference]
+
+
+def test_failed_reload_keeps_the_working_pipeline(nlp):
+    processor = Processor(model="no_such_pipeline_xyz", nlp=nlp, reload_every=5)
+    posts = processor.process(CORPUS[:6])
+    assert processor.reloads == 0 and processor.nlp is nlp and processor.since_load == 0
+    assert [p.mentions for p in posts] == [p.mentions for p in Processor(nlp=nlp, reload_every=0).process(CORPUS[:6])]
+
+
 @st.composite
 def splits(draw):
     cuts = sorted(draw(st.sets(st.integers(1, len(CORPUS) - 1), max_size=8)))
