@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Mapping
 import httpx
 
 from . import __version__
-from .config import positive_float, positive_int, var_dir
+from .config import non_negative_int, positive_float, positive_int, var_dir
 from .datasets import FORMATS, Article, Dataset, DatasetError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -72,16 +72,6 @@ def resolve_api_key(explicit: str | None, env: Mapping[str, str] = os.environ) -
     raise UsageError(f"no API key: pass --api-key, or set INGEST_API_KEY or INGEST_API_KEYS, or write one to {path}")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest-load",
@@ -97,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=positive_int, default=1024 * 1024, help="never build a batch body larger than this (default 1 MiB, the frontend's default limit)")
     p.add_argument("--format", choices=FORMATS, help="dataset format (default: from the extension)")
     p.add_argument("--json", metavar="REPORT.json", type=Path, help="also write the report as JSON")
-    p.add_argument("--max-retries", type=_non_negative_int, default=20, help="retries per request on 503/429/502/504 (default 20; connection errors: at most 5)")
+    p.add_argument("--max-retries", type=non_negative_int, default=20, help="retries per request on 503/429/502/504 (default 20; connection errors: at most 5)")
     p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
