@@ -245,6 +245,7 @@ class Hub:
         return {
             "processed": m.processed,
             "in_flight": sum(len(s.unflushed) for s in self.workers.values()),
+            "in_flight_by_worker": {f"worker-{n}": len(w.unflushed) for n, w in self.workers.items()},
             "unsaved": self.pending_articles + in_saver + sum(d.articles for _, d in self.retry)
                        + sum(d.articles for d in self.given_up),
             "workers": len(self.workers),

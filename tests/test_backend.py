@@ -108,9 +108,11 @@ def test_sigkilled_worker_is_replaced_and_nothing_is_lost(tmp_path, recount):
     posts = articles(400, seed=9)
     backend = start_backend(tmp_path, "--workers", "2", "--cache-size", "1000", "--flush-interval", "60")
     try:
+        wait_for(lambda: backend.status()["workers_ready"] == 2, 120, what="both workers ready")
         backend.client.put_many(posts[:300])
-        wait_for(lambda: backend.status()["in_flight"] > 0, 60, what="a worker holding unflushed posts")
-        victim = child(backend, "worker")
+        held = wait_for(lambda: {n: c for n, c in backend.status()["in_flight_by_worker"].items() if c},
+                        60, what="a worker holding unflushed posts")
+        victim = psutil.Process(backend.status()["children"][max(held, key=held.get)])
         victim.kill()
         backend.client.put_many(posts[300:])
         status = wait_for(lambda: (lambda s: s if s["worker_deaths"] == 1 and s["workers_ready"] == 2 else None)(
