@@ -38,8 +38,8 @@ REJECTED = Counter(
 
 # backend status() keys that only ever grow: exported as counters, the rest as gauges
 BACKEND_COUNTERS = frozenset({
-    "accepted", "processed", "flushes", "store_writes", "store_errors", "lost", "respawns",
-    "rejected_full", "rejected_draining", "saved", "deadlettered", "articles_saved", "retries",
+    "accepted", "rejected_full", "rejected_draining", "processed", "flushes", "store_batches",
+    "store_writes", "store_commits", "store_errors", "lost", "redelivered", "worker_deaths", "saver_deaths",
 })
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 

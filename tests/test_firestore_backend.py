@@ -1,4 +1,5 @@
-"""The real `ingestiond --store firestore://PROJECT` against the emulator: counts equal a recount."""
+"""The real `ingestiond --store firestore://PROJECT` against the emulator: counts equal a recount,
+across a SIGTERM drain and a restart that must update the same documents."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import signal
 
 import pytest
 
+from ingest.rules import doc_id
 from ingest.stores.firestore import FirestoreStore
 from tests.corpus import articles
 from tests.support import start_backend
@@ -13,28 +15,45 @@ from tests.support import start_backend
 pytestmark = [pytest.mark.firestore, pytest.mark.slow]
 
 
-def test_backend_counts_in_firestore_equal_a_recount(tmp_path, firestore_emulator, firestore_project, recount):
-    posts = articles(40, seed=11)
+def _run_backend(tmp_path, emulator, project, first, rest):
+    """One life of the backend: `first` is settled while it runs, `rest` is left for the SIGTERM drain."""
+    tmp_path.mkdir()
     backend = start_backend(tmp_path, "--workers", "1", "--savers", "2", "--flush-interval", "0.5",
-                            store_url=f"firestore://{firestore_project}",
-                            env={"FIRESTORE_EMULATOR_HOST": firestore_emulator})
+                            store_url=f"firestore://{project}", env={"FIRESTORE_EMULATOR_HOST": emulator})
     try:
-        backend.client.put_many(posts[:25])
+        backend.client.put_many(first)
         backend.wait_idle()
-        backend.client.put_many(posts[25:])  # the rest is drained by SIGTERM
+        backend.client.put_many(rest)
     finally:
         code = backend.stop(signal.SIGTERM)
     assert code == 0, backend.log()
+    assert "draining" in backend.log()
 
-    expected = recount(posts)
+
+def test_backend_counts_in_firestore_equal_a_recount_across_a_restart(tmp_path, firestore_emulator,
+                                                                      firestore_project, recount):
+    posts, later = articles(40, seed=11), articles(20, seed=12)
+    _run_backend(tmp_path / "one", firestore_emulator, firestore_project, posts[:25], posts[25:])
+    _run_backend(tmp_path / "two", firestore_emulator, firestore_project, later[:5], later[5:])
+
+    from google.cloud import firestore
+
+    db = firestore.Client(project=firestore_project)
+    try:  # one document per publication key, at its stable id: the restart updated, never duplicated
+        ids = sorted(doc.id for doc in db.collection("publications").stream())
+    finally:
+        db.close()
+    expected = recount(posts + later)
+    assert ids == sorted(doc_id(key) for key in expected)
+
     store = FirestoreStore(project=firestore_project)
     try:
-        stored = {(p.publication.lower(), p.articles, p.entities, p.mentions) for p in store.publications()}
-        assert {(k, e.articles, len(e.mentions), e.total_mentions) for k, e in expected.items()} == {
-            (" ".join(name.split()), a, n, m) for name, a, n, m in stored}
+        stored = sorted((" ".join(p.publication.lower().split()), p.articles, p.entities, p.mentions)
+                        for p in store.publications())
+        assert stored == sorted((k, e.articles, len(e.mentions), e.total_mentions) for k, e in expected.items())
         for key, want in expected.items():
             got = store.entities(key, limit=1000)
-            assert {(e.entity, e.mentions, e.articles) for e in got} == {
-                (ent, want.mentions[ent], want.entity_articles[ent]) for ent in want.mentions}
+            assert sorted((e.entity, e.mentions, e.articles) for e in got) == sorted(
+                (ent, want.mentions[ent], want.entity_articles[ent]) for ent in want.mentions)
     finally:
         store.close()
