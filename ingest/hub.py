@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import wire
 from .models import Delta, ProcessedPost
@@ -59,6 +59,10 @@ class Metrics:
     redelivered: int = 0
     worker_deaths: int = 0
     saver_deaths: int = 0
+
+
+# status() keys that only ever grow (exported as Prometheus counters): the intake's and every Metrics field
+STATUS_COUNTERS = frozenset(Intake.COUNTERS) | {f.name for f in fields(Metrics)}
 
 
 class Hub:
@@ -242,10 +246,11 @@ class Hub:
     def stats(self) -> dict:
         m = self.metrics
         in_saver = sum(s.batch.articles for s in self.savers.values() if s.batch is not None)
+        held = {f"worker-{n}": len(w.unflushed) for n, w in self.workers.items()}
         return {
             "processed": m.processed,
-            "in_flight": sum(len(s.unflushed) for s in self.workers.values()),
-            "in_flight_by_worker": {f"worker-{n}": len(w.unflushed) for n, w in self.workers.items()},
+            "in_flight": sum(held.values()),
+            "in_flight_by_worker": held,
             "unsaved": self.pending_articles + in_saver + sum(d.articles for _, d in self.retry)
                        + sum(d.articles for d in self.given_up),
             "workers": len(self.workers),

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 
+from .hub import STATUS_COUNTERS
+
 log = logging.getLogger("ingest.frontend.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,11 +38,6 @@ REJECTED = Counter(
     "ingest_frontend_rejected_requests", "Write requests rejected, by reason (the JSON error code)", ["reason"],
 )
 
-# backend status() keys that only ever grow: exported as counters, the rest as gauges
-BACKEND_COUNTERS = frozenset({
-    "accepted", "rejected_full", "rejected_draining", "processed", "flushes", "store_batches",
-    "store_writes", "store_commits", "store_errors", "lost", "redelivered", "worker_deaths", "saver_deaths",
-})
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -81,7 +78,7 @@ def _families(status: dict, prefix: str = "ingest_backend_"):
         if not isinstance(value, (int, float)):
             continue  # strings (state), nested structures: not a number to export
         name = prefix + _NAME_RE.sub("_", str(key))
-        if key in BACKEND_COUNTERS:
+        if key in STATUS_COUNTERS:  # only ever grow (named in the hub); the rest are gauges
             family = CounterMetricFamily(name, f"backend status '{key}' (since the backend started)")
         else:
             family = GaugeMetricFamily(name, f"backend status '{key}'")

@@ -35,6 +35,8 @@ class BackendUnavailable(Exception):
 class Intake:
     """A bounded FIFO with an accepting/draining switch, shared by the manager and the hub."""
 
+    COUNTERS = ("accepted", "rejected_full", "rejected_draining")  # status() keys that only grow
+
     def __init__(self, capacity: int, on_put: Callable[[], None] | None = None,
                  stats: Callable[[], dict] | None = None):
         self.capacity = capacity

@@ -5,6 +5,7 @@ group and yields "127.0.0.1:PORT"; stopped by PID (SIGTERM, then SIGKILL of the 
 `firestore_project` (function): a fresh project id per test, FIRESTORE_EMULATOR_HOST set for the
 test, its data deleted afterwards. Without Java or the jar, tests skip and say how to install them
 (or fail, when INGEST_REQUIRE_FIRESTORE_EMULATOR is set, so CI cannot lose them silently).
+`stored(project)`: every publication and entity document, read with the plain client (not our store).
 """
 
 from __future__ import annotations
@@ -127,6 +128,18 @@ def reset_project(host: str, project: str) -> None:
         f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents", method="DELETE")
     with urllib.request.urlopen(req, timeout=30):
         pass
+
+
+def stored(project: str) -> dict:
+    """Every publication and entity document, read straight from Firestore (not through the store)."""
+    from google.cloud import firestore
+
+    db = firestore.Client(project=project)
+    out = {}
+    for pub in db.collection("publications").stream():
+        out[pub.id] = {"doc": pub.to_dict(), "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
+    db.close()
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -110,9 +110,10 @@ def test_sigkilled_worker_is_replaced_and_nothing_is_lost(tmp_path, recount):
     try:
         wait_for(lambda: backend.status()["workers_ready"] == 2, 120, what="both workers ready")
         backend.client.put_many(posts[:300])
-        held = wait_for(lambda: {n: c for n, c in backend.status()["in_flight_by_worker"].items() if c},
-                        60, what="a worker holding unflushed posts")
-        victim = psutil.Process(backend.status()["children"][max(held, key=held.get)])
+        status = wait_for(lambda: (lambda s: s if any(s["in_flight_by_worker"].values()) else None)(
+            backend.status()), 60, what="a worker holding unflushed posts")
+        held = status["in_flight_by_worker"]
+        victim = psutil.Process(status["children"][max(held, key=held.get)])
         victim.kill()
         backend.client.put_many(posts[300:])
         status = wait_for(lambda: (lambda s: s if s["worker_deaths"] == 1 and s["workers_ready"] == 2 else None)(

@@ -10,6 +10,7 @@ import pytest
 from ingest.rules import doc_id
 from ingest.stores.firestore import FirestoreStore
 from tests.corpus import articles
+from tests.firestore_emulator import stored
 from tests.support import start_backend
 
 pytestmark = [pytest.mark.firestore, pytest.mark.slow]
@@ -36,21 +37,15 @@ def test_backend_counts_in_firestore_equal_a_recount_across_a_restart(tmp_path, 
     _run_backend(tmp_path / "one", firestore_emulator, firestore_project, posts[:25], posts[25:])
     _run_backend(tmp_path / "two", firestore_emulator, firestore_project, later[:5], later[5:])
 
-    from google.cloud import firestore
-
-    db = firestore.Client(project=firestore_project)
-    try:  # one document per publication key, at its stable id: the restart updated, never duplicated
-        ids = sorted(doc.id for doc in db.collection("publications").stream())
-    finally:
-        db.close()
     expected = recount(posts + later)
-    assert ids == sorted(doc_id(key) for key in expected)
+    # one document per publication key, at its stable id: the restart updated, never duplicated
+    assert sorted(stored(firestore_project)) == sorted(doc_id(key) for key in expected)
 
     store = FirestoreStore(project=firestore_project)
     try:
-        stored = sorted((" ".join(p.publication.lower().split()), p.articles, p.entities, p.mentions)
-                        for p in store.publications())
-        assert stored == sorted((k, e.articles, len(e.mentions), e.total_mentions) for k, e in expected.items())
+        summaries = sorted((" ".join(p.publication.lower().split()), p.articles, p.entities, p.mentions)
+                           for p in store.publications())
+        assert summaries == sorted((k, e.articles, len(e.mentions), e.total_mentions) for k, e in expected.items())
         for key, want in expected.items():
             got = store.entities(key, limit=1000)
             assert sorted((e.entity, e.mentions, e.articles) for e in got) == sorted(

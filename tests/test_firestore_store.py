@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,6 +13,7 @@ from ingest.stores import open_store
 from ingest.stores.base import PermanentStoreError, StoreError
 from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, PublicationWrite, _Translate,
                                      marker_base, plan_chunks)
+from tests.firestore_emulator import stored
 from tests.support import free_port
 
 firestore = pytest.mark.firestore  # needs the emulator
@@ -41,18 +40,6 @@ def delta(batch_id: str, *posts: ProcessedPost) -> Delta:
 
 def big_post(publication: str, n: int) -> ProcessedPost:
     return post(publication, [f"entity {i:04d}" for i in range(n)] + ["entity 0000"])
-
-
-def stored(project: str) -> dict:
-    """Every publication and entity document, read straight from Firestore (not through the store)."""
-    from google.cloud import firestore
-
-    db = firestore.Client(project=project)
-    out = {}
-    for pub in db.collection("publications").stream():
-        out[pub.id] = {"doc": pub.to_dict(), "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
-    db.close()
-    return out
 
 
 @pytest.fixture
