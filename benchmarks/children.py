@@ -39,7 +39,7 @@ def ner(texts_path: str, part: str, parts: str, batch_size: str, mode: str) -> N
     """NER-only spaCy on this child's share of the texts (every PARTS-th article), one BLAS thread."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"  # before numpy is imported, or it is too late
-    from ingest.nlp import Processor, load_ner
+    from ingest.backend.nlp import Processor, load_ner
 
     posts = read_posts(texts_path)[int(part)::int(parts)]
     nlp = load_ner(MODEL)
@@ -69,7 +69,7 @@ def course(texts_path: str, db_path: str) -> None:
 
     import spacy
 
-    from ingest.rules import SKIPPED_LABELS, entity_key, publication_key
+    from ingest.core.rules import SKIPPED_LABELS, entity_key, publication_key
 
     posts = read_posts(texts_path)
     nlp = spacy.load(MODEL)  # nothing excluded, as the course did

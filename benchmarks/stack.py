@@ -126,7 +126,7 @@ class Stack:
 
     def status(self) -> dict:
         if self.client is None:
-            from ingest.queues import IngestClient
+            from ingest.client import IngestClient
 
             self.client = IngestClient(self.address, self.authkey.encode())
         return self.client.status()

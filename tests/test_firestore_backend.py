@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from ingest.rules import doc_id
+from ingest.core.rules import doc_id
 from ingest.stores.firestore import FirestoreStore
 from tests.corpus import articles
 from tests.firestore_emulator import stored

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingest.models import Delta, EntityCount, ProcessedPost
-from ingest.rules import doc_id
+from ingest.core.models import Aggregate, Delta, EntityCount, merge
+from ingest.core.rules import doc_id
 from ingest.stores import open_store
 from ingest.stores.base import PermanentStoreError, StoreError
 from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, PublicationWrite, _Translate,
@@ -19,26 +19,17 @@ from tests.support import free_port
 firestore = pytest.mark.firestore  # needs the emulator
 
 
-def post(publication: str, *entity_lists: list[str]) -> ProcessedPost:
+def post(publication: str, *entity_lists: list[str]) -> Aggregate:
     """The aggregate of one article per entity list, as a worker would build it."""
-    total = None
-    for entities in entity_lists:
-        one = ProcessedPost.from_article(publication, entities)
-        if total is None:
-            total = one
-        else:
-            total += one
+    [total] = merge({}, (Aggregate.from_article(publication, entities) for entities in entity_lists)).values()
     return total
 
 
-def delta(batch_id: str, *posts: ProcessedPost) -> Delta:
-    d = Delta(batch_id=batch_id)
-    for p in posts:
-        d.add(p)
-    return d
+def delta(batch_id: str, *posts: Aggregate) -> Delta:
+    return Delta.of(batch_id, posts)
 
 
-def big_post(publication: str, n: int) -> ProcessedPost:
+def big_post(publication: str, n: int) -> Aggregate:
     return post(publication, [f"entity {i:04d}" for i in range(n)] + ["entity 0000"])
 
 
@@ -73,7 +64,7 @@ def test_plan_exactly_full_chunk_and_small_limit():
     assert [len(c.writes) for c in two] == [MAX_WRITES - 1, 1]
     small = plan_chunks(delta("b", big_post("p", 4)), max_writes=3)
     assert [len(c.writes) for c in small] == [2, 2, 1]
-    assert plan_chunks(Delta(batch_id="empty")) == []
+    assert plan_chunks(Delta("empty")) == []
 
 
 def test_marker_ids_are_valid_for_any_batch_id():
@@ -229,6 +220,7 @@ def test_a_fresh_instance_updates_the_same_documents(firestore_project):
     second.close()
 
 
+@pytest.mark.slow
 def test_unreachable_firestore_is_a_transient_error(monkeypatch):
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     s = FirestoreStore(project="nowhere", timeout=1)

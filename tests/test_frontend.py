@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.rules import publication_key
+from ingest.core.rules import publication_key
 from tests import corpus
 from tests.frontend_support import start_frontend
 from tests.support import BIN, Backend, free_port, start_backend, stop_process, wait_for
@@ -99,9 +99,9 @@ def test_access_token_header_is_accepted_like_x_api_key(http, backend, frontend)
     """gunicorn >= 22 drops headers with underscores unless header_map allows them."""
     before = accepted(backend)
     r = http.post("/post/enqueue", json=post("Keys"), headers={"access_token": frontend.api_key})
-    assert r.status_code == 202 and r.json() == {"accepted": 1}
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "duplicates": 0}
     r = http.post("/posts", json=[post("Keys"), post("Keys", 1)], headers={"X-API-Key": frontend.api_key})
-    assert r.status_code == 202 and r.json() == {"accepted": 2}
+    assert r.status_code == 202 and r.json() == {"accepted": 2, "duplicates": 0}
     assert accepted(backend) == before + 3
 
 
@@ -227,10 +227,10 @@ def test_batch_is_all_or_nothing(http, key, backend):
     assert accepted(backend) == before
 
     r = http.post("/posts", json=good, headers=key)
-    assert r.status_code == 202 and r.json() == {"accepted": 5}
+    assert r.status_code == 202 and r.json() == {"accepted": 5, "duplicates": 0}
     ndjson = "\r\n".join(json.dumps(p) for p in good) + "\n\n"
     r = http.post("/posts", content=ndjson, headers={**key, "Content-Type": "application/x-ndjson"})
-    assert r.status_code == 202 and r.json() == {"accepted": 5}
+    assert r.status_code == 202 and r.json() == {"accepted": 5, "duplicates": 0}
     assert accepted(backend) == before + 10
 
 
@@ -247,7 +247,7 @@ def test_batch_size_limits(http, key, backend):
                  413, "batch_too_large")
     assert accepted(backend) == before
     r = http.post("/posts", json=too_many[:MAX_BATCH], headers=key)
-    assert r.status_code == 202 and r.json() == {"accepted": MAX_BATCH}
+    assert r.status_code == 202 and r.json() == {"accepted": MAX_BATCH, "duplicates": 0}
 
 
 # -- reads -------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
     for i in range(0, len(posts), 25):
         chunk = posts[i:i + 25]
         r = http.post("/posts", json=[{"publication": p, "content": c} for p, c in chunk], headers=key)
-        assert r.status_code == 202 and r.json() == {"accepted": len(chunk)}
+        assert r.status_code == 202 and r.json() == {"accepted": len(chunk), "duplicates": 0}
     backend.wait_idle(120)
     expected = recount(posts)
 
@@ -423,7 +423,7 @@ def test_queue_full_and_drain_answer_503_and_lose_nothing(tmp_path):
             assert backend.status()["accepted"] == 0
 
             r = http.post("/posts", json=batch[:200], headers=key)
-            assert r.status_code == 202 and r.json() == {"accepted": 200}
+            assert r.status_code == 202 and r.json() == {"accepted": 200, "duplicates": 0}
             backend.proc.send_signal(signal.SIGTERM)
             status = wait_for(lambda: (s := backend.status())["state"] == "draining" and s, 10, 0.02, "draining")
             assert status["depth"] + status["in_flight"] + status["unsaved"] > 0, "the drain had nothing to do"

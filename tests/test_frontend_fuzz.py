@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.rules import MAX_PUBLICATION_KEY, publication_key
+from ingest.core.rules import MAX_PUBLICATION_KEY, publication_key
 from tests.frontend_support import start_frontend
 from tests.support import start_backend
 
@@ -108,7 +108,7 @@ def send(http: httpx.Client, sent: list, endpoint: str, content_type: str, body:
         assert set(error) == {"error", "detail"} and error["error"], error
     else:
         assert r.status_code == 202, (endpoint, body[:200], r.text)
-        assert r.json() == {"accepted": len(expected)}
+        assert r.json() == {"accepted": len(expected), "duplicates": 0}
         sent.extend(expected)
     return r
 
@@ -163,7 +163,7 @@ HOSTILE = [
     ("/post/enqueue", JSON, b'{"publication": "Num", "content": "x", "n": -Infinity}'),
     ("/post/enqueue", JSON, b'{"publication": "Dup", "content": "x", "publication": 5}'),
     ("/post/enqueue", JSON, b'{"publication": 5, "content": "Olaf Scholz in Hamburg.", "publication": "Dup"}'),
-    ("/post/enqueue", JSON, b'{"publication": "Extra", "content": "Paris.", "id": 1, "tags": [1, {"a": null}]}'),
+    ("/post/enqueue", JSON, b'{"publication": "Extra", "content": "Paris.", "rev": 1, "tags": [1, {"a": null}]}'),
     ("/post/enqueue", JSON, b'{"publication": "Trail", "content": "x"} garbage'),
     ("/post/enqueue", JSON, b'{"publication": "Trail", "content": "x"}\n{"publication": "Trail", "content": "y"}'),
     ("/post/enqueue", JSON, b'{"publication": "Surrogate", "content": "\\udc00\\ud800"}'),

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingest.datasets import Article, Dataset
-from ingest.load import main, percentile, plan, resolve_api_key, retry_after
-from ingest.rules import publication_key
+from ingest.tools.datasets import Article, Dataset
+from ingest.tools.load import main, percentile, plan, resolve_api_key, retry_after
+from ingest.core.rules import publication_key
 from tests.frontend_support import start_frontend
 from tests.support import BIN, ROOT, free_port, start_backend, wait_for
 

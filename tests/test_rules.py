@@ -3,9 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from ingest.models import Delta, Post, ProcessedPost
-from ingest.nlp import Processor, split_long
-from ingest.rules import doc_id, entity_key, publication_key
+from ingest.core.models import Aggregate, Delta, Post, merge
+from ingest.backend.nlp import Processor, split_long
+from ingest.core.rules import doc_id, entity_key, publication_key
 
 
 def test_keys_fold_whitespace_and_case():
@@ -42,22 +42,29 @@ def test_publication_key_limit_counts_the_normalised_key():
     assert Post.model_validate({"publication": "x" * 200 + "     ", "content": "c"}).key == "x" * 200
 
 
-def test_processed_posts_add_up():
-    a = ProcessedPost.from_article("BBC", ["uk", "uk", "london"])
-    b = ProcessedPost.from_article("bbc ", ["uk", "paris"])
-    a += b
-    assert a.articles == 2
-    assert a.mentions == {"uk": 3, "london": 1, "paris": 1}
-    assert a.entity_articles == {"uk": 2, "london": 1, "paris": 1}
-    with pytest.raises(ValueError):
-        a += ProcessedPost.from_article("CNN", [])
+def test_aggregates_merge_by_publication_key():
+    merged = merge({}, [Aggregate.from_article("BBC", ["uk", "uk", "london"]),
+                        Aggregate.from_article("bbc ", ["uk", "paris"]),
+                        Aggregate.from_article("CNN", [])])
+    assert sorted(merged) == ["bbc", "cnn"]
+    bbc = merged["bbc"]
+    assert bbc.articles == 2 and bbc.name == "BBC"  # the first spelling is kept
+    assert bbc.mentions == {"uk": 3, "london": 1, "paris": 1}
+    assert bbc.entity_articles == {"uk": 2, "london": 1, "paris": 1}
 
 
-def test_delta_coalesces_by_publication_key():
-    d = Delta(batch_id="x")
-    d.add(ProcessedPost.from_article("BBC", ["uk"]))
-    d.add(ProcessedPost.from_article("  bbc", ["uk"]))
+def test_delta_coalesces_by_publication_key_without_touching_its_inputs():
+    one = Aggregate.from_article("BBC", ["uk"])
+    d = Delta.of("x", [one, Aggregate.from_article("  bbc", ["uk"])])
     assert list(d.publications) == ["bbc"] and d.articles == 2 and d.publications["bbc"].mentions["uk"] == 2
+    assert one.mentions == {"uk": 1}
+
+
+def test_hot_path_data_pickle_as_they_are():
+    import pickle
+
+    d = Delta.of("x", [Aggregate.from_article("BBC", ["uk"])])
+    assert pickle.loads(pickle.dumps(d)) == d
 
 
 def test_ner_skips_numeric_labels_and_counts_every_occurrence(nlp):

@@ -3,16 +3,13 @@
 import sqlite3
 import time
 
-from ingest.models import Delta, ProcessedPost
+from ingest.core.models import Delta, Aggregate
 from ingest.stores import open_store, parse_store_url
 from ingest.stores.sqlite import SqliteStore
 
 
 def _delta(batch_id, *articles):
-    d = Delta(batch_id=batch_id)
-    for publication, entities in articles:
-        d.add(ProcessedPost.from_article(publication, entities))
-    return d
+    return Delta.of(batch_id, [Aggregate.from_article(publication, entities) for publication, entities in articles])
 
 
 def test_store_url_forms(tmp_path):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Union
 
-from ..models import Delta, EntityCount, PublicationSummary
-from ..rules import doc_id, publication_key
+from ..core.models import Delta, EntityCount, PublicationSummary
+from ..core.rules import doc_id, publication_key
 from .base import PermanentStoreError, StoreError
 
 log = logging.getLogger("ingest.store.firestore")
@@ -128,12 +128,6 @@ class FirestoreStore:
         self._pool: ThreadPoolExecutor | None = None
         self._retry = None
         self.commits = 0  # commits issued by this instance (the saver reports them)
-
-    def __getstate__(self):
-        """Picklable for spawned savers: the child builds its own client."""
-        state = self.__dict__.copy()
-        state.update(_client=None, _pid=None, _pool=None, _named=set(), _retry=None)
-        return state
 
     @property
     def client(self):

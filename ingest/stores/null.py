@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..models import Delta, EntityCount, PublicationSummary
+from ..core.models import Delta, EntityCount, PublicationSummary
 
 log = logging.getLogger("ingest.store.null")
 

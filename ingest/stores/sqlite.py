@@ -7,8 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from ..models import Delta, EntityCount, PublicationSummary
-from ..rules import publication_key
+from ..core.models import Delta, EntityCount, PublicationSummary
+from ..core.rules import publication_key
 from .base import StoreError
 
 log = logging.getLogger("ingest.store.sqlite")

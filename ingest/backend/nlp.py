@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .models import ProcessedPost
-from .rules import SKIPPED_LABELS, entity_key
+from ..core.models import Aggregate, merge
+from ..core.rules import SKIPPED_LABELS, entity_key
 
 log = logging.getLogger("ingest.nlp")
 
@@ -138,20 +138,14 @@ class Processor:
         self.reloads += 1
         log.debug("reloaded the spaCy pipeline (reload %d)", self.reloads)
 
-    def process(self, posts: Iterable[Sequence[str]]) -> list[ProcessedPost]:
+    def process(self, posts: Iterable[Sequence[str]]) -> list[Aggregate]:
+        """One aggregate per post (publication, content, ...), in order."""
         posts = list(posts)
         keys = self.entities([p[1] for p in posts])
-        return [ProcessedPost.from_article(p[0], k) for p, k in zip(posts, keys)]
+        return [Aggregate.from_article(p[0], k) for p, k in zip(posts, keys)]
 
 
-def recount(posts: Iterable[Sequence[str]], model: str = DEFAULT_MODEL, nlp=None) -> dict[str, ProcessedPost]:
+def recount(posts: Iterable[Sequence[str]], model: str = DEFAULT_MODEL, nlp=None) -> dict[str, Aggregate]:
     """An independent recount of accepted posts: the reference the tests compare stores against."""
-    processor = Processor(model, nlp=nlp, reload_every=0)
-    totals: dict[str, ProcessedPost] = {}
-    for post in processor.process(posts):
-        if post.key in totals:
-            totals[post.key] += post
-        else:
-            totals[post.key] = post
-    return totals
+    return merge({}, Processor(model, nlp=nlp, reload_every=0).process(posts))
 

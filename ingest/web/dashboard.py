@@ -19,8 +19,8 @@ from collections import OrderedDict
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 
-from .models import PublicationSummary
-from .rules import publication_key
+from ..core.models import PublicationSummary
+from ..core.rules import publication_key
 
 log = logging.getLogger("ingest.dashboard")
 

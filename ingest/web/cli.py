@@ -1,4 +1,4 @@
-"""`ingest-frontend`: the Flask app under gunicorn, configured by ingest.gunicorn_conf.
+"""`ingest-frontend`: the Flask app under gunicorn, configured by ingest.web.gunicorn_conf.
 
 Prometheus' multiprocess mode needs PROMETHEUS_MULTIPROC_DIR before prometheus_client is first
 imported, so main() settles it (a fresh temporary directory when unset) before importing the app.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-from .config import ConfigError, load_frontend_settings, positive_int
-from .stores import StoreURLError, parse_store_url
+from ..config import ConfigError, load_frontend_settings
+from ..core.argtypes import positive_int
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 
@@ -38,7 +38,7 @@ class FrontendApplication(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self):
-        from .frontend import create_app
+        from .app import create_app
 
         return create_app()
 
@@ -80,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--workers: {exc}")
     try:  # fail here, clearly, rather than in every gunicorn worker
-        settings = load_frontend_settings()
-        parse_store_url(settings.store)
-    except (ConfigError, StoreURLError) as exc:
+        load_frontend_settings()
+    except ConfigError as exc:
         print(f"ingest-frontend: error: {exc}", file=sys.stderr)
         return 2
     try:

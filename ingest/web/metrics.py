@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 
-from .hub import STATUS_COUNTERS
+from ..core.status import COUNTERS
 
-log = logging.getLogger("ingest.frontend.metrics")
+log = logging.getLogger("ingest.web.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -78,7 +78,7 @@ def _families(status: dict, prefix: str = "ingest_backend_"):
         if not isinstance(value, (int, float)):
             continue  # strings (state), nested structures: not a number to export
         name = prefix + _NAME_RE.sub("_", str(key))
-        if key in STATUS_COUNTERS:  # only ever grow (named in the hub); the rest are gauges
+        if key in COUNTERS:  # only ever grow (named in the hub); the rest are gauges
             family = CounterMetricFamily(name, f"backend status '{key}' (since the backend started)")
         else:
             family = GaugeMetricFamily(name, f"backend status '{key}'")

@@ -6,6 +6,8 @@ import hashlib
 
 SKIPPED_LABELS = frozenset({"CARDINAL", "DATE", "MONEY", "ORDINAL", "PERCENT", "QUANTITY", "TIME"})
 MAX_PUBLICATION_KEY = 200
+MAX_PUBLICATION_BYTES = 1000  # UTF-8 bytes of a publication as sent, before whitespace is folded
+MAX_CLIENT_ID = 200
 
 
 def normalize(text: str) -> str:

@@ -46,13 +46,13 @@ logconfig_dict = {
 def on_starting(server):
     # import now, in the master and before any fork: child_exit runs inside gunicorn's SIGCHLD
     # handler, and a first import there can be interrupted by the next signal half-way through
-    from ingest import metrics  # noqa: F401
+    from ingest.web import metrics  # noqa: F401
 
     server.log.info("ingest-frontend starting on %s with %d workers", ",".join(server.cfg.bind), server.cfg.workers)
 
 
 def child_exit(server, worker):
     """A dead worker's live gauges must not linger in the multiprocess metrics directory."""
-    from ingest import metrics  # already imported by on_starting: a dictionary lookup
+    from ingest.web import metrics  # already imported by on_starting: a dictionary lookup
 
     metrics.worker_exited(worker.pid)

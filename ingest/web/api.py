@@ -17,13 +17,14 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
+from ..core.models import Post
+from ..core.protocol import BackendUnavailable, Draining, QueueFull
+from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
-from .frontend import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError, require_key
-from .models import Post
-from .queues import BackendUnavailable, Draining, QueueFull
-from .rules import MAX_PUBLICATION_KEY, publication_key
+from .auth import require_key
+from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
-log = logging.getLogger("ingest.frontend.api")
+log = logging.getLogger("ingest.web.api")
 
 bp = Blueprint("api", __name__)
 
@@ -192,7 +193,7 @@ def _json_type(value) -> str:
 
 def _put(posts: list[Post]):
     try:
-        accepted = _client().put_many([p.as_wire() for p in posts])
+        answer = _client().put_many([p.as_wire() for p in posts])
     except QueueFull:
         raise ApiError(503, "queue_full", "the input queue has no room for this request; retry later",
                        {"Retry-After": str(RETRY_AFTER_FULL)}) from None
@@ -203,8 +204,8 @@ def _put(posts: list[Post]):
         _warn_unavailable(exc)
         raise ApiError(503, "backend_unavailable", "the backend is not reachable; retry later",
                        {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}) from None
-    metrics.ACCEPTED.inc(accepted)
-    response = jsonify(accepted=accepted)
+    metrics.ACCEPTED.inc(answer["accepted"])
+    response = jsonify(accepted=answer["accepted"], duplicates=answer.get("duplicates", 0))
     response.status_code = 202
     return response
 
@@ -291,12 +292,3 @@ def _not_ready(code: str, detail: str, facts: dict):
 @bp.get("/metrics")
 def metrics_endpoint():
     return Response(metrics.render(_client().status), content_type=metrics.CONTENT_TYPE)
-
-
-def index():
-    """GET / while no dashboard is installed: where to go next."""
-    return jsonify(service="ingestiond", endpoints=[
-        "POST /post/enqueue", "POST /posts", "GET /publications",
-        "GET /publications/<publication>/entities?limit=20&offset=0",
-        "GET /healthz", "GET /readyz", "GET /metrics",
-    ])

@@ -1,0 +1,305 @@
+"""The routing state of the backend: which child holds what, and what is still owed to the store.
+
+The arbiter's loop feeds it events (a child answered, a child exited, time passed) and asks it to
+dispatch; it never blocks and never reads a clock of its own (`now` is passed in), so it is tested
+without processes. It sends only to idle children (see wire.py). Everything accepted is always in
+exactly one place: the intake, the suspects, a worker's unflushed set, the pending delta, a
+saver's batch, the retry list or the quarantine — so a death or a shutdown knows what to give back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import uuid
+from dataclasses import dataclass, field, fields
+
+from ..core.models import Aggregate, Delta, merge
+from ..core.status import HUB_COUNTERS
+from . import wire
+from .intake import Entry, Intake
+
+log = logging.getLogger("ingest.hub")
+
+MAX_KILLS = 2       # an article in the micro-batch of two dying workers is quarantined
+RETRY_DELAY = 5.0   # seconds before a failed batch is offered to a saver again
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    number: int
+    conn: object
+    process: object
+    ready: bool = False
+    busy_since: float | None = None                    # set while a request is outstanding
+    in_flight: list = field(default_factory=list)      # the micro-batch being processed: suspect if it dies
+    unflushed: list = field(default_factory=list)      # every Entry sent since the last flush
+    unflushed_since: float | None = None
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """A delta on its way to the store, with the articles it counts."""
+
+    delta: Delta
+    seqs: list
+    articles: int
+
+
+@dataclass(slots=True)
+class SaverSlot:
+    number: int
+    conn: object
+    process: object
+    ready: bool = False
+    batch: Batch | None = None
+    busy_since: float | None = None
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    processed: int = 0
+    flushes: int = 0
+    store_batches: int = 0
+    store_writes: int = 0
+    store_commits: int = 0
+    store_errors: int = 0
+    lost: int = 0
+    redelivered: int = 0
+    suspects: int = 0
+    quarantined_total: int = 0
+    worker_deaths: int = 0
+    saver_deaths: int = 0
+
+
+assert tuple(f.name for f in fields(Counters)) == HUB_COUNTERS, "core.status.HUB_COUNTERS is out of date"
+
+
+class NullLedger:
+    """Where the hub records batches and quarantine durably; this one keeps nothing (tests, no journal)."""
+
+    def record_batch(self, batch: Batch) -> None: ...
+
+    def complete(self, batch: Batch) -> None: ...
+
+    def quarantine(self, entries: list) -> None: ...
+
+    def suspect(self, entries: list) -> None: ...
+
+
+class Hub:
+    def __init__(self, intake: Intake, settings, ledger=None):
+        self.intake = intake
+        self.settings = settings
+        self.ledger = ledger or NullLedger()
+        self.workers: dict[int, WorkerSlot] = {}
+        self.savers: dict[int, SaverSlot] = {}
+        self.suspects: collections.deque[Entry] = collections.deque()
+        self.pending: dict[str, Aggregate] = {}
+        self.pending_seqs: list[int] = []
+        self.retry: collections.deque[tuple[float, Batch]] = collections.deque()
+        self.given_up: list[Batch] = []  # failed during a drain: left for the next start
+        self.quarantined: list[Entry] = []
+        self.draining = False
+        self.counters = Counters()
+
+    # -- children come and go ------------------------------------------------
+    def add_worker(self, slot: WorkerSlot) -> None:
+        self.workers[slot.number] = slot
+
+    def add_saver(self, slot: SaverSlot) -> None:
+        self.savers[slot.number] = slot
+
+    def worker_exited(self, number: int, abnormal: bool = True) -> None:
+        """Only the micro-batch in flight can have killed it: those become suspects, the rest go back."""
+        slot = self.workers.pop(number)
+        if abnormal:
+            self.counters.worker_deaths += 1
+        suspects = slot.in_flight if slot.busy_since is not None else []
+        blamed = {e.seq for e in suspects}
+        innocent = [e for e in slot.unflushed if e.seq not in blamed]
+        if innocent:
+            self.intake.push_front(innocent)
+            self.counters.redelivered += len(innocent)
+            log.warning("worker %d exited holding %d unflushed posts: queued again", number, len(innocent))
+        if suspects:
+            self.blame(number, suspects)
+
+    def blame(self, number: int, entries: list[Entry]) -> None:
+        again, poison = [], []
+        for entry in entries:
+            entry.kills += 1
+            (poison if entry.kills >= MAX_KILLS else again).append(entry)
+        if again:
+            self.ledger.suspect(again)
+            self.suspects.extend(again)
+            self.counters.suspects += len(again)
+            log.warning("worker %d died processing %d posts: each is retried alone", number, len(again))
+        if poison:
+            self.ledger.quarantine(poison)
+            self.quarantined.extend(poison)
+            self.counters.quarantined_total += len(poison)
+            log.error("worker %d died processing post seq=%s a second time: quarantined (kept; see "
+                      "`ingestiond quarantine list`)", number, ",".join(str(e.seq) for e in poison))
+
+    def saver_exited(self, number: int, abnormal: bool = True) -> None:
+        slot = self.savers.pop(number)
+        if abnormal:
+            self.counters.saver_deaths += 1
+        if slot.batch is not None:
+            log.warning("saver %d exited during batch=%s: it will be retried (same id, so never twice)",
+                        number, slot.batch.delta.batch_id)
+            self.retry.appendleft((0.0, slot.batch))
+
+    # -- answers ----------------------------------------------------------------
+    def on_worker_message(self, number: int, message: tuple) -> None:
+        slot = self.workers[number]
+        kind = message[0]
+        if kind == wire.READY:
+            slot.ready = True
+            return
+        if kind != wire.DONE:
+            log.error("worker %d sent unexpected %r", number, kind)
+            return
+        slot.busy_since = None
+        slot.in_flight = []
+        if message[1] is not None:
+            self.take_flush(slot, message[1])
+
+    def take_flush(self, slot: WorkerSlot, flushed: list[Aggregate]) -> None:
+        merge(self.pending, flushed)
+        self.pending_seqs.extend(e.seq for e in slot.unflushed)
+        self.counters.processed += len(slot.unflushed)
+        self.counters.flushes += 1
+        slot.unflushed = []
+        slot.unflushed_since = None
+
+    def on_saver_message(self, number: int, message: tuple, now: float) -> None:
+        slot = self.savers[number]
+        kind = message[0]
+        if kind == wire.READY:
+            slot.ready = True
+            return
+        batch, slot.batch, slot.busy_since = slot.batch, None, None
+        if batch is None:
+            return
+        if kind == wire.SAVED:
+            self.ledger.complete(batch)
+            self.counters.store_batches += 1
+            self.counters.store_writes += message[2]
+            self.counters.store_commits += message[3]
+        elif kind == wire.FAILED:
+            self.counters.store_errors += 1
+            if self.draining:  # its retries are spent and we are stopping: keep it for the next start
+                self.given_up.append(batch)
+                log.error("batch=%s (%d articles) not stored during the drain: %s",
+                          batch.delta.batch_id, batch.articles, message[2])
+            else:
+                self.retry.append((now + RETRY_DELAY, batch))
+                log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles, message[2])
+
+    # -- dispatch ---------------------------------------------------------------
+    def dispatch(self, now: float) -> None:
+        self.feed_workers(now)
+        self.feed_savers(now)
+
+    def idle(self, slot) -> bool:
+        return slot.ready and slot.busy_since is None and not slot.stopping
+
+    def feed_workers(self, now: float) -> None:
+        for slot in self.workers.values():
+            if not self.idle(slot):
+                continue
+            entries = [self.suspects.popleft()] if self.suspects else self.intake.take(self.settings.batch_size)
+            if entries:
+                self.send_posts(slot, entries, now)
+            elif slot.unflushed:  # input idle: flush now rather than wait for the timer
+                self.send(slot, (wire.FLUSH,), now)
+        for slot in self.workers.values():  # the flush interval, for workers kept busy
+            if slot.unflushed_since is not None and now - slot.unflushed_since >= self.settings.flush_interval \
+                    and self.idle(slot):
+                self.send(slot, (wire.FLUSH,), now)
+
+    def send_posts(self, slot: WorkerSlot, entries: list[Entry], now: float) -> None:
+        if slot.unflushed_since is None:
+            slot.unflushed_since = now
+        slot.unflushed.extend(entries)
+        slot.in_flight = entries
+        self.send(slot, (wire.POSTS, self.intake.contents(entries)), now)
+
+    def send(self, slot, message: tuple, now: float) -> None:
+        slot.busy_since = now
+        try:
+            slot.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            pass  # its sentinel fires; the arbiter reaps it and calls worker_exited / saver_exited
+
+    def feed_savers(self, now: float) -> None:
+        for slot in self.savers.values():
+            if not self.idle(slot) or slot.batch is not None:
+                continue
+            batch = self.next_batch(now)
+            if batch is None:
+                return
+            slot.batch = batch
+            self.send(slot, (wire.BATCH, batch.delta), now)
+
+    def next_batch(self, now: float) -> Batch | None:
+        if self.retry and (self.retry[0][0] <= now or self.draining):
+            return self.retry.popleft()[1]
+        if not self.pending:
+            return None
+        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, len(self.pending_seqs))
+        self.ledger.record_batch(batch)  # recorded before the store sees it: a crash replays this id
+        self.pending, self.pending_seqs = {}, []
+        return batch
+
+    # -- drain ------------------------------------------------------------------
+    def workers_settled(self) -> bool:
+        """Input empty and every worker idle with nothing unflushed."""
+        return len(self.intake) == 0 and not self.suspects and all(
+            s.busy_since is None and not s.unflushed for s in self.workers.values())
+
+    def savers_settled(self) -> bool:
+        return not self.pending and not self.retry and all(s.batch is None for s in self.savers.values())
+
+    def stop_idle(self, slots: dict, now: float) -> None:
+        for slot in slots.values():
+            if self.idle(slot) and getattr(slot, "batch", None) is None:
+                self.send(slot, (wire.STOP,), now)
+                slot.stopping = True
+
+    def unsaved(self) -> tuple[list[Entry], list[Batch]]:
+        """What is not yet stored: posts not yet flushed, batches not yet committed."""
+        entries = list(self.suspects) + self.intake.take(len(self.intake))
+        for slot in self.workers.values():
+            entries.extend(slot.unflushed)
+        batches = self.given_up + [b for _, b in self.retry] + [s.batch for s in self.savers.values() if s.batch]
+        if self.pending:
+            batches.append(Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, len(self.pending_seqs)))
+        return entries, batches
+
+    # -- numbers ----------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """A fresh dict of plain values: published to the manager's threads, never shared state."""
+        c = self.counters
+        held = {f"worker-{n}": len(w.unflushed) for n, w in self.workers.items()}
+        in_saver = sum(s.batch.articles for s in self.savers.values() if s.batch is not None)
+        snap = {name: getattr(c, name) for name in HUB_COUNTERS}
+        snap.update({
+            "in_flight": sum(held.values()) + len(self.suspects),
+            "in_flight_by_worker": held,
+            "unsaved": len(self.pending_seqs) + in_saver + sum(b.articles for _, b in self.retry)
+                       + sum(b.articles for b in self.given_up),
+            "quarantined": len(self.quarantined),
+            "workers": len(self.workers),
+            "workers_ready": sum(1 for s in self.workers.values() if s.ready),
+            "savers": len(self.savers),
+            "savers_ready": sum(1 for s in self.savers.values() if s.ready),
+            "retry_batches": len(self.retry),
+            "children": {**{f"worker-{n}": w.process.pid for n, w in self.workers.items()},
+                         **{f"saver-{n}": s.process.pid for n, s in self.savers.items()}},
+        })
+        return snap

@@ -1,0 +1,71 @@
+"""A saver: writes the batches the arbiter hands it, retrying transient store errors with backoff.
+
+A batch that still fails is answered FAILED, and the arbiter keeps it (same batch id) for a
+later attempt: a delta is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from ..core.models import Delta
+from ..stores import PermanentStoreError, StoreError, open_store
+from . import wire
+from .child import BootFailure, Child
+
+log = logging.getLogger("ingest.saver")
+
+
+class Saver(Child):
+    role = "saver"
+
+    def __init__(self, conn, settings, number: int):
+        super().__init__(conn, settings, number)
+        self.store = None
+
+    def boot(self) -> None:
+        try:
+            self.store = open_store(self.settings.store_url)
+        except Exception as exc:  # bad path, missing credentials, unknown URL
+            raise BootFailure(f"cannot open store {self.settings.store_url.split('?', 1)[0]}: {exc}") from None
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def handle(self, message: tuple) -> bool:
+        if message[0] == wire.STOP:
+            self.conn.send((wire.DONE, None))
+            return False
+        self.conn.send(self.save(message[1]))
+        return True
+
+    def save(self, delta: Delta) -> tuple:
+        commits_before = getattr(self.store, "commits", 0)
+        try:
+            writes = self.write(delta)
+        except (RetryError, StoreError, PermanentStoreError) as exc:
+            reason = str(exc.last_attempt.exception()) if isinstance(exc, RetryError) else str(exc)
+            log.error("%s: batch=%s articles=%d not stored: %s", self.name, delta.batch_id, delta.articles, reason)
+            return (wire.FAILED, delta.batch_id, reason)
+        except Exception as exc:  # a bug or an unexpected client error: keep the batch, say why
+            log.exception("%s: batch=%s failed unexpectedly", self.name, delta.batch_id)
+            return (wire.FAILED, delta.batch_id, f"{type(exc).__name__}: {exc}")
+        commits = getattr(self.store, "commits", commits_before + 1) - commits_before
+        log.debug("%s: batch=%s articles=%d writes=%d", self.name, delta.batch_id, delta.articles, writes)
+        return (wire.SAVED, delta.batch_id, writes, commits)
+
+    def write(self, delta: Delta) -> int:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(StoreError),
+            stop=stop_after_attempt(self.settings.store_retries),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            before_sleep=lambda rs: log.warning(
+                "%s: batch=%s attempt %d failed (%s); retrying",
+                self.name, delta.batch_id, rs.attempt_number, rs.outcome.exception()),
+        ):
+            with attempt:
+                return self.store.apply(delta)
+        raise AssertionError("unreachable")

@@ -1,0 +1,346 @@
+"""The hub's and the arbiter's decisions, without spaCy and without processes: a fake clock and fake
+child connections. A routing bug shows up here in milliseconds instead of in a subprocess test."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import fields
+from types import SimpleNamespace
+
+import pytest
+
+from ingest.backend import wire
+from ingest.backend.arbiter import Arbiter
+from ingest.backend.hub import MAX_KILLS, RETRY_DELAY, Counters, Hub, SaverSlot, WorkerSlot
+from ingest.backend.intake import Intake
+from ingest.core.models import Aggregate
+from ingest.core.protocol import Draining, QueueFull
+from ingest.core.status import COUNTERS, HUB_COUNTERS, INTAKE_COUNTERS
+
+_pids = itertools.count(1000)
+
+
+class FakeConn:
+    def __init__(self):
+        self.sent: list[tuple] = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def kinds(self):
+        return [m[0] for m in self.sent]
+
+
+class FakeProcess:
+    def __init__(self):
+        self.pid = next(_pids)
+        self.sentinel = None
+
+
+class RecordingLedger:
+    def __init__(self):
+        self.recorded, self.completed, self.quarantined, self.suspected = [], [], [], []
+
+    def record_batch(self, batch):
+        self.recorded.append(batch.delta.batch_id)
+
+    def complete(self, batch):
+        self.completed.append(batch.delta.batch_id)
+
+    def quarantine(self, entries):
+        self.quarantined.extend(e.seq for e in entries)
+
+    def suspect(self, entries):
+        self.suspected.extend(e.seq for e in entries)
+
+
+def settings(**over):
+    base = dict(batch_size=4, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
+                drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO")
+    base.update(over)
+    return SimpleNamespace(**base)
+
+
+def make_hub(workers=1, savers=1, **over):
+    s = settings(workers=workers, savers=savers, **over)
+    intake = Intake(s.queue_size)
+    ledger = RecordingLedger()
+    hub = Hub(intake, s, ledger)
+    for n in range(1, workers + 1):
+        hub.add_worker(WorkerSlot(n, FakeConn(), FakeProcess(), ready=True))
+    for n in range(workers + 1, workers + savers + 1):
+        hub.add_saver(SaverSlot(n, FakeConn(), FakeProcess(), ready=True))
+    return hub, intake, ledger
+
+
+def posts(n, start=0):
+    return [(f"Pub {i % 3}", f"article {i}", None) for i in range(start, start + n)]
+
+
+def answer_flush(hub, number, publication="Pub 0"):
+    """The worker answers DONE with one aggregate per post it holds (as if each had entity 'x')."""
+    slot = hub.workers[number]
+    flushed = [Aggregate.from_article(e.publication, ["x"]) for e in slot.unflushed]
+    hub.on_worker_message(number, (wire.DONE, flushed))
+
+
+# -- dispatch -------------------------------------------------------------------------------------
+
+def test_posts_go_to_idle_ready_workers_in_micro_batches():
+    hub, intake, _ = make_hub(workers=2)
+    hub.workers[2].ready = False  # still loading spaCy
+    intake.put_many(posts(10))
+    hub.dispatch(now=0.0)
+    sent = hub.workers[1].conn.sent
+    assert [m[0] for m in sent] == [wire.POSTS] and len(sent[0][1]) == 4
+    assert hub.workers[2].conn.sent == []
+    hub.dispatch(now=0.1)  # worker 1 is busy until it answers
+    assert len(hub.workers[1].conn.sent) == 1 and len(intake) == 6
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(now=0.2)
+    assert len(hub.workers[1].conn.sent) == 2 and len(intake) == 2
+
+
+def test_idle_input_flushes_at_once_and_a_busy_worker_by_the_interval():
+    hub, intake, _ = make_hub(workers=1, flush_interval=2.0)
+    intake.put_many(posts(8))
+    hub.dispatch(0.0)
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(1.0)  # more input: posts, not a flush
+    assert hub.workers[1].conn.kinds() == [wire.POSTS, wire.POSTS]
+    hub.on_worker_message(1, (wire.DONE, None))
+    intake.put_many(posts(4, start=8))
+    hub.dispatch(2.5)  # interval passed while input keeps coming: the posts go, then the flush is due
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(2.6)
+    assert hub.workers[1].conn.kinds()[-1] == wire.FLUSH
+    answer_flush(hub, 1)
+    assert hub.counters.processed == 12 and hub.workers[1].unflushed == []
+    hub.dispatch(2.7)  # nothing held: no more flushes
+    assert hub.workers[1].conn.kinds().count(wire.FLUSH) == 1
+
+
+def test_flushed_aggregates_are_merged_into_one_pending_delta_for_the_saver():
+    hub, intake, ledger = make_hub(workers=2)
+    intake.put_many(posts(8))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    answer_flush(hub, 2)
+    assert hub.pending["pub 0"].mentions["x"] == 3  # posts 0, 3, 6
+    hub.dispatch(0.1)
+    [message] = hub.savers[3].conn.sent
+    delta = message[1]
+    assert message[0] == wire.BATCH and sum(a.articles for a in delta.publications.values()) == 8
+    assert ledger.recorded == [delta.batch_id], "a batch is recorded before the store sees it"
+    assert hub.pending == {} and hub.snapshot()["unsaved"] == 8
+
+
+# -- deaths ---------------------------------------------------------------------------------------
+
+def test_a_death_without_unflushed_posts_loses_nothing_and_a_clean_exit_is_no_death():
+    hub, intake, _ = make_hub(workers=2)
+    hub.worker_exited(1, abnormal=True)
+    hub.worker_exited(2, abnormal=False)
+    assert hub.counters.worker_deaths == 1 and len(intake) == 0 and not hub.suspects
+
+
+def test_only_the_micro_batch_in_flight_is_suspect_and_the_rest_goes_back_first():
+    hub, intake, _ = make_hub(workers=1)
+    intake.put_many(posts(12))
+    hub.dispatch(0.0)
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.1)  # the second micro-batch (posts 4-7) is in flight when it dies
+    hub.worker_exited(1)
+    assert [e.content for e in intake.take(100)] == [f"article {i}" for i in [0, 1, 2, 3, 8, 9, 10, 11]]
+    assert [e.content for e in hub.suspects] == [f"article {i}" for i in range(4, 8)]
+    assert hub.counters.redelivered == 4 and hub.counters.lost == 0
+
+
+def test_suspects_are_retried_one_at_a_time_and_a_second_kill_quarantines():
+    hub, intake, ledger = make_hub(workers=1)
+    intake.put_many(posts(3))
+    hub.dispatch(0.0)
+    hub.worker_exited(1)  # all three in flight: suspects
+    assert ledger.suspected == [1, 2, 3]
+    hub.add_worker(WorkerSlot(5, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(1.0)
+    assert hub.workers[5].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
+    hub.on_worker_message(5, (wire.DONE, None))  # article 0 is innocent
+    hub.dispatch(1.1)
+    assert hub.workers[5].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
+    hub.worker_exited(5)  # article 1 killed a worker twice; article 0 (unflushed there) goes back
+    assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
+    assert [e.content for e in hub.quarantined] == ["article 1"]
+    assert [e.content for e in intake.take(10)] == ["article 0"]
+    assert [e.content for e in hub.suspects] == ["article 2"]
+    assert hub.counters.lost == 0 and hub.snapshot()["quarantined"] == 1
+    assert MAX_KILLS == 2
+
+
+def test_a_death_while_flushing_makes_no_suspects():
+    hub, intake, _ = make_hub(workers=1)
+    intake.put_many(posts(2))
+    hub.dispatch(0.0)
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.1)  # input idle: a FLUSH is in flight
+    assert hub.workers[1].conn.kinds()[-1] == wire.FLUSH
+    hub.worker_exited(1)
+    assert not hub.suspects and len(intake) == 2
+
+
+# -- savers ---------------------------------------------------------------------------------------
+
+def _one_batch(hub, intake):
+    intake.put_many(posts(2))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.0)
+    return hub.savers[2].conn.sent[-1][1]
+
+
+def test_a_failed_batch_is_retried_later_under_the_same_id():
+    hub, intake, ledger = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "locked"), now=1.0)
+    assert hub.counters.store_errors == 1 and hub.snapshot()["retry_batches"] == 1
+    hub.dispatch(1.0 + RETRY_DELAY - 0.1)
+    assert len(hub.savers[2].conn.sent) == 1, "not before the retry delay"
+    hub.dispatch(1.0 + RETRY_DELAY)
+    assert hub.savers[2].conn.sent[-1][1].batch_id == delta.batch_id
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 3, 1), now=7.0)
+    assert ledger.completed == [delta.batch_id] and hub.snapshot()["unsaved"] == 0
+    assert hub.counters.store_batches == 1 and hub.counters.store_commits == 1
+
+
+def test_a_saver_that_dies_mid_batch_has_it_retried_first_under_the_same_id():
+    hub, intake, _ = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    hub.saver_exited(2)
+    assert hub.counters.saver_deaths == 1
+    hub.add_saver(SaverSlot(9, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(0.5)
+    assert hub.savers[9].conn.sent[-1][1].batch_id == delta.batch_id
+
+
+def test_during_a_drain_a_failed_batch_is_kept_not_retried_forever():
+    hub, intake, _ = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    hub.draining = True
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=1.0)
+    assert hub.savers_settled()
+    entries, batches = hub.unsaved()
+    assert entries == [] and [b.delta.batch_id for b in batches] == [delta.batch_id]
+
+
+# -- drain order (the arbiter's decisions) ---------------------------------------------------------
+
+@pytest.fixture
+def arbiter():
+    a = Arbiter(settings(), b"k")
+    yield a
+    a._wake_r.close()
+    a._wake_w.close()
+
+
+def test_drain_stops_workers_once_settled_then_savers_once_everything_is_stored(arbiter):
+    hub = arbiter.hub
+    hub.add_worker(WorkerSlot(1, FakeConn(), FakeProcess(), ready=True))
+    hub.add_saver(SaverSlot(2, FakeConn(), FakeProcess(), ready=True))
+    arbiter.intake.put_many(posts(2))
+    arbiter.start_drain("SIGTERM")
+    with pytest.raises(Draining):
+        arbiter.intake.put_many(posts(1))
+    hub.dispatch(0.0)
+    assert not arbiter.advance_drain(0.0) and hub.workers[1].conn.kinds() == [wire.POSTS]
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.1)  # FLUSH
+    assert not arbiter.advance_drain(0.1) and wire.STOP not in hub.workers[1].conn.kinds()
+    answer_flush(hub, 1)
+    hub.dispatch(0.2)  # the batch goes to the saver
+    assert not arbiter.advance_drain(0.2)
+    assert hub.workers[1].conn.kinds()[-1] == wire.STOP and wire.STOP not in hub.savers[2].conn.kinds()
+    hub.worker_exited(1, abnormal=False)
+    assert not arbiter.advance_drain(0.3) and wire.STOP not in hub.savers[2].conn.kinds(), \
+        "savers stop only after their batch is stored"
+    batch_id = hub.savers[2].batch.delta.batch_id
+    hub.on_saver_message(2, (wire.SAVED, batch_id, 1, 1), now=0.4)
+    assert not arbiter.advance_drain(0.4) and hub.savers[2].conn.kinds()[-1] == wire.STOP
+    hub.saver_exited(2, abnormal=False)
+    assert arbiter.advance_drain(0.5)
+    assert hub.counters.worker_deaths == hub.counters.saver_deaths == 0
+
+
+def test_no_worker_is_respawned_during_a_drain_when_there_is_no_input(arbiter, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(arbiter, "spawn", lambda cls: spawned.append(cls.role) or (len(spawned), FakeConn(), FakeProcess()))
+    arbiter.spawn_missing()
+    assert sorted(spawned) == ["saver", "worker", "worker"]
+    arbiter.start_drain("SIGTERM")
+    arbiter.hub.worker_exited(next(iter(arbiter.hub.workers)), abnormal=True)
+    arbiter.spawn_missing()
+    assert len(spawned) == 3
+    arbiter.hub.suspects.append(arbiter.intake.take(0) or _entry())
+    for n in list(arbiter.hub.workers):
+        arbiter.hub.worker_exited(n)
+    arbiter.spawn_missing()  # work left and no worker: one is started even while draining
+    assert spawned.count("worker") == 4
+
+
+def _entry():
+    from ingest.backend.intake import Entry
+
+    return Entry(99, "Pub", "text")
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+def test_status_is_a_published_snapshot_that_hub_changes_do_not_touch():
+    hub, intake, _ = make_hub(workers=1)
+    intake.publish(hub.snapshot())
+    before = intake.status()
+    intake.put_many(posts(4))
+    hub.dispatch(0.0)
+    assert before["in_flight"] == 0 and intake.status()["in_flight"] == 0  # not published yet
+    intake.publish(hub.snapshot())
+    assert intake.status()["in_flight"] == 4
+
+
+def test_status_can_be_read_while_the_loop_mutates_the_hub():
+    hub, intake, _ = make_hub(workers=1)
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                intake.status()
+            except Exception as exc:  # noqa: BLE001 - any error here is the bug
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(2000):
+            intake.put_many(posts(1, start=i))
+            hub.dispatch(float(i))
+            hub.on_worker_message(1, (wire.DONE, None))
+            intake.publish(hub.snapshot())
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+
+
+def test_full_intake_refuses_the_whole_request():
+    hub, intake, _ = make_hub(queue_size=5)
+    with pytest.raises(QueueFull):
+        intake.put_many(posts(6))
+    assert len(intake) == 0 and intake.put_many(posts(5)) == {"accepted": 5, "duplicates": 0}
+
+
+def test_every_counter_is_named_once_for_metrics():
+    assert tuple(f.name for f in fields(Counters)) == HUB_COUNTERS
+    assert COUNTERS == set(HUB_COUNTERS) | set(INTAKE_COUNTERS)
+    hub, intake, _ = make_hub()
+    intake.publish(hub.snapshot())
+    assert COUNTERS <= set(intake.status())
