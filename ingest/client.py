@@ -45,11 +45,25 @@ class IngestClient:
             except (QueueFull, Draining):
                 raise
             except Exception as exc:  # refused, reset, EOF, auth failure: all mean "not reachable"
-                self._local.proxy = None
+                self._forget()
                 if attempt == 2 or not isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):
                     raise BackendUnavailable(
                         f"backend at {self.address[0]}:{self.address[1]} unreachable: {type(exc).__name__}") from None
         raise AssertionError("unreachable")
+
+    def _forget(self) -> None:
+        """Drop the proxy and its connection. multiprocessing caches one connection per (address,
+        thread) for every proxy, and never drops a broken one: a restarted backend on the same
+        address would be unreachable from this thread forever."""
+        proxy, self._local.proxy = getattr(self._local, "proxy", None), None
+        tls = getattr(proxy, "_tls", None)
+        conn = getattr(tls, "connection", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            del tls.connection
 
     def put_many(self, posts: list) -> dict:
         """All or nothing; returns {"accepted": n, "duplicates": m}."""

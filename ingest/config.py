@@ -43,6 +43,18 @@ def parse_address(text: str) -> tuple[str, int]:
 
 Address = Annotated[tuple[str, int], NoDecode]
 
+_UNITS = {"": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """`1073741824`, `512M`, `1GiB`, `200MB`: a size in bytes."""
+    digits = "".join(ch for ch in text.strip() if ch.isdigit() or ch == ".")
+    unit = text.strip()[len(digits):].strip().lower()
+    if not digits or unit not in _UNITS or not text.strip().startswith(digits):
+        raise ValueError(f"{text!r} is not a size (bytes, or with K/M/G, KiB/MiB/GiB, KB/MB/GB)")
+    return int(float(digits) * _UNITS[unit])
+
 
 class _Common(BaseSettings):
     """What front and back read alike."""
@@ -113,12 +125,21 @@ class BackendSettings(_Common):
     model: str = Field(DEFAULT_MODEL, description="spaCy pipeline package (default: en_core_web_sm 3.8)")
     drain_timeout: float = Field(600.0, gt=0, description="seconds a SIGTERM drain may take before children are killed")
     store_retries: int = Field(8, ge=1, description="attempts per store write before the batch is parked for a later retry")
-    deadletter: Optional[Path] = Field(None, description="file for deltas that could not be stored at exit; "
-                                                         "replayed on the next start (default VAR_DIR/deadletter.jsonl)")
+    journal: Optional[Path] = Field(None, description="the durable intake, an SQLite file (default VAR_DIR/journal.db)")
+    journal_size: Annotated[int, NoDecode] = Field(1024**3, ge=1024, description="bytes of article text the journal may "
+                                                   "hold before the frontend answers 503 (default 1GiB; K/M/G suffixes)")
+    dedup_retention: float = Field(7 * 86400.0, gt=0, description="seconds a client id is remembered, so a retried post "
+                                                                  "is not counted twice (default 7 days)")
+    store_unhealthy_after: float = Field(30.0, gt=0, description="seconds of failing store writes before /readyz says 503")
+
+    @field_validator("journal_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any):
+        return parse_size(value) if isinstance(value, str) else value
 
     @property
-    def deadletter_path(self) -> Path:
-        return self.deadletter or self.var_dir / "deadletter.jsonl"
+    def journal_path(self) -> Path:
+        return self.journal or self.var_dir / "journal.db"
 
 
 class FrontendSettings(_Common):
@@ -165,7 +186,8 @@ def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.Argume
         prog="ingestiond",
         description="The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
         epilog="Every flag can also be set by an INGEST_* variable named after it "
-               "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable.",
+               "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. "
+               "`ingestiond quarantine list|retry|drop` manages articles that killed workers.",
         argument_default=argparse.SUPPRESS,
     )
     for name, info in model.model_fields.items():

@@ -83,7 +83,8 @@ class Backend:
         """Until everything accepted has been processed and stored."""
         def idle():
             s = self.status()
-            return s if s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and s["processed"] >= s["accepted"] else None
+            settled = s["processed"] + s["quarantined"] >= s["accepted"]  # quarantined: kept, never counted
+            return s if s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and settled else None
         return wait_for(idle, timeout, 0.1, "backend to settle")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 120.0, group: bool = False) -> int:
@@ -94,10 +95,13 @@ class Backend:
 
 
 def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env: dict | None = None,
-                  ready_timeout: float = 120.0, wait_ready: bool = True) -> Backend:
-    """Start `ingestiond` with a temporary SQLite store (unless told otherwise) and wait until it serves."""
-    port = free_port()
-    authkey = "test-" + os.urandom(8).hex()
+                  ready_timeout: float = 120.0, wait_ready: bool = True, port: int | None = None,
+                  authkey: str | None = None) -> Backend:
+    """Start `ingestiond` with a temporary SQLite store (unless told otherwise) and wait until it serves.
+
+    A restart gives the same `port` and `authkey` (and tmp_path: the same var dir and journal)."""
+    port = port or free_port()
+    authkey = authkey or "test-" + os.urandom(8).hex()
     store_url = store_url or f"sqlite:///{tmp_path / 'ingest.db'}"
     child_env = dict(os.environ)
     child_env.update({
@@ -108,7 +112,7 @@ def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env:
         "PYTHONUNBUFFERED": "1",
     })
     child_env.update(env or {})
-    log_path = tmp_path / f"ingestiond-{port}.log"
+    log_path = tmp_path / f"ingestiond-{port}-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(BIN / "ingestiond"), *args], env=child_env, cwd=tmp_path,

@@ -14,6 +14,7 @@ from ingest.backend import wire
 from ingest.backend.arbiter import Arbiter
 from ingest.backend.hub import MAX_KILLS, RETRY_DELAY, Counters, Hub, SaverSlot, WorkerSlot
 from ingest.backend.intake import Intake
+from ingest.backend.journal import Entry, Journal
 from ingest.core.models import Aggregate
 from ingest.core.protocol import Draining, QueueFull
 from ingest.core.status import COUNTERS, HUB_COUNTERS, INTAKE_COUNTERS
@@ -62,9 +63,31 @@ def settings(**over):
     return SimpleNamespace(**base)
 
 
+_journals = []
+
+
+@pytest.fixture(autouse=True)
+def _journal_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(_JournalDir, "path", tmp_path)
+    yield
+    while _journals:
+        _journals.pop().close()
+
+
+class _JournalDir:
+    path = None
+
+
+def journal(**over):
+    j = Journal(_JournalDir.path / f"journal-{len(_journals)}.db", max_articles=over.get("max_articles", 100),
+                max_bytes=over.get("max_bytes", 10**6), sync=False)
+    _journals.append(j)
+    return j
+
+
 def make_hub(workers=1, savers=1, **over):
     s = settings(workers=workers, savers=savers, **over)
-    intake = Intake(s.queue_size)
+    intake = Intake(journal(max_articles=s.queue_size), s.queue_size)
     ledger = RecordingLedger()
     hub = Hub(intake, s, ledger)
     for n in range(1, workers + 1):
@@ -76,6 +99,10 @@ def make_hub(workers=1, savers=1, **over):
 
 def posts(n, start=0):
     return [(f"Pub {i % 3}", f"article {i}", None) for i in range(start, start + n)]
+
+
+def texts(intake, entries):
+    return [content for _, content in intake.contents(list(entries))]
 
 
 def answer_flush(hub, number, publication="Pub 0"):
@@ -152,8 +179,8 @@ def test_only_the_micro_batch_in_flight_is_suspect_and_the_rest_goes_back_first(
     hub.on_worker_message(1, (wire.DONE, None))
     hub.dispatch(0.1)  # the second micro-batch (posts 4-7) is in flight when it dies
     hub.worker_exited(1)
-    assert [e.content for e in intake.take(100)] == [f"article {i}" for i in [0, 1, 2, 3, 8, 9, 10, 11]]
-    assert [e.content for e in hub.suspects] == [f"article {i}" for i in range(4, 8)]
+    assert texts(intake, intake.take(100)) == [f"article {i}" for i in [0, 1, 2, 3, 8, 9, 10, 11]]
+    assert texts(intake, hub.suspects) == [f"article {i}" for i in range(4, 8)]
     assert hub.counters.redelivered == 4 and hub.counters.lost == 0
 
 
@@ -171,9 +198,8 @@ def test_suspects_are_retried_one_at_a_time_and_a_second_kill_quarantines():
     assert hub.workers[5].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
     hub.worker_exited(5)  # article 1 killed a worker twice; article 0 (unflushed there) goes back
     assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
-    assert [e.content for e in hub.quarantined] == ["article 1"]
-    assert [e.content for e in intake.take(10)] == ["article 0"]
-    assert [e.content for e in hub.suspects] == ["article 2"]
+    assert texts(intake, intake.take(10)) == ["article 0"]
+    assert texts(intake, hub.suspects) == ["article 2"]
     assert hub.counters.lost == 0 and hub.snapshot()["quarantined"] == 1
     assert MAX_KILLS == 2
 
@@ -228,16 +254,36 @@ def test_during_a_drain_a_failed_batch_is_kept_not_retried_forever():
     delta = _one_batch(hub, intake)
     hub.draining = True
     hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=1.0)
-    assert hub.savers_settled()
-    entries, batches = hub.unsaved()
-    assert entries == [] and [b.delta.batch_id for b in batches] == [delta.batch_id]
+    assert hub.savers_settled() and [b.delta.batch_id for b in hub.given_up] == [delta.batch_id]
+    assert hub.snapshot()["unsaved"] == 2
+
+
+def test_the_store_is_unhealthy_once_it_has_failed_for_longer_than_the_threshold():
+    hub, intake, _ = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=10.0)
+    assert hub.store_healthy(now=20.0, threshold=30.0) and not hub.store_healthy(now=41.0, threshold=30.0)
+    hub.dispatch(10.0 + RETRY_DELAY)
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 1, 1), now=50.0)
+    assert hub.store_healthy(now=50.0, threshold=30.0)
+
+
+def test_recorded_batches_from_the_journal_go_to_the_store_before_new_work():
+    hub, intake, _ = make_hub(workers=1)
+    intake.put_many(posts(2))
+    hub.recovering.add("old-batch")
+    hub.dispatch(0.0)
+    assert hub.workers[1].conn.sent == []
+    hub.recovering.clear()
+    hub.dispatch(0.1)
+    assert hub.workers[1].conn.kinds() == [wire.POSTS]
 
 
 # -- drain order (the arbiter's decisions) ---------------------------------------------------------
 
 @pytest.fixture
 def arbiter():
-    a = Arbiter(settings(), b"k")
+    a = Arbiter(settings(), b"k", journal=journal())
     yield a
     a._wake_r.close()
     a._wake_w.close()
@@ -280,17 +326,11 @@ def test_no_worker_is_respawned_during_a_drain_when_there_is_no_input(arbiter, m
     arbiter.hub.worker_exited(next(iter(arbiter.hub.workers)), abnormal=True)
     arbiter.spawn_missing()
     assert len(spawned) == 3
-    arbiter.hub.suspects.append(arbiter.intake.take(0) or _entry())
+    arbiter.hub.suspects.append(Entry(99, "Pub", 4))
     for n in list(arbiter.hub.workers):
         arbiter.hub.worker_exited(n)
     arbiter.spawn_missing()  # work left and no worker: one is started even while draining
     assert spawned.count("worker") == 4
-
-
-def _entry():
-    from ingest.backend.intake import Entry
-
-    return Entry(99, "Pub", "text")
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -307,7 +347,7 @@ def test_status_is_a_published_snapshot_that_hub_changes_do_not_touch():
 
 
 def test_status_can_be_read_while_the_loop_mutates_the_hub():
-    hub, intake, _ = make_hub(workers=1)
+    hub, intake, _ = make_hub(workers=1, queue_size=1000)
     errors, stop = [], threading.Event()
 
     def reader():
@@ -320,7 +360,7 @@ def test_status_can_be_read_while_the_loop_mutates_the_hub():
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        for i in range(2000):
+        for i in range(500):
             intake.put_many(posts(1, start=i))
             hub.dispatch(float(i))
             hub.on_worker_message(1, (wire.DONE, None))
@@ -336,6 +376,8 @@ def test_full_intake_refuses_the_whole_request():
     with pytest.raises(QueueFull):
         intake.put_many(posts(6))
     assert len(intake) == 0 and intake.put_many(posts(5)) == {"accepted": 5, "duplicates": 0}
+    with pytest.raises(QueueFull):
+        intake.put_many(posts(1))
 
 
 def test_every_counter_is_named_once_for_metrics():

@@ -68,11 +68,15 @@ def test_reader_before_the_database_exists(tmp_path):
     assert reader.publications()[0].articles == 1
 
 
-def test_markers_expire_after_a_day(tmp_path):
+def test_markers_expire_only_after_any_journal_entry_could_replay_them(tmp_path):
+    from ingest.core.rules import MARKER_TTL_SECONDS
+
     store = SqliteStore(tmp_path / "s.db")
     store.apply(_delta("old", ("BBC", ["uk"])))
-    store._conn.execute("UPDATE applied_batches SET applied_at = ?", (time.time() - 2 * 86400,))
+    store.apply(_delta("recent", ("BBC", ["uk"])))
+    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'old'", (time.time() - MARKER_TTL_SECONDS - 60,))
+    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'recent'", (time.time() - 20 * 86400,))
     store._last_expiry = 0
     store.apply(_delta("new", ("BBC", ["uk"])))
-    ids = [r[0] for r in store._conn.execute("SELECT batch_id FROM applied_batches")]
-    assert ids == ["new"]
+    ids = sorted(r[0] for r in store._conn.execute("SELECT batch_id FROM applied_batches"))
+    assert ids == ["new", "recent"]

@@ -4,12 +4,13 @@ One pass of the loop: wait (children's pipes and sentinels, signals, new posts, 
 handle what arrived → dispatch → kill the unresponsive → top up the children → publish the
 status snapshot. SIGTERM/SIGINT start an orderly drain: stop accepting → workers finish the queue
 and flush → savers commit everything → exit 0. Every way out (drain, SIGQUIT, a boot error, a
-bug in the loop) goes through `finish`. Routing state lives in Hub; this module only sequences.
+bug in the loop) goes through `finish`, and whatever is not stored by then stays in the journal,
+which the next start recovers first. Routing state lives in Hub; this module only sequences.
 """
 
 from __future__ import annotations
 
-import json
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -18,10 +19,12 @@ import socket
 import time
 from multiprocessing.connection import wait
 
+from ..core.storeurl import store_identity
 from . import wire
 from .child import child_main
-from .hub import Hub, SaverSlot, WorkerSlot
-from .intake import Entry, Intake, serve
+from .hub import Batch, Hub, SaverSlot, WorkerSlot
+from .intake import Intake, serve
+from .journal import Journal, JournalError
 from .saver import Saver
 from .worker import Worker
 
@@ -31,6 +34,9 @@ TICK = 0.25
 WORKER_TIMEOUT = 300.0  # one request (a micro-batch of NER) may not take longer
 MAX_BOOT_FAILURES = 3
 EXIT_UNFINISHED = 1
+EXIT_JOURNAL = 2
+SAVER_RESPAWN_DELAY = 5.0  # a saver that cannot reopen the store mid-run is retried this often
+HOUSEKEEPING_EVERY = 1.0   # seconds between journal look-ups (oldest article, requeued quarantine)
 
 
 class BootError(Exception):
@@ -40,15 +46,21 @@ class BootError(Exception):
 class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
-    def __init__(self, settings, authkey: bytes):
+    def __init__(self, settings, authkey: bytes, journal: Journal | None = None):
         self.settings = settings
         self.authkey = authkey
         self.ctx = multiprocessing.get_context("spawn")
+        self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
+                                          max_bytes=settings.journal_size, retention=settings.dedup_retention)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.intake = Intake(settings.queue_size, on_put=self.wake)
-        self.hub = Hub(self.intake, settings)
+        self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake)
+        self.hub = Hub(self.intake, settings, ledger=self.journal)
+        self.saver_ever_ready = False
+        self.saver_respawn_at = 0.0
+        self.next_housekeeping = 0.0
+        self.oldest_age = 0.0
         self.signals: list[int] = []
         self.draining = False
         self.drain_deadline = 0.0
@@ -64,24 +76,44 @@ class Arbiter:
             pass  # already awake
 
     def install_signals(self) -> None:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack to the log
         for sig in self.SIGNALS:
             signal.signal(sig, lambda signum, frame: (self.signals.append(signum), self.wake()))
 
     def publish(self) -> None:
-        snapshot = self.hub.snapshot()
+        now = time.monotonic()
+        snapshot = self.hub.snapshot(now)
         snapshot["uptime_seconds"] = round(time.time() - self.started, 1)
+        snapshot["oldest_uncommitted_seconds"] = self.oldest_age
+        snapshot["store_healthy"] = self.hub.store_healthy(now, self.settings.store_unhealthy_after)
         self.intake.publish(snapshot)
+
+    def housekeeping(self, now: float) -> None:
+        """Once a second: the oldest article's age, and quarantined articles an operator sent back."""
+        if now < self.next_housekeeping:
+            return
+        self.next_housekeeping = now + HOUSEKEEPING_EVERY
+        try:
+            self.oldest_age = self.journal.oldest_age()
+            if not self.draining:
+                requeued = self.journal.requeued()
+                if requeued:
+                    log.info("%d quarantined articles sent back by an operator: queued again", len(requeued))
+                    self.hub.unquarantine(len(requeued))
+                    self.intake.push_back(requeued)
+        except Exception as exc:  # a busy or full disk: try again next time
+            log.warning("journal housekeeping failed: %s", exc)
 
     # -- run ---------------------------------------------------------------------
     def run(self) -> int:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inherited by spawned workers
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.install_signals()
-        self.publish()
-        serve(self.intake, self.settings.manager_address, self.authkey)  # an address in use fails here
-        self.replay_deadletter()
         code = EXIT_UNFINISHED
         try:
+            self.recover()
+            self.publish()
+            serve(self.intake, self.settings.manager_address, self.authkey)  # an address in use fails here
             self.spawn_missing()
             log.info("ingestiond started: workers=%d savers=%d store=%s queue=%d cache=%d flush=%.1fs",
                      self.settings.workers, self.settings.savers, _safe_store(self.settings.store_url),
@@ -90,6 +122,12 @@ class Arbiter:
         except BootError as exc:
             log.critical("%s — stopping instead of respawning", exc)
             code = wire.EXIT_BOOT_ERROR
+        except JournalError as exc:
+            log.critical("cannot start: %s", exc)
+            code = EXIT_JOURNAL
+        except OSError:
+            code = EXIT_UNFINISHED
+            raise  # the manager address in use: the command line names it
         except Exception:
             log.exception("the arbiter's loop failed; stopping")
         finally:
@@ -107,7 +145,8 @@ class Arbiter:
             self.kill_unresponsive(now)
             if self.draining and self.advance_drain(now):
                 return 0
-            self.spawn_missing()
+            self.spawn_missing(now)
+            self.housekeeping(now)
             self.publish()
 
     def wait_once(self) -> None:
@@ -145,23 +184,37 @@ class Arbiter:
             while slot.conn.poll():
                 message = slot.conn.recv()
                 if message[0] == wire.BOOT_ERROR:
-                    raise BootError(f"{role} {number} cannot start: {message[1]}")
+                    self.boot_error(role, number, message[1])
+                    continue
                 if role == "worker":
                     self.hub.on_worker_message(number, message)
                 else:
                     self.hub.on_saver_message(number, message, time.monotonic())
                 if message[0] == wire.READY:
                     self.boot_failures = 0
+                    self.saver_ever_ready |= role == "saver"
                     log.info("%s %d ready (pid %d)", role, number, message[1])
         except (EOFError, OSError):
             pass  # its sentinel reports the exit
 
+    def boot_error(self, role: str, number: int, reason: str) -> None:
+        """A child that cannot start stops the backend, except a saver of a store that worked before:
+        that is a store outage (read-only remount, lost credentials), retried while the journal keeps
+        every article and /readyz says 503."""
+        if role == "saver" and self.saver_ever_ready:
+            log.error("saver %d cannot reopen the store: %s; retrying in %.0fs", number, reason, SAVER_RESPAWN_DELAY)
+            self.hub.store_failed(time.monotonic())
+            self.saver_respawn_at = time.monotonic() + SAVER_RESPAWN_DELAY
+            return
+        raise BootError(f"{role} {number} cannot start: {reason}")
+
     # -- children -------------------------------------------------------------------
-    def spawn_missing(self) -> None:
+    def spawn_missing(self, now: float = 0.0) -> None:
         """Top up the children; during a drain only while there is still work for that role."""
         hub = self.hub
         need_workers = not self.draining or ((len(self.intake) or hub.suspects) and not hub.workers)
-        need_savers = not self.draining or (not hub.savers and not hub.savers_settled())
+        need_savers = (not self.draining or (not hub.savers and not hub.savers_settled())) \
+            and now >= self.saver_respawn_at
         while need_workers and len(hub.workers) < self.settings.workers:
             hub.add_worker(WorkerSlot(*self.spawn(Worker)))
         while need_savers and len(hub.savers) < self.settings.savers:
@@ -185,9 +238,9 @@ class Arbiter:
         slot.process.join(1)
         code = slot.process.exitcode
         clean = slot.stopping and code == 0
-        if code == wire.EXIT_BOOT_ERROR:
+        if code == wire.EXIT_BOOT_ERROR and not (role == "saver" and self.saver_ever_ready):
             raise BootError(f"{role} {number} cannot start (exit {code})")
-        if not slot.ready and not slot.stopping:
+        if not slot.ready and not slot.stopping and code != wire.EXIT_BOOT_ERROR:
             self.boot_failures += 1
             if self.boot_failures >= MAX_BOOT_FAILURES:
                 raise BootError(f"{role} {number} died {self.boot_failures} times before it was ready (exit {code})")
@@ -226,14 +279,14 @@ class Arbiter:
         self.drain_deadline = time.monotonic() + self.settings.drain_timeout
         self.intake.stop_accepting()
         log.info("%s: draining: queue=%d in_flight=%d — accepting nothing more",
-                 why, len(self.intake), self.hub.snapshot()["in_flight"])
+                 why, len(self.intake), self.hub.snapshot(time.monotonic())["in_flight"])
 
     def advance_drain(self, now: float) -> bool:
         """One step of the shutdown order; True once every child has exited."""
         if now > self.drain_deadline:
             log.error("drain took longer than %.0fs: killing children", self.settings.drain_timeout)
             return True
-        if self.hub.workers_settled():
+        if self.hub.workers_settled() and not self.intake.busy():
             self.hub.stop_idle(self.hub.workers, now)
             if not self.hub.workers and self.hub.savers_settled():
                 self.hub.stop_idle(self.hub.savers, now)
@@ -248,60 +301,37 @@ class Arbiter:
                 slot.process.join(5)
 
     def finish(self, code: int) -> int:
-        """The one way out: no child left running, whatever is not stored kept for the next start."""
+        """The one way out: no child left running; whatever is not stored stays in the journal."""
         self.intake.stop_accepting()
         self.stop_all_now()
-        entries, batches = self.hub.unsaved()
-        if entries or batches:
-            self.write_deadletter(entries, batches)
+        s = self.hub.snapshot(time.monotonic())
+        left = self.journal.stats()["journal_articles"]
+        self.journal.close()
+        if left:
+            log.warning("%d accepted articles are not stored yet; they stay in the journal %s and are "
+                        "counted at the next start", left, self.settings.journal_path)
             return code or EXIT_UNFINISHED
-        s = self.hub.snapshot()
         log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d lost=%d — exiting",
                  self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"], s["lost"])
         return code
 
-    # -- dead letters ---------------------------------------------------------------------
-    def write_deadletter(self, entries: list[Entry], batches: list) -> None:
-        path = self.settings.deadletter_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            for entry in entries:
-                fh.write(json.dumps({"type": "post", "publication": entry.publication, "content": entry.content}) + "\n")
-            for batch in batches:
-                fh.write(json.dumps({"type": "delta", "batch_id": batch.delta.batch_id, "articles": batch.articles,
-                                     "publications": [_aggregate_to_json(a) for a in batch.delta.publications.values()]}) + "\n")
-        log.error("could not finish: %d posts and %d store batches written to %s; they are replayed on the next start",
-                  len(entries), len(batches), path)
-
-    def replay_deadletter(self) -> None:
-        from ..core.models import Aggregate, Delta
-        from .hub import Batch
-
-        path = self.settings.deadletter_path
-        if not path.exists():
-            return
-        entries, batches = [], []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                record = json.loads(line)
-                if record["type"] == "post":
-                    entries.append(Entry(-number, record["publication"], record["content"]))
-                else:
-                    pubs = {p[0]: Aggregate(*p) for p in record["publications"]}
-                    batches.append(Batch(Delta(record["batch_id"], pubs), [], record.get("articles", 0)))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("%s:%d: unreadable dead-letter record skipped (%s)", path, number, exc)
-        replayed = path.with_name(f"{path.name}.replayed-{int(time.time())}")
-        path.rename(replayed)
-        if entries:
-            self.intake.push_front(entries)
-        for batch in batches:
-            self.hub.retry.append((0.0, batch))
-        log.warning("replaying %d posts and %d store batches from %s (kept as %s)", len(entries), len(batches), path, replayed.name)
-
-
-def _aggregate_to_json(a) -> list:
-    return [a.key, a.name, a.articles, a.mentions, a.entity_articles]
+    # -- recovery ---------------------------------------------------------------------
+    def recover(self) -> None:
+        """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
+        self.journal.claim(store_identity(self.settings.store_url))
+        found = self.journal.recover()
+        for batch_id, delta, seqs in found.batches:
+            self.hub.retry.append((0.0, Batch(delta, seqs, len(seqs))))
+            self.hub.recovering.add(batch_id)
+        self.hub.suspects.extend(e for e in found.entries if e.kills)
+        self.intake.push_back(e for e in found.entries if not e.kills)
+        self.hub.quarantined_now = found.quarantined
+        if found.batches or found.entries:
+            log.warning("recovering from the journal: %d recorded batches (%d articles) to commit again, "
+                        "then %d accepted articles", len(found.batches), sum(len(b[2]) for b in found.batches),
+                        len(found.entries))
+        if found.quarantined:
+            log.warning("%d quarantined articles in the journal (`ingestiond quarantine list`)", found.quarantined)
 
 
 def _describe_exit(code) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 
 from .. import logs
@@ -14,6 +15,11 @@ EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quarantine"]:
+        from .quarantine import main as quarantine_main
+
+        return quarantine_main(argv[1:])
     try:
         settings = load_backend_settings(argv)
         authkey = ensure_authkey(settings)
@@ -22,9 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     logs.setup(settings.log_level, "arbiter")
     from .arbiter import Arbiter
+    from .journal import JournalError
 
     try:
-        return Arbiter(settings, authkey).run()
+        arbiter = Arbiter(settings, authkey)
+    except JournalError as exc:
+        log.critical("cannot start: %s", exc)
+        return EXIT_CONFIG
+    except (OSError, sqlite3.Error) as exc:
+        log.critical("cannot open the journal %s: %s", settings.journal_path, exc)
+        return EXIT_CONFIG
+    try:
+        return arbiter.run()
     except OSError as exc:  # the manager address in use, the var dir unwritable
         host, port = settings.manager_address
         if getattr(exc, "errno", None) == 98:

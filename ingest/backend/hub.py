@@ -5,6 +5,7 @@ dispatch; it never blocks and never reads a clock of its own (`now` is passed in
 without processes. It sends only to idle children (see wire.py). Everything accepted is always in
 exactly one place: the intake, the suspects, a worker's unflushed set, the pending delta, a
 saver's batch, the retry list or the quarantine — so a death or a shutdown knows what to give back.
+Each of those states is mirrored in the journal (the `ledger`), which a restart recovers.
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ class Hub:
         self.pending: dict[str, Aggregate] = {}
         self.pending_seqs: list[int] = []
         self.retry: collections.deque[tuple[float, Batch]] = collections.deque()
-        self.given_up: list[Batch] = []  # failed during a drain: left for the next start
-        self.quarantined: list[Entry] = []
+        self.given_up: list[Batch] = []  # failed during a drain: left in the journal for the next start
+        self.recovering: set[str] = set()  # batch ids found in the journal at start: committed before new work
+        self.quarantined_now = 0
+        self.store_failing_since: float | None = None
         self.draining = False
         self.counters = Counters()
 
@@ -133,16 +136,28 @@ class Hub:
             entry.kills += 1
             (poison if entry.kills >= MAX_KILLS else again).append(entry)
         if again:
-            self.ledger.suspect(again)
+            self._durably("suspect", again)
             self.suspects.extend(again)
             self.counters.suspects += len(again)
             log.warning("worker %d died processing %d posts: each is retried alone", number, len(again))
         if poison:
-            self.ledger.quarantine(poison)
-            self.quarantined.extend(poison)
+            self._durably("quarantine", poison)
+            self.quarantined_now += len(poison)
             self.counters.quarantined_total += len(poison)
             log.error("worker %d died processing post seq=%s a second time: quarantined (kept; see "
                       "`ingestiond quarantine list`)", number, ",".join(str(e.seq) for e in poison))
+
+    def unquarantine(self, n: int) -> None:
+        self.quarantined_now = max(0, self.quarantined_now - n)
+
+    def _durably(self, what: str, *args) -> bool:
+        """A journal update; a failure (disk full) is logged, and the journal's older state stays valid."""
+        try:
+            getattr(self.ledger, what)(*args)
+            return True
+        except Exception as exc:  # sqlite3.Error, OSError
+            log.error("journal %s failed: %s", what, exc)
+            return False
 
     def saver_exited(self, number: int, abnormal: bool = True) -> None:
         slot = self.savers.pop(number)
@@ -186,19 +201,30 @@ class Hub:
         if batch is None:
             return
         if kind == wire.SAVED:
-            self.ledger.complete(batch)
+            self._durably("complete", batch)
+            self.recovering.discard(batch.delta.batch_id)
+            self.store_failing_since = None
             self.counters.store_batches += 1
             self.counters.store_writes += message[2]
             self.counters.store_commits += message[3]
         elif kind == wire.FAILED:
             self.counters.store_errors += 1
+            self.store_failed(now)
             if self.draining:  # its retries are spent and we are stopping: keep it for the next start
                 self.given_up.append(batch)
+                self.recovering.discard(batch.delta.batch_id)
                 log.error("batch=%s (%d articles) not stored during the drain: %s",
                           batch.delta.batch_id, batch.articles, message[2])
             else:
                 self.retry.append((now + RETRY_DELAY, batch))
                 log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles, message[2])
+
+    def store_failed(self, now: float) -> None:
+        if self.store_failing_since is None:
+            self.store_failing_since = now
+
+    def store_healthy(self, now: float, threshold: float) -> bool:
+        return self.store_failing_since is None or now - self.store_failing_since < threshold
 
     # -- dispatch ---------------------------------------------------------------
     def dispatch(self, now: float) -> None:
@@ -209,6 +235,8 @@ class Hub:
         return slot.ready and slot.busy_since is None and not slot.stopping
 
     def feed_workers(self, now: float) -> None:
+        if self.recovering:  # the journal's recorded batches go to the store before new work
+            return
         for slot in self.workers.values():
             if not self.idle(slot):
                 continue
@@ -252,7 +280,8 @@ class Hub:
         if not self.pending:
             return None
         batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, len(self.pending_seqs))
-        self.ledger.record_batch(batch)  # recorded before the store sees it: a crash replays this id
+        if not self._durably("record_batch", batch):  # recorded before the store sees it: a crash replays this id
+            return None  # kept pending; tried again on the next pass
         self.pending, self.pending_seqs = {}, []
         return batch
 
@@ -271,18 +300,8 @@ class Hub:
                 self.send(slot, (wire.STOP,), now)
                 slot.stopping = True
 
-    def unsaved(self) -> tuple[list[Entry], list[Batch]]:
-        """What is not yet stored: posts not yet flushed, batches not yet committed."""
-        entries = list(self.suspects) + self.intake.take(len(self.intake))
-        for slot in self.workers.values():
-            entries.extend(slot.unflushed)
-        batches = self.given_up + [b for _, b in self.retry] + [s.batch for s in self.savers.values() if s.batch]
-        if self.pending:
-            batches.append(Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, len(self.pending_seqs)))
-        return entries, batches
-
     # -- numbers ----------------------------------------------------------------
-    def snapshot(self) -> dict:
+    def snapshot(self, now: float = 0.0) -> dict:
         """A fresh dict of plain values: published to the manager's threads, never shared state."""
         c = self.counters
         held = {f"worker-{n}": len(w.unflushed) for n, w in self.workers.items()}
@@ -293,7 +312,8 @@ class Hub:
             "in_flight_by_worker": held,
             "unsaved": len(self.pending_seqs) + in_saver + sum(b.articles for _, b in self.retry)
                        + sum(b.articles for b in self.given_up),
-            "quarantined": len(self.quarantined),
+            "quarantined": self.quarantined_now,
+            "store_failing_seconds": round(now - self.store_failing_since, 1) if self.store_failing_since is not None else 0.0,
             "workers": len(self.workers),
             "workers_ready": sum(1 for s in self.workers.values() if s.ready),
             "savers": len(self.savers),

@@ -9,50 +9,42 @@ journal has it on disk.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import threading
-from dataclasses import dataclass
 from multiprocessing.managers import BaseManager
 from typing import Callable, Iterable
 
 from ..core.protocol import INTAKE, SERIALIZER, Draining, QueueFull
+from .journal import Entry, Journal
 
 log = logging.getLogger("ingest.intake")
 
 
-@dataclass(slots=True)
-class Entry:
-    """One accepted article inside the backend."""
-
-    seq: int
-    publication: str
-    content: str
-    kills: int = 0  # workers that died while this article was in their micro-batch
-
-    def post(self) -> tuple[str, str]:
-        return (self.publication, self.content)
-
-
 class Intake:
-    """A bounded FIFO with an accepting/draining switch, shared by the manager and the hub."""
+    """The accepted articles not yet handed to a worker, in order, over the durable journal.
 
-    def __init__(self, capacity: int, on_put: Callable[[], None] | None = None):
+    `put_many` returns only once the journal has the posts on disk (a group commit shared with
+    concurrent requests); the queue itself holds only small `Entry`s, the text stays on disk.
+    """
+
+    def __init__(self, journal: Journal, capacity: int, on_put: Callable[[], None] | None = None):
+        self.journal = journal
         self.capacity = capacity
         self._items: collections.deque[Entry] = collections.deque()
         self._lock = threading.Lock()
         self._accepting = True
+        self._appending = 0
         self._on_put = on_put or (lambda: None)
         self._status: dict = {}
-        self._seq = itertools.count(1)
         self.accepted = 0
         self.duplicates = 0
         self.rejected_full = 0
         self.rejected_draining = 0
 
+    # -- called by the frontend through the manager ---------------------
     def put_many(self, posts: list) -> dict:
-        """Enqueue every post or none: {"accepted": n, "duplicates": m}."""
-        items = [(str(p[0]), str(p[1])) for p in posts]
+        """Accept every post or none, durably: {"accepted": n, "duplicates": m}."""
+        items = [(str(p[0]), str(p[1]), None if len(p) < 3 or p[2] is None else str(p[2])) for p in posts]
         with self._lock:
             if not self._accepting:
                 self.rejected_draining += len(items)
@@ -60,12 +52,25 @@ class Intake:
             if len(self._items) + len(items) > self.capacity:
                 self.rejected_full += len(items)
                 raise QueueFull(f"input queue full ({len(self._items)}/{self.capacity})")
-            self._items.extend(Entry(next(self._seq), pub, content) for pub, content in items)
-            self.accepted += len(items)
+            self._appending += 1
+        try:
+            result = self.journal.append(items)
+        except QueueFull:
+            with self._lock:
+                self.rejected_full += len(items)
+            raise
+        finally:
+            with self._lock:
+                self._appending -= 1
+        with self._lock:
+            self._items.extend(Entry(seq, pub, size) for seq, pub, size in result["entries"])
+            self.accepted += result["accepted"]
+            self.duplicates += result["duplicates"]
         self._on_put()
-        return {"accepted": len(items), "duplicates": 0}
+        return {"accepted": result["accepted"], "duplicates": result["duplicates"]}
 
     def status(self) -> dict:
+        """The intake's own numbers, read under its lock, plus the hub's latest published snapshot."""
         with self._lock:
             status = {
                 "state": "accepting" if self._accepting else "draining",
@@ -76,28 +81,44 @@ class Intake:
                 "rejected_full": self.rejected_full,
                 "rejected_draining": self.rejected_draining,
             }
+        status.update(self.journal.stats())
         status.update(self._status)
         return status
 
     def publish(self, snapshot: dict) -> None:
+        """The arbiter's loop hands over a fresh dict; readers never see hub state being changed."""
         self._status = snapshot
 
+    # -- called inside the backend --------------------------------------
     def take(self, n: int) -> list[Entry]:
         with self._lock:
             count = min(n, len(self._items))
             return [self._items.popleft() for _ in range(count)]
 
-    def contents(self, entries):
-        return [(e.publication, e.content) for e in entries]
+    def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
+        """The posts a worker needs, read back from the journal."""
+        missing = [e.seq for e in entries if e.content is None]
+        texts = self.journal.contents(missing) if missing else {}
+        return [(e.publication, e.content if e.content is not None else texts[e.seq]) for e in entries]
 
     def push_front(self, items: Iterable[Entry]) -> None:
+        """Give back posts a dead worker never flushed; they go first, past the bound."""
         with self._lock:
             self._items.extendleft(reversed(list(items)))
+        self._on_put()
+
+    def push_back(self, items: Iterable[Entry]) -> None:
+        with self._lock:
+            self._items.extend(items)
         self._on_put()
 
     def stop_accepting(self) -> None:
         with self._lock:
             self._accepting = False
+
+    def busy(self) -> bool:
+        """A request is being written: the drain waits for it, so its 202 is processed now."""
+        return self._appending > 0
 
     def __len__(self) -> int:
         return len(self._items)

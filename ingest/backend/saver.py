@@ -26,14 +26,32 @@ class Saver(Child):
         self.store = None
 
     def boot(self) -> None:
+        """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
             self.store = open_store(self.settings.store_url)
-        except Exception as exc:  # bad path, missing credentials, unknown URL
-            raise BootFailure(f"cannot open store {self.settings.store_url.split('?', 1)[0]}: {exc}") from None
+            self.store.check()
+        except Exception as exc:  # bad path, missing credentials, unknown URL, read-only
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            raise BootFailure(f"cannot write to store {self.settings.store_url.split('?', 1)[0]}: {exc}") from None
+
+    def reopen(self) -> None:
+        """After a failed batch: a fresh handle (a database reopened read-only stays read-only)."""
+        try:
+            self.store.close()
+        except Exception:  # closing a broken handle may fail too
+            log.debug("%s: closing the store failed", self.name, exc_info=True)
+        try:
+            self.store = open_store(self.settings.store_url)
+        except Exception as exc:
+            log.error("%s: cannot reopen the store: %s", self.name, exc)
+            raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried
 
     def teardown(self) -> None:
         if self.store is not None:
             self.store.close()
+            self.store = None
 
     def handle(self, message: tuple) -> bool:
         if message[0] == wire.STOP:
@@ -49,6 +67,7 @@ class Saver(Child):
         except (RetryError, StoreError, PermanentStoreError) as exc:
             reason = str(exc.last_attempt.exception()) if isinstance(exc, RetryError) else str(exc)
             log.error("%s: batch=%s articles=%d not stored: %s", self.name, delta.batch_id, delta.articles, reason)
+            self.reopen()
             return (wire.FAILED, delta.batch_id, reason)
         except Exception as exc:  # a bug or an unexpected client error: keep the batch, say why
             log.exception("%s: batch=%s failed unexpectedly", self.name, delta.batch_id)

@@ -8,6 +8,8 @@ a second live thread slows spaCy by ~20%).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 
 from ..core.models import Aggregate, merge
@@ -15,6 +17,10 @@ from . import wire
 from .child import BootFailure, Child
 
 log = logging.getLogger("ingest.worker")
+
+# A fault-injection seam for the tests alone: a worker SIGKILLs itself on an article containing this
+# token, as a segfault or the OOM killer would. Unset (always, outside tests) it costs one `if`.
+POISON_VARIABLE = "INGEST_TEST_POISON_TOKEN"
 
 
 class Worker(Child):
@@ -26,6 +32,7 @@ class Worker(Child):
         self.held = 0  # messages in the cache
         self.oldest = 0.0
         self.processor = None
+        self.poison = os.environ.get(POISON_VARIABLE) or None
 
     def boot(self) -> None:
         from .nlp import ModelLoadError, Processor
@@ -52,6 +59,8 @@ class Worker(Child):
         return True
 
     def process(self, posts: list) -> None:
+        if self.poison and any(self.poison in p[1] for p in posts):
+            os.kill(os.getpid(), signal.SIGKILL)
         if not self.held:
             self.oldest = time.monotonic()
         merge(self.cache, self.processor.process(posts))

@@ -8,6 +8,10 @@ SKIPPED_LABELS = frozenset({"CARDINAL", "DATE", "MONEY", "ORDINAL", "PERCENT", "
 MAX_PUBLICATION_KEY = 200
 MAX_PUBLICATION_BYTES = 1000  # UTF-8 bytes of a publication as sent, before whitespace is folded
 MAX_CLIENT_ID = 200
+# A store's batch markers outlive any journal entry that could replay them: the journal refuses to
+# replay a recorded batch older than MARKER_TTL_SECONDS - MARKER_MARGIN_SECONDS (see backend/journal.py).
+MARKER_TTL_SECONDS = 30 * 86400
+MARKER_MARGIN_SECONDS = 86400
 
 
 def normalize(text: str) -> str:

@@ -24,3 +24,19 @@ def parse_store_url(url: str) -> tuple[str, str]:
     raise StoreURLError(
         f"unknown store URL {url!r}: expected sqlite:///path.db, sqlite:////abs/path.db, firestore or firestore://PROJECT"
     )
+
+
+def store_identity(url: str, env=None) -> str:
+    """What a journal is bound to: the same data, however the URL was spelled (no options, no secrets)."""
+    import os
+    from pathlib import Path
+
+    env = os.environ if env is None else env
+    kind, target = parse_store_url(url)
+    if kind == "sqlite":
+        return f"sqlite:///{Path(target).resolve()}"
+    if kind == "firestore":
+        project = target or env.get("GOOGLE_CLOUD_PROJECT") or "(default project)"
+        emulator = env.get("FIRESTORE_EMULATOR_HOST")
+        return f"firestore://{project}" + (f" (emulator at {emulator})" if emulator else "")
+    return "none"

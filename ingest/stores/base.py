@@ -24,6 +24,9 @@ class Store(Protocol):
         already applied). Raises StoreError for transient failures.
         """
 
+    def check(self) -> None:
+        """Raise StoreError/PermanentStoreError unless the store can be written now (savers call it at boot)."""
+
     def publications(self) -> list[PublicationSummary]:
         """All publications, sorted by articles desc (then key)."""
 

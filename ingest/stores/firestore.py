@@ -8,7 +8,7 @@ Exactly once: a delta becomes a deterministic list of chunks (publication docs f
 entities, each sorted by key) of at most MAX_WRITES - 1 increments plus one marker `create` of
 `ingest_batches/{batch}-{chunk}` in the same commit. A retry rebuilds the same chunks; a chunk
 whose marker exists fails with AlreadyExists, which means "already applied", and is skipped.
-Markers carry `expires_at` (now + 1 day) for a TTL policy (deploy/firestore.ttl.md).
+Markers carry `expires_at` (now + 30 days, longer than any journal entry may wait) for a TTL policy (deploy/firestore.ttl.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Union
 
 from ..core.models import Delta, EntityCount, PublicationSummary
-from ..core.rules import doc_id, publication_key
+from ..core.rules import MARKER_TTL_SECONDS, doc_id, publication_key
 from .base import PermanentStoreError, StoreError
 
 log = logging.getLogger("ingest.store.firestore")
@@ -30,8 +30,9 @@ log = logging.getLogger("ingest.store.firestore")
 PUBLICATIONS = "publications"
 ENTITIES = "ent"
 MARKERS = "ingest_batches"
+HEALTH = ("ingest_meta", "health")  # written once per saver start, to prove the store takes writes
 MAX_WRITES = 500  # per commit, marker included; the emulator accepts more, real Firestore may not
-MARKER_TTL = timedelta(days=1)
+MARKER_TTL = timedelta(seconds=MARKER_TTL_SECONDS)
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,199}")
 
 
@@ -214,6 +215,14 @@ class FirestoreStore:
                  if snap.exists and _has_name(snap)}
         self._named.update(k for k in unknown if doc_id(k) in named)
         return {k for k in unknown if doc_id(k) not in named}
+
+    def check(self) -> None:
+        """Prove the database takes writes: no credentials, no project or no permission fail here."""
+        from google.cloud import firestore
+
+        with self._translated("check"):
+            self.client.collection(HEALTH[0]).document(HEALTH[1]).set(
+                {"checked_at": firestore.SERVER_TIMESTAMP}, retry=None, timeout=min(self.timeout, 10.0))
 
     # -- reads ----------------------------------------------------------
     def publications(self) -> list[PublicationSummary]:

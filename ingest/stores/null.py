@@ -18,6 +18,9 @@ class NullStore:
             )
         return 0
 
+    def check(self) -> None:
+        pass
+
     def publications(self) -> list[PublicationSummary]:
         return []
 

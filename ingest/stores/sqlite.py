@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 from ..core.models import Delta, EntityCount, PublicationSummary
-from ..core.rules import publication_key
+from ..core.rules import MARKER_TTL_SECONDS, publication_key
 from .base import StoreError
 
 log = logging.getLogger("ingest.store.sqlite")
 
-MARKER_TTL_SECONDS = 24 * 3600
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS publications (
@@ -96,6 +95,17 @@ class SqliteStore:
         if now - self._last_expiry > 600:
             self._conn.execute("DELETE FROM applied_batches WHERE applied_at < ?", (now - MARKER_TTL_SECONDS,))
             self._last_expiry = now
+
+    def check(self) -> None:
+        """Prove the database takes writes (a read-only file or directory fails here)."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO applied_batches VALUES ('__check__', 0)")
+            finally:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
     # -- reads ----------------------------------------------------------
     def publications(self) -> list[PublicationSummary]:

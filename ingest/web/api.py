@@ -194,8 +194,8 @@ def _json_type(value) -> str:
 def _put(posts: list[Post]):
     try:
         answer = _client().put_many([p.as_wire() for p in posts])
-    except QueueFull:
-        raise ApiError(503, "queue_full", "the input queue has no room for this request; retry later",
+    except QueueFull as exc:
+        raise ApiError(503, "queue_full", f"no room for this request: {exc}; retry later",
                        {"Retry-After": str(RETRY_AFTER_FULL)}) from None
     except Draining:
         raise ApiError(503, "draining", "the backend is shutting down and accepts nothing more; retry later",
@@ -279,6 +279,12 @@ def readyz():
         return _not_ready("draining", f"backend is {state}", facts)
     if capacity and depth >= capacity:
         return _not_ready("queue_full", f"input queue is full ({depth}/{capacity})", facts)
+    journal, journal_capacity = status.get("journal_bytes", 0), status.get("journal_capacity_bytes", 0)
+    if journal_capacity and journal >= journal_capacity * 0.99:
+        return _not_ready("queue_full", f"the journal is full ({journal:,}/{journal_capacity:,} bytes)", facts)
+    if status.get("store_healthy") is False:
+        return _not_ready("store_unavailable", f"store writes have failed for {status.get('store_failing_seconds')}s; "
+                                               "accepted articles wait in the journal", facts)
     return jsonify(ready=True, **facts)
 
 

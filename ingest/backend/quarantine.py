@@ -1,0 +1,91 @@
+"""`ingestiond quarantine list|retry|drop`: the articles that killed a worker twice.
+
+A quarantined article stays in the journal, never counted and never dropped on its own. `retry`
+sends it back to the workers (a running backend picks it up within a second, or the next start
+does); `drop` deletes it for good. This reads the journal file directly, so it works whether or
+not the backend runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from ..config import BackendSettings, ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ingestiond quarantine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--journal", help="the journal file (default: INGEST_JOURNAL, or VAR_DIR/journal.db)")
+    sub = p.add_subparsers(dest="action", required=True)
+    show = sub.add_parser("list", help="show quarantined articles")
+    show.add_argument("--json", action="store_true", help="one JSON object per line, with the full text")
+    for name, words in (("retry", "send back to the workers"), ("drop", "delete for good")):
+        action = sub.add_parser(name, help=f"{words}: the given SEQs, or --all")
+        action.add_argument("seqs", nargs="*", type=int, metavar="SEQ")
+        action.add_argument("--all", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = Path(args.journal) if args.journal else BackendSettings().journal_path
+    except (ConfigError, ValueError) as exc:
+        print(f"ingestiond quarantine: error: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"ingestiond quarantine: no journal at {path} (set --journal or INGEST_VAR_DIR)", file=sys.stderr)
+        return 2
+    if args.action != "list" and not args.seqs and not args.all:
+        print(f"ingestiond quarantine {args.action}: name the SEQs (see `list`) or give --all", file=sys.stderr)
+        return 2
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        return ACTIONS[args.action](conn, args)
+    finally:
+        conn.close()
+
+
+def _rows(conn, args, columns: str):
+    query = f"SELECT {columns} FROM articles WHERE quarantined_at IS NOT NULL"
+    if getattr(args, "seqs", None) and not getattr(args, "all", False):
+        query += f" AND seq IN ({','.join('?' * len(args.seqs))})"
+        return conn.execute(query + " ORDER BY seq", args.seqs).fetchall()
+    return conn.execute(query + " ORDER BY seq").fetchall()
+
+
+def show(conn, args) -> int:
+    rows = _rows(conn, args, "seq, publication, kills, bytes, quarantined_at, content")
+    for seq, publication, kills, nbytes, when, content in rows:
+        stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="seconds")
+        if args.json:
+            print(json.dumps({"seq": seq, "publication": publication, "kills": kills, "bytes": nbytes,
+                              "quarantined_at": stamp, "content": content}))
+        else:
+            preview = " ".join(content.split())[:60]
+            print(f"{seq}\t{publication}\t{kills} kills\t{nbytes} bytes\t{stamp}\t{preview}")
+    if not args.json:
+        print(f"{len(rows)} quarantined", file=sys.stderr)
+    return 0
+
+
+def retry(conn, args) -> int:
+    seqs = [r[0] for r in _rows(conn, args, "seq")]
+    conn.executemany("UPDATE articles SET quarantined_at = NULL, kills = 0, requeued = 1 WHERE seq = ?", [(s,) for s in seqs])
+    print(f"{len(seqs)} sent back to the workers (a running backend takes them within a second)", file=sys.stderr)
+    return 0 if seqs or args.all else 1
+
+
+def drop(conn, args) -> int:
+    seqs = [r[0] for r in _rows(conn, args, "seq")]
+    conn.executemany("DELETE FROM articles WHERE seq = ? AND quarantined_at IS NOT NULL", [(s,) for s in seqs])
+    print(f"{len(seqs)} dropped for good", file=sys.stderr)
+    return 0 if seqs or args.all else 1
+
+
+ACTIONS = {"list": show, "retry": retry, "drop": drop}

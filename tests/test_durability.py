@@ -1,0 +1,254 @@
+"""A 202 is a promise: SIGKILL of the backend's whole process group at random moments while articles
+stream in, restarts, client retries, poison articles, a store that is down or not ours. Every article
+has its own publication, so each acknowledged article can be traced: 0 lost, 0 counted twice, and
+entity counts equal an independent recount."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from ingest.client import BackendUnavailable, Draining, IngestClient, QueueFull
+from ingest.core.rules import publication_key
+from ingest.stores import open_store
+from tests.corpus import articles
+from tests.support import BIN, free_port, start_backend, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def traced(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(publication, content, id): one publication per article."""
+    return [(f"Trace {i:04d}", content, f"https://example.test/{seed}/{i}")
+            for i, (_, content) in enumerate(articles(n, seed=seed))]
+
+
+def stored_counts(url: str) -> dict:
+    store = open_store(url, readonly=True)
+    try:
+        out = {}
+        for summary in store.publications():
+            rows = store.entities(summary.publication, limit=1000) or []
+            out[publication_key(summary.publication)] = (summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
+        return out
+    finally:
+        store.close()
+
+
+def expected_counts(recount, posts) -> dict:
+    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
+            for k, p in recount([(p[0], p[1]) for p in posts]).items()}
+
+
+class Streamer(threading.Thread):
+    """Posts one article at a time, each retried with its id until acknowledged, across restarts."""
+
+    def __init__(self, address, authkey: str, posts):
+        super().__init__(daemon=True)
+        self.address, self.authkey, self.posts = address, authkey.encode(), posts
+        self.acked: list = []
+        self.duplicates = 0
+        self.retries = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        client = IngestClient(self.address, self.authkey)
+        for post in self.posts:
+            while not self.stop.is_set():
+                try:
+                    answer = client.put_many([post])
+                except (BackendUnavailable, Draining, QueueFull):
+                    self.retries += 1
+                    time.sleep(0.05)
+                    continue
+                self.duplicates += answer["duplicates"]
+                self.acked.append(post)
+                break
+            time.sleep(0.02)  # a stream, not a burst: the kills land while articles still arrive
+
+
+def kill_group(backend) -> None:
+    """What the OOM killer, `kill -9` of the group or a preempted VM does: every process at once."""
+    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
+    os.killpg(backend.proc.pid, signal.SIGKILL)
+    backend.proc.wait(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in members), 30, what="the killed group to be gone")
+
+
+def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
+    posts = traced(n, seed=31)
+    port, authkey = free_port(), "test-" + os.urandom(8).hex()
+    flags = ("--workers", "2", "--cache-size", "8", "--flush-interval", "0.5")
+
+    def start():
+        return start_backend(tmp_path, *flags, store_url=store_url, env=env, port=port, authkey=authkey)
+
+    backend = start()
+    streamer = Streamer(("127.0.0.1", port), authkey, posts)
+    streamer.start()
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    try:
+        for k in range(kills):
+            target = min(len(posts), len(streamer.acked) + rng.randint(5, 40))
+            wait_for(lambda: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
+            time.sleep(rng.uniform(0, 1.5))  # anywhere: mid-NER, mid-flush, mid-commit, idle
+            kill_group(backend)
+            backend = start()
+            assert "recovering from the journal" in backend.log() or k > 0 or len(streamer.acked) == 0
+        streamer.join(300)
+        assert not streamer.is_alive(), "the stream did not finish"
+        backend.wait_idle(180)
+    finally:
+        streamer.stop.set()
+        code = backend.stop()
+    assert code == 0, backend.log()
+    assert len(streamer.acked) == len(posts)
+    got = stored_counts(store_url)
+    doubled = {k: v[0] for k, v in got.items() if v[0] != 1}
+    lost = {publication_key(p[0]) for p in posts} - set(got)
+    assert not lost and not doubled, f"lost {sorted(lost)[:5]} ({len(lost)}), doubled {doubled}"
+    assert got == expected_counts(recount, posts)
+    return streamer
+
+
+def test_sigkill_of_the_whole_group_at_random_moments_sqlite(tmp_path, recount):
+    streamer = _random_kills(tmp_path, recount, f"sqlite:///{tmp_path / 'ingest.db'}")
+    assert streamer.retries > 0, "the kills must have interrupted the stream"
+
+
+@pytest.mark.firestore
+def test_sigkill_of_the_whole_group_at_random_moments_firestore(tmp_path, recount, firestore_emulator,
+                                                                 firestore_project):
+    _random_kills(tmp_path, recount, f"firestore://{firestore_project}",
+                  env={"FIRESTORE_EMULATOR_HOST": firestore_emulator}, n=160)
+
+
+def test_sigquit_under_load_stops_at_once_and_the_next_start_counts_everything(tmp_path, recount):
+    posts = traced(80, seed=32)
+    backend = start_backend(tmp_path, "--workers", "1", "--cache-size", "1000", "--flush-interval", "60")
+    port, authkey = backend.address[1], backend.authkey
+    backend.client.put_many(posts)
+    wait_for(lambda: backend.status()["in_flight"] > 0, 60, what="work in flight")
+    assert backend.stop(signal.SIGQUIT) == 1
+    assert "stay in the journal" in backend.log()
+    backend = start_backend(tmp_path, "--workers", "1", port=port, authkey=authkey)
+    try:
+        backend.wait_idle()
+    finally:
+        assert backend.stop() == 0
+    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def test_the_same_id_twice_is_counted_once_also_across_a_restart(tmp_path, recount):
+    posts = traced(20, seed=33)
+    backend = start_backend(tmp_path, "--workers", "1")
+    port, authkey = backend.address[1], backend.authkey
+    try:
+        assert backend.client.put_many(posts[:10]) == {"accepted": 10, "duplicates": 0}
+        assert backend.client.put_many(posts[5:15]) == {"accepted": 5, "duplicates": 5}
+        # the same id under the same publication key, spelled differently: a retry, not a new article
+        respelled = [(p[0].upper() + "  ", p[1], p[2]) for p in posts[:3]]
+        assert backend.client.put_many(respelled) == {"accepted": 0, "duplicates": 3}
+        # no id: counted every time, as before
+        assert backend.client.put_many([(posts[0][0], posts[0][1])])["accepted"] == 1
+    finally:
+        assert backend.stop() == 0
+    backend = start_backend(tmp_path, "--workers", "1", port=port, authkey=authkey)
+    try:
+        assert backend.client.put_many(posts) == {"accepted": 5, "duplicates": 15}
+        backend.wait_idle()
+    finally:
+        assert backend.stop() == 0
+    expected = expected_counts(recount, posts + [posts[0]])
+    assert stored_counts(backend.store_url) == expected
+
+
+def test_a_poison_article_is_quarantined_and_every_other_article_counted(tmp_path, recount):
+    posts = traced(30, seed=34)
+    poison = ("Trace poison", "This article kills NER workers: POISON-7f3a. Angela Merkel.", "poison-1")
+    backend = start_backend(tmp_path, "--workers", "2", "--batch-size", "8",
+                            env={"INGEST_TEST_POISON_TOKEN": "POISON-7f3a"})
+    try:
+        backend.client.put_many(posts[:15] + [poison] + posts[15:])
+        status = wait_for(lambda: (lambda s: s if s["quarantined"] == 1 and s["processed"] == 30 else None)(
+            backend.status()), 180, what="the poison article to be quarantined")
+        assert status["lost"] == 0 and status["worker_deaths"] >= 2 and status["quarantined_total"] == 1
+        wait_for(lambda: backend.status()["unsaved"] == 0 and backend.status()["in_flight"] == 0, 60)
+    finally:
+        assert backend.stop() == 0
+    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+    assert "quarantined" in backend.log()
+    env = {**os.environ, "INGEST_VAR_DIR": str(tmp_path / "var")}
+    listing = subprocess.run([str(BIN / "ingestiond"), "quarantine", "list"], capture_output=True, text=True,
+                             env=env, timeout=60)
+    assert listing.returncode == 0 and "Trace poison" in listing.stdout and "2 kills" in listing.stdout, listing
+    seq = listing.stdout.split("\t", 1)[0]
+    dropped = subprocess.run([str(BIN / "ingestiond"), "quarantine", "drop", seq], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert dropped.returncode == 0 and "1 dropped" in dropped.stderr
+    again = subprocess.run([str(BIN / "ingestiond"), "quarantine", "list"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert again.stdout == "" and "0 quarantined" in again.stderr
+
+
+def test_a_retried_quarantined_article_is_taken_by_the_running_backend(tmp_path, recount):
+    posts = traced(3, seed=35)
+    poison = ("Trace poison", "Kills once: POISON-77. Barack Obama in Paris.", "p")
+    backend = start_backend(tmp_path, "--workers", "1", env={"INGEST_TEST_POISON_TOKEN": "POISON-77"})
+    try:
+        backend.client.put_many([poison, *posts])
+        wait_for(lambda: backend.status()["quarantined"] == 1, 180, what="quarantine")
+        backend.wait_idle()
+        # the operator fixed the cause (here: the seam is still armed, so it comes straight back)
+        env = {**os.environ, "INGEST_VAR_DIR": str(tmp_path / "var")}
+        retried = subprocess.run([str(BIN / "ingestiond"), "quarantine", "retry", "--all"], capture_output=True,
+                                 text=True, env=env, timeout=60)
+        assert retried.returncode == 0 and "1 sent back" in retried.stderr
+        wait_for(lambda: backend.status()["quarantined_total"] == 2, 180, what="the retried article to run again")
+    finally:
+        assert backend.stop() == 0
+    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def test_a_journal_is_never_replayed_into_another_store(tmp_path):
+    first = start_backend(tmp_path, "--workers", "1", "--store", f"sqlite:///{tmp_path / 'a.db'}",
+                          store_url=f"sqlite:///{tmp_path / 'a.db'}?timeout=0.2")
+    blocker = sqlite3.connect(tmp_path / "a.db", timeout=5)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        first.client.put_many(traced(3, seed=36))
+        assert first.stop(signal.SIGQUIT) == 1
+    finally:
+        blocker.rollback()
+        blocker.close()
+    other = start_backend(tmp_path, "--workers", "1", store_url=f"sqlite:///{tmp_path / 'b.db'}", wait_ready=False)
+    assert other.proc.wait(60) == 2
+    log = other.log()
+    assert "a.db" in log and "b.db" in log and "to finish them" in log and "Traceback" not in log
+    assert not (tmp_path / "b.db").exists() or stored_counts(f"sqlite:///{tmp_path / 'b.db'}") == {}
+
+
+@pytest.mark.parametrize("kind", ["sqlite-path-under-a-file", "firestore-without-credentials"])
+def test_a_store_that_cannot_be_written_is_a_one_line_boot_error(tmp_path, kind):
+    env = {}
+    if kind.startswith("sqlite"):
+        (tmp_path / "afile").write_text("not a directory")
+        url = f"sqlite:///{tmp_path / 'afile' / 'ingest.db'}"  # unwritable even for root
+    else:
+        url = "firestore://no-such-project"
+        env = {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "none.json"),
+               "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+    backend = start_backend(tmp_path, "--workers", "1", store_url=url, env=env, wait_ready=False)
+    assert backend.proc.wait(120) == 3, backend.log()
+    log = backend.log()
+    assert "cannot write to store" in log and "stopping instead of respawning" in log
+    assert "Traceback" not in log and log.count("spawned saver") == 1
