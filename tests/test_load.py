@@ -2,6 +2,9 @@
 
 What a user relies on: the report's accepted count equals what the store counts, a full queue (503 with
 Retry-After) is waited out rather than lost, and failures end the run quickly with a clear exit status.
+Ids: sent where the dataset has them, and a request is resent after a failure that may have followed
+its delivery (read timeout, dropped connection) only when every article in it has one; a fake frontend
+on loopback that drops or stalls chosen requests shows both sides of that.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ingest.tools.datasets import Article, Dataset
-from ingest.tools.load import main, percentile, plan, resolve_api_key, retry_after
+from ingest.tools.load import (SAFE_TO_RETRY, Sender, Stats, Work, main, may_resend, percentile, plan,
+                               resolve_api_key, retry_after)
 from ingest.core.rules import publication_key
 from tests.frontend_support import start_frontend
 from tests.support import BIN, ROOT, free_port, start_backend, wait_for
@@ -222,6 +228,186 @@ def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_
     assert sum(delta(before, stack.settled_counts()).values()) == report["accepted"], json.dumps(report)
 
 
+@pytest.mark.slow
+def test_ids_are_sent_and_a_second_run_is_all_duplicates(stack, tmp_path):
+    """The real server deduplicates on (publication, id): loading the same file again counts nothing twice."""
+    dataset = tmp_path / "ids.jsonl"
+    rows = [{"publication": "Idempotent Gazette", "content": f"Ada Lovelace met Charles Babbage in London, part {i}.",
+             "id": f"{tmp_path.name}-{i}"} for i in range(6)]
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = stack.settled_counts()
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    assert main([str(dataset), "--url", stack.url, "--api-key", stack.api_key, "--batch", "4", "--no-progress",
+                 "--json", str(first)]) == 0
+    result = load(str(dataset), "--url", stack.url, "--json", str(second), api_key=stack.api_key)
+    assert result.returncode == 0, result.stdout + result.stderr
+    r1, r2 = json.loads(first.read_text()), json.loads(second.read_text())
+    assert (r1["accepted"], r1["duplicates"], r1["ok"]) == (6, 0, True)
+    assert (r2["accepted"], r2["duplicates"], r2["lost"], r2["ok"]) == (0, 6, 0, True)
+    assert "duplicates   6  (accepted before with the same id: counted once)" in result.stdout
+    assert "OK, every article accepted (6 of them as duplicates)" in result.stdout
+    assert delta(before, stack.settled_counts()) == {"idempotent gazette": 6}
+
+
+# --- a fake frontend on loopback: drops or stalls chosen requests after reading them -----------------------
+
+class FakeFrontend:
+    """POST /post/enqueue and /posts, deduplicating on (publication key, id) like the real server.
+
+    `misbehave` maps a request number (1-based) to "drop" (read the body, keep its articles, hang up
+    without answering) or "stall" (keep them, then answer nothing for `stall_seconds`). A dropped or
+    stalled request was delivered: its articles count, as they would behind a real front door.
+    """
+
+    def __init__(self, misbehave: dict[int, str] | None = None, stall_seconds: float = 2.0, on_request=None):
+        self.misbehave = dict(misbehave or {})
+        self.stall_seconds = stall_seconds
+        self.on_request = on_request
+        self.lock = threading.Lock()
+        self.requests: list[list[dict]] = []  # the posts of every request, in arrival order
+        self.counted: list[dict] = []  # posts counted (each (publication key, id) once)
+        self.seen_ids: set[tuple[str, str]] = set()
+        self.released = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                posts = body if isinstance(body, list) else [body]
+                with fake.lock:
+                    fake.requests.append(posts)
+                    number = len(fake.requests)
+                    accepted = duplicates = 0
+                    for post in posts:
+                        key = (publication_key(post["publication"]), post["id"]) if "id" in post else None
+                        if key is not None and key in fake.seen_ids:
+                            duplicates += 1
+                            continue
+                        if key is not None:
+                            fake.seen_ids.add(key)
+                        fake.counted.append(post)
+                        accepted += 1
+                if fake.on_request:
+                    fake.on_request(number)
+                action = fake.misbehave.get(number)
+                if action == "stall":
+                    fake.released.wait(fake.stall_seconds)
+                if action in ("drop", "stall"):
+                    self.close_connection = True  # hang up without a response
+                    return
+                answer = json.dumps({"accepted": accepted, "duplicates": duplicates}).encode()
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def jsonl(path: Path, ids: list[str | None]) -> Path:
+    rows = [{"publication": "Loopback Times", "content": f"Article {i}.", **({"id": v} if v is not None else {})}
+            for i, v in enumerate(ids)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def fake_load(path: Path, url: str, *flags: str, report: Path) -> tuple[int, dict]:
+    status = main([str(path), "--url", url, "--api-key", "k", "--concurrency", "1", "--no-progress",
+                   "--json", str(report), *flags])
+    return status, json.loads(report.read_text())
+
+
+def test_posts_carry_the_dataset_ids(tmp_path):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", None, "c", "d", "e"])
+    with FakeFrontend() as fake:
+        status, report = fake_load(dataset, fake.url, "--batch", "2", report=tmp_path / "r.json")
+        single, _ = fake_load(dataset, fake.url, "--no-ids", report=tmp_path / "r2.json")
+    assert status == 0 and single == 0
+    assert [[p.get("id") for p in posts] for posts in fake.requests[:3]] == [["a", None], ["c", "d"], ["e"]]
+    assert "id" not in fake.requests[0][1]  # no id: the key is left out, not sent as null
+    assert all("id" not in posts[0] for posts in fake.requests[3:]) and len(fake.requests) == 8  # --no-ids
+    assert (report["accepted"], report["duplicates"]) == (5, 0)
+
+
+def test_dropped_connection_is_resent_when_every_article_has_an_id(tmp_path, capsys):
+    """The first request arrives, the connection drops before the answer: the resend comes back a duplicate."""
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend({1: "drop"}) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0
+    assert (report["accepted"], report["duplicates"], report["lost"], report["ok"]) == (2, 1, 0, True)
+    assert (report["requests"], report["retries"], report["retry_reasons"]) == (4, 1, {"RemoteProtocolError": 1})
+    assert [p["id"] for p in fake.counted] == ["a", "b", "c"]  # each counted once
+    out = capsys.readouterr().out
+    assert "duplicates   1  (accepted before with the same id: counted once)" in out
+    assert "OK, every article accepted (1 of them as duplicates)" in out
+
+
+def test_read_timeout_is_resent_when_every_article_has_an_id(tmp_path):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    with FakeFrontend({1: "stall"}) as fake:
+        started = time.monotonic()
+        status, report = fake_load(dataset, fake.url, "--timeout", "0.3", report=tmp_path / "r.json")
+    assert status == 0 and time.monotonic() - started < 5
+    assert (report["accepted"], report["duplicates"], report["retry_reasons"]) == (1, 1, {"ReadTimeout": 1})
+    assert len(fake.counted) == 2
+
+
+@pytest.mark.parametrize("ids, batch", [([None, "b"], None), (["a", None, "c"], "2")])
+def test_failure_after_sending_is_not_resent_when_an_article_has_no_id(tmp_path, ids, batch):
+    """Single post without an id, or a batch with one article without an id: lost (outcome unknown), run stops."""
+    dataset = jsonl(tmp_path / "d.jsonl", ids)
+    with FakeFrontend({1: "drop"}) as fake:
+        status, report = fake_load(dataset, fake.url, *(["--batch", batch] if batch else []), report=tmp_path / "r.json")
+    first = 2 if batch else 1
+    assert status == 1
+    assert (report["requests"], report["retries"], report["accepted"], report["duplicates"]) == (1, 0, 0, 0)
+    assert report["lost_reasons"] == {"RemoteProtocolError (outcome unknown)": first}
+    assert report["not_sent"] == len(ids) - first and "some of its articles have no id" in report["stopped"]
+    assert len(fake.requests) == 1 and len(fake.counted) == first  # it had arrived: resending would count it twice
+
+
+def test_resends_after_sending_are_bounded_and_the_outcome_stays_unknown(tmp_path, monkeypatch):
+    monkeypatch.setattr("ingest.tools.load.backoff", lambda attempt: 0.0)  # the bound, not the waits, is under test
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    with FakeFrontend({n: "drop" for n in range(1, 20)}) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 1
+    assert (report["requests"], report["retries"], report["lost"]) == (6, 5, 1)  # CONNECT_RETRIES = 5
+    assert report["lost_reasons"] == {"gave up after RemoteProtocolError (outcome unknown)": 1}
+    assert "may have been queued" in report["stopped"] and len(fake.counted) == 1
+
+
+def test_run_stopped_before_a_resend_counts_the_request_lost_not_unsent():
+    """An article that may have arrived is never reported "not sent", even when the run ends before its retry."""
+    stop = threading.Event()
+    with FakeFrontend({1: "drop"}, on_request=lambda n: stop.set()) as fake, httpx.Client(base_url=fake.url) as client:
+        stats = Stats()
+        work = next(plan([Article("P", "text", "f:1", "a")], None, 10_000))
+        Sender(client, stats, stop, max_retries=20, max_retry_time=120).send(work)
+    assert (stats.sent, stats.lost, stats.settled, stats.retries) == (1, 1, 1, 0)
+    assert stats.lost_reasons == {"RemoteProtocolError (outcome unknown: stopped before the retry)": 1}
+    assert len(fake.counted) == 1
+
+
 # --- failures before or without a server ------------------------------------------------------------------
 
 def test_unreachable_frontend_is_lost_quickly_exit_1(tmp_path):
@@ -263,6 +449,36 @@ def test_api_key_sources_in_order(tmp_path):
     assert resolve_api_key(None, {"INGEST_API_KEY": "env", "INGEST_API_KEYS": "a,b"}) == "env"
     assert resolve_api_key(None, {"INGEST_API_KEYS": " , a, b"}) == "a"
     assert resolve_api_key(None, {"INGEST_VAR_DIR": str(tmp_path)}) == "file-key"
+
+
+def test_plan_sends_ids_and_marks_requests_whose_articles_all_have_one():
+    articles = [Article("P", "one", "f:1", "u1"), Article("P", "two", "f:2"), Article("P", "three", "f:3", "u3"),
+                Article("P", "four", "f:4", "u4")]
+    single = list(plan(articles, None, 10_000))
+    assert [json.loads(w.body).get("id") for w in single] == ["u1", None, "u3", "u4"]
+    assert json.loads(single[1].body) == {"publication": "P", "content": "two"}
+    assert [w.idempotent for w in single] == [True, False, True, True]
+    batches = list(plan(articles, 2, 10_000))
+    assert [[p.get("id") for p in json.loads(w.body)] for w in batches] == [["u1", None], ["u3", "u4"]]
+    assert [w.idempotent for w in batches] == [False, True]
+    bare = list(plan(articles, 2, 10_000, ids=False))
+    assert all("id" not in p for w in bare for p in json.loads(w.body)) and not any(w.idempotent for w in bare)
+
+
+def test_resend_decision():
+    """Before delivery: always. After it may have been delivered: only when every article has an id."""
+    request = httpx.Request("POST", "http://127.0.0.1/post/enqueue")
+    keyed, unkeyed = Work("/post/enqueue", b"{}", 1, "f:1", True), Work("/post/enqueue", b"{}", 1, "f:1", False)
+    before = [httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout]
+    after = [httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.CloseError]
+    never = [httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.ProxyError]
+    assert set(before) == set(SAFE_TO_RETRY)
+    for cls in before:
+        assert may_resend(cls("x", request=request), keyed) and may_resend(cls("x", request=request), unkeyed), cls
+    for cls in after:
+        assert may_resend(cls("x", request=request), keyed) and not may_resend(cls("x", request=request), unkeyed), cls
+    for cls in never:
+        assert not may_resend(cls("x", request=request), keyed), cls
 
 
 def test_plan_batches_by_count_and_bytes():

