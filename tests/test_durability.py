@@ -288,3 +288,74 @@ def test_every_article_posted_twice_over_http_some_after_a_cut_connection_is_cou
         assert frontend.stop() == 0
         assert backend.stop() == 0
     assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def test_a_full_journal_and_a_failing_store_push_back_with_503_and_readyz_says_why(tmp_path, recount):
+    import httpx
+
+    from tests.frontend_support import start_frontend
+
+    db = tmp_path / "ingest.db"
+    url = f"sqlite:///{db}?timeout=0.2"
+    backend = start_backend(tmp_path, "--workers", "1", "--journal-size", "4096", "--store-retries", "1",
+                            "--store-unhealthy-after", "1", store_url=url)
+    frontend = start_frontend(tmp_path, backend.env)
+    posts = traced(60, seed=38)
+    accepted = []
+    blocker = sqlite3.connect(db, timeout=5)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store is down: nothing leaves the journal
+    try:
+        with httpx.Client(base_url=frontend.url, timeout=30, headers={"X-API-Key": frontend.api_key}) as http:
+            refused = None
+            for publication, content, ident in posts:
+                r = http.post("/post/enqueue", json={"publication": publication, "content": content, "id": ident})
+                if r.status_code == 503:
+                    refused = r
+                    break
+                assert r.status_code == 202, r.text
+                accepted.append((publication, content, ident))
+            assert refused is not None, "a 4 KiB journal cannot hold 60 articles"
+            assert refused.json()["error"] == "queue_full" and "journal full" in refused.json()["detail"]
+            assert refused.headers["Retry-After"]
+            ready = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(http.get("/readyz")), 60,
+                             what="/readyz to say 503")
+            assert ready.json()["error"] in ("queue_full", "store_unavailable")
+            metrics = http.get("/metrics").text
+            for name in ("ingest_backend_journal_articles", "ingest_backend_journal_bytes",
+                         "ingest_backend_oldest_uncommitted_seconds", "ingest_backend_quarantined",
+                         "ingest_backend_journal_fsync_p99_seconds"):
+                assert name in metrics, name
+            blocker.rollback()
+            blocker.close()
+            blocker = None
+            wait_for(lambda: http.get("/readyz").status_code == 200, 120, what="/readyz back to 200 once the store is back")
+        backend.wait_idle()
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+        assert frontend.stop() == 0
+        assert backend.stop() == 0
+    assert accepted and stored_counts(url) == expected_counts(recount, accepted)
+
+
+def test_store_down_only_readiness_fails_after_the_threshold(tmp_path):
+    db = tmp_path / "ingest.db"
+    url = f"sqlite:///{db}?timeout=0.2"
+    backend = start_backend(tmp_path, "--workers", "1", "--store-retries", "1", "--store-unhealthy-after", "2",
+                            store_url=url)
+    blocker = sqlite3.connect(db, timeout=5)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        backend.client.put_many(traced(3, seed=39))
+        wait_for(lambda: backend.status()["store_errors"] >= 1, 60, what="a failed store write")
+        assert backend.status()["store_healthy"] is True, "one failure is not an outage yet"
+        wait_for(lambda: backend.status()["store_healthy"] is False, 30, what="the store to be unhealthy")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    try:
+        wait_for(lambda: backend.status()["store_healthy"] and backend.status()["unsaved"] == 0, 60,
+                 what="the store to recover")
+    finally:
+        assert backend.stop() == 0
