@@ -10,9 +10,9 @@ import threading
 from multiprocessing.managers import BaseManager
 from typing import Callable
 
-from .core.protocol import INTAKE, SERIALIZER, BackendUnavailable, Draining, QueueFull
+from .core.protocol import INTAKE, SERIALIZER, BackendUnavailable, Draining, QueueFull, TooLarge
 
-__all__ = ["IngestClient", "BackendUnavailable", "Draining", "QueueFull"]
+__all__ = ["IngestClient", "BackendUnavailable", "Draining", "QueueFull", "TooLarge"]
 
 
 class _ClientManager(BaseManager):
@@ -42,7 +42,7 @@ class IngestClient:
         for attempt in (1, 2):  # a stale connection after a backend restart fails once
             try:
                 return getattr(self._proxy(), method)(*args)
-            except (QueueFull, Draining):
+            except (QueueFull, Draining, TooLarge):
                 raise
             except Exception as exc:  # refused, reset, EOF, auth failure: all mean "not reachable"
                 self._forget()

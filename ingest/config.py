@@ -70,6 +70,7 @@ class _Common(BaseSettings):
                                                            "(default: generated into the authkey file, 0600)")
     authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    max_article_chars: int = Field(200_000, ge=1, description="longest article content accepted (longer: 413)")
 
     @field_validator("manager_address", mode="before")
     @classmethod
@@ -122,6 +123,8 @@ class BackendSettings(_Common):
     flush_interval: float = Field(2.0, gt=0, description="seconds a worker may hold unflushed data")
     queue_size: int = Field(10000, ge=1, description="bound of the input queue (full -> 503)")
     batch_size: int = Field(16, ge=1, description="articles per nlp.pipe micro-batch")
+    batch_bytes: Annotated[int, NoDecode] = Field(256 * 1024, ge=1, description="bytes of text per micro-batch "
+                                                  "(a longer article goes alone): bounds a worker's memory")
     model: str = Field(DEFAULT_MODEL, description="spaCy pipeline package (default: en_core_web_sm 3.8)")
     drain_timeout: float = Field(600.0, gt=0, description="seconds a SIGTERM drain may take before children are killed")
     store_retries: int = Field(8, ge=1, description="attempts per store write before the batch is parked for a later retry")
@@ -132,7 +135,7 @@ class BackendSettings(_Common):
                                                                   "is not counted twice (default 7 days)")
     store_unhealthy_after: float = Field(30.0, gt=0, description="seconds of failing store writes before /readyz says 503")
 
-    @field_validator("journal_size", mode="before")
+    @field_validator("journal_size", "batch_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any):
         return parse_size(value) if isinstance(value, str) else value

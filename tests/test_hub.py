@@ -57,7 +57,7 @@ class RecordingLedger:
 
 
 def settings(**over):
-    base = dict(batch_size=4, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
+    base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
                 drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO")
     base.update(over)
     return SimpleNamespace(**base)
@@ -386,3 +386,26 @@ def test_every_counter_is_named_once_for_metrics():
     hub, intake, _ = make_hub()
     intake.publish(hub.snapshot())
     assert COUNTERS <= set(intake.status())
+
+
+def test_micro_batches_are_bounded_in_bytes_and_a_long_article_goes_alone():
+    hub, intake, _ = make_hub(workers=1, batch_bytes=1000)
+    intake.put_many([("P", "a" * 400, None), ("P", "b" * 400, None), ("P", "c" * 400, None), ("P", "d" * 5000, None)])
+    hub.dispatch(0.0)
+    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [400, 400]
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.1)
+    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [400]
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.2)
+    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [5000]
+
+
+def test_an_article_over_the_limit_is_refused_whole():
+    from ingest.core.protocol import TooLarge
+
+    hub, intake, _ = make_hub()
+    intake.max_article_chars = 100
+    with pytest.raises(TooLarge):
+        intake.put_many([("P", "ok", None), ("P", "x" * 101, None)])
+    assert len(intake) == 0

@@ -55,7 +55,8 @@ class Arbiter:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake)
+        self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
+                             max_article_chars=getattr(settings, "max_article_chars", 200_000))
         self.hub = Hub(self.intake, settings, ledger=self.journal)
         self.saver_ever_ready = False
         self.saver_respawn_at = 0.0

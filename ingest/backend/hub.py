@@ -240,7 +240,8 @@ class Hub:
         for slot in self.workers.values():
             if not self.idle(slot):
                 continue
-            entries = [self.suspects.popleft()] if self.suspects else self.intake.take(self.settings.batch_size)
+            entries = [self.suspects.popleft()] if self.suspects else self.intake.take(self.settings.batch_size,
+                                                                                          self.settings.batch_bytes)
             if entries:
                 self.send_posts(slot, entries, now)
             elif slot.unflushed:  # input idle: flush now rather than wait for the timer

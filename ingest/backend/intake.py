@@ -14,7 +14,7 @@ import threading
 from multiprocessing.managers import BaseManager
 from typing import Callable, Iterable
 
-from ..core.protocol import INTAKE, SERIALIZER, Draining, QueueFull
+from ..core.protocol import INTAKE, SERIALIZER, Draining, QueueFull, TooLarge
 from .journal import Entry, Journal
 
 log = logging.getLogger("ingest.intake")
@@ -27,9 +27,11 @@ class Intake:
     concurrent requests); the queue itself holds only small `Entry`s, the text stays on disk.
     """
 
-    def __init__(self, journal: Journal, capacity: int, on_put: Callable[[], None] | None = None):
+    def __init__(self, journal: Journal, capacity: int, on_put: Callable[[], None] | None = None,
+                 max_article_chars: int = 200_000):
         self.journal = journal
         self.capacity = capacity
+        self.max_article_chars = max_article_chars
         self._items: collections.deque[Entry] = collections.deque()
         self._lock = threading.Lock()
         self._accepting = True
@@ -45,6 +47,8 @@ class Intake:
     def put_many(self, posts: list) -> dict:
         """Accept every post or none, durably: {"accepted": n, "duplicates": m}."""
         items = [(str(p[0]), str(p[1]), None if len(p) < 3 or p[2] is None else str(p[2])) for p in posts]
+        if any(len(item[1]) > self.max_article_chars for item in items):
+            raise TooLarge(f"an article is longer than {self.max_article_chars:,} characters")
         with self._lock:
             if not self._accepting:
                 self.rejected_draining += len(items)
@@ -90,10 +94,18 @@ class Intake:
         self._status = snapshot
 
     # -- called inside the backend --------------------------------------
-    def take(self, n: int) -> list[Entry]:
+    def take(self, n: int, max_bytes: int | None = None) -> list[Entry]:
+        """Up to n entries, and (after the first) no more than max_bytes of text: a worker's memory
+        grows with the text of its micro-batch, not with the count."""
+        taken, size = [], 0
         with self._lock:
-            count = min(n, len(self._items))
-            return [self._items.popleft() for _ in range(count)]
+            while self._items and len(taken) < n:
+                nbytes = self._items[0].bytes
+                if taken and max_bytes is not None and size + nbytes > max_bytes:
+                    break
+                taken.append(self._items.popleft())
+                size += nbytes
+        return taken
 
     def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
         """The posts a worker needs, read back from the journal."""

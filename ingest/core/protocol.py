@@ -19,6 +19,10 @@ class QueueFull(Exception):
     """The intake has no room (count, bytes, or disk) for the whole request."""
 
 
+class TooLarge(Exception):
+    """An article is longer than the backend accepts (--max-article-chars)."""
+
+
 class Draining(Exception):
     """The backend is shutting down and accepts nothing more."""
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
 from ..core.models import Post
-from ..core.protocol import BackendUnavailable, Draining, QueueFull
+from ..core.protocol import BackendUnavailable, Draining, QueueFull, TooLarge
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
 from .auth import require_key
@@ -178,6 +178,10 @@ def _validate(item, where: str) -> Post:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'post'}: {e['msg']}" for e in exc.errors()[:5])
         raise ApiError(400, "invalid_post", f"{where}: {problems}") from None
+    limit = _settings().max_article_chars
+    if len(post.content) > limit:
+        raise ApiError(413, "article_too_large", f"{where}: content is {len(post.content):,} characters; "
+                                                 f"the limit is {limit:,} (INGEST_MAX_ARTICLE_CHARS)")
     for field in ("publication", "content"):
         try:
             getattr(post, field).encode("utf-8")
@@ -194,6 +198,8 @@ def _json_type(value) -> str:
 def _put(posts: list[Post]):
     try:
         answer = _client().put_many([p.as_wire() for p in posts])
+    except TooLarge as exc:
+        raise ApiError(413, "article_too_large", str(exc)) from None
     except QueueFull as exc:
         raise ApiError(503, "queue_full", f"no room for this request: {exc}; retry later",
                        {"Retry-After": str(RETRY_AFTER_FULL)}) from None
