@@ -23,7 +23,8 @@ from ..core.storeurl import store_identity
 from . import wire
 from .child import child_main
 from .hub import Batch, Hub, SaverSlot, WorkerSlot
-from .intake import Intake, serve
+from .intake import Intake
+from .manager import serve
 from .journal import Journal, JournalError
 from .saver import Saver
 from .worker import Worker

@@ -1,4 +1,4 @@
-"""The input queue and the `multiprocessing.managers` server that exposes it to the frontend.
+"""The input queue the manager server (manager.py) exposes to the frontend.
 
 `Intake` lives in the backend's main process: the manager's threads call `put_many` and `status`,
 the arbiter's loop calls `take` and `push_front`. It holds `Entry`s in order; the hub takes
@@ -11,10 +11,9 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from multiprocessing.managers import BaseManager
 from typing import Callable, Iterable
 
-from ..core.protocol import INTAKE, SERIALIZER, Draining, QueueFull, TooLarge
+from ..core.protocol import Draining, QueueFull, TooLarge
 from .journal import Entry, Journal
 
 log = logging.getLogger("ingest.intake")
@@ -138,18 +137,3 @@ class Intake:
     @property
     def accepting(self) -> bool:
         return self._accepting
-
-
-class _ServerManager(BaseManager):
-    pass
-
-
-def serve(intake: Intake, address: tuple[str, int], authkey: bytes) -> threading.Thread:
-    """Serve `intake` on `address` from a daemon thread of the calling process."""
-    _ServerManager.register(INTAKE, callable=lambda: intake, exposed=["put_many", "status"])
-    manager = _ServerManager(address=address, authkey=authkey, serializer=SERIALIZER)
-    server = manager.get_server()  # binds now: an address in use fails here, loudly
-    thread = threading.Thread(target=server.serve_forever, name="manager", daemon=True)
-    thread.start()
-    log.info("queue manager listening on %s:%d", *server.address)
-    return thread
