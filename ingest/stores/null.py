@@ -16,6 +16,10 @@ class NullStore:
                 "would write batch=%s publication=%r articles=+%d entities=%d mentions=+%d",
                 delta.batch_id, post.key, post.articles, len(post.mentions), post.total_mentions,
             )
+            if log.isEnabledFor(logging.DEBUG):
+                for entity in sorted(post.mentions):
+                    log.debug("would write batch=%s publication=%r entity=%r mentions=+%d articles=+%d",
+                              delta.batch_id, post.key, entity, post.mentions[entity], post.entity_articles[entity])
         return 0
 
     def check(self) -> None:

@@ -14,6 +14,7 @@ import re
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import multiprocess  # now, not in gunicorn's SIGCHLD handler (a half-done import there failed)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 
@@ -90,8 +91,6 @@ def render(status: Callable[[], dict]) -> bytes:
     """The text exposition: front-end metrics (all gunicorn workers) followed by the backend's."""
     directory = multiprocess_dir()
     if directory:
-        from prometheus_client import multiprocess
-
         front = CollectorRegistry()
         multiprocess.MultiProcessCollector(front, path=directory)
         text = generate_latest(front)
@@ -105,6 +104,4 @@ def render(status: Callable[[], dict]) -> bytes:
 def worker_exited(pid: int) -> None:
     """gunicorn child_exit hook: drop a dead worker's live gauges (its counters stay summed)."""
     if multiprocess_dir():
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(pid)
