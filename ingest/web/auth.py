@@ -29,14 +29,18 @@ def presented_keys() -> list[str]:
     return [request.headers.get("X-API-Key", ""), request.headers.get("access_token", "")]
 
 
+# a refused client's connection is closed: what it sends next (the rest of a body, more requests) is not read
+CLOSE = {"Connection": "close"}
+
+
 def require_key(keys: tuple[str, ...], what: str) -> None:
     if not keys:
-        raise ApiError(401, "unauthorized", f"no API keys are configured on this server; {what} is disabled")
+        raise ApiError(401, "unauthorized", f"no API keys are configured on this server; {what} is disabled", CLOSE)
     given = presented_keys()
     if not any(given):
-        raise ApiError(401, "unauthorized", "missing API key: send it in the X-API-Key header")
+        raise ApiError(401, "unauthorized", "missing API key: send it in the X-API-Key header", CLOSE)
     if not key_matches(given, keys):
         log.info("rejected %s from %s: wrong API key", what, request.remote_addr)
-        raise ApiError(401, "unauthorized", "invalid API key")
+        raise ApiError(401, "unauthorized", "invalid API key", CLOSE)
 
 

@@ -9,8 +9,10 @@ import os
 
 bind = os.environ.get("INGEST_BIND", "127.0.0.1:8000")  # loopback unless told otherwise
 workers = int(os.environ.get("INGEST_FRONTEND_WORKERS", "2"))
+# an asyncio loop reads whole requests (deadlines on headers and body, a bound on connections);
+# only complete requests reach the app threads, so a slow or idle client never holds one
+worker_class = "ingest.web.server.BufferingWorker"
 # threads: a request mostly waits on the queue manager or the store, so a few per worker pay off
-worker_class = "gthread"
 threads = int(os.environ.get("INGEST_FRONTEND_THREADS", "4"))
 timeout = int(os.environ.get("INGEST_FRONTEND_TIMEOUT", "30"))
 graceful_timeout = 30  # SIGTERM: stop accepting, finish in-flight requests for up to this long

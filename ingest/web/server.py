@@ -1,0 +1,325 @@
+"""A gunicorn worker that reads whole requests asynchronously before any app thread sees them.
+
+gunicorn's threaded worker hands a connection to an app thread as soon as it is readable, and that
+thread then blocks reading headers and body: ten idle sockets stopped the front door. Here one
+asyncio loop per worker reads every connection with h11 (the HTTP/1.1 parser of httpx), under a
+deadline for the headers and for the body, with a bound on connections; only a complete, valid
+request goes to the thread pool that runs the Flask app. So a slow or idle client costs a socket,
+never a thread. Pipelined requests are answered in order. Every error the HTTP layer raises itself
+(bad framing, oversize lines and headers, unknown transfer codings, timeouts) is the API's JSON
+shape, and a request refused before its body (413 by Content-Length) closes the connection
+without reading the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import h11
+from gunicorn.workers.base import Worker
+
+log = logging.getLogger("ingest.web.server")
+access = logging.getLogger("gunicorn.access")
+
+HEADER_TIMEOUT = float(os.environ.get("INGEST_HEADER_TIMEOUT", "10"))   # request line + headers
+BODY_TIMEOUT = float(os.environ.get("INGEST_BODY_TIMEOUT", "30"))       # the whole body
+KEEPALIVE_TIMEOUT = 5.0
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
+MAX_TARGET = 8190
+MAX_CONNECTIONS = int(os.environ.get("INGEST_FRONTEND_CONNECTIONS", "1000"))  # per worker
+
+REASONS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large", 414: "request_line_too_long",
+           431: "headers_too_large", 501: "not_implemented", 503: "overloaded", 505: "http_version_not_supported"}
+
+
+def error_body(status: int, detail: str) -> bytes:
+    return json.dumps({"error": REASONS.get(status, f"http_{status}"), "detail": detail}).encode()
+
+
+class _Closed(Exception):
+    pass
+
+
+class HttpConnection:
+    """One client connection: read a request, hand it over, write the answer, again."""
+
+    def __init__(self, worker: "BufferingWorker", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.worker = worker
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        peer = writer.get_extra_info("peername") or ("", 0)
+        self.peer = peer[:2] if isinstance(peer, tuple) else (str(peer), 0)
+        self.sock = writer.get_extra_info("sockname") or ("", 0)
+
+    async def serve(self) -> None:
+        try:
+            first = True
+            while self.worker.alive:
+                request = await self.read_head(HEADER_TIMEOUT if first else KEEPALIVE_TIMEOUT, quiet_timeout=not first)
+                self.worker.nr += 1
+                if request is None:
+                    return
+                first = False
+                body = await self.read_body(request)
+                if body is None:
+                    return
+                keep = await self.answer(request, body)
+                if not keep or self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                    return
+                self.conn.start_next_cycle()
+        except _Closed:
+            pass
+        except Exception:  # a bug here must not take the loop down
+            log.exception("connection from %s failed", self.peer[0])
+        finally:
+            self.writer.close()
+
+    async def next_event(self, deadline: float):
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self.refuse(exc.error_status_hint or 400, _describe(exc))
+                raise _Closed from None
+            if event is not h11.NEED_DATA:
+                return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(self.reader.read(65536), left)
+            self.conn.receive_data(data)  # b"" is the end of the stream
+
+    async def read_head(self, timeout: float, quiet_timeout: bool):
+        try:
+            event = await self.next_event(time.monotonic() + timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            if self.conn.trailing_data[0]:  # a request was begun and not finished: say so
+                await self.refuse(408, f"request headers not complete within {timeout:.0f}s")
+            return None  # an idle connection just closes
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            return None
+        if len(event.target) > MAX_TARGET:
+            await self.refuse(414, f"request target longer than {MAX_TARGET} bytes")
+            return None
+        if sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEADER_BYTES:
+            await self.refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
+            return None
+        if len(event.headers) > MAX_HEADERS:
+            await self.refuse(431, f"more than {MAX_HEADERS} header fields")
+            return None
+        if _header(event, b"content-length") is not None and _header(event, b"transfer-encoding") is not None:
+            # the classic request-smuggling pair: refuse rather than pick one
+            await self.refuse(400, "malformed request: Content-Length together with Transfer-Encoding")
+            return None
+        return event
+
+    async def read_body(self, request: h11.Request) -> bytes | None:
+        limit = self.worker.max_body
+        length = _header(request, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self.refuse(413, f"request body of {int(length)} bytes is over the limit of {limit}")
+            return None
+        chunks, size = [], 0
+        deadline = time.monotonic() + BODY_TIMEOUT
+        try:
+            while True:
+                event = await self.next_event(deadline)
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        await self.refuse(413, f"request body over the limit of {limit} bytes")
+                        return None
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                else:  # ConnectionClosed mid-body
+                    return None
+        except (TimeoutError, asyncio.TimeoutError):
+            await self.refuse(408, f"request body not complete within {BODY_TIMEOUT:.0f}s")
+            return None
+
+    async def answer(self, request: h11.Request, body: bytes) -> bool:
+        started = time.monotonic()
+        environ = self.environ(request, body)
+        try:
+            status, headers, payload = await asyncio.get_running_loop().run_in_executor(
+                self.worker.pool, self.worker.call_app, environ)
+        except RuntimeError:  # the pool is shut down: we are stopping
+            await self.refuse(503, "the frontend is restarting; retry")
+            return False
+        close = any(k.lower() == "connection" and v.lower() == "close" for k, v in headers) \
+            or not self.worker.alive
+        headers = [(k, v) for k, v in headers if k.lower() not in ("connection", "content-length", "transfer-encoding")]
+        headers.append(("Content-Length", str(len(payload))))
+        if close:
+            headers.append(("Connection", "close"))
+        code = int(status.split(" ", 1)[0])
+        reason = status.partition(" ")[2].encode("latin-1")
+        await self.send(h11.Response(status_code=code, headers=headers, reason=reason),
+                        b"" if request.method == b"HEAD" else payload)
+        self.log_access(request, code, len(payload), started)
+        return not close
+
+    async def send(self, response: h11.Response, payload: bytes) -> None:
+        data = self.conn.send(response)
+        if payload:
+            data += self.conn.send(h11.Data(data=payload))
+        data += self.conn.send(h11.EndOfMessage())
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), BODY_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, TimeoutError):
+            raise _Closed from None
+
+    async def refuse(self, status: int, detail: str) -> None:
+        """An answer from the HTTP layer itself, in the API's shape; the connection closes after it."""
+        body = error_body(status, detail)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+        if status == 503:
+            headers.append(("Retry-After", "1"))
+        try:
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self.send(h11.Response(status_code=status, headers=headers), body)
+            else:  # h11 refuses to speak in this state (e.g. a broken request line): answer by hand
+                self.writer.write(f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n".encode()
+                                  + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + body)
+        except (h11.LocalProtocolError, _Closed, OSError):
+            self.writer.write(f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n".encode()
+                              + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + body)
+        log.info("refused %s: %d %s", self.peer[0], status, detail)
+
+    def environ(self, request: h11.Request, body: bytes) -> dict:
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        from urllib.parse import unquote_to_bytes
+
+        environ = {
+            "REQUEST_METHOD": request.method.decode("ascii"),
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "RAW_URI": target,
+            "SERVER_NAME": str(self.sock[0]),
+            "SERVER_PORT": str(self.sock[1]),
+            "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+            "REMOTE_ADDR": str(self.peer[0]),
+            "REMOTE_PORT": str(self.peer[1]),
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.input_terminated": True,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+        for name, value in request.headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key == "CONTENT_TYPE":
+                environ["CONTENT_TYPE"] = text
+            elif key == "CONTENT_LENGTH":
+                continue  # the body is whole: its length is what we read
+            else:
+                # an underscore in a name (the course client's `access_token`) maps like a dash did in
+                # older gunicorn; a repeated header is joined with commas, so a mixed pair never matches a key
+                key = "HTTP_" + key
+                environ[key] = environ[key] + "," + text if key in environ else text
+        return environ
+
+    def log_access(self, request: h11.Request, status: int, size: int, started: float) -> None:
+        line = f"{request.method.decode()} {request.target.decode('latin-1')[:200]} HTTP/{request.http_version.decode()}"
+        access.info('%s "%s" %d %d %dms', self.peer[0], line, status, size, (time.monotonic() - started) * 1000)
+
+
+def _header(request: h11.Request, name: bytes) -> str | None:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _describe(exc: h11.RemoteProtocolError) -> str:
+    text = str(exc) or "malformed request"
+    return f"malformed request: {text}"
+
+
+class BufferingWorker(Worker):
+    """gunicorn worker: an asyncio loop reads requests; a thread pool runs the app."""
+
+    def init_process(self):
+        self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="app")
+        self.connections = 0
+        self.max_body = int(os.environ.get("INGEST_MAX_BODY_BYTES", str(1024 * 1024)))
+        super().init_process()
+
+    def call_app(self, environ: dict):
+        """Runs in an app thread: the WSGI call, its whole answer collected."""
+        captured = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, list(headers)
+            return lambda data: chunks.append(data)
+
+        chunks: list[bytes] = []
+        result = self.wsgi(environ, start_response)
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return captured["status"], captured["headers"], b"".join(chunks)
+
+    def run(self):
+        asyncio.run(self.serve())
+
+    async def serve(self):
+        servers = []
+        for listener in self.sockets:
+            servers.append(await asyncio.start_server(self.on_connect, sock=listener.sock, backlog=2048,
+                                                      limit=MAX_HEADER_BYTES * 4))
+        tasks: set[asyncio.Task] = set()
+        self._tasks = tasks
+        parent = self.ppid
+        while self.alive:
+            self.notify()
+            if os.getppid() != parent:
+                self.log.info("Parent changed, shutting down: %s", self)
+                break
+            await asyncio.sleep(0.5)
+        for server in servers:
+            server.close()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while tasks and time.monotonic() < deadline:  # finish requests in flight; idle ones end by timeout
+            self.notify()
+            await asyncio.sleep(0.1)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if self.connections >= MAX_CONNECTIONS:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body := error_body(
+                             503, f"more than {MAX_CONNECTIONS} connections to this worker")) + body)
+            writer.close()
+            return
+        self.connections += 1
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            await HttpConnection(self, reader, writer).serve()
+        finally:
+            self.connections -= 1
+            self._tasks.discard(task)

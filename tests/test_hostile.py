@@ -1,0 +1,143 @@
+"""Hostile clients against a real `ingest-frontend`: idle and slow sockets, pipelining, malformed
+framing. Nobody without a key can starve the service, and every answer is the API's JSON."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.frontend_support import start_frontend
+from tests.support import start_backend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    backend = start_backend(tmp, "--workers", "1")
+    frontend = start_frontend(tmp, backend.env, workers=1, env={"INGEST_HEADER_TIMEOUT": "2", "INGEST_BODY_TIMEOUT": "3"})
+    yield backend, frontend
+    assert frontend.stop() == 0
+    assert backend.stop() == 0
+    assert "Traceback" not in frontend.log()
+
+
+def address(frontend):
+    host, port = frontend.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def raw(frontend, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes, read until the server closes (or the timeout)."""
+    with socket.create_connection(address(frontend), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return received
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of every HTTP response in a byte stream."""
+    out = []
+    while data.startswith(b"HTTP/1.1 "):
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        out.append((status, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def test_healthz_answers_within_a_second_while_200_slowloris_and_200_slow_bodies_are_held(stack):
+    backend, frontend = stack
+    held = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(address(frontend))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: b")  # headers never finished
+            held.append(s)
+        for i in range(200):
+            s = socket.create_connection(address(frontend))
+            s.sendall(b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000\r\n\r\n{\"publication\": ")  # a body that trickles, without a key
+            held.append(s)
+        times = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert httpx.get(frontend.url + "/healthz", timeout=5).status_code == 200
+            times.append(time.monotonic() - started)
+        assert max(times) < 1.0, times
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_an_unfinished_request_is_answered_408_json_after_the_deadline(stack):
+    _, frontend = stack
+    started = time.monotonic()
+    answer = raw(frontend, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: b")
+    [(status, body)] = responses(answer)
+    assert status == 408 and json.loads(body)["error"] == "request_timeout"
+    assert time.monotonic() - started < 6
+
+
+def test_pipelined_requests_are_all_answered_in_order_and_counted(stack):
+    backend, frontend = stack
+    before = backend.status()["accepted"]
+    requests = b""
+    for i in range(20):
+        body = json.dumps({"publication": f"Pipeline {i}", "content": f"Report {i}. Angela Merkel in Berlin."}).encode()
+        requests += (b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    requests += b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answers = responses(raw(frontend, requests))
+    assert [status for status, _ in answers] == [202] * 20 + [200]
+    assert backend.status()["accepted"] - before == 20
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /posts HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"POST /posts HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"POST /posts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
+    (b"NONSENSE\r\n\r\n", 400),
+], ids=["bad-content-length", "length-and-chunked", "nul-in-header", "120-headers", "20kb-header",
+        "20kb-request-line", "unknown-transfer-coding", "no-request-line"])
+def test_malformed_requests_get_the_json_error_shape(stack, request_bytes, status):
+    _, frontend = stack
+    [(got, body)] = responses(raw(frontend, request_bytes))
+    assert got == status
+    assert set(json.loads(body)) == {"error", "detail"}
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_and_the_connection_closed(stack):
+    _, frontend = stack
+    with socket.create_connection(address(frontend), timeout=10) as s:
+        s.sendall(b"POST /posts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 209715200\r\n\r\n")  # 200 MiB announced, not a byte sent
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    [(status, body)] = responses(data)
+    assert status == 413 and json.loads(body)["error"] == "body_too_large"
+
+
+def test_a_wrong_key_closes_the_connection_so_nothing_more_is_read(stack):
+    _, frontend = stack
+    body = json.dumps({"publication": "BBC", "content": "text"}).encode()
+    one = (b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n"
+           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    answers = responses(raw(frontend, one + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert [status for status, _ in answers] == [401]
