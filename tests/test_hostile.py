@@ -141,3 +141,27 @@ def test_a_wrong_key_closes_the_connection_so_nothing_more_is_read(stack):
            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     answers = responses(raw(frontend, one + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
     assert [status for status, _ in answers] == [401]
+
+
+@pytest.mark.parametrize("size", [int(1.5 * 1024 * 1024), 50 * 1024 * 1024], ids=["1.5MiB", "50MiB"])
+def test_a_client_that_writes_a_whole_oversized_body_before_reading_sees_the_413_json(stack, size):
+    _, frontend = stack
+    with socket.create_connection(address(frontend), timeout=30) as s:
+        s.sendall(b"POST /posts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * (1024 * 1024)
+        sent = 0
+        try:
+            while sent < size:
+                s.sendall(chunk[: size - sent])
+                sent += min(len(chunk), size - sent)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may stop reading once it has discarded enough: the answer is already there
+        data = b""
+        try:
+            while part := s.recv(65536):
+                data += part
+        except ConnectionResetError:
+            pass
+    [(status, body)] = responses(data)
+    assert status == 413 and json.loads(body)["error"] == "body_too_large"

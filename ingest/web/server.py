@@ -34,6 +34,8 @@ KEEPALIVE_TIMEOUT = 5.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_TARGET = 8190
+LINGER_SECONDS = 5.0           # after a refusal: how long the rest of a request is read and dropped
+LINGER_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = int(os.environ.get("INGEST_FRONTEND_CONNECTIONS", "1000"))  # per worker
 
 REASONS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large", 414: "request_line_too_long",
@@ -81,7 +83,27 @@ class HttpConnection:
         except Exception:  # a bug here must not take the loop down
             log.exception("connection from %s failed", self.peer[0])
         finally:
+            await self.linger()
             self.writer.close()
+
+    async def linger(self) -> None:
+        """Close gently: say we are done writing, then discard what the client still sends, for a
+        bounded time and size. A client that writes a whole oversized body before reading then
+        reads its 413 instead of a reset; no app thread is involved, and nothing is kept."""
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            deadline, discarded = time.monotonic() + LINGER_SECONDS, 0
+            while discarded < LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                chunk = await asyncio.wait_for(self.reader.read(256 * 1024), left)
+                if not chunk:
+                    break
+                discarded += len(chunk)
+        except (OSError, asyncio.TimeoutError, TimeoutError, asyncio.IncompleteReadError):
+            pass
 
     async def next_event(self, deadline: float):
         while True:
