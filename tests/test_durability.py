@@ -359,3 +359,75 @@ def test_store_down_only_readiness_fails_after_the_threshold(tmp_path):
                  what="the store to recover")
     finally:
         assert backend.stop() == 0
+
+
+def test_a_saver_that_cannot_reopen_its_store_loses_nothing_and_recovers_when_the_store_is_back(tmp_path, recount):
+    import shutil
+
+    home = tmp_path / "store"
+    home.mkdir()
+    url = f"sqlite:///{home / 'ingest.db'}?timeout=0.2"
+    backend = start_backend(tmp_path, "--workers", "1", "--store-retries", "1", "--store-unhealthy-after", "1",
+                            store_url=url)
+    posts = traced(30, seed=40)
+    try:
+        backend.client.put_many(posts[:10])
+        backend.wait_idle()
+        blocker = sqlite3.connect(home / "ingest.db", timeout=5)
+        blocker.execute("BEGIN EXCLUSIVE")  # writes fail ...
+        moved = tmp_path / "store.moved"
+        home.rename(moved)
+        home.write_text("not a directory")  # ... and the store cannot be reopened: a saver respawn fails
+        backend.client.put_many(posts[10:])
+        wait_for(lambda: backend.status()["store_healthy"] is False, 60, what="the store to be unhealthy")
+        assert "cannot reopen the store" in backend.log() or "cannot write to store" in backend.log()
+        assert backend.proc.poll() is None, "a store outage mid-run is not a reason to stop"
+        blocker.rollback()
+        blocker.close()
+        home.unlink()
+        moved.rename(home)
+        wait_for(lambda: (lambda s: s["store_healthy"] and s["unsaved"] == 0 and s["processed"] >= 30)(
+            backend.status()), 120, what="the store to be back and everything stored")
+    finally:
+        if home.is_file():
+            home.unlink()
+        if (tmp_path / "store.moved").exists() and not home.exists():
+            shutil.move(str(tmp_path / "store.moved"), str(home))
+        assert backend.stop() == 0, backend.log()
+    assert stored_counts(url) == expected_counts(recount, posts)
+
+
+def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
+    var = tmp_path / "var"
+    var.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(var)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"LOUD SKIP: cannot mount a small tmpfs to fill a disk here ({mounted.stderr.strip()}); "
+                    "the disk-full drain is not tested on this machine")
+    try:
+        posts = traced(40, seed=41)
+        port, authkey = free_port(), "test-" + os.urandom(8).hex()
+        store = f"sqlite:///{tmp_path / 'ingest.db'}"  # the store is on another disk; the journal's fills
+        backend = start_backend(tmp_path, "--workers", "1", "--cache-size", "1000", "--flush-interval", "60",
+                                "--drain-timeout", "10", store_url=store, port=port, authkey=authkey)
+        backend.client.put_many(posts)
+        wait_for(lambda: backend.status()["in_flight"] > 0 or backend.status()["processed"] > 0, 60)
+        filler = var / "filler"
+        with open(filler, "wb") as fh:  # fill the disk under the journal to the last byte
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        code = backend.stop(timeout=120)
+        assert code in (0, 1), backend.log()
+        filler.unlink()
+        backend = start_backend(tmp_path, "--workers", "1", store_url=store, port=port, authkey=authkey)
+        try:
+            backend.wait_idle()
+        finally:
+            assert backend.stop() == 0
+        assert stored_counts(store) == expected_counts(recount, posts)
+    finally:
+        subprocess.run(["umount", "-l", str(var)], capture_output=True)
