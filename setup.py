@@ -15,6 +15,7 @@ setup(
         "pydantic-settings>=2.7,<3",
         "google-cloud-firestore>=2.16,<3",
         "flask>=3.0,<4",
+        "flask-limiter>=3.5,<5",
         "gunicorn>=22,<24",
         "supervisor>=4.2,<5",
         "prometheus-client>=0.20,<1",

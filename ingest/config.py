@@ -153,6 +153,8 @@ class FrontendSettings(_Common):
     read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys (default: reads are public)")
     max_batch: int = Field(1000, ge=1, description="items per POST /posts")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
+    read_rate_limit: str = Field("20/second;600/minute", description="reads without a key, per client address and "
+                                                                     "frontend worker (flask-limiter syntax; empty: none)")
 
     @field_validator("api_keys", "read_api_keys", mode="before")
     @classmethod

@@ -184,3 +184,34 @@ def test_article_text_and_the_journal_file_are_private(path):
     j = open_journal(path)
     j.close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_counts_stay_exact_while_appends_and_completions_interleave(path):
+    from ingest.core.models import Aggregate, Delta
+
+    j = open_journal(path, max_articles=100000, max_bytes=10**8)
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            j.append([("P", "text", None)])
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(300):  # the arbiter's side, at the same time
+            rows = j._conn.execute("SELECT seq FROM articles WHERE batch_id IS NULL LIMIT 5").fetchall()
+            if rows:
+                batch = Batch(Delta.of(f"b{n}", [Aggregate.from_article("P", [])]), [r[0] for r in rows], len(rows))
+                j.record_batch(batch)
+                j.complete(batch)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    real = j._conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles").fetchone()
+    try:
+        assert (j.stats()["journal_articles"], j.stats()["journal_bytes"]) == real
+    finally:
+        j.close()

@@ -213,8 +213,9 @@ class Journal:
         staged = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            with self._mutex:
+            with self._mutex:  # a snapshot for the bounds; the arbiter may lower them meanwhile (complete)
                 articles, size, seq = self.articles, self.bytes, self._next_seq
+            start_articles, start_size = articles, size
             for request in requests:
                 try:
                     request.result, added, seq = self._stage(conn, request.posts, articles, size, seq)
@@ -235,8 +236,10 @@ class Journal:
             for request in requests:
                 request.done.set()
             return
-        with self._mutex:
-            self.articles, self.bytes, self._next_seq = articles, size, seq
+        with self._mutex:  # add what this commit added: never overwrite what complete() took away
+            self.articles += articles - start_articles
+            self.bytes += size - start_size
+            self._next_seq = seq
         self.commits += 1
         self.fsyncs.append(time.monotonic() - started)
         del self.fsyncs[:-1000]

@@ -58,9 +58,13 @@ class _MissingSqlite:
     def apply(self, delta):  # pragma: no cover - read-only handle
         raise PermanentStoreError("read-only store")
 
-    def publications(self):
+    def publications(self, limit=None, offset=0):
         inner = self._inner()
-        return inner.publications() if inner else []
+        return inner.publications(limit, offset) if inner else []
+
+    def summary(self, publication):
+        inner = self._inner()
+        return inner.summary(publication) if inner else None
 
     def entities(self, publication, limit=20, offset=0):
         inner = self._inner()

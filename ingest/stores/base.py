@@ -27,8 +27,11 @@ class Store(Protocol):
     def check(self) -> None:
         """Raise StoreError/PermanentStoreError unless the store can be written now (savers call it at boot)."""
 
-    def publications(self) -> list[PublicationSummary]:
-        """All publications, sorted by articles desc (then key)."""
+    def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
+        """Publications sorted by articles desc (then key): all, or the page [offset, offset + limit)."""
+
+    def summary(self, publication: str) -> PublicationSummary | None:
+        """One publication's totals by key (case- and whitespace-insensitive); None if unknown."""
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
         """A publication's entities by mentions desc, entity asc; None if unknown.

@@ -225,7 +225,21 @@ class FirestoreStore:
                 {"checked_at": firestore.SERVER_TIMESTAMP}, retry=None, timeout=min(self.timeout, 10.0))
 
     # -- reads ----------------------------------------------------------
-    def publications(self) -> list[PublicationSummary]:
+    def summary(self, publication: str) -> PublicationSummary | None:
+        with self._translated("summary"):
+            snap = self.client.collection(PUBLICATIONS).document(doc_id(publication_key(publication))).get(
+                retry=self.read_retry, timeout=self.timeout)
+            if not snap.exists:
+                return None
+            d = snap.to_dict()
+            return PublicationSummary(publication=d.get("name") or d.get("key") or "", articles=int(d.get("count", 0)),
+                                      entities=self._distinct_entities(snap.reference), mentions=int(d.get("mentions", 0)))
+
+    def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
+        everything = self._all_publications()
+        return everything[offset:] if limit is None else everything[offset:offset + limit]
+
+    def _all_publications(self) -> list[PublicationSummary]:
         with self._translated("publications"):
             snaps = [s for s in self.client.collection(PUBLICATIONS).stream(retry=self.read_retry, timeout=self.timeout)
                      if s.exists]

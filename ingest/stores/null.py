@@ -25,8 +25,11 @@ class NullStore:
     def check(self) -> None:
         pass
 
-    def publications(self) -> list[PublicationSummary]:
+    def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         return []
+
+    def summary(self, publication: str) -> PublicationSummary | None:
+        return None
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
         return None

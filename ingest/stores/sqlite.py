@@ -108,14 +108,23 @@ class SqliteStore:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
     # -- reads ----------------------------------------------------------
-    def publications(self) -> list[PublicationSummary]:
+    def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         if not self._has_schema():
             return []
         rows = self._conn.execute(
             "SELECT p.name, p.articles, (SELECT count(*) FROM entities e WHERE e.pub_key = p.key), p.mentions "
-            "FROM publications p ORDER BY p.articles DESC, p.key"
+            "FROM publications p ORDER BY p.articles DESC, p.key LIMIT ? OFFSET ?",
+            (-1 if limit is None else limit, offset),
         ).fetchall()
         return [PublicationSummary(publication=n, articles=a, entities=e, mentions=m) for n, a, e, m in rows]
+
+    def summary(self, publication: str) -> PublicationSummary | None:
+        if not self._has_schema():
+            return None
+        row = self._conn.execute(
+            "SELECT p.name, p.articles, (SELECT count(*) FROM entities e WHERE e.pub_key = p.key), p.mentions "
+            "FROM publications p WHERE p.key = ?", (publication_key(publication),)).fetchone()
+        return PublicationSummary(publication=row[0], articles=row[1], entities=row[2], mentions=row[3]) if row else None
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
         if not self._has_schema():

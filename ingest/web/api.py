@@ -231,7 +231,10 @@ def _warn_unavailable(exc: Exception) -> None:
 
 @bp.get("/publications")
 def publications():
-    rows = _read(lambda store: store.publications())
+    """Paged like the entities: ?limit (1..1000, default 1000) &offset; a full page has a next one."""
+    limit = _int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    rows = _read(lambda store: store.publications(limit, offset))
     return jsonify([row.model_dump() for row in rows])
 
 

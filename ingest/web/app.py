@@ -60,9 +60,30 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
+    _limit_anonymous_reads(app, settings)
     _register_hooks(app)
     register_error_handlers(app)
     return app
+
+
+READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.wordcloud_png")
+
+
+def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
+    """A cost bound for whoever reads without a key: per client address, in each worker's memory."""
+    if not settings.read_rate_limit.strip():
+        return
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+
+    from .auth import key_matches, presented_keys
+
+    keys = settings.api_keys + settings.read_api_keys
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
+    exempt = lambda: bool(keys) and key_matches(presented_keys(), keys)  # noqa: E731
+    for name in READ_VIEWS:
+        if name in app.view_functions:
+            app.view_functions[name] = limiter.limit(settings.read_rate_limit, exempt_when=exempt)(app.view_functions[name])
 
 
 def _register_hooks(app: Flask) -> None:

@@ -4,7 +4,8 @@ The page is a thin shell: its script polls the JSON read API (GET /publications 
 GET /publications/<publication>/entities) so it shows exactly what the API answers, paged,
 never all entities at once. The word cloud is the one thing rendered here, as a PNG from the
 top entities, cached in-process under (publication key, articles, mentions) so a render happens
-only when that publication's counts change.
+only when that publication's counts change, and drawn by one background thread per process, never
+on a request's thread.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
 WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
+FIRST_PAINT_ROWS = 100  # the page's own table; the script pages the rest from the API
 POLL_SECONDS = 3
 # the page loads nothing from elsewhere, and a name that slipped past escaping could not run
 PAGE_CSP = (
@@ -71,6 +73,14 @@ class WordcloudCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
+    def latest(self, publication_key: str) -> bytes | None:
+        """Any picture of this publication, however old: better than none while a new one renders."""
+        with self._lock:
+            for key in reversed(self._items):
+                if key[0] == publication_key:
+                    return self._items[key]
+        return None
+
     def get_or_render(self, key: tuple[str, int, int], render) -> bytes:
         png = self.get(key)
         if png is not None:
@@ -87,8 +97,65 @@ class WordcloudCache:
         return len(self._items)
 
 
+class WordcloudRenderer:
+    """One thread per process renders clouds, one at a time, each (publication, counts) once.
+
+    Requests never render: they read the cache, ask for a picture and wait a moment for it. So 16
+    clients hammering the cloud cost one core at most, and nothing for counts already drawn.
+    """
+
+    MAX_PENDING = 64
+
+    def __init__(self, cache: WordcloudCache):
+        self.cache = cache
+        self._pending: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def request(self, key: tuple[str, int, int], render) -> threading.Event | None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():  # lazily: after gunicorn's fork
+                self._thread = threading.Thread(target=self._run, name="wordcloud", daemon=True)
+                self._thread.start()
+            if key in self._pending:
+                return self._pending[key][1]
+            if len(self._pending) >= self.MAX_PENDING:
+                return None
+            done = threading.Event()
+            self._pending[key] = (render, done)
+            self._cond.notify()
+            return done
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                key, (render, done) = next(iter(self._pending.items()))
+            try:
+                if self.cache.get(key) is None:
+                    self.cache.put(key, render())
+                    self.cache.renders += 1
+            except Exception:  # a store read failed: the request answers 503 and a later one retries
+                log.exception("dashboard: rendering the word cloud of %r failed", key[0])
+            finally:
+                with self._cond:
+                    self._pending.pop(key, None)
+                done.set()
+
+
+RENDER_WAIT = 2.0  # seconds a request waits for a fresh picture before it takes an older one or a 503
+
+
 def _store():
     return current_app.extensions["ingest.store"]
+
+
+def wordcloud_renderer() -> WordcloudRenderer:
+    renderer = current_app.extensions.get("ingest.dashboard.renderer")
+    if renderer is None:
+        renderer = current_app.extensions.setdefault("ingest.dashboard.renderer", WordcloudRenderer(wordcloud_cache()))
+    return renderer
 
 
 def wordcloud_cache() -> WordcloudCache:
@@ -130,7 +197,7 @@ def page():
     publications = None
     if not _read_keys():
         try:
-            publications = _store().publications()
+            publications = _store().publications(FIRST_PAINT_ROWS, 0)
         except Exception:  # the script will retry and say what the read API answers
             log.exception("dashboard: store read failed")
     html = render_template(
@@ -147,11 +214,7 @@ def page():
 
 
 def _find(publication: str) -> PublicationSummary | None:
-    key = publication_key(publication)
-    for summary in _store().publications():
-        if publication_key(summary.publication) == key:
-            return summary
-    return None
+    return _store().summary(publication)
 
 
 @bp.get("/dashboard/wordcloud.png")
@@ -165,9 +228,10 @@ def wordcloud_png():
         return _error(401, "unauthorized", "reads need an API key in header X-API-Key")
     publication = request.args.get("publication", "")
     key = publication_key(publication)
+    store = _store()
 
-    def render() -> bytes:
-        entities = _store().entities(publication, limit=WORDCLOUD_TOP_N, offset=0) or []
+    def render() -> bytes:  # runs on the renderer's thread
+        entities = store.entities(publication, limit=WORDCLOUD_TOP_N, offset=0) or []
         return render_wordcloud({e.entity: e.mentions for e in entities})
 
     try:
@@ -175,16 +239,29 @@ def wordcloud_png():
         if summary is None:
             return _error(404, "unknown_publication", "no such publication")
         cache_key = (key, summary.articles, summary.mentions)
-        png = wordcloud_cache().get_or_render(cache_key, render)
+        png = wordcloud_cache().get(cache_key)
+        fresh = png is not None
+        if png is None:
+            done = wordcloud_renderer().request(cache_key, render)
+            if done is not None:
+                done.wait(RENDER_WAIT)
+            png = wordcloud_cache().get(cache_key)
+            fresh = png is not None
+            png = png or wordcloud_cache().latest(key)
+        if png is None:
+            response = _error(503, "rendering", "the word cloud is being drawn; retry in a moment")
+            response.headers["Retry-After"] = "1"
+            return response
     except Exception:  # a locked database or unreachable Firestore is not the client's fault
         log.exception("dashboard: word cloud for %r failed", key)
         response = _error(503, "store_unavailable", "the store could not be read; retry later")
         response.headers["Retry-After"] = "1"
         return response
     response = current_app.response_class(png, mimetype="image/png")
-    response.set_etag(hashlib.blake2b(repr(cache_key).encode(), digest_size=12).hexdigest())
+    if fresh:
+        response.set_etag(hashlib.blake2b(repr(cache_key).encode(), digest_size=12).hexdigest())
     scope = "private" if _read_keys() else "public"
-    if request.args.get("v") == f"{summary.articles}-{summary.mentions}":
+    if fresh and request.args.get("v") == f"{summary.articles}-{summary.mentions}":
         response.headers["Cache-Control"] = f"{scope}, max-age=86400, immutable"
     else:
         response.headers["Cache-Control"] = f"{scope}, no-cache"

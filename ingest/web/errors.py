@@ -25,6 +25,7 @@ HTTP_ERROR_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
     431: "headers_too_large",
 }
 
@@ -61,7 +62,11 @@ def register_error_handlers(app: Flask) -> None:
         detail = exc.description or exc.name
         if status == 413:
             detail = f"request body over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
-        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+        if status == 429:
+            given = headers.get("Retry-After", "1")
+            headers["Retry-After"] = str(max(1, int(given) if given.isdigit() else 1))
+            detail = f"too many reads without an API key from this address ({exc.description}); slow down"
         if status == 413:
             headers["Connection"] = "close"  # the rest of the body is never read
         return error_response(status, code, detail, headers)

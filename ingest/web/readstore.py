@@ -26,8 +26,11 @@ class ProcessLocalStore:
             self._local.store, self._local.pid = store, os.getpid()
         return store
 
-    def publications(self):
-        return self._store().publications()
+    def publications(self, limit=None, offset=0):
+        return self._store().publications(limit, offset)
+
+    def summary(self, publication: str):
+        return self._store().summary(publication)
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0):
         return self._store().entities(publication, limit, offset)
