@@ -283,7 +283,10 @@ def readyz():
     except BackendUnavailable as exc:
         return _not_ready("backend_unavailable", str(exc), {})
     state, depth, capacity = status.get("state"), status.get("depth", 0), status.get("capacity", 0)
-    facts = {"state": state, "depth": depth, "capacity": capacity}
+    # what a client needs to know whether its articles are counted yet (ingest-load waits on these)
+    facts = {"state": state, "depth": depth, "capacity": capacity,
+             **{k: status.get(k, 0) for k in ("accepted", "duplicates", "processed", "in_flight", "unsaved",
+                                              "quarantined", "journal_articles")}}
     if state != "accepting":
         return _not_ready("draining", f"backend is {state}", facts)
     if capacity and depth >= capacity:
