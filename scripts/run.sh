@@ -3,6 +3,7 @@
 # Creates .venv and installs the project if needed, creates an API key if there is none (and prints
 # it with a curl example), then runs supervisord (backend + frontend) in the foreground.
 # Ctrl-C: supervisord stops both programs; the backend drains, so every accepted article is stored.
+# Whatever way this script ends, it stops supervisord first, and nothing outlives supervisord.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -97,4 +98,16 @@ cat <<EOF
 
 EOF
 
-exec supervisord -n -c "$ROOT/supervisord.conf"
+# supervisord runs as our child, so this script stops what it started on any way out: Ctrl-C,
+# SIGTERM, a closed terminal. A pipe closed early (`make run | head -c 1`) must not kill this
+# script before the stack is stopped; the programs themselves die with supervisord (PDEATHSIG).
+trap '' PIPE
+supervisord -n -c "$ROOT/supervisord.conf" &
+SUPERVISORD=$!
+stop_stack() {
+    trap '' INT TERM HUP
+    kill -TERM "$SUPERVISORD" 2>/dev/null || true
+    wait "$SUPERVISORD"
+}
+trap 'stop_stack; exit' INT TERM HUP
+wait "$SUPERVISORD"

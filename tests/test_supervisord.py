@@ -262,3 +262,39 @@ def test_sigkill_of_everything_make_run_started_then_make_run_again_loses_nothin
     backend_log = (Path(env["INGEST_LOG_DIR"]) / "backend.log").read_text()
     assert "recovering from the journal" in backend_log
     assert_db_equals_recount(Path(env["INGEST_VAR_DIR"]) / "ingest.db", [(p, c) for p, c, _ in posts], recount)
+
+
+def _port_free(address: str) -> bool:
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) != 0
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill-supervisord"])
+def test_the_stack_never_outlives_its_supervisor_even_with_its_output_pipe_closed(tmp_path, how):
+    venv = make_fake_venv(tmp_path)
+    env = stack_env(tmp_path, VENV=str(venv))
+    del env["INGEST_STORE"]
+    url = "http://" + env["INGEST_BIND"]
+    # `make run | head -c 1`: the pipe closes after one byte, long before the stack stops
+    proc = subprocess.Popen(["bash", "-c", f"bash {ROOT / 'scripts' / 'run.sh'} | head -c 1 > /dev/null; sleep 600"],
+                            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        wait_ready(url, proc, Path(env["INGEST_LOG_DIR"]))
+        pids = program_pids(env)
+        tree = whole_tree([proc.pid, *pids.values()])
+        supervisord = next(p for p in tree if "supervisord" in " ".join(p.cmdline()))
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            supervisord.kill()  # what a broken pipe or the OOM killer did to it
+        survivors = lambda: [p for p in tree if p.pid != proc.pid and p.is_running()  # noqa: E731
+                             and p.status() != psutil.STATUS_ZOMBIE and "sleep" not in " ".join(p.cmdline())]
+        wait_for(lambda: not survivors(), 120, 0.5, "every process of the stack to exit")
+        assert _port_free(env["INGEST_BIND"]) and _port_free(env["INGEST_MANAGER_ADDRESS"])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        kill_leftovers(tree)

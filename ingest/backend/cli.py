@@ -9,6 +9,7 @@ import sys
 
 from .. import logs
 from ..config import ConfigError, ensure_authkey, load_backend_settings
+from ..lifetime import die_with_parent
 
 log = logging.getLogger("ingest.cli")
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"ingestiond: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if os.environ.get("SUPERVISOR_ENABLED"):  # started by supervisord: never outlive it
+        die_with_parent()
     os.umask(0o077)  # the journal (article text, its WAL), the database and the authkey: owner only
     logs.setup(settings.log_level, "arbiter")
     from .arbiter import Arbiter

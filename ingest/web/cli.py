@@ -17,6 +17,7 @@ from gunicorn.app.base import BaseApplication
 
 from ..config import ConfigError, load_frontend_settings
 from ..core.argtypes import positive_int
+from ..lifetime import die_with_parent
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ingest-frontend: error: metrics directory: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get("SUPERVISOR_ENABLED"):  # started by supervisord: never outlive it
+        die_with_parent()
     master = os.getpid()
     try:
         FrontendApplication({"bind": [args.bind], "workers": workers}).run()
