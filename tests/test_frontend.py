@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from urllib.parse import quote
 
 import httpx
@@ -477,3 +478,60 @@ def test_create_app_takes_overrides_for_fresh_test_apps(tmp_path):
     assert r.status_code == 413 and r.get_json()["error"] == "batch_too_large"
     r = client.post("/posts", json=[post("F")] * 2, headers={"X-API-Key": "k1"})
     assert r.status_code == 503 and r.get_json()["error"] == "backend_unavailable" and r.headers["Retry-After"]
+
+
+def test_a_taken_address_is_one_line_naming_it_and_the_setting(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(BIN / "ingest-frontend"), "--bind", f"127.0.0.1:{port}"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "INGEST_API_KEYS": "k"})
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port}" in result.stderr and "INGEST_BIND" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_taken_manager_address_is_one_line_naming_it_and_the_setting(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(BIN / "ingestiond"), "--workers", "1", "--manager-address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                env={**os.environ, "INGEST_AUTHKEY": "k", "INGEST_VAR_DIR": str(tmp_path / "var")})
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert f"127.0.0.1:{port} is already in use" in out and "INGEST_MANAGER_ADDRESS" in out and "Traceback" not in out
+
+
+def test_a_standalone_frontend_stops_cleanly_20_times_under_load(tmp_path, backend):
+    import threading
+
+    for round_ in range(20):
+        front = start_frontend(tmp_path / f"f{round_}", backend.env, workers=2) if (tmp_path / f"f{round_}").mkdir() is None else None
+        stop = threading.Event()
+
+        def load():
+            with httpx.Client(base_url=front.url, timeout=5, headers={"X-API-Key": front.api_key}) as http:
+                while not stop.is_set():
+                    try:
+                        http.post("/post/enqueue", json=post("Stopper", round_))
+                        http.get("/metrics")
+                    except httpx.HTTPError:
+                        pass
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        code = front.stop(signal.SIGTERM if round_ % 2 else signal.SIGINT, timeout=40)
+        stop.set()
+        for t in threads:
+            t.join()
+        log = front.log()
+        assert code == 0, log
+        assert "Traceback" not in log and "SIGKILL" not in log and "WORKER TIMEOUT" not in log, log

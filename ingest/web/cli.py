@@ -73,6 +73,25 @@ def metrics_dir() -> tuple[Path, bool]:
     return path, False
 
 
+def bind_problem(address: str) -> str | None:
+    """Why gunicorn could not listen on HOST:PORT, said before it retries five times and exits."""
+    import errno
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return "not HOST:PORT" if not address.startswith("unix:") else None
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            return "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -84,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         load_frontend_settings()
     except ConfigError as exc:
         print(f"ingest-frontend: error: {exc}", file=sys.stderr)
+        return 2
+    problem = bind_problem(args.bind)
+    if problem:
+        print(f"ingest-frontend: error: cannot listen on {args.bind}: {problem} (set --bind or INGEST_BIND)",
+              file=sys.stderr)
         return 2
     try:
         path, temporary = metrics_dir()

@@ -278,10 +278,20 @@ def _describe(exc: h11.RemoteProtocolError) -> str:
     return f"malformed request: {text}"
 
 
+def _quiet_cancellations(loop, context) -> None:
+    """A connection accepted as the worker stops is cancelled unborn; asyncio would log that as an error."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 class BufferingWorker(Worker):
     """gunicorn worker: an asyncio loop reads requests; a thread pool runs the app."""
 
+    QUICK_STOP = 1.0  # seconds SIGINT/SIGQUIT leave requests in flight (SIGTERM: graceful_timeout)
+
     def init_process(self):
+        self.quick = False
         self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="app")
         self.connections = 0
         self.max_body = int(os.environ.get("INGEST_MAX_BODY_BYTES", str(1024 * 1024)))
@@ -305,16 +315,23 @@ class BufferingWorker(Worker):
                 result.close()
         return captured["status"], captured["headers"], b"".join(chunks)
 
+    def handle_quit(self, sig, frame):
+        """Ctrl-C (SIGINT) or SIGQUIT: stop soon, but through the loop, not sys.exit inside it."""
+        self.alive = False
+        self.quick = True
+
     def run(self):
         asyncio.run(self.serve())
 
     async def serve(self):
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
         servers = []
         for listener in self.sockets:
             servers.append(await asyncio.start_server(self.on_connect, sock=listener.sock, backlog=2048,
                                                       limit=MAX_HEADER_BYTES * 4))
         tasks: set[asyncio.Task] = set()
         self._tasks = tasks
+        self._writers: set[asyncio.StreamWriter] = set()
         parent = self.ppid
         while self.alive:
             self.notify()
@@ -324,10 +341,17 @@ class BufferingWorker(Worker):
             await asyncio.sleep(0.5)
         for server in servers:
             server.close()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
+        await asyncio.sleep(0.05)  # connections accepted just now start their tasks, so they are tracked
+        deadline = time.monotonic() + (self.QUICK_STOP if self.quick else self.cfg.graceful_timeout)
         while tasks and time.monotonic() < deadline:  # finish requests in flight; idle ones end by timeout
             self.notify()
             await asyncio.sleep(0.1)
+        for writer in list(self._writers):  # what is left is idle or too slow: close it, let it end
+            writer.transport.abort()
+        for _ in range(50):
+            if not tasks:
+                break
+            await asyncio.sleep(0.02)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
@@ -340,8 +364,12 @@ class BufferingWorker(Worker):
         self.connections += 1
         task = asyncio.current_task()
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await HttpConnection(self, reader, writer).serve()
+        except asyncio.CancelledError:  # the worker is stopping: the connection just closes
+            writer.close()
         finally:
             self.connections -= 1
             self._tasks.discard(task)
+            self._writers.discard(writer)
