@@ -16,6 +16,7 @@ setup(
         "google-cloud-firestore>=2.16,<3",
         "flask>=3.0,<4",
         "flask-limiter>=3.5,<5",
+        "swagger-ui-bundle-v2>=5.31,<6",
         "gunicorn>=22,<24",
         "supervisor>=4.2,<5",
         "prometheus-client>=0.20,<1",
@@ -30,6 +31,7 @@ setup(
             "hypothesis>=6.100,<7",
             "psutil>=5.9,<8",
             "selenium>=4.20,<5",
+            "schemathesis>=4,<5",
             # deploy/build.sh --no-build-isolation (the tests) builds the wheel with these.
             "setuptools>=70.1",
             "wheel>=0.42,<1",

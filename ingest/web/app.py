@@ -57,9 +57,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from .api import bp as api_bp
     from .dashboard import bp as dashboard_bp
+    from .openapi import bp as docs_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(docs_bp)
     _limit_anonymous_reads(app, settings)
     _register_hooks(app)
     register_error_handlers(app)

@@ -1,0 +1,136 @@
+"""GET /openapi.json (OpenAPI 3.1) and GET /docs (Swagger UI, served from this package, no CDN).
+
+The request and response schemas are the pydantic models that validate and shape the API
+(`Post`, `PublicationSummary`, `EntityCount`), so the description cannot drift from the code;
+a test runs schemathesis against the running stack with it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from flask import Blueprint, current_app, jsonify, render_template_string, send_from_directory
+from pydantic import BaseModel
+
+from .. import __version__
+from ..core.models import EntityCount, Post, PublicationSummary
+
+bp = Blueprint("docs", __name__, static_folder="static", static_url_path="/docs/static")
+
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
+class Accepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class Error(BaseModel):
+    error: str
+    detail: str
+
+
+def _schema(model: type[BaseModel]) -> dict:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("title", None)
+    return schema
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+READ_ERRORS = {"400": _error("a parameter out of range"), "401": _error("reads need a key (INGEST_READ_API_KEYS)"),
+               "429": _error("too many reads without a key"), "503": _error("the store cannot be read now")}
+WRITE_ERRORS = {"400": _error("malformed or invalid"), "401": _error("missing or wrong API key"),
+                "413": _error("body, batch or article too large"), "415": _error("not JSON / NDJSON in UTF-8"),
+                "503": _error("queue or journal full, backend unreachable or draining; see Retry-After")}
+HTTP_ERRORS = {"408": _error("request not complete in time"), "431": _error("headers too large")}
+
+
+@lru_cache(maxsize=1)
+def document(max_batch: int = 1000) -> dict:
+    post = _schema(Post)
+    post["properties"]["publication"].update({"pattern": r"\S", "maxLength": 1000})
+    post["properties"]["content"].update({"pattern": r"\S"})
+    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+    offset = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
+    ok_text = {"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ingestiond", "version": __version__,
+                 "description": "News articles in; named-entity counts per publication out. Every error is "
+                                "`{\"error\": code, \"detail\": text}`."},
+        "components": {
+            "schemas": {"Post": post, "Accepted": _schema(Accepted), "Error": _schema(Error),
+                        "PublicationSummary": _schema(PublicationSummary), "EntityCount": _schema(EntityCount)},
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+        "paths": {
+            "/post/enqueue": {"post": {
+                "summary": "Accept one article (202 once it is on disk)", "security": [{"ApiKey": []}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Post"}}}},
+                "responses": {"202": _json({"$ref": "#/components/schemas/Accepted"}, "accepted (or a duplicate id)"),
+                              **WRITE_ERRORS, **HTTP_ERRORS}}},
+            "/posts": {"post": {
+                "summary": "Accept a batch, all or nothing", "security": [{"ApiKey": []}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"type": "array", "minItems": 1, "maxItems": max_batch,
+                                                    "items": {"$ref": "#/components/schemas/Post"}}},
+                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "responses": {"202": _json({"$ref": "#/components/schemas/Accepted"}, "accepted"),
+                              **WRITE_ERRORS, **HTTP_ERRORS}}},
+            "/publications": {"get": {
+                "summary": "Publications by articles, paged", "parameters": [limit, offset],
+                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/PublicationSummary"}},
+                                           "publications"), **READ_ERRORS}}},
+            "/publications/{publication}/entities": {"get": {
+                "summary": "A publication's entities by mentions desc, entity asc",
+                "parameters": [{"name": "publication", "in": "path", "required": True, "schema": {"type": "string"}},
+                               limit, offset],
+                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/EntityCount"}},
+                                           "entities"), "404": _error("no such publication"), **READ_ERRORS}}},
+            "/healthz": {"get": {"summary": "The frontend is up", "responses": {
+                "200": _json({"type": "object"}, "up")}}},
+            "/readyz": {"get": {"summary": "The backend takes articles now", "responses": {
+                "200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not ready, and why")}}},
+            "/metrics": {"get": {"summary": "Prometheus text, front and back", "responses": ok_text}},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(document(current_app.extensions["ingest.settings"].max_batch))
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ingestiond API</title>
+<link rel="stylesheet" href="{{ assets }}/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{{ assets }}/swagger-ui-bundle.js"></script>
+<script src="{{ url_for('docs.static', filename='docs.js') }}"></script>
+</body></html>"""
+
+
+@bp.get("/docs")
+def docs():
+    response = current_app.make_response(render_template_string(PAGE, assets="/docs/assets"))
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get("/docs/assets/<path:name>")
+def assets(name: str):
+    from swagger_ui_bundle import swagger_ui_path
+
+    if name not in ("swagger-ui.css", "swagger-ui-bundle.js"):
+        return jsonify(error="not_found", detail="no such asset"), 404
+    return send_from_directory(swagger_ui_path, name, max_age=86400)
