@@ -5,6 +5,9 @@ Retry-After) is waited out rather than lost, and failures end the run quickly wi
 Ids: sent where the dataset has them, and a request is resent after a failure that may have followed
 its delivery (read timeout, dropped connection) only when every article in it has one; a fake frontend
 on loopback that drops or stalls chosen requests shows both sides of that.
+After sending, ingest-load waits until the backend has processed what was accepted (GET /readyz
+counters): the real stack shows the store complete the moment it returns; the fake frontend's scripted
+/readyz answers show the wait's rules (baseline, idle, 503 JSON, timeout, restart, quarantine).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import httpx
 import pytest
 
 from ingest.tools.datasets import Article, Dataset
-from ingest.tools.load import (SAFE_TO_RETRY, Sender, Stats, Work, main, may_resend, percentile, plan,
-                               resolve_api_key, retry_after)
+from ingest.tools.load import (EXIT_STATUS, SAFE_TO_RETRY, Sender, Stats, Work, build_parser, drained, main,
+                               may_resend, percentile, plan, progress_of, resolve_api_key, retry_after,
+                               wait_for_backend)
 from ingest.core.rules import publication_key
 from tests.frontend_support import start_frontend
 from tests.support import BIN, ROOT, free_port, start_backend, wait_for
@@ -125,10 +129,17 @@ def test_single_posts_are_all_counted_and_reported(stack, tmp_path):
     assert (report["articles"], report["sent"], report["accepted"], report["lost"]) == (SAMPLE_ARTICLES,) * 3 + (0,)
     assert report["rejected"] == {} and report["requests"] == SAMPLE_ARTICLES and report["ok"] is True
     assert all(report["latency_ms"][p] > 0 for p in ("p50", "p95", "p99"))
+    # it waited: the moment it returns, the backend has processed and stored everything it sent
+    assert delta(before, stored_articles(stack.url)) == sample_counts()
+    assert (report["processed"], report["quarantined"], report["wait"]["drained"]) == (SAMPLE_ARTICLES, 0, True)
+    assert report["drain_seconds"] > 0 and report["total_seconds"] > report["wall_seconds"]
+    assert 0 < report["processed_per_second"] < report["accepted_per_second"] == report["articles_per_second"]
+    assert report["wait"]["backend_after"]["processed"] - report["wait"]["backend_before"]["processed"] == SAMPLE_ARTICLES
     assert delta(before, stack.settled_counts()) == sample_counts()
-    for label in ("accepted     34", "rejected     0", "articles/s", "latency p50", "latency p95", "latency p99"):
+    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s",
+                  "latency p50", "latency p95", "latency p99", "result: OK, every article accepted and processed"):
         assert label in result.stdout
-    assert "ingest-load: " in result.stderr  # the progress bar
+    assert "ingest-load: " in result.stderr and "processing: " in result.stderr  # the two progress bars
     assert stack.api_key not in result.stdout + result.stderr + report_path.read_text()
 
 
@@ -141,7 +152,8 @@ def test_batches_are_all_counted(stack, tmp_path):
     report = json.loads(report_path.read_text())
     assert status == 0
     assert (report["endpoint"], report["accepted"], report["requests"]) == ("/posts", 20, 3)  # 8 + 8 + 4
-    assert sum(delta(before, stack.settled_counts()).values()) == report["accepted"] == 20
+    assert report["processed"] == report["sent"] == 20 and report["wait"]["drained"] is True
+    assert sum(delta(before, stored_articles(stack.url)).values()) == report["accepted"] == 20  # no wait_idle needed
 
 
 @pytest.mark.slow
@@ -165,12 +177,13 @@ def test_oversized_article_is_rejected_the_rest_accepted_exit_1(stack, tmp_path)
 
 
 @pytest.mark.slow
-def test_wrong_api_key_stops_after_one_request(stack, tmp_path):
+def test_wrong_api_key_stops_after_one_request_exit_1(stack, tmp_path):
+    """A refused key is a rejection (exit 1, as --help says), not a usage error."""
     report_path = tmp_path / "report.json"
     started = time.monotonic()
     result = load(str(SAMPLE), "--url", stack.url, "--json", str(report_path), api_key="not-the-key-" + "x" * 8)
     assert time.monotonic() - started < 15
-    assert result.returncode == 2
+    assert result.returncode == 1
     report = json.loads(report_path.read_text())
     assert (report["requests"], report["accepted"], report["rejected"]) == (1, 0, {"401": 1})
     assert report["not_sent"] == SAMPLE_ARTICLES - 1
@@ -251,18 +264,38 @@ def test_ids_are_sent_and_a_second_run_is_all_duplicates(stack, tmp_path):
 
 # --- a fake frontend on loopback: drops or stalls chosen requests after reading them -----------------------
 
+def counters(status: int = 200, **values) -> tuple[int, dict]:
+    """A /readyz answer as the real frontend gives it: backend counters since the backend started."""
+    body = {"ready": status == 200, "state": "accepting", "depth": 0, "capacity": 1000, "accepted": 0, "duplicates": 0,
+            "processed": 0, "in_flight": 0, "unsaved": 0, "quarantined": 0, "journal_articles": 0}
+    body.update(values)
+    return status, body
+
+
+def instant_backend(fake: "FakeFrontend", read: int) -> tuple[int, dict]:
+    """Processes each article the moment it is accepted; it had processed 500 before the test."""
+    return counters(accepted=500 + len(fake.counted), processed=500 + len(fake.counted))
+
+
 class FakeFrontend:
-    """POST /post/enqueue and /posts, deduplicating on (publication key, id) like the real server.
+    """POST /post/enqueue and /posts, deduplicating on (publication key, id) like the real server; GET /readyz.
 
     `misbehave` maps a request number (1-based) to "drop" (read the body, keep its articles, hang up
     without answering) or "stall" (keep them, then answer nothing for `stall_seconds`). A dropped or
     stalled request was delivered: its articles count, as they would behind a real front door.
+    `readyz(fake, read)` answers the read-th GET /readyz (1-based) with (status, JSON body), or None to
+    hang up; the default backend processes everything at once. `reject` answers every POST with that
+    status (and an error body), counting nothing.
     """
 
-    def __init__(self, misbehave: dict[int, str] | None = None, stall_seconds: float = 2.0, on_request=None):
+    def __init__(self, misbehave: dict[int, str] | None = None, stall_seconds: float = 2.0, on_request=None,
+                 readyz=instant_backend, reject: int | None = None):
         self.misbehave = dict(misbehave or {})
         self.stall_seconds = stall_seconds
         self.on_request = on_request
+        self.readyz = readyz
+        self.reject = reject
+        self.readyz_reads = 0
         self.lock = threading.Lock()
         self.requests: list[list[dict]] = []  # the posts of every request, in arrival order
         self.counted: list[dict] = []  # posts counted (each (publication key, id) once)
@@ -276,8 +309,29 @@ class FakeFrontend:
             def log_message(self, *args):
                 pass
 
+            def _answer(self, status: int, body) -> None:
+                answer = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def do_GET(self):
+                if self.path != "/readyz":
+                    return self._answer(404, {"error": "not_found", "detail": self.path})
+                with fake.lock:
+                    fake.readyz_reads += 1
+                    answer = fake.readyz(fake, fake.readyz_reads)
+                if answer is None:
+                    self.close_connection = True  # hang up without a response
+                    return
+                self._answer(*answer)
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if fake.reject is not None:
+                    return self._answer(fake.reject, {"error": "unauthorized", "detail": "missing or wrong API key"})
                 posts = body if isinstance(body, list) else [body]
                 with fake.lock:
                     fake.requests.append(posts)
@@ -426,8 +480,84 @@ def test_dataset_error_is_one_line_exit_2(tmp_path):
     bad.write_text('{"publication": "P", "content": "ok"}\n{"publication": "P", "content": 7}\n')
     result = load(str(bad), "--url", f"http://127.0.0.1:{free_port()}", api_key="k")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"ingest-load: error: {bad}:2: 'content' must be a string, found number"]
+    assert result.stderr.strip().splitlines() == [f"ingest-load: error: {bad}:2: 'content' must be a string, found "
+                                                  "number (--skip-bad-rows skips and lists such rows)"]
     assert result.stdout == ""
+
+
+def bad_csv(path: Path) -> Path:
+    """Rows 2 and 6 are fine; 3 has bad quoting, 4 too few fields, 5 a byte that is not UTF-8."""
+    path.write_bytes(b'publication,id,content\nLoopback Times,a,Ada met Alan.\nLoopback Times,b,"broken"quote\n'
+                     b'Loopback Times,c\nLoopback Times,d,caf\xe9\nLoopback Times,e,"Grace\nHopper"\n')
+    return path
+
+
+def test_bad_csv_row_stops_the_load_with_file_and_line_exit_2(tmp_path):
+    dataset = bad_csv(tmp_path / "bad.csv")
+    with FakeFrontend() as fake:
+        status = main([str(dataset), "--url", fake.url, "--api-key", "k", "--no-progress", "--format", "csv"])
+    assert status == 2 and fake.requests == [] and fake.readyz_reads == 0  # nothing sent, not even a probe
+
+
+def test_skip_bad_rows_skips_reports_each_and_counts_them(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    lines = dataset.read_text().splitlines()
+    lines.insert(1, '{"publication": "Loopback Times", "content": 7}')
+    lines.insert(3, "not json")
+    dataset.write_text("\n".join(lines) + "\n")
+    with FakeFrontend() as fake:
+        status, report = fake_load(dataset, fake.url, "--skip-bad-rows", report=tmp_path / "r.json")
+    assert status == 0 and report["ok"] is True
+    assert [p["id"] for p in fake.counted] == ["a", "b", "c"]
+    assert report["bad_rows"] == {"count": 2, "rows": [
+        {"where": f"{dataset}:2", "error": "'content' must be a string, found number"},
+        {"where": f"{dataset}:4", "error": "invalid JSON: Expecting value (column 1)"}]}
+    assert report["articles"] == report["accepted"] == 3
+    out, err = capsys.readouterr()
+    assert f"ingest-load: skipped bad row: {dataset}:2: 'content' must be a string, found number" in err
+    assert f"ingest-load: skipped bad row: {dataset}:4: invalid JSON" in err
+    assert "bad rows     2 skipped" in out and "result: OK" in out
+
+
+def test_skip_bad_rows_in_a_csv_as_a_user_runs_it(tmp_path):
+    dataset = bad_csv(tmp_path / "bad.csv")
+    with FakeFrontend() as fake:
+        result = load(str(dataset), "--url", fake.url, "--skip-bad-rows", "--json", str(tmp_path / "r.json"), api_key="k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(p["id"], p["content"]) for p in fake.counted] == [("a", "Ada met Alan."), ("e", "Grace\nHopper")]
+    skipped = [line for line in result.stderr.splitlines() if "skipped bad row" in line]
+    assert [line.split(": ", 3)[2] for line in skipped] == [f"{dataset}:{n}" for n in (3, 4, 5)]
+    assert json.loads((tmp_path / "r.json").read_text())["bad_rows"]["count"] == 3
+    assert "bad rows     3 skipped" in result.stdout
+
+
+def test_directory_as_dataset_is_a_clear_error_exit_2(tmp_path):
+    for folder in (tmp_path / "data", tmp_path / "news.jsonl"):
+        folder.mkdir()
+        for extra in ([], ["--format", "csv"]):
+            result = load(str(folder), *extra, "--url", f"http://127.0.0.1:{free_port()}", api_key="k")
+            assert result.returncode == 2
+            assert result.stderr.strip() == (f"ingest-load: error: {folder}: is a directory: "
+                                             "give a .jsonl, .csv, .whl or .zip file")
+
+
+def test_refused_api_key_is_a_rejection_exit_1_after_one_request(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend(reject=401) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 1 == min(code for code, text in EXIT_STATUS.items() if "refused API key" in text)
+    assert (report["requests"], report["rejected"], report["not_sent"], report["ok"]) == (1, {"401": 1}, 2, False)
+    assert report["wait"]["waited"] is False and fake.readyz_reads == 1  # the baseline only: nothing to wait for
+    assert "refused the API key (401" in capsys.readouterr().err
+
+
+def test_help_lists_exactly_the_exit_codes_the_tool_uses():
+    epilog = build_parser().format_help().split("exit status:", 1)[1]
+    listed = [int(line.split()[0]) for line in epilog.splitlines() if line[:2] == "  " and line.split()[0].isdigit()]
+    assert listed == [0, 1, 2, 130] == list(EXIT_STATUS)
+    text = " ".join(epilog.split())
+    assert "1 something rejected (a refused API key included), lost, quarantined, or not processed" in text
+    assert "2 usage or input error" in text and "a directory" in text and "--skip-bad-rows" in text
 
 
 def test_missing_api_key_and_bad_arguments_exit_2(tmp_path):
@@ -504,3 +634,190 @@ def test_retry_after_and_percentiles():
     assert percentile([], 50) is None
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (50.0, 95.0, 99.0)
+
+
+# --- waiting for the backend (fake /readyz) -----------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr("ingest.tools.load.WAIT_POLL", 0.02)
+
+
+def lagging_backend(per_read: int = 1, start: int = 500, hold_unsaved: int = 0, quarantine: int = 0, status: int = 200,
+                    **extra):
+    """Counters since start (`start` processed before the test) that catch up `per_read` articles per read;
+    articles processed wait `hold_unsaved` further reads as unsaved; the last `quarantine` are quarantined."""
+    state = {"processed": 0, "unsaved_reads": 0}
+
+    def readyz(fake, read):
+        accepted = len(fake.counted)
+        if read > 1:  # the first read is the baseline, before anything was sent
+            state["processed"] = min(accepted - quarantine, state["processed"] + per_read)
+        done = state["processed"]
+        unsaved = 0
+        if done == accepted - quarantine and accepted:
+            state["unsaved_reads"] += 1
+            unsaved = 1 if state["unsaved_reads"] <= hold_unsaved else 0
+        backlog = max(0, accepted - quarantine - done)
+        return counters(status, accepted=start + accepted, processed=start + done, in_flight=min(backlog, 2),
+                        depth=max(0, backlog - 2), unsaved=unsaved, journal_articles=backlog + unsaved,
+                        quarantined=quarantine if done == accepted - quarantine and accepted else 0, **extra)
+    return readyz
+
+
+def test_waits_until_the_backend_has_processed_what_was_accepted(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c", "d", "e"])
+    with FakeFrontend(readyz=lagging_backend(per_read=1)) as fake:
+        status, report = fake_load(dataset, fake.url, "--batch", "2", report=tmp_path / "r.json")
+    assert status == 0 and report["ok"] is True
+    assert fake.readyz_reads == 1 + 5  # the baseline, then one article processed per read
+    wait = report["wait"]
+    assert (wait["waited"], wait["drained"], wait["processed"], wait["quarantined"]) == (True, True, 5, 0)
+    assert (wait["backend_before"]["processed"], wait["backend_after"]["processed"]) == (500, 505)
+    assert report["processed"] == report["accepted"] == 5 and report["drain_seconds"] > 0
+    assert report["total_seconds"] == pytest.approx(report["wall_seconds"] + report["drain_seconds"], abs=0.002)
+    assert report["processed_per_second"] == pytest.approx(5 / report["total_seconds"], rel=0.01)
+    assert report["processed_per_second"] < report["accepted_per_second"]
+    out = capsys.readouterr().out
+    for label in ("processed    5", "drain time", "accepted/s", "(at the front door)", "processed/s", "(end to end",
+                  "result: OK, every article accepted and processed by the backend"):
+        assert label in out
+
+
+def test_the_wait_needs_an_idle_backend_not_just_the_count(tmp_path):
+    """Processed caught up, but the store has not committed yet (unsaved): keep waiting."""
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    with FakeFrontend(readyz=lagging_backend(per_read=5, hold_unsaved=3)) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0 and fake.readyz_reads == 1 + 4  # caught up at once, then 3 reads with unsaved 1
+    assert report["wait"]["backend_after"]["unsaved"] == 0
+
+
+def test_a_503_readyz_is_read_for_its_counters_too(tmp_path):
+    """A full queue makes /readyz answer 503, with the same fields: the wait reads them either way."""
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend(readyz=lagging_backend(per_read=2, status=503, error="queue_full")) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0 and report["wait"]["drained"] is True and report["processed"] == 3
+
+
+def test_other_clients_articles_do_not_end_the_wait_early():
+    """Counters since the backend started, other clients' articles among them: the baseline and idle decide."""
+    before = counters(accepted=900, processed=880, depth=20, journal_articles=20)[1]
+    busy = counters(accepted=910, processed=905, in_flight=2, depth=3, journal_articles=5)[1]  # 25 more, not idle
+    assert progress_of(before, busy) == 25 and not drained(before, busy, 10)
+    idle_short = counters(accepted=910, processed=889)[1]  # idle, but only 9 processed since the baseline: stale
+    assert not drained(before, idle_short, 10)
+    assert drained(before, counters(accepted=910, processed=890)[1], 10)
+    assert drained(before, counters(accepted=910, processed=889, quarantined=1)[1], 10)  # kept, not counted
+    for busy_field in ("depth", "in_flight", "unsaved", "journal_articles"):
+        assert not drained(before, counters(accepted=910, processed=990, **{busy_field: 1})[1], 10), busy_field
+    restarted = counters(accepted=3, processed=2)[1]  # counters went backwards: idle with an empty journal decides
+    assert progress_of(before, restarted) is None and drained(before, restarted, 10)
+    assert not drained(None, counters(journal_articles=1)[1], 10) and drained(None, counters()[1], 10)
+
+
+def test_wait_timeout_is_reported_and_exits_1(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend(readyz=lagging_backend(per_read=0)) as fake:  # never processes anything
+        started = time.monotonic()
+        status, report = fake_load(dataset, fake.url, "--wait-timeout", "0.5", report=tmp_path / "r.json")
+    assert status == 1 and 0.5 <= time.monotonic() - started < 5
+    wait = report["wait"]
+    assert (report["ok"], wait["drained"], wait["timeout"], report["processed"], report["accepted"]) == (False, False, 0.5, 0, 3)
+    assert wait["drain_seconds"] >= 0.5 and report["processed_per_second"] is None
+    assert "processed 0 of the 3 accepted" in wait["note"] and "--wait-timeout 0.5 s" in wait["note"]
+    out, err = capsys.readouterr()
+    assert "result: INCOMPLETE: every article accepted, but not known to be processed" in out
+    assert "gave up: not processed yet" in out and "--wait-timeout 0.5 s" in err
+
+
+def test_no_wait_reads_no_counters_and_says_the_counts_may_not_be_final(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    with FakeFrontend(readyz=lambda fake, read: pytest.fail("/readyz read under --no-wait")) as fake:
+        status, report = fake_load(dataset, fake.url, "--no-wait", report=tmp_path / "r.json")
+    assert status == 0 and report["ok"] is True and fake.readyz_reads == 0
+    assert (report["wait"]["waited"], report["processed"], report["drain_seconds"], report["processed_per_second"]) == (
+        False, None, None, None)
+    out = capsys.readouterr().out
+    assert "not waited for the backend (--no-wait): the counts may not be final yet" in out
+    assert "processed    -  (--no-wait" in out
+
+
+def test_a_frontend_without_counters_is_refused_before_sending_exit_2(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a"])
+    with FakeFrontend(readyz=lambda fake, read: (200, {"status": "ok"})) as fake:
+        status = main([str(dataset), "--url", fake.url, "--api-key", "k", "--no-progress"])
+    assert status == 2 and fake.requests == []
+    err = capsys.readouterr().err
+    assert "gave no backend counters" in err and "--no-wait" in err
+
+
+def test_backend_unreachable_before_sending_the_wait_goes_by_an_empty_journal(tmp_path, capsys):
+    """No baseline (503 without counters): idle with nothing uncommitted in the journal ends the wait."""
+    def readyz(fake, read):
+        if read <= 2:
+            return 503, {"ready": False, "error": "backend_unavailable", "detail": "connection refused"}
+        left = max(0, len(fake.counted) - (read - 2))
+        return counters(accepted=len(fake.counted), processed=len(fake.counted) - left, journal_articles=left)
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
+    with FakeFrontend(readyz=readyz) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0 and report["wait"]["drained"] is True and fake.readyz_reads == 5
+    assert report["wait"]["backend_before"] is None and report["processed"] is None
+    assert "processed    all  (no baseline" in capsys.readouterr().out
+
+
+def test_backend_restart_during_the_wait_is_noticed(tmp_path):
+    def readyz(fake, read):
+        if read == 1:
+            return counters(accepted=700, processed=700)
+        if read < 4:  # restarted: counters from zero, recovering the journal
+            return counters(accepted=0, processed=read, journal_articles=4 - read)
+        return counters(accepted=0, processed=3)
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend(readyz=readyz) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0 and report["wait"]["drained"] is True and "restarted" in report["wait"]["note"]
+    assert report["processed"] is None
+
+
+def test_quarantined_articles_end_the_wait_but_exit_1(tmp_path, capsys):
+    dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
+    with FakeFrontend(readyz=lagging_backend(per_read=3, quarantine=1)) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 1 and report["ok"] is False
+    assert (report["wait"]["drained"], report["processed"], report["quarantined"]) == (True, 2, 1)
+    out, err = capsys.readouterr()
+    assert "quarantined  1" in out and "INCOMPLETE: every article accepted, 1 quarantined" in out
+    assert "ingestiond quarantine list" in err
+
+
+def test_a_frontend_gone_silent_ends_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr("ingest.tools.load.UNREACHABLE_GIVE_UP", 0.3)
+    dataset = jsonl(tmp_path / "d.jsonl", ["a"])
+    with FakeFrontend(readyz=lambda fake, read: counters(accepted=1) if read == 1 else None) as fake:
+        started = time.monotonic()
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 1 and time.monotonic() - started < 5
+    assert report["wait"]["drained"] is False and "did not answer GET /readyz" in report["wait"]["note"]
+
+
+def test_ctrl_c_during_the_wait_is_reported():
+    with FakeFrontend(readyz=lambda fake, read: counters(in_flight=1)) as fake, httpx.Client(base_url=fake.url) as client:
+        calls = []
+
+        def bar_update(n):
+            calls.append(n)
+            raise KeyboardInterrupt
+
+        class Bar:
+            n, total = 0, 1
+            update = staticmethod(bar_update)
+
+            def set_postfix(self, **kw):
+                pass
+
+        before = counters()[1]
+        result = wait_for_backend(client, before, 1, timeout=10, bar=Bar(), poll=0.01)
+    assert result.interrupted and not result.drained and "interrupted" in result.note and calls == [0]

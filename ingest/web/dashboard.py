@@ -144,7 +144,7 @@ class WordcloudRenderer:
                 done.set()
 
 
-RENDER_WAIT = 2.0  # seconds a request waits for a fresh picture before it takes an older one or a 503
+RENDER_WAIT = 5.0  # seconds a request waits for a fresh picture before it takes an older one or a 503
 
 
 def _store():
