@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,22 @@ def start_frontend(tmp_path: Path, backend_env: dict, *, workers: int = 1, api_k
         stop_process(proc, signal.SIGKILL)
         raise
     return frontend
+
+
+@contextmanager
+def running_stack(tmp_path: Path, *backend_flags: str, frontend_env: dict | None = None, workers: int = 1):
+    """The one stack fixture: a real backend and a real frontend in front of it; both must stop cleanly."""
+    from tests.support import start_backend
+
+    backend = start_backend(tmp_path, *(backend_flags or ("--workers", "1")))
+    try:
+        frontend = start_frontend(tmp_path, backend.env, workers=workers, env=frontend_env)
+    except BaseException:
+        backend.stop()
+        raise
+    try:
+        yield backend, frontend
+    finally:
+        code = frontend.stop()
+        assert code == 0 and "Traceback" not in frontend.log(), frontend.log()[-3000:]
+        assert backend.stop() == 0, backend.log()[-3000:]

@@ -135,3 +135,35 @@ def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env:
             stop_process(proc, signal.SIGKILL)
             raise
     return backend
+
+
+# -- the one "store equals recount" helper ------------------------------------------------------
+
+def store_counts(url: str) -> dict:
+    """{publication key: (articles, {entity: (mentions, articles)})} read back through the store's API."""
+    from ingest.core.rules import publication_key
+    from ingest.stores import open_store
+
+    store = open_store(url, readonly=True)
+    try:
+        out = {}
+        for summary in store.publications():
+            rows = store.entities(summary.publication, limit=1000) or []
+            assert len(rows) == summary.entities, "the maintained distinct-entity count is off"
+            out[publication_key(summary.publication)] = (
+                summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
+        return out
+    finally:
+        store.close()
+
+
+def expected_counts(recount, posts) -> dict:
+    """The same shape from an independent recount of (publication, content[, id]) posts."""
+    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
+            for k, p in recount([(p[0], p[1]) for p in posts]).items()}
+
+
+def assert_store_equals_recount(url: str, posts, recount) -> None:
+    got = store_counts(url)
+    assert sum(v[0] for v in got.values()) == len(posts), "articles lost or counted twice"
+    assert got == expected_counts(recount, posts)

@@ -10,31 +10,10 @@ import psutil
 import pytest
 
 from ingest.client import BackendUnavailable, Draining, IngestClient, QueueFull
-from ingest.core.rules import publication_key
-from ingest.stores import open_store
 from tests.corpus import articles
-from tests.support import BIN, start_backend, wait_for
+from tests.support import BIN, expected_counts, start_backend, store_counts, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def store_counts(url):
-    store = open_store(url, readonly=True)
-    try:
-        out = {}
-        for summary in store.publications():
-            rows = store.entities(summary.publication, limit=1000) or []
-            assert len(rows) == summary.entities
-            out[publication_key(summary.publication)] = (
-                summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
-        return out
-    finally:
-        store.close()
-
-
-def expected_counts(recount, posts):
-    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
-            for k, p in recount(posts).items()}
 
 
 def child(backend, role):

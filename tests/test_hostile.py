@@ -10,21 +10,16 @@ import time
 import httpx
 import pytest
 
-from tests.frontend_support import start_frontend
-from tests.support import start_backend
+from tests.frontend_support import running_stack
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
-    backend = start_backend(tmp, "--workers", "1")
-    frontend = start_frontend(tmp, backend.env, workers=1, env={"INGEST_HEADER_TIMEOUT": "2", "INGEST_BODY_TIMEOUT": "3"})
-    yield backend, frontend
-    assert frontend.stop() == 0
-    assert backend.stop() == 0
-    assert "Traceback" not in frontend.log()
+    with running_stack(tmp_path_factory.mktemp("hostile"),
+                       frontend_env={"INGEST_HEADER_TIMEOUT": "2", "INGEST_BODY_TIMEOUT": "3"}) as pair:
+        yield pair
 
 
 def address(frontend):
@@ -170,17 +165,18 @@ def test_a_client_that_writes_a_whole_oversized_body_before_reading_sees_the_413
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """A frontend with the shipped read limit, over a store that has publications to read."""
-    tmp = tmp_path_factory.mktemp("limited")
-    backend = start_backend(tmp, "--workers", "1", "--flush-interval", "0.3")
-    frontend = start_frontend(tmp, backend.env, workers=2, env={"INGEST_READ_RATE_LIMIT": "20/second;600/minute"})
+    with running_stack(tmp_path_factory.mktemp("limited"), "--workers", "1", "--flush-interval", "0.3", workers=2,
+                       frontend_env={"INGEST_READ_RATE_LIMIT": "20/second;600/minute"}) as (backend, frontend):
+        yield from _fill(backend, frontend)
+
+
+def _fill(backend, frontend):
     with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}) as http:
         r = http.post("/posts", json=[{"publication": f"Read {i % 5}", "content": f"Report {i}. Angela Merkel met "
                                        "Barack Obama in Berlin and Paris with NATO."} for i in range(50)])
         assert r.status_code == 202
     backend.wait_idle()
     yield backend, frontend
-    assert frontend.stop() == 0
-    assert backend.stop() == 0
 
 
 def test_reads_without_a_key_are_rate_limited_with_429_json_and_a_key_lifts_it(limited):

@@ -11,7 +11,7 @@ import pytest
 
 from tests.corpus import articles
 from tests.frontend_support import start_frontend
-from tests.support import start_backend, wait_for
+from tests.support import start_backend
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tests.support import start_backend, wait_for
+from tests.support import start_backend
 
 pytestmark = pytest.mark.slow
 

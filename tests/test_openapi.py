@@ -7,21 +7,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.frontend_support import start_frontend
-from tests.support import start_backend
+from tests.frontend_support import running_stack
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("openapi")
-    backend = start_backend(tmp, "--workers", "1", "--flush-interval", "0.3")
-    frontend = start_frontend(tmp, backend.env, workers=1)
-    yield backend, frontend
-    assert frontend.stop() == 0
-    assert "Traceback" not in frontend.log()
-    assert backend.stop() == 0
+    with running_stack(tmp_path_factory.mktemp("openapi"), "--workers", "1", "--flush-interval", "0.3") as pair:
+        yield pair
 
 
 def test_every_answer_matches_the_description_and_none_is_a_5xx(stack):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import stat
 import subprocess
 import time
@@ -18,7 +17,7 @@ import psutil
 import pytest
 
 from tests import corpus
-from tests.support import BIN, ROOT, free_port, wait_for
+from tests.support import BIN, ROOT, assert_store_equals_recount, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,13 +91,7 @@ def post_corpus(url: str, key: str, n: int) -> list[tuple[str, str]]:
 
 
 def assert_db_equals_recount(db: Path, accepted, recount) -> None:
-    expected = recount(accepted)
-    with sqlite3.connect(db) as conn:
-        articles = dict(conn.execute("SELECT key, articles FROM publications"))
-        entities = {(k, e): (m, a) for k, e, m, a in conn.execute("SELECT pub_key, entity, mentions, articles FROM entities")}
-    assert articles == {k: c.articles for k, c in expected.items()}
-    assert sum(articles.values()) == len(accepted)
-    assert entities == {(k, e): (m, c.entity_articles[e]) for k, c in expected.items() for e, m in c.mentions.items()}
+    assert_store_equals_recount(f"sqlite:///{db}", accepted, recount)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, logs: Path) -> None:

