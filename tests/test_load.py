@@ -136,7 +136,7 @@ def test_single_posts_are_all_counted_and_reported(stack, tmp_path):
     assert 0 < report["processed_per_second"] < report["accepted_per_second"] == report["articles_per_second"]
     assert report["wait"]["backend_after"]["processed"] - report["wait"]["backend_before"]["processed"] == SAMPLE_ARTICLES
     assert delta(before, stack.settled_counts()) == sample_counts()
-    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s",
+    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s", "articles/s",
                   "latency p50", "latency p95", "latency p99", "result: OK, every article accepted and processed"):
         assert label in result.stdout
     assert "ingest-load: " in result.stderr and "processing: " in result.stderr  # the two progress bars
@@ -679,7 +679,7 @@ def test_waits_until_the_backend_has_processed_what_was_accepted(tmp_path, capsy
     assert report["processed_per_second"] == pytest.approx(5 / report["total_seconds"], rel=0.01)
     assert report["processed_per_second"] < report["accepted_per_second"]
     out = capsys.readouterr().out
-    for label in ("processed    5", "drain time", "accepted/s", "(at the front door)", "processed/s", "(end to end",
+    for label in ("processed    5", "drain time", "accepted/s", "articles/s at the front door", "processed/s", "articles/s end to end",
                   "result: OK, every article accepted and processed by the backend"):
         assert label in out
 

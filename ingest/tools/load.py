@@ -1,4 +1,5 @@
-"""ingest-load: POST a dataset to a running frontend, concurrently, and report what was accepted.
+"""ingest-load: POST a dataset to a running frontend, concurrently; wait until the backend has processed
+what was accepted; report both.
 
 Threads share one httpx.Client (its connection pool is thread-safe); each takes the next request's
 worth of articles (one, or `--batch N` for POST /posts), sends it and settles it: accepted (202),
@@ -32,7 +33,11 @@ accepted article was committed or quarantined. --wait-timeout bounds the wait. T
 both rates: accepted/s at the front door (sending time) and processed/s end to end (from the first
 request to the backend done), and the drain time in between.
 
-Exit status (the --help epilog says the same): 0 every article accepted (duplicates included) and,
+Bad rows: the dataset is read through once before anything is sent, so a malformed row stops the run
+(exit 2, naming file:line) before the first request; with --skip-bad-rows each is skipped, named on
+stderr and listed in the report instead.
+
+Exit status (EXIT_STATUS, which the --help epilog lists): 0 every article accepted (duplicates included) and,
 unless --no-wait, processed; 1 anything rejected (a refused API key included), lost, quarantined or
 not processed within --wait-timeout, or the run stopped early; 2 usage or input errors (arguments,
 no API key, a dataset that cannot be read, a bad row without --skip-bad-rows); 130 interrupted.
@@ -543,10 +548,10 @@ def wait_for_backend(client: httpx.Client, before: dict | None, accepted: int, t
 def _show_wait(bar, before: dict | None, now: dict, accepted: int) -> None:
     if bar is None:
         return
-    done = progress_of(before, now)
+    bar.set_postfix(queued=now["depth"], in_flight=now["in_flight"], unsaved=now["unsaved"], refresh=False)
+    done = progress_of(before, now)  # after the postfix: the update that redraws shows both from one reading
     if done is not None:
         bar.update(min(done, accepted) - bar.n)
-    bar.set_postfix(queued=now["depth"], in_flight=now["in_flight"], unsaved=now["unsaved"], refresh=False)
 
 
 def _timeout_note(timeout: float, before: dict | None, last: dict | None, accepted: int, why: str | None) -> str:
@@ -803,8 +808,9 @@ def format_report(r: dict) -> str:
         ("drain time", "-" if r["drain_seconds"] is None else
          f"{r['drain_seconds']:.2f} s" + ("  (after sending, until the backend had processed it)" if wait["drained"]
                                           else "  (gave up: not processed yet)")),
-        ("accepted/s", rate(r["accepted_per_second"]) + ("  (at the front door)" if r["accepted_per_second"] is not None else "")),
-        ("processed/s", rate(r["processed_per_second"]) + ("  (end to end: first request to processed)"
+        ("accepted/s", rate(r["accepted_per_second"]) + ("  (articles/s at the front door, over the send time)"
+                                                           if r["accepted_per_second"] is not None else "")),
+        ("processed/s", rate(r["processed_per_second"]) + ("  (articles/s end to end: first request to processed)"
                                                              if r["processed_per_second"] is not None else "")),
         ("latency p50", fmt_ms(lat["p50"])),
         ("latency p95", fmt_ms(lat["p95"])),
