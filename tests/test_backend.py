@@ -153,13 +153,14 @@ def test_wrong_authkey_is_refused(tmp_path):
 
 
 def test_no_persist_processes_and_exits_cleanly(tmp_path):
-    backend = start_backend(tmp_path, "--workers", "1", "--no-persist")
+    backend = start_backend(tmp_path, "--workers", "1", "--no-persist", "--log-level", "DEBUG")
     try:
         backend.client.put_many(articles(5))
         assert backend.wait_idle()["processed"] == 5
     finally:
         assert backend.stop() == 0
     assert "would write" in backend.log()
+    assert "entity='" in backend.log(), "at DEBUG it names each entity it would have written"
     assert not (tmp_path / "ingest.db").exists()
 
 
