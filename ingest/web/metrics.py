@@ -91,14 +91,30 @@ def render(status: Callable[[], dict]) -> bytes:
     """The text exposition: front-end metrics (all gunicorn workers) followed by the backend's."""
     directory = multiprocess_dir()
     if directory:
-        front = CollectorRegistry()
-        multiprocess.MultiProcessCollector(front, path=directory)
-        text = generate_latest(front)
+        text = _front_multiprocess(directory)
     else:
         text = generate_latest(REGISTRY)
     back = CollectorRegistry(auto_describe=False)
     back.register(BackendCollector(status))
     return text + generate_latest(back)
+
+
+def _front_multiprocess(directory: str, attempts: int = 5) -> bytes:
+    """All gunicorn workers' metrics. A worker that has just created its metrics file but not yet
+    written its header makes the reader fail (struct.error on an empty mmap): read again shortly."""
+    import struct
+    import time
+
+    for attempt in range(attempts):
+        front = CollectorRegistry()
+        multiprocess.MultiProcessCollector(front, path=directory)
+        try:
+            return generate_latest(front)
+        except (struct.error, ValueError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def worker_exited(pid: int) -> None:
