@@ -27,7 +27,8 @@ log = logging.getLogger("ingest.manager")
 # seconds an unauthenticated client may take to prove it has the key: the manager listens on
 # loopback, where a real client answers in a millisecond; a silent one holds a thread this long
 HANDSHAKE_TIMEOUT = 0.5
-HANDSHAKE_THREADS = 16
+CROWDED_HANDSHAKE_TIMEOUT = 0.1  # ... while other connections wait for a handshake thread
+HANDSHAKE_THREADS = 32
 HANDSHAKES_WAITING = 1024      # beyond this, the oldest waiting connection is closed
 MAX_CLIENTS = 512           # authenticated connections (frontend threads x workers, with room)
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn; a burst of connects must not drop SYNs
@@ -79,7 +80,8 @@ class IntakeServer(Server):
                 while not self._pending:
                     self._cond.wait()
                 conn = self._pending.pop()  # newest first
-            self._authenticate(conn, HANDSHAKE_TIMEOUT)
+                crowded = len(self._pending) > HANDSHAKE_THREADS
+            self._authenticate(conn, CROWDED_HANDSHAKE_TIMEOUT if crowded else HANDSHAKE_TIMEOUT)
 
     def _authenticate(self, conn, deadline: float) -> None:
         try:
