@@ -170,6 +170,7 @@ def post(url: str, key: str, path: str, bodies_path: str, threads: str, seconds:
     workers = [threading.Thread(target=run, args=(k * 7919,)) for k in range(int(threads))]
     ready_then_go()
     started = time.monotonic()
+    cpu0 = time.process_time()
     for w in workers:
         w.start()
     time.sleep(float(seconds))
@@ -179,7 +180,8 @@ def post(url: str, key: str, path: str, bodies_path: str, threads: str, seconds:
     ended = time.monotonic()
     latencies.sort()
     pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: None)
-    done({**counts, "started": started, "ended": ended, "latency_p50": pick(0.50), "latency_p99": pick(0.99)})
+    done({**counts, "started": started, "ended": ended, "latency_p50": pick(0.50), "latency_p99": pick(0.99),
+          "cpu_seconds": time.process_time() - cpu0})
 
 
 ROLES = {"ner": ner, "course": course, "post": post}

@@ -124,6 +124,22 @@ class Stack:
     log_dir: Path
     client: object = field(default=None, repr=False)
 
+    @property
+    def journal_path(self) -> Path:
+        """The backend's journal: VAR_DIR/journal.db (INGEST_VAR_DIR is set per stack below)."""
+        return self.log_dir / "var" / "journal.db"
+
+    def journal_disk(self) -> dict:
+        """Sizes on disk of the journal's files now: journal.db, its -wal and -shm (0 if absent)."""
+        out = {}
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                out["db" + suffix] = os.stat(f"{self.journal_path}{suffix}").st_size
+            except OSError:
+                out["db" + suffix] = 0
+        out["bytes"] = out["db"] + out["db-wal"]  # what the journal holds on disk (the -shm is an index, mmapped)
+        return out
+
     def status(self) -> dict:
         if self.client is None:
             from ingest.client import IngestClient
@@ -147,7 +163,11 @@ def start_stack(children: Children, workdir: Path, name: str, backend_args: list
                 frontend_workers: int = 2, ready_timeout: float = 180.0) -> Stack:
     """`ingestiond` (SQLite store under workdir) and `ingest-frontend` on free loopback ports."""
     run_dir = workdir / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    attempt = 1
+    while run_dir.exists():  # a repeated (noisy) run gets a fresh store and journal, never the last one's
+        attempt += 1
+        run_dir = workdir / f"{name}-{attempt}"
+    run_dir.mkdir(parents=True)
     port, http_port = free_port(), free_port()
     authkey = "bench-" + os.urandom(12).hex()
     api_key = "bench-key-" + os.urandom(12).hex()
