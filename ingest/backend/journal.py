@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS articles (
     requeued INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS articles_by_batch ON articles (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS articles_requeued ON articles (seq) WHERE requeued = 1;
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     delta TEXT NOT NULL,
@@ -123,11 +124,11 @@ class Journal:
         self._cond = threading.Condition()
         self._closed = False
         self._writer_conn = None
-        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-        self._writer.start()
-        self.fsyncs: list[float] = []  # seconds per group commit (the last 1,000)
+        self.fsyncs: list[float] = []  # seconds per group commit, the whole transaction (the last 1,000)
         self.commits = 0
         self.last_purge = 0.0
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
 
     # -- opening ----------------------------------------------------------
     def _take_lock(self) -> int:
@@ -344,7 +345,9 @@ class Journal:
         return [Entry(seq, pub, size) for seq, pub, size in rows]
 
     def oldest_age(self) -> float:
-        row = self._conn.execute("SELECT min(accepted_at) FROM articles WHERE quarantined_at IS NULL").fetchone()
+        # seq grows with acceptance: the first live row is the oldest, found without scanning a backlog
+        row = self._conn.execute("SELECT accepted_at FROM articles WHERE quarantined_at IS NULL "
+                                 "ORDER BY seq LIMIT 1").fetchone()
         return round(time.time() - row[0], 1) if row and row[0] else 0.0
 
     def stats(self) -> dict:
