@@ -395,7 +395,7 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
         backend.client.put_many(posts)
         wait_for(lambda: backend.status()["in_flight"] > 0 or backend.status()["processed"] > 0, 60)
         filler = var / "filler"
-        with open(filler, "wb") as fh:  # fill the disk under the journal to the last byte
+        with open(filler, "wb", buffering=0) as fh:  # fill the disk under the journal to the last byte (unbuffered: close cannot fail)
             try:
                 while True:
                     fh.write(b"\0" * 65536)
