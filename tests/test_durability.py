@@ -386,6 +386,7 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
     if mounted.returncode != 0:
         pytest.skip(f"LOUD SKIP: cannot mount a small tmpfs to fill a disk here ({mounted.stderr.strip()}); "
                     "the disk-full drain is not tested on this machine")
+    backend = None
     try:
         posts = traced(40, seed=41)
         port, authkey = free_port(), "test-" + os.urandom(8).hex()
@@ -412,4 +413,6 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
             assert backend.stop() == 0
         assert store_counts(store) == expected_counts(recount, posts)
     finally:
+        if backend is not None:
+            backend.stop(signal.SIGKILL)  # a no-op once stopped; after a failure, nothing is left running
         subprocess.run(["umount", "-l", str(var)], capture_output=True)

@@ -42,8 +42,8 @@ def test_every_durable_state_is_recovered_as_it_was(path):
     j = open_journal(path)
     seqs = [seq for seq, _, _ in j.append([(f"P{i}", f"text {i}", None) for i in range(5)])["entries"]]
     delta = Delta.of("batch-1", [Aggregate.from_article("P0", ["x", "x"]), Aggregate.from_article("P1", ["y"])])
-    j.record_batch(Batch(delta, seqs[:2], 2))
-    done = Batch(Delta.of("batch-2", [Aggregate.from_article("P2", [])]), seqs[2:3], 1)
+    j.record_batch(Batch(delta, seqs[:2]))
+    done = Batch(Delta.of("batch-2", [Aggregate.from_article("P2", [])]), seqs[2:3])
     j.record_batch(done)
     j.complete(done)
     j.close()
@@ -153,7 +153,7 @@ def test_a_batch_older_than_the_markers_may_live_is_refused(path):
 
     j = open_journal(path)
     seqs = [s for s, _, _ in j.append([("P", "x", None)])["entries"]]
-    j.record_batch(Batch(Delta.of("old", [Aggregate.from_article("P", [])]), seqs, 1))
+    j.record_batch(Batch(Delta.of("old", [Aggregate.from_article("P", [])]), seqs))
     j._conn.execute("UPDATE batches SET created_at = ?", (time.time() - MARKER_TTL_SECONDS,))
     try:
         with pytest.raises(JournalError, match="could count it twice"):
@@ -203,7 +203,7 @@ def test_the_counts_stay_exact_while_appends_and_completions_interleave(path):
         for n in range(300):  # the arbiter's side, at the same time
             rows = j._conn.execute("SELECT seq FROM articles WHERE batch_id IS NULL LIMIT 5").fetchall()
             if rows:
-                batch = Batch(Delta.of(f"b{n}", [Aggregate.from_article("P", [])]), [r[0] for r in rows], len(rows))
+                batch = Batch(Delta.of(f"b{n}", [Aggregate.from_article("P", [])]), [r[0] for r in rows])
                 j.record_batch(batch)
                 j.complete(batch)
     finally:

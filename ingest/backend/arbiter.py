@@ -323,7 +323,7 @@ class Arbiter:
         self.journal.claim(store_identity(self.settings.store_url))
         found = self.journal.recover()
         for batch_id, delta, seqs in found.batches:
-            self.hub.retry.append((0.0, Batch(delta, seqs, len(seqs))))
+            self.hub.retry.append((0.0, Batch(delta, seqs)))
             self.hub.recovering.add(batch_id)
         self.hub.suspects.extend(e for e in found.entries if e.kills)
         self.intake.push_back(e for e in found.entries if not e.kills)

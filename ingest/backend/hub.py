@@ -27,16 +27,22 @@ RETRY_DELAY = 5.0   # seconds before a failed batch is offered to a saver again
 
 
 @dataclass(slots=True)
-class WorkerSlot:
+class ChildSlot:
+    """What the hub knows of any child: its pipe, its process, and whether it is ready, busy or stopping."""
+
     number: int
     conn: object
     process: object
     ready: bool = False
     busy_since: float | None = None                    # set while a request is outstanding
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class WorkerSlot(ChildSlot):
     in_flight: list = field(default_factory=list)      # the micro-batch being processed: suspect if it dies
     unflushed: list = field(default_factory=list)      # every Entry sent since the last flush
     unflushed_since: float | None = None
-    stopping: bool = False
 
 
 @dataclass(slots=True)
@@ -45,18 +51,15 @@ class Batch:
 
     delta: Delta
     seqs: list
-    articles: int
+
+    @property
+    def articles(self) -> int:
+        return len(self.seqs)
 
 
 @dataclass(slots=True)
-class SaverSlot:
-    number: int
-    conn: object
-    process: object
-    ready: bool = False
+class SaverSlot(ChildSlot):
     batch: Batch | None = None
-    busy_since: float | None = None
-    stopping: bool = False
 
 
 @dataclass(slots=True)
@@ -280,7 +283,7 @@ class Hub:
             return self.retry.popleft()[1]
         if not self.pending:
             return None
-        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, len(self.pending_seqs))
+        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs)
         if not self._durably("record_batch", batch):  # recorded before the store sees it: a crash replays this id
             return None  # kept pending; tried again on the next pass
         self.pending, self.pending_seqs = {}, []
