@@ -80,9 +80,15 @@ def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
 
     from .auth import key_matches, presented_keys
 
+    from .pacing import PACED, ReadPacer
+
     keys = settings.api_keys + settings.read_api_keys
+    # under ingest's own gunicorn worker the HTTP layer paces these reads (see pacing.py) and marks
+    # them; flask-limiter is the bound for any other server (the dev server, plain gunicorn)
+    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, app.url_map, READ_VIEWS)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
-    exempt = lambda: bool(keys) and key_matches(presented_keys(), keys)  # noqa: E731
+    exempt = lambda: request.environ.get(PACED, False) or (  # noqa: E731
+        bool(keys) and key_matches(presented_keys(), keys))
     for name in READ_VIEWS:
         if name in app.view_functions:
             app.view_functions[name] = limiter.limit(settings.read_rate_limit, exempt_when=exempt)(app.view_functions[name])

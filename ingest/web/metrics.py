@@ -39,6 +39,11 @@ REJECTED = Counter(
     "ingest_frontend_rejected_requests", "Write requests rejected, by reason (the JSON error code)", ["reason"],
 )
 
+PACED_READS = Counter(
+    "ingest_frontend_paced_reads", "Reads without a key held by the read limit: served after the wait, or refused 429",
+    ["outcome"],
+)
+
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 
 

@@ -8,7 +8,7 @@ request goes to the thread pool that runs the Flask app. So a slow or idle clien
 never a thread. Pipelined requests are answered in order. Every error the HTTP layer raises itself
 (bad framing, oversize lines and headers, unknown transfer codings, timeouts) is the API's JSON
 shape, and a request refused before its body (413 by Content-Length) closes the connection
-without reading the body.
+without reading the body. Reads without a key are paced here, before an app thread (pacing.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import h11
 from gunicorn.workers.base import Worker
+
+from .pacing import PACED
 
 log = logging.getLogger("ingest.web.server")
 access = logging.getLogger("gunicorn.access")
@@ -174,6 +176,13 @@ class HttpConnection:
     async def answer(self, request: h11.Request, body: bytes) -> bool:
         started = time.monotonic()
         environ = self.environ(request, body)
+        pacer = self.worker.pacer
+        if pacer is not None and pacer.applies(request.method, environ["PATH_INFO"], request.headers):
+            retry_after = await pacer.admit(self.peer[0])
+            if retry_after is not None:
+                await self.too_many(request, retry_after, started)
+                return True
+            environ[PACED] = True
         try:
             status, headers, payload = await asyncio.get_running_loop().run_in_executor(
                 self.worker.pool, self.worker.call_app, environ)
@@ -192,6 +201,15 @@ class HttpConnection:
                         b"" if request.method == b"HEAD" else payload)
         self.log_access(request, code, len(payload), started)
         return not close
+
+    async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
+        """A paced read still over its limit: 429, and the connection stays open (it has no body)."""
+        body = json.dumps({"error": "too_many_requests", "detail": "too many reads without an API key from this "
+                           f"address (over {self.worker.read_rate_limit}); slow down"}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Retry-After", str(retry_after))]
+        await self.send(h11.Response(status_code=429, headers=headers), b"" if request.method == b"HEAD" else body)
+        self.log_access(request, 429, len(body), started)
 
     async def send(self, response: h11.Response, payload: bytes) -> None:
         data = self.conn.send(response)
@@ -321,6 +339,10 @@ class BufferingWorker(Worker):
         self.quick = True
 
     def run(self):
+        extensions = getattr(self.wsgi, "extensions", {})
+        self.pacer = extensions.get("ingest.read_pacer")
+        settings = extensions.get("ingest.settings")
+        self.read_rate_limit = settings.read_rate_limit if settings is not None else ""
         asyncio.run(self.serve())
 
     async def serve(self):
