@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # System packages some tests need: Chromium (dashboard), shellcheck, ruby, vagrant, systemd-analyze
 # (deploy scripts), a JRE
-# and Google's Firestore emulator. Installed with apt-get when we are root; otherwise each missing piece
+# and Google's Firestore emulator; podman, runc and mmdebstrap (the container image, tests/test_container.py).
+# Installed with apt-get when we are root; otherwise each missing piece
 # is named, and the tests that need it skip with a loud reason.
 set -uo pipefail
 
 if [ -n "${INGEST_SKIP_SYSTEM_DEPS:-}" ]; then
-    echo "system-deps: INGEST_SKIP_SYSTEM_DEPS is set: installing nothing; tests needing Chromium, Java, the emulator, shellcheck or vagrant will skip loudly" >&2
+    echo "system-deps: INGEST_SKIP_SYSTEM_DEPS is set: installing nothing; tests needing Chromium, Java, the emulator, shellcheck, vagrant or podman will skip loudly" >&2
     exit 0
 fi
 
@@ -19,6 +20,9 @@ command -v vagrant >/dev/null 2>&1 || missing+=(vagrant)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
 [ -f "$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" ] || missing+=(google-cloud-cli-firestore-emulator)
 
