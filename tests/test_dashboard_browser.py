@@ -10,11 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
+
+from ingest.core.models import Aggregate, Delta
 
 from ingest.stores.sqlite import SqliteStore
 from tests.support import free_port, stop_process, wait_for
@@ -39,11 +42,11 @@ def _need_browser():
             pytest.skip(f"SKIPPED LOUDLY: {path} not found; apt-get install -y chromium chromium-driver ({pkg})")
 
 
-def serve(tmp_path, **extra_env):
+def serve(tmp_path, fill=populate, **extra_env):
     """`ingest-frontend` (gunicorn) serving the app on a free loopback port; yields (base URL, the writable store)."""
     db = tmp_path / "ingest.db"
     store = SqliteStore(db)
-    populate(store)
+    fill(store)
     port = free_port()
     env = {
         **os.environ,
@@ -90,6 +93,24 @@ def server(tmp_path):
 def protected_server(tmp_path):
     _need_browser()
     yield from serve(tmp_path, INGEST_READ_API_KEYS="read-secret")
+
+
+def ten_thousand(store: SqliteStore) -> None:
+    """10,050 publications, each with its own article count (so the order is the API's, plainly)."""
+    posts = []
+    for i in range(10_050):
+        post = Aggregate.from_article(f"Gazette {i:05d}", [])
+        post.articles = 20_000 - i
+        post.mentions = {f"topic {i % 7}": 1 + i % 3, "Shared": 1}
+        post.entity_articles = dict.fromkeys(post.mentions, 1)
+        posts.append(post)
+    store.apply(Delta.of(uuid.uuid4().hex, posts))
+
+
+@pytest.fixture
+def crowded_server(tmp_path):
+    _need_browser()
+    yield from serve(tmp_path, fill=ten_thousand)
 
 
 @pytest.fixture
@@ -276,7 +297,7 @@ def cloud_requests(driver):
 
 
 def publication_polls(driver):
-    return sum(1 for u in resource_urls(driver) if u.endswith("/publications"))
+    return sum(1 for u in resource_urls(driver) if "/publications?limit=" in u)  # the table's page, each poll
 
 
 def test_dashboard_asks_for_the_read_key(protected_server, browser):
@@ -327,3 +348,42 @@ def test_interactive_api_docs_render_under_their_content_security_policy(server,
     assert violations == [], violations
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "docs.png"))
+
+
+def test_dashboard_with_10000_publications_pages_its_table(crowded_server, browser):
+    """The page carries one page of the table (not 10,000 rows), pages through the API, and follows a
+    publication chosen from deep in the list."""
+    base, _ = crowded_server
+    html = httpx.get(base + "/", timeout=10)
+    assert html.status_code == 200 and len(html.content) < 100_000, f"{len(html.content):,} bytes of HTML"
+    assert html.text.count('class="pub"') == 100
+    driver = browser
+    driver.get(base + "/")
+    first = api(base, "/publications?limit=100&offset=0")
+    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in first],
+          "the first 100 publications")
+    until(driver, lambda: "publications 1–100 of more" in text(driver, "status"), "the paged status")
+    assert driver.find_element("id", "pubs-prev").get_attribute("disabled")
+    driver.find_element("id", "pubs-next").click()
+    second = api(base, "/publications?limit=100&offset=100")
+    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in second],
+          "publications 101-200")
+    assert text(driver, "pubs-range") == "101–200"
+
+    # a publication far down the list, chosen by its URL: shown with its own counts, off the table's page
+    deep = api(base, "/publications?limit=1&offset=7321")[0]
+    driver.get(base + "/#publication=" + quote(deep["publication"]))
+    driver.refresh()
+    until(driver, lambda: text(driver, "detail-title") == deep["publication"], "the deep publication's detail")
+    until(driver, lambda: text(driver, "stat-articles") == f"{deep['articles']:,}", "its article count")
+    expected = entities_api(base, deep["publication"], 20, 0)
+    until(driver, lambda: chart_matches(driver, expected), "its entities")
+    assert driver.find_element("id", "error").get_attribute("hidden")
+    # the last page: Next is disabled
+    driver.get(base + "/#pubs=10000")
+    driver.refresh()
+    last = api(base, "/publications?limit=100&offset=10000")
+    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in last],
+          "the last 50 publications")
+    assert driver.find_element("id", "pubs-next").get_attribute("disabled")
+    assert console_errors(driver) == []

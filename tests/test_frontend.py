@@ -294,6 +294,11 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
         assert paged == entities
     rows = http.get("/publications").json()
     assert [r["articles"] for r in rows] == sorted((r["articles"] for r in rows), reverse=True)
+    # ?publication= is the list filtered to one publication, found by its key; [] when unknown
+    one = next(r for r in rows if r["publication"].startswith("Recount"))
+    assert http.get("/publications", params={"publication": " " + one["publication"].lower()}).json() == [one]
+    assert http.get("/publications", params={"publication": "no such paper"}).json() == []
+    assert http.get("/publications", params={"publication": "x" * 5000}).json() == []
 
 
 def test_hostile_publication_names_round_trip(http, key, backend):

@@ -231,10 +231,18 @@ def _warn_unavailable(exc: Exception) -> None:
 
 @bp.get("/publications")
 def publications():
-    """Paged like the entities: ?limit (1..1000, default 1000) &offset; a full page has a next one."""
+    """Paged like the entities: ?limit (1..1000, default 1000) &offset; a full page has a next one.
+    ?publication=NAME is the list filtered to that one publication ([] when unknown): how the
+    dashboard follows a publication that is not on the page of the table it shows."""
     limit = _int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
-    rows = _read(lambda store: store.publications(limit, offset))
+    name = request.args.get("publication")
+    if name is not None:
+        key = publication_key(name)
+        found = _read(lambda store: store.summary(name)) if key and len(key) <= MAX_PUBLICATION_KEY else None
+        rows = [found][offset:offset + limit] if found is not None else []
+    else:
+        rows = _read(lambda store: store.publications(limit, offset))
     return jsonify([row.model_dump() for row in rows])
 
 

@@ -38,7 +38,7 @@ WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
 WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
-FIRST_PAINT_ROWS = 100  # the page's own table; the script pages the rest from the API
+FIRST_PAINT_ROWS = 100  # the page's own table, one page of it (dashboard.js PUB_PAGE); the script pages the rest
 POLL_SECONDS = 3
 # the page loads nothing from elsewhere, and a name that slipped past escaping could not run
 PAGE_CSP = (
@@ -197,12 +197,13 @@ def page():
     publications = None
     if not _read_keys():
         try:
-            publications = _store().publications(FIRST_PAINT_ROWS, 0)
+            publications = _store().publications(FIRST_PAINT_ROWS + 1, 0)
         except Exception:  # the script will retry and say what the read API answers
             log.exception("dashboard: store read failed")
     html = render_template(
         "dashboard.html",
-        publications=publications,
+        publications=publications[:FIRST_PAINT_ROWS] if publications else publications,
+        more=bool(publications) and len(publications) > FIRST_PAINT_ROWS,
         poll_seconds=POLL_SECONDS,
         api_root=request.script_root,
     )

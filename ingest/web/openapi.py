@@ -87,7 +87,9 @@ def document(max_batch: int = 1000) -> dict:
                 "responses": {"202": _json({"$ref": "#/components/schemas/Accepted"}, "accepted"),
                               **WRITE_ERRORS, **HTTP_ERRORS}}},
             "/publications": {"get": {
-                "summary": "Publications by articles, paged", "parameters": [limit, offset],
+                "summary": "Publications by articles, paged", "parameters": [limit, offset, {
+                    "name": "publication", "in": "query", "required": False, "schema": {"type": "string"},
+                    "description": "only this publication: a list of one, or [] when unknown"}],
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/PublicationSummary"}},
                                            "publications"), **READ_ERRORS}}},
             "/publications/{publication}/entities": {"get": {

@@ -11,12 +11,15 @@
   var CLOUD_URL = body.dataset.wordcloudUrl;
   var POLL_MS = Math.max(1, Number(body.dataset.pollSeconds) || 3) * 1000;
   var KEY_STORAGE = "ingest.readKey";
+  var PUB_PAGE = 100;        // rows of the publications table; a page of the API, never the whole list
   var CLOUD_MIN_MS = 10000;  // while counts climb, re-render the same publication's cloud at most this often
   var fmt = new Intl.NumberFormat("en-US");
 
   var state = {
-    publications: [],
+    publications: [],    // the table's page, and the chosen publication if it is on another page
     pubsJSON: null,
+    pubOffset: 0,        // first row of the table's page
+    pubMore: false,      // the API has rows after this page
     selected: null,      // display name of the chosen publication
     offset: 0,
     limit: 20,
@@ -90,13 +93,15 @@
     $("live-dot").className = "dot" + (ok ? " ok" : " bad");
   }
 
-  // ---- URL hash: #publication=NAME&offset=N&limit=N keeps the view across reloads ----
+  // ---- URL hash: #publication=NAME&offset=N&limit=N&pubs=N keeps the view across reloads ----
   function readHash() {
     var p = new URLSearchParams(location.hash.replace(/^#/, ""));
     if (p.has("publication")) state.selected = p.get("publication");
     var off = parseInt(p.get("offset"), 10);
     var lim = parseInt(p.get("limit"), 10);
     state.offset = off >= 0 ? off : 0;
+    var pubs = parseInt(p.get("pubs"), 10);
+    state.pubOffset = pubs >= 0 ? pubs - pubs % PUB_PAGE : 0;
     if ([10, 20, 50, 100].indexOf(lim) >= 0) state.limit = lim;
     $("page-size").value = String(state.limit);
   }
@@ -106,6 +111,7 @@
     p.set("publication", state.selected);
     if (state.offset) p.set("offset", String(state.offset));
     if (state.limit !== 20) p.set("limit", String(state.limit));
+    if (state.pubOffset) p.set("pubs", String(state.pubOffset));
     history.replaceState(null, "", "#" + p.toString());
   }
 
@@ -141,8 +147,28 @@
       });
       tbody.replaceChildren(rows);
     }
-    $("pubs-empty").hidden = pubs.length > 0;
+    $("pubs-empty").hidden = pubs.length > 0 || state.pubOffset > 0;
+    $("pubs-pager").hidden = state.pubOffset === 0 && !state.pubMore;
+    $("pubs-prev").disabled = state.pubOffset === 0;
+    $("pubs-next").disabled = !state.pubMore;
+    $("pubs-range").textContent = pubs.length ? (state.pubOffset + 1) + "\u2013" + (state.pubOffset + pubs.length) : "none";
     markSelected();
+  }
+
+  function pubsStatus(pubs) {
+    if (state.pubOffset === 0 && !state.pubMore) return pubs.length + " publications";
+    return "publications " + (state.pubOffset + 1) + "\u2013" + (state.pubOffset + pubs.length) +
+      (state.pubMore ? " of more" : "");
+  }
+
+  /* The table shows one page; the chosen publication may be on another one: ask for it by name. */
+  function withSelected(pubs) {
+    if (state.selected === null) return Promise.resolve(pubs);
+    var key = pubKey(state.selected);
+    if (pubs.some(function (p) { return pubKey(p.publication) === key; })) return Promise.resolve(pubs);
+    return api("/publications?publication=" + encodeURIComponent(state.selected)).then(function (found) {
+      return pubs.concat(found);
+    });
   }
 
   function markSelected() {
@@ -266,10 +292,15 @@
   function refresh(force) {
     if (state.busy) { state.again = true; return Promise.resolve(); }  // run once more when done
     state.busy = true;
-    return api("/publications").then(function (pubs) {
+    var page;
+    return api("/publications?limit=" + (PUB_PAGE + 1) + "&offset=" + state.pubOffset).then(function (rows) {
+      state.pubMore = rows.length > PUB_PAGE;
+      page = rows.slice(0, PUB_PAGE);
+      if (state.selected === null && page.length) state.selected = page[0].publication;
+      renderPublications(page);
+      return withSelected(page);
+    }).then(function (pubs) {
       state.publications = pubs;
-      if (state.selected === null && pubs.length) state.selected = pubs[0].publication;
-      renderPublications(pubs);
       var pub = findSelected();
       if (pub) {
         state.selected = pub.publication;
@@ -277,14 +308,14 @@
         return loadDetail(pub, force).then(function () {
           updateCloud(pub);  // a no-op unless the counts moved since the picture on screen
           showError("");
-          setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubs.length + " publications", true);
+          setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubsStatus(page), true);
         });
       }
-      if (state.selected !== null && pubs.length) {
+      if (state.selected !== null && (page.length || state.pubOffset)) {
         showError("Publication \u201c" + state.selected + "\u201d not found.");
       }
       $("detail").hidden = true;
-      setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubs.length + " publications", true);
+      setStatus("Updated " + new Date().toLocaleTimeString() + " · " + pubsStatus(page), true);
     }).catch(function (e) {
       if (e instanceof AuthError) { setStatus("Waiting for an API key", false); return; }
       showError("Could not read counts: " + e.message + (e.status ? "" : " (is the frontend up?)"));
@@ -326,6 +357,14 @@
     var row = ev.target.closest("tr.pub");
     if (row) choose(row.dataset.publication);
   });
+  function pubPage(delta) {
+    state.pubOffset = Math.max(0, state.pubOffset + delta * PUB_PAGE);
+    writeHash();
+    refresh(true);
+  }
+
+  $("pubs-prev").addEventListener("click", function () { pubPage(-1); });
+  $("pubs-next").addEventListener("click", function () { pubPage(1); });
   $("prev").addEventListener("click", function () { page(-1); });
   $("next").addEventListener("click", function () { page(1); });
   $("page-size").addEventListener("change", function () {
