@@ -38,6 +38,11 @@ PY
     *) exec "$@" ;;
 esac
 
+# An empty INGEST_* variable means "the default" (compose.yaml passes `${INGEST_WORKERS:-}` and the like).
+for name in $(compgen -e); do
+    if [[ "$name" == INGEST_* && -z "${!name}" ]]; then unset "$name"; fi
+done
+
 VAR="${INGEST_VAR_DIR:?INGEST_VAR_DIR is not set}"
 LOG_DIR="${INGEST_LOG_DIR:-$VAR/log}"
 export INGEST_LOG_DIR="$LOG_DIR"

@@ -274,3 +274,58 @@ def _programs(path: Path) -> dict:
 def test_container_supervisord_conf_runs_the_same_programs_as_make_run():
     """docker/supervisord.conf differs from supervisord.conf only in where output goes."""
     assert _programs(ROOT / "docker" / "supervisord.conf") == _programs(ROOT / "supervisord.conf")
+
+
+@pytest.mark.slow
+@pytest.mark.firestore
+def test_container_stores_into_the_firestore_emulator(image, volume, firestore_emulator, firestore_project, recount):
+    """compose.yaml's firestore profile in miniature: the image with INGEST_STORE=firestore://PROJECT and
+    FIRESTORE_EMULATOR_HOST (here the emulator the suite runs on the host's loopback)."""
+    volume_name, containers = volume
+    key = "firestore-key-" + os.urandom(8).hex()
+    c = Container(image, volume_name, "-e", f"INGEST_STORE=firestore://{firestore_project}",
+                  "-e", f"FIRESTORE_EMULATOR_HOST={firestore_emulator}",
+                  "-e", f"GOOGLE_CLOUD_PROJECT={firestore_project}", "-e", f"INGEST_API_KEYS={key}")
+    containers.append(c)
+    c.wait_ready()
+    assert generated_key(c.logs()) is None, "a key given in INGEST_API_KEYS: nothing generated"
+    posted = articles(30, seed=151)
+    with httpx.Client(base_url=c.url, timeout=30) as client:
+        answer = client.post("/posts", headers={"X-API-Key": key},
+                             json=[{"publication": p, "content": t} for p, t in posted])
+        assert answer.status_code == 202 and answer.json()["accepted"] == len(posted), answer.text
+    assert wait_counted(c.url, key, len(posted)) == expected_counts(recount, posted)
+    assert c.stop() == 0, c.logs()[-4000:]
+
+
+def _seconds(duration) -> float:
+    """A compose duration: 700, "700s", "11m40s", "1h"."""
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration.strip())
+    assert parts and duration.strip(), f"not a duration: {duration!r}"
+    h, m, s = parts.groups()
+    return int(h or 0) * 3600 + int(m or 0) * 60 + float(s or 0)
+
+
+def test_compose_file_gives_a_drain_the_time_it_needs():
+    """compose.yaml: every stack service waits DRAIN seconds on stop (compose's default is 10 s), is
+    published on the host's loopback only and keeps its state in a volume; the firestore profile's
+    stack points at the emulator service. The Dockerfile documents the same stop timeout."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    stacks = {name: s for name, s in services.items() if "INGEST" in json.dumps(s) and name != "firestore"}
+    assert set(stacks) == {"ingestiond", "ingestiond-firestore"}
+    for name, service in stacks.items():
+        assert _seconds(service["stop_grace_period"]) >= DRAIN, name
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), name
+        assert any(str(v).endswith(":/var/lib/ingestiond") for v in service["volumes"]), name
+    assert "profiles" not in services["ingestiond"]
+    assert services["firestore"]["profiles"] == services["ingestiond-firestore"]["profiles"] == ["firestore"]
+    env = services["ingestiond-firestore"]["environment"]
+    assert env["FIRESTORE_EMULATOR_HOST"] == "firestore:8080" and env["INGEST_STORE"].startswith("firestore://")
+    assert f'io.ingestiond.stop-timeout="{DRAIN}"' in (ROOT / "Dockerfile").read_text()
+    stopwaitsecs = configparser.RawConfigParser()
+    stopwaitsecs.read(ROOT / "supervisord.conf")
+    assert DRAIN > stopwaitsecs.getint("program:backend", "stopwaitsecs")
