@@ -1,6 +1,6 @@
 """The container image, built and run with podman: articles posted over HTTP are all counted, a
-`podman stop -t DRAIN` drains them and exits 0, and a new container on the same volume has the same
-counts and the same key.
+`podman stop -t DRAIN` drains them and exits 0, a new container on the same volume has the same
+counts and the same key, and after a SIGKILL of the container the next one counts what was accepted.
 
 No image registry is reachable here, so the base is a Debian root file system made by
 scripts/container-base.sh (mmdebstrap + podman import, cached by a hash of its recipe) and passed as
@@ -173,7 +173,7 @@ def generated_key(logs: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_container_counts_every_article_across_stop_and_restart(image, volume, recount):
+def test_container_counts_every_article_across_stop_restart_and_kill(image, volume, recount):
     volume_name, containers = volume
     first = Container(image, volume_name)
     containers.append(first)
@@ -228,7 +228,19 @@ def test_container_counts_every_article_across_stop_and_restart(image, volume, r
         again = client.post("/post/enqueue", json={"publication": pub, "content": text, "id": "a-0"},
                             headers={"X-API-Key": key})
         assert again.status_code == 202 and again.json() == {"accepted": 0, "duplicates": 1}, again.text
-    assert second.stop() == 0, second.logs()[-4000:]
+        # and a SIGKILL of the whole container loses nothing accepted: the journal is in the volume
+        c_batch = articles(60, seed=152)
+        answer = client.post("/posts", headers={"X-API-Key": key},
+                             json=[{"publication": p, "content": t} for p, t in c_batch])
+        assert answer.status_code == 202 and answer.json()["accepted"] == len(c_batch), answer.text
+    podman("kill", "-s", "KILL", second.name)
+    posted += c_batch
+
+    third = Container(image, volume_name)
+    containers.append(third)
+    third.wait_ready()
+    assert wait_counted(third.url, key, len(posted)) == expected_counts(recount, posted)
+    assert third.stop() == 0, third.logs()[-4000:]
 
     _record(ready_seconds=round(ready_seconds, 2), first_post_accepted_seconds=round(first_counted, 2),
             drain_backlog_at_stop=backlog, stop_seconds=round(stop_seconds, 2), articles=len(posted))
