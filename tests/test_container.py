@@ -134,6 +134,10 @@ def volume():
     finally:
         for c in containers:
             c.cleanup()
+        # and any container on this volume that failed half-way through its `podman run`
+        leftover = podman("ps", "-a", "-q", "--filter", f"volume={name}", check=False).stdout.split()
+        if leftover:
+            podman("rm", "-f", "-t", "0", *leftover, check=False)
         podman("volume", "rm", "-f", name, check=False)
 
 
