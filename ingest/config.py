@@ -134,6 +134,17 @@ class BackendSettings(_Common):
     dedup_retention: float = Field(7 * 86400.0, gt=0, description="seconds a client id is remembered, so a retried post "
                                                                   "is not counted twice (default 7 days)")
     store_unhealthy_after: float = Field(30.0, gt=0, description="seconds of failing store writes before /readyz says 503")
+    batch_interval: Optional[float] = Field(None, ge=0, description="seconds between one saver's store batches (default: "
+                                            "the flush interval for Firestore, which sustains about one write a second "
+                                            "per document; 0 for SQLite)")
+    writer: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$", description="this backend's name on the documents it owns "
+                        "in Firestore's packed layout (default: an id kept in the journal)")
+
+    @property
+    def store_batch_interval(self) -> float:
+        if self.batch_interval is not None:
+            return self.batch_interval
+        return self.flush_interval if self.store_url.startswith("firestore") else 0.0
 
     @field_validator("journal_size", "batch_bytes", mode="before")
     @classmethod

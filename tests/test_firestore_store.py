@@ -35,7 +35,16 @@ def big_post(publication: str, n: int) -> Aggregate:
 
 @pytest.fixture
 def store(firestore_project):
-    s = FirestoreStore(project=firestore_project, timeout=10)
+    """The entities layout (the course's), whose documents these tests read directly."""
+    s = FirestoreStore(project=firestore_project, timeout=10, layout="entities")
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["entities", "packed"])
+def any_store(request, firestore_project):
+    """Either layout: the read API must answer the same from both."""
+    s = FirestoreStore(project=firestore_project, timeout=10, layout=request.param)
     yield s
     s.close()
 
@@ -170,7 +179,8 @@ def test_partial_failure_then_retry_counts_everything_once(store, firestore_proj
 
 
 @firestore
-def test_reads_are_sorted_and_paged(store):
+def test_reads_are_sorted_and_paged(any_store):
+    store = any_store
     store.apply(delta("b1", post("Small", ["a"]),
                       post("Big", ["zed", "zed", "bob"], ["bob", "amy"], ["amy", "carl"]),
                       post("Tie A", ["q"], ["q"]), post("tie b", ["r"], ["r"])))
@@ -185,7 +195,8 @@ def test_reads_are_sorted_and_paged(store):
 
 
 @firestore
-def test_unknown_publication_is_none(store):
+def test_unknown_publication_is_none(any_store):
+    store = any_store
     assert store.publications() == []
     assert store.entities("nobody") is None
     store.apply(delta("b1", post("somebody", ["x"])))
@@ -194,23 +205,30 @@ def test_unknown_publication_is_none(store):
 
 
 @firestore
-def test_weird_keys_are_stored_and_read_back(store):
+def test_weird_keys_are_stored_and_read_back(any_store):
+    store = any_store
     long_entity = "é" * 1000  # 2,000 UTF-8 bytes: beyond Firestore's id limit, fine as a field
-    d = delta("a/b", post("a/b", ["..", "__x__", long_entity, "a/b"]), post("..", ["x"]), post("__x__", ["y"]))
-    assert store.apply(d) == 3 + 6 + 1
+    odd = ["..", "__x__", long_entity, "a/b", "a.b", "`tick`", "x\\y", "日本", "*", "__"]
+    d = delta("a/b", post("a/b", odd), post("..", ["x"]), post("__x__", ["y"]))
+    # entities: 3 publications + 12 entities + the marker; packed: 3 summaries + 3 shards + the marker
+    assert store.apply(d) == (3 + 12 + 1 if store.requested_layout == "entities" else 3 + 3 + 1)
     assert store.apply(d) == 0
     assert {p.publication for p in store.publications()} == {"a/b", "..", "__x__"}
-    assert {e.entity for e in store.entities("a/b")} == {"..", "__x__", long_entity, "a/b"}
+    assert {e.entity for e in store.entities("a/b")} == set(odd)
+    again = FirestoreStore(project=store.project, layout=store.requested_layout, writer=store.writer)
+    assert again.apply(delta("a/b 2", post("a/b", odd))) > 0  # a restarted writer reads its documents back
+    assert {(e.entity, e.mentions) for e in again.entities("a/b")} == {(e, 2) for e in odd}
+    again.close()
     assert store.entities("..") == [EntityCount(entity="x", mentions=1, articles=1)]
     assert store.entities("__x__") == [EntityCount(entity="y", mentions=1, articles=1)]
 
 
 @firestore
 def test_a_fresh_instance_updates_the_same_documents(firestore_project):
-    first = FirestoreStore(project=firestore_project)
+    first = FirestoreStore(project=firestore_project, layout="entities")
     first.apply(delta("s1-1", post("Reuters", ["paris"])))
     first.close()
-    second = open_store(f"firestore://{firestore_project}")  # a restarted saver
+    second = open_store(f"firestore://{firestore_project}")  # a restarted saver: the layout recorded
     assert second.apply(delta("s1-1", post("Reuters", ["paris"]))) == 0
     second.apply(delta("s2-1", post("REUTERS", ["paris", "rome"])))
     [summary] = second.publications()

@@ -58,7 +58,8 @@ class RecordingLedger:
 
 def settings(**over):
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
-                drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO")
+                drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
+                store_batch_interval=0.0, writer="")
     base.update(over)
     return SimpleNamespace(**base)
 
@@ -161,6 +162,36 @@ def test_flushed_aggregates_are_merged_into_one_pending_delta_for_the_saver():
     assert message[0] == wire.BATCH and sum(a.articles for a in delta.publications.values()) == 8
     assert ledger.recorded == [delta.batch_id], "a batch is recorded before the store sees it"
     assert hub.pending == {} and hub.snapshot()["unsaved"] == 8
+
+
+def test_a_saver_gets_a_new_batch_at_most_once_per_batch_interval_except_in_a_drain():
+    """Firestore sustains about one write a second per document: a saver's documents are written at
+    most once per interval, and what arrives meanwhile joins the next, bigger batch."""
+    hub, intake, _ = make_hub(workers=1, store_batch_interval=2.0)
+    intake.put_many(posts(3))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.1)
+    [first] = hub.savers[2].conn.sent
+    hub.on_saver_message(2, (wire.SAVED, first[1].batch_id, 3, 1), now=0.3)
+    intake.put_many(posts(3, start=3))
+    hub.dispatch(0.4)
+    answer_flush(hub, 1)
+    intake.put_many(posts(3, start=6))
+    hub.dispatch(1.0)
+    answer_flush(hub, 1)
+    hub.dispatch(2.0)
+    assert len(hub.savers[2].conn.sent) == 1, "not within 2 s of the last batch"
+    hub.dispatch(2.1)
+    second = hub.savers[2].conn.sent[-1][1]
+    assert sum(a.articles for a in second.publications.values()) == 6, "both flushes in one batch"
+    hub.on_saver_message(2, (wire.SAVED, second.batch_id, 3, 1), now=2.2)
+    intake.put_many(posts(2, start=9))
+    hub.dispatch(2.3)
+    answer_flush(hub, 1)
+    hub.draining = True
+    hub.dispatch(2.4)
+    assert sum(a.articles for a in hub.savers[2].conn.sent[-1][1].publications.values()) == 2, "a drain does not wait"
 
 
 # -- deaths ---------------------------------------------------------------------------------------
@@ -319,7 +350,7 @@ def test_drain_stops_workers_once_settled_then_savers_once_everything_is_stored(
 
 def test_no_worker_is_respawned_during_a_drain_when_there_is_no_input(arbiter, monkeypatch):
     spawned = []
-    monkeypatch.setattr(arbiter, "spawn", lambda cls: spawned.append(cls.role) or (len(spawned), FakeConn(), FakeProcess()))
+    monkeypatch.setattr(arbiter, "spawn", lambda cls, settings=None: spawned.append(cls.role) or (len(spawned), FakeConn(), FakeProcess()))
     arbiter.spawn_missing()
     assert sorted(spawned) == ["saver", "worker", "worker"]
     arbiter.start_drain("SIGTERM")

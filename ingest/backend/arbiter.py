@@ -220,13 +220,22 @@ class Arbiter:
         while need_workers and len(hub.workers) < self.settings.workers:
             hub.add_worker(WorkerSlot(*self.spawn(Worker)))
         while need_savers and len(hub.savers) < self.settings.savers:
-            hub.add_saver(SaverSlot(*self.spawn(Saver)))
+            # a respawned saver takes over the documents of the one it replaces: writers are per slot
+            taken = {slot.writer for slot in hub.savers.values()}
+            writer = next(w for w in (f"{self.writer}-{i}" for i in range(self.settings.savers)) if w not in taken)
+            settings = self.settings.model_copy(update={"writer": writer}) if hasattr(self.settings, "model_copy") \
+                else self.settings
+            hub.add_saver(SaverSlot(*self.spawn(Saver, settings), writer=writer))
 
-    def spawn(self, cls):
+    @property
+    def writer(self) -> str:
+        return self.settings.writer or self.journal.writer_id()
+
+    def spawn(self, cls, settings=None):
         self.next_number += 1
         number = self.next_number
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=child_main, args=(cls, child, self.settings, number),
+        process = self.ctx.Process(target=child_main, args=(cls, child, settings or self.settings, number),
                                    name=f"{cls.role}-{number}")
         process.start()
         child.close()

@@ -60,6 +60,8 @@ class Batch:
 @dataclass(slots=True)
 class SaverSlot(ChildSlot):
     batch: Batch | None = None
+    writer: str = ""                                   # the store documents it owns (Firestore's packed layout)
+    last_batch_at: float | None = None                 # when it was last handed a new batch
 
 
 @dataclass(slots=True)
@@ -269,13 +271,20 @@ class Hub:
             pass  # its sentinel fires; the arbiter reaps it and calls worker_exited / saver_exited
 
     def feed_savers(self, now: float) -> None:
+        """A saver gets a batch at most once per batch interval (outside a drain): each document it
+        owns is then written at most that often, and the batches grow instead of the writes."""
+        interval = self.settings.store_batch_interval
         for slot in self.savers.values():
             if not self.idle(slot) or slot.batch is not None:
+                continue
+            if interval and slot.last_batch_at is not None and now - slot.last_batch_at < interval \
+                    and not self.draining:
                 continue
             batch = self.next_batch(now)
             if batch is None:
                 return
             slot.batch = batch
+            slot.last_batch_at = now
             self.send(slot, (wire.BATCH, batch.delta), now)
 
     def next_batch(self, now: float) -> Batch | None:

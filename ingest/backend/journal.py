@@ -162,6 +162,17 @@ class Journal:
         self._conn.execute("INSERT INTO meta VALUES ('store', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            (store,))
 
+    def writer_id(self) -> str:
+        """A name for this backend that outlives restarts: its documents in Firestore's packed layout."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()
+        if row:
+            return row[0]
+        import secrets
+
+        writer = "w" + secrets.token_hex(5)
+        self._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
+        return self._conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()[0]
+
     def recover(self) -> Recovered:
         out = Recovered()
         oldest = self._conn.execute("SELECT min(created_at) FROM batches").fetchone()[0]

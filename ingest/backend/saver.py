@@ -28,7 +28,7 @@ class Saver(Child):
     def boot(self) -> None:
         """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
-            self.store = open_store(self.settings.store_url)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
             self.store.check()
         except Exception as exc:  # bad path, missing credentials, unknown URL, read-only
             if self.store is not None:
@@ -43,7 +43,7 @@ class Saver(Child):
         except Exception:  # closing a broken handle may fail too
             log.debug("%s: closing the store failed", self.name, exc_info=True)
         try:
-            self.store = open_store(self.settings.store_url)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)
             raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried

@@ -19,8 +19,10 @@ def parse_store_url(url: str) -> tuple[str, str]:
         return "sqlite", path  # 'sqlite:////abs' leaves '/abs'; 'sqlite:///rel' leaves 'rel'
     if url == "firestore":
         return "firestore", ""
+    if url.startswith("firestore?"):
+        return "firestore", ""
     if url.startswith("firestore://"):
-        return "firestore", url[len("firestore://"):].strip("/")
+        return "firestore", url[len("firestore://"):].split("?", 1)[0].strip("/")
     raise StoreURLError(
         f"unknown store URL {url!r}: expected sqlite:///path.db, sqlite:////abs/path.db, firestore or firestore://PROJECT"
     )

@@ -10,7 +10,8 @@ from .base import PermanentStoreError, Store, StoreError
 __all__ = ["open_store", "parse_store_url", "StoreURLError", "Store", "StoreError", "PermanentStoreError"]
 
 
-def open_store(url: str, *, readonly: bool = False) -> Store:
+def open_store(url: str, *, readonly: bool = False, writer: str | None = None) -> Store:
+    """`writer` names the documents a saver owns in Firestore's packed layout (other stores ignore it)."""
     kind, target = parse_store_url(url)
     if kind == "none":
         from .null import NullStore
@@ -25,9 +26,19 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
 
             return _MissingSqlite(path)
         return SqliteStore(path, readonly=readonly, timeout=_query_float(url, "timeout", 30.0))
-    from .firestore import FirestoreStore
+    from .firestore import LAYOUTS, FirestoreStore
 
-    return FirestoreStore(project=target or None)
+    layout = _query(url, "layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise StoreURLError(f"store URL option layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+    return FirestoreStore(project=target or None, layout=layout, writer=writer)
+
+
+def _query(url: str, name: str) -> str | None:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(url.partition("?")[2]).get(name)
+    return values[0] if values else None
 
 
 def _query_float(url: str, name: str, default: float) -> float:

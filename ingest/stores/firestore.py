@@ -1,8 +1,12 @@
 """Firestore store: the production backend (and Google's emulator via FIRESTORE_EMULATOR_HOST).
 
-Layout (see CONTRACT.md): `publications/{doc_id(key)}` {name, key, count, mentions} and
+Two layouts (docs/firestore-layout.md), chosen by `?layout=` in the store URL and recorded in the
+database (`ingest_meta/layout`), which then refuses the other: `packed` (firestore_packed.py, the
+default for a new database) and `entities`, the course's layout, implemented here:
+`publications/{doc_id(key)}` {name, key, count, mentions} and
 `publications/{pub_id}/ent/{doc_id(entity)}` {word, count, articles}, all bumped with
-`firestore.Increment` under `set(merge=True)`.
+`firestore.Increment` under `set(merge=True)`. A database written before layouts existed has
+`publications` documents and no record: it is read, and recorded, as `entities`.
 
 Exactly once: a delta becomes a deterministic list of chunks (publication docs first, then
 entities, each sorted by key) of at most MAX_WRITES - 1 increments plus one marker `create` of
@@ -30,7 +34,8 @@ log = logging.getLogger("ingest.store.firestore")
 PUBLICATIONS = "publications"
 ENTITIES = "ent"
 MARKERS = "ingest_batches"
-HEALTH = ("ingest_meta", "health")  # written once per saver start, to prove the store takes writes
+META = "ingest_meta"  # `layout`: the database's layout; `health-{writer}`: written at each saver start
+LAYOUTS = ("packed", "entities")
 MAX_WRITES = 500  # per commit, marker included; the emulator accepts more, real Firestore may not
 MARKER_TTL = timedelta(seconds=MARKER_TTL_SECONDS)
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,199}")
@@ -115,9 +120,16 @@ class FirestoreStore:
     """Store interface on Cloud Firestore. The client is made lazily, in the process that uses it."""
 
     def __init__(self, project: str | None = None, *, database: str | None = None, timeout: float = 30.0,
-                 max_writes: int = MAX_WRITES, marker_ttl: timedelta = MARKER_TTL):
+                 max_writes: int = MAX_WRITES, marker_ttl: timedelta = MARKER_TTL, layout: str | None = None,
+                 writer: str | None = None):
         if not 2 <= max_writes <= MAX_WRITES:
             raise ValueError(f"max_writes must be between 2 and {MAX_WRITES}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}")
+        self.requested_layout = layout   # None: whatever the database records (packed when it is new)
+        self.writer = writer or "solo"
+        self._layout: str | None = None  # resolved and recorded
+        self._packed = None
         self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
         self.database = database
         self.timeout = timeout
@@ -148,7 +160,66 @@ class FirestoreStore:
             self._pid = os.getpid()
             self._named = set()
             self._pool = None  # a forked child cannot use its parent's threads
+            self._packed = None
         return self._client
+
+    # -- layout ---------------------------------------------------------
+    def layout(self, record: bool = False) -> str:
+        """The database's layout; `record` (writers) stores the choice in a new database. A reader
+        of a database nobody has recorded yet asks again next time."""
+        if self._layout is not None:
+            return self._layout
+        from google.api_core.exceptions import AlreadyExists
+
+        with self._translated("layout"):
+            db = self.client
+            ref = db.collection(META).document("layout")
+            snap = ref.get(retry=self.read_retry, timeout=self.timeout)
+            recorded = snap.get("layout") if snap.exists else None
+            legacy = recorded is None and any(
+                True for _ in db.collection(PUBLICATIONS).limit(1).stream(retry=self.read_retry, timeout=self.timeout))
+            found = recorded or ("entities" if legacy else None)
+            if found and self.requested_layout and found != self.requested_layout:
+                raise PermanentStoreError(
+                    f"firestore: this database is in the {found!r} layout; the store URL asks for "
+                    f"layout={self.requested_layout}. Use ?layout={found}, or another database")
+            chosen = found or self.requested_layout or "packed"
+            if recorded is None and record:
+                try:
+                    ref.create({"layout": chosen, "recorded_at": datetime.now(timezone.utc)},
+                               retry=None, timeout=self.timeout)
+                except AlreadyExists:  # another writer recorded first: take what it chose
+                    return self.layout(record)
+                recorded = chosen
+        if recorded is not None:
+            self._layout = chosen
+        return chosen
+
+    @property
+    def packed(self):
+        """The packed layout's reader and writer, or None in the entities layout."""
+        if self.layout(record=False) != "packed":
+            return None
+        if self._packed is None:
+            from .firestore_packed import PackedLayout
+
+            self._packed = PackedLayout(self)
+        return self._packed
+
+    def log_commit(self, docs) -> None:
+        """Test seam: INGEST_TEST_WRITE_LOG names a file that gets one line per commit (who wrote which documents)."""
+        path = os.environ.get("INGEST_TEST_WRITE_LOG")
+        if not path:
+            return
+        import json
+        import time
+
+        line = json.dumps({"writer": self.writer, "pid": os.getpid(), "at": time.time(), "docs": list(docs)}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     @property
     def read_retry(self):
@@ -165,6 +236,10 @@ class FirestoreStore:
     # -- writes ---------------------------------------------------------
     def apply(self, delta: Delta) -> int:
         """Commits every chunk not yet applied; returns the writes issued (0 if all were applied)."""
+        with self._translated(f"batch={delta.batch_id}"):
+            self.layout(record=True)
+        if self.packed is not None:
+            return self.packed.apply(delta)
         chunks = plan_chunks(delta, self.max_writes)
         with self._translated(f"batch={delta.batch_id}"):
             new_names = self._unnamed_publications(delta)
@@ -180,7 +255,9 @@ class FirestoreStore:
 
         db = self.client
         batch = db.batch()
-        batch.create(db.collection(MARKERS).document(chunk.marker_id), {
+        marker = db.collection(MARKERS).document(chunk.marker_id)
+        written = [marker.path]
+        batch.create(marker, {
             "batch_id": batch_id, "chunk": chunk.index, "chunks": chunks, "writes": len(chunk.writes),
             "expires_at": datetime.now(timezone.utc) + self.marker_ttl,
         })
@@ -191,16 +268,19 @@ class FirestoreStore:
                 if w.key in new_names:
                     data["name"] = w.name
                 batch.set(pub, data, merge=True)
+                written.append(pub.path)
             else:
-                batch.set(pub.collection(ENTITIES).document(doc_id(w.entity)),
-                          {"word": w.entity, "count": firestore.Increment(w.mentions),
-                           "articles": firestore.Increment(w.articles)}, merge=True)
+                ref = pub.collection(ENTITIES).document(doc_id(w.entity))
+                batch.set(ref, {"word": w.entity, "count": firestore.Increment(w.mentions),
+                                "articles": firestore.Increment(w.articles)}, merge=True)
+                written.append(ref.path)
         try:
             batch.commit(retry=None, timeout=self.timeout)
         except AlreadyExists:  # the marker exists; never Conflict: Aborted is a Conflict too, and transient
             log.info("batch=%s chunk=%d/%d already applied; skipped", batch_id, chunk.index + 1, chunks)
             return 0
         self.commits += 1
+        self.log_commit(written)
         return len(chunk.writes) + 1
 
     def _unnamed_publications(self, delta: Delta) -> set[str]:
@@ -221,11 +301,14 @@ class FirestoreStore:
         from google.cloud import firestore
 
         with self._translated("check"):
-            self.client.collection(HEALTH[0]).document(HEALTH[1]).set(
+            self.layout(record=True)
+            self.client.collection(META).document(f"health-{self.writer}").set(
                 {"checked_at": firestore.SERVER_TIMESTAMP}, retry=None, timeout=min(self.timeout, 10.0))
 
     # -- reads ----------------------------------------------------------
     def summary(self, publication: str) -> PublicationSummary | None:
+        if self.packed is not None:
+            return self.packed.summary(publication)
         with self._translated("summary"):
             snap = self.client.collection(PUBLICATIONS).document(doc_id(publication_key(publication))).get(
                 retry=self.read_retry, timeout=self.timeout)
@@ -236,6 +319,8 @@ class FirestoreStore:
                                       entities=self._distinct_entities(snap.reference), mentions=int(d.get("mentions", 0)))
 
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
+        if self.packed is not None:
+            return self.packed.publications(limit, offset)
         everything = self._all_publications()
         return everything[offset:] if limit is None else everything[offset:offset + limit]
 
@@ -260,6 +345,8 @@ class FirestoreStore:
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
         from google.cloud import firestore
 
+        if self.packed is not None:
+            return self.packed.entities(publication, limit, offset)
         with self._translated("entities"):
             pub = self.client.collection(PUBLICATIONS).document(doc_id(publication_key(publication)))
             if not pub.get(field_paths=["key"], retry=self.read_retry, timeout=self.timeout).exists:

@@ -1,0 +1,384 @@
+"""Firestore's packed layout: many entities per document write, every document owned by one writer.
+
+The design and its costs are in docs/firestore-layout.md. In short, for publication key K and
+writer W (a saver of one backend; names kept in its journal):
+
+    pubs/{doc_id(K)}/sums/{W}          key, name, writer, first_at, articles, mentions, entities,
+                                       shards, sv {shard: version}, version
+    pubs/{doc_id(K)}/shards/{W}-{n}    writer, key, n, e {entity: {m, a}}, h {digest: {w, m, a}}
+
+Only W writes its documents, so it knows their values: it writes absolute numbers, not
+increments (a document may take only 500 field transforms per commit; a flush of one publication
+changes thousands of entities). Entities fill shard 0, then 1, ...: each shard stays under 4,000
+entities and ~600 KB (Firestore: 1 MiB and 40,000 index entries; the maps are exempt from
+indexing, deploy/firestore-indexes.sh). A publication's flush is one write of its summary plus
+one per shard it touches.
+
+Exactly once: a batch is planned into commits from the delta alone (publications sorted; a
+publication's entities in parts of 20,000), each commit with its marker `create`, as in the
+entities layout. Each commit updates the writer's summary with an `update_time` precondition, so
+a writer whose picture of its documents is stale (a commit whose outcome it never learnt, a second
+process under its name) fails, forgets that picture, reads it again and retries; a commit whose
+marker exists was applied and is skipped.
+
+Readers sum the writers: /publications from the summaries (one collection-group query), a
+publication's entities from its shards, re-read only when a summary says a shard changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..core.models import Delta, EntityCount, PublicationSummary
+from ..core.rules import doc_id, publication_key
+from .base import PermanentStoreError, StoreError
+
+log = logging.getLogger("ingest.store.firestore.packed")
+
+PUBS, SUMS, SHARDS = "pubs", "sums", "shards"
+SHARD_ENTITIES = 4000          # entities per shard document
+SHARD_BYTES = 600_000          # estimated bytes per shard document (Firestore's limit: 1 MiB)
+MAX_SHARDS = 400               # per writer and publication: 1.6 million distinct entities
+PART_ENTITIES = 20_000         # a publication's entities per commit
+COMMIT_BYTES = 6 * 1024 * 1024  # estimated payload per commit (Firestore takes 10 MiB)
+PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are keyed by their digest
+ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
+CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
+SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version"]
+
+
+def slot(entity: str) -> tuple[str, str]:
+    """Where an entity sits in a shard's maps: ("e", itself), or ("h", its digest) when its name
+    cannot be a map key (over 1,000 bytes, or reserved like `__x__`)."""
+    if len(entity.encode("utf-8")) <= PLAIN_KEY_BYTES and not (entity.startswith("__") and entity.endswith("__")):
+        return "e", entity
+    return "h", doc_id(entity)
+
+
+def entry_bytes(entity: str) -> int:
+    field_name, key = slot(entity)
+    return len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
+
+
+@dataclass(frozen=True)
+class Part:
+    key: str
+    index: int                 # 0 carries the publication's article count
+    entities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PackedChunk:
+    index: int
+    marker_id: str
+    parts: tuple[Part, ...]
+
+
+def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
+    """The commits of a batch, from the delta alone: a retry plans the same commits."""
+    units = []
+    for key in sorted(delta.publications):
+        entities = sorted(delta.publications[key].mentions)
+        pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
+        for i, piece in enumerate(pieces):
+            docs = 1 + min(len(piece), MAX_SHARDS)  # its summary and, at most, a shard per entity
+            size = 2000 + sum(entry_bytes(e) for e in piece)
+            units.append((Part(key, i, tuple(piece)), docs, size))
+    chunks: list[list[Part]] = []
+    current: list[Part] = []
+    docs = size = 0
+    room = max_writes - 1  # the marker
+    for part, d, b in units:
+        if current and (docs + d > room or size + b > COMMIT_BYTES):
+            chunks.append(current)
+            current, docs, size = [], 0, 0
+        current.append(part)
+        docs += d
+        size += b
+    if current:
+        chunks.append(current)
+    base = marker_base(delta.batch_id)
+    return [PackedChunk(i, f"{base}-{i}", tuple(parts)) for i, parts in enumerate(chunks)]
+
+
+@dataclass
+class Shard:
+    n: int
+    entities: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Owned:
+    """What one writer has stored of one publication, as it knows it."""
+
+    exists: bool = False
+    update_time: Any = None
+    name: str | None = None
+    first_at: Any = None
+    articles: int = 0
+    mentions: int = 0
+    counts: dict = field(default_factory=dict)   # entity -> [mentions, articles, shard]
+    shards: list = field(default_factory=list)   # Shard, by n
+    sv: dict = field(default_factory=dict)       # str(shard) -> version when last written
+    version: int = 0
+
+    def place(self, entity: str, key: str) -> int:
+        """The shard of a new entity: the last one while it has room, else a new one."""
+        size = entry_bytes(entity)
+        last = self.shards[-1] if self.shards else None
+        if last is None or last.entities >= SHARD_ENTITIES or last.bytes + size > SHARD_BYTES:
+            if len(self.shards) >= MAX_SHARDS:
+                raise PermanentStoreError(
+                    f"firestore packed layout: publication {key!r} has more than {MAX_SHARDS * SHARD_ENTITIES:,} "
+                    "distinct entities from one writer; use ?layout=entities for such a database")
+            last = Shard(len(self.shards))
+            self.shards.append(last)
+        last.entities += 1
+        last.bytes += size
+        return last.n
+
+
+def _parse_shard(data: dict) -> dict:
+    """entity -> (mentions, articles) of one shard document."""
+    out = {}
+    for entity, v in (data.get("e") or {}).items():
+        out[entity] = (int(v.get("m", 0)), int(v.get("a", 0)))
+    for _, v in (data.get("h") or {}).items():
+        out[v["w"]] = (int(v.get("m", 0)), int(v.get("a", 0)))
+    return out
+
+
+class PackedLayout:
+    """Reads and writes of the packed layout, on a FirestoreStore's client and settings."""
+
+    def __init__(self, store):
+        self.store = store
+        self.owned: OrderedDict[str, Owned] = OrderedDict()  # the writer's side, least recently used first
+        self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # readers: (key, writer, n) -> (sv, counts)
+        self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
+        self.lock = threading.Lock()  # the frontend's app threads share one instance
+
+    @property
+    def db(self):
+        return self.store.client
+
+    def pub(self, key: str):
+        return self.db.collection(PUBS).document(doc_id(key))
+
+    # -- writes ---------------------------------------------------------
+    def apply(self, delta: Delta) -> int:
+        from .firestore import marker_base
+
+        chunks = plan(delta, self.store.max_writes, marker_base)
+        with self.store._translated(f"batch={delta.batch_id}"):
+            return sum(self.commit(delta, chunk, len(chunks)) for chunk in chunks)
+
+    def commit(self, delta: Delta, chunk: PackedChunk, chunks: int) -> int:
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+
+        db, writer = self.db, self.store.writer
+        keys = list(dict.fromkeys(p.key for p in chunk.parts))
+        try:
+            owned = {key: self.load(key) for key in keys}
+            batch = db.batch()
+            marker = db.collection("ingest_batches").document(chunk.marker_id)
+            batch.create(marker, {"batch_id": delta.batch_id, "chunk": chunk.index, "chunks": chunks,
+                                  "writer": writer, "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl})
+            written, summaries = [marker.path], {}
+            for key in keys:
+                parts = [p for p in chunk.parts if p.key == key]
+                for path, is_summary in self.stage(batch, key, delta.publications[key], parts, owned[key]):
+                    if is_summary:
+                        summaries[len(written)] = key
+                    written.append(path)
+            if len(written) > self.store.max_writes:
+                raise PermanentStoreError(f"firestore packed layout: a commit of {len(written)} writes "
+                                          f"(the limit is {self.store.max_writes})")
+            results = batch.commit(retry=None, timeout=self.store.timeout)
+        except AlreadyExists:  # the marker: applied before; what we staged is not what is stored
+            self.forget(keys)
+            log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
+            return 0
+        except FailedPrecondition as exc:  # our picture of our documents is stale: read them again, retry
+            self.forget(keys)
+            raise StoreError(f"firestore batch={delta.batch_id}: a summary changed under writer {writer}; "
+                             f"reloading it ({exc})") from exc
+        except BaseException:
+            self.forget(keys)
+            raise
+        for index, key in summaries.items():
+            owned[key].exists = True
+            owned[key].update_time = results[index].update_time
+        self.store.commits += 1
+        self.store.log_commit(written)
+        return len(written)
+
+    def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):
+        """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails)."""
+        writer = self.store.writer
+        changed: dict[int, dict] = {}
+        for part in parts:
+            for entity in part.entities:
+                record = owned.counts.get(entity)
+                if record is None:
+                    record = owned.counts[entity] = [0, 0, owned.place(entity, key)]
+                record[0] += post.mentions[entity]
+                record[1] += post.entity_articles[entity]
+                map_name, map_key = slot(entity)
+                value = {"m": record[0], "a": record[1]}
+                if map_name == "h":
+                    value["w"] = entity
+                changed.setdefault(record[2], {}).setdefault(map_name, {})[map_key] = value
+        if any(p.index == 0 for p in parts):
+            owned.articles += post.articles
+            owned.mentions += post.total_mentions
+        owned.name = owned.name or post.name
+        owned.version += 1
+        pub = self.pub(key)
+        for n in sorted(changed):
+            owned.sv[str(n)] = owned.version
+            ref = pub.collection(SHARDS).document(f"{writer}-{n}")
+            batch.set(ref, {"writer": writer, "key": key, "n": n, **changed[n]}, merge=True)
+            yield ref.path, False
+        data = {"key": key, "name": owned.name, "writer": writer, "articles": owned.articles,
+                "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
+                "sv": dict(owned.sv), "version": owned.version}
+        ref = pub.collection(SUMS).document(writer)
+        if owned.exists:
+            batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
+        else:
+            owned.first_at = datetime.now(timezone.utc)
+            batch.create(ref, {**data, "first_at": owned.first_at})
+        yield ref.path, True
+
+    def load(self, key: str) -> Owned:
+        """The writer's documents of one publication: from memory, else read once."""
+        owned = self.owned.get(key)
+        if owned is not None:
+            self.owned.move_to_end(key)
+            return owned
+        store, writer = self.store, self.store.writer
+        pub = self.pub(key)
+        snap = pub.collection(SUMS).document(writer).get(retry=store.read_retry, timeout=store.timeout)
+        owned = Owned()
+        if snap.exists:
+            d = snap.to_dict()
+            owned = Owned(exists=True, update_time=snap.update_time, name=d.get("name"), first_at=d.get("first_at"),
+                          articles=int(d.get("articles", 0)), mentions=int(d.get("mentions", 0)),
+                          sv=dict(d.get("sv") or {}), version=int(d.get("version", 0)))
+            refs = [pub.collection(SHARDS).document(f"{writer}-{n}") for n in range(int(d.get("shards", 0)))]
+            shards = {s.id: s for s in self.db.get_all(refs, retry=store.read_retry, timeout=store.timeout)}
+            for n, ref in enumerate(refs):
+                shard = Shard(n)
+                shard_snap = shards.get(ref.id)
+                for entity, (m, a) in (_parse_shard(shard_snap.to_dict()) if shard_snap and shard_snap.exists
+                                       else {}).items():
+                    owned.counts[entity] = [m, a, n]
+                    shard.entities += 1
+                    shard.bytes += entry_bytes(entity)
+                owned.shards.append(shard)
+        self.owned[key] = owned
+        self.evict()
+        return owned
+
+    def forget(self, keys) -> None:
+        for key in keys:
+            self.owned.pop(key, None)
+
+    def evict(self) -> None:
+        total = sum(len(o.counts) for o in self.owned.values())
+        while total > CACHE_ENTITIES and len(self.owned) > 1:
+            _, gone = self.owned.popitem(last=False)
+            total -= len(gone.counts)
+
+    # -- reads ----------------------------------------------------------
+    def sums(self, key: str) -> list[dict]:
+        store = self.store
+        with store._translated("summary"):
+            return [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
+                                                                                  timeout=store.timeout)]
+
+    def summary(self, publication: str) -> PublicationSummary | None:
+        key = publication_key(publication)
+        sums = self.sums(key)
+        return self.summarize(key, sums) if sums else None
+
+    def summarize(self, key: str, sums: list[dict]) -> PublicationSummary:
+        first = min(sums, key=lambda d: (str(d.get("first_at") or ""), d.get("writer") or ""))
+        if len(sums) == 1:
+            entities = int(sums[0].get("entities", 0))  # one writer: its own distinct count is exact
+        else:
+            entities = len(self.merge(key, sums))       # several: the union of their shards
+        return PublicationSummary(publication=first.get("name") or key, articles=sum(int(d.get("articles", 0)) for d in sums),
+                                  entities=entities, mentions=sum(int(d.get("mentions", 0)) for d in sums))
+
+    def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
+        store = self.store
+        with store._translated("publications"):
+            grouped: dict[str, list[dict]] = {}
+            for snap in self.db.collection_group(SUMS).select(SUM_FIELDS).stream(retry=store.read_retry,
+                                                                                     timeout=store.timeout):
+                d = snap.to_dict()
+                grouped.setdefault(d.get("key") or "", []).append(d)
+            rows = sorted(((key, self.summarize(key, sums)) for key, sums in grouped.items()),
+                          key=lambda r: (-r[1].articles, r[0]))
+        everything = [summary for _, summary in rows]
+        return everything[offset:] if limit is None else everything[offset:offset + limit]
+
+    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+        key = publication_key(publication)
+        sums = self.sums(key)
+        if not sums:
+            return None
+        return self.merge(key, sums)[offset:offset + limit]
+
+    def merge(self, key: str, sums: list[dict]) -> list[EntityCount]:
+        """Every writer's shards of one publication, summed and sorted; re-read only what changed."""
+        signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
+        with self.lock:
+            cached = self.merged.get(key)
+            if cached is not None and cached[0] == signature:
+                self.merged.move_to_end(key)
+                return cached[1]
+        store = self.store
+        wanted, stale = [], []
+        for d in sums:
+            writer, sv = d.get("writer") or "", d.get("sv") or {}
+            for n in range(int(d.get("shards", 0))):
+                version = int(sv.get(str(n), 0))
+                wanted.append(((key, writer, n), version))
+                hit = self.shard_cache.get((key, writer, n))
+                if hit is None or hit[0] != version:
+                    stale.append((key, writer, n))
+        if stale:
+            pub = self.pub(key)
+            refs = {pub.collection(SHARDS).document(f"{w}-{n}").id: (k, w, n) for k, w, n in stale}
+            with store._translated("entities"):
+                snaps = list(self.db.get_all([pub.collection(SHARDS).document(i) for i in refs],
+                                             retry=store.read_retry, timeout=store.timeout))
+            versions = dict(wanted)
+            for snap in snaps:
+                where = refs[snap.id]
+                self.shard_cache[where] = (versions[where], _parse_shard(snap.to_dict() or {}) if snap.exists else {})
+        totals: dict[str, list[int]] = {}
+        for where, _ in wanted:
+            for entity, (m, a) in self.shard_cache.get(where, (0, {}))[1].items():
+                t = totals.setdefault(entity, [0, 0])
+                t[0] += m
+                t[1] += a
+        rows = [EntityCount(entity=e, mentions=m, articles=a)
+                for e, (m, a) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+        with self.lock:
+            self.merged[key] = (signature, rows)
+            while len(self.merged) > 64:
+                self.merged.popitem(last=False)
+        if len(self.shard_cache) > 4096:  # readers keep a bounded picture; it is rebuilt on demand
+            keep = {where for where, _ in wanted}
+            self.shard_cache = {k: v for k, v in self.shard_cache.items() if k in keep}
+        return rows
