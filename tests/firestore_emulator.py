@@ -142,6 +142,20 @@ def stored(project: str) -> dict:
     return out
 
 
+def stored_packed(project: str) -> dict:
+    """The packed layout's documents, read straight from Firestore: {pub_id: {"sums": {...}, "shards": {...}}}."""
+    from google.cloud import firestore
+
+    db = firestore.Client(project=project)
+    out: dict = {}
+    for group in ("sums", "shards"):
+        for snap in db.collection_group(group).stream():
+            pub_id = snap.reference.parent.parent.id
+            out.setdefault(pub_id, {"sums": {}, "shards": {}})[group][snap.id] = snap.to_dict()
+    db.close()
+    return out
+
+
 @pytest.fixture(scope="session")
 def firestore_emulator():
     """'127.0.0.1:PORT' of an emulator shared by the session; skips loudly when not installed."""

@@ -206,7 +206,7 @@ class FirestoreStore:
             self._packed = PackedLayout(self)
         return self._packed
 
-    def log_commit(self, docs) -> None:
+    def log_commit(self, docs, started: float | None = None) -> None:
         """Test seam: INGEST_TEST_WRITE_LOG names a file that gets one line per commit (who wrote which documents)."""
         path = os.environ.get("INGEST_TEST_WRITE_LOG")
         if not path:
@@ -214,7 +214,8 @@ class FirestoreStore:
         import json
         import time
 
-        line = json.dumps({"writer": self.writer, "pid": os.getpid(), "at": time.time(), "docs": list(docs)}) + "\n"
+        line = json.dumps({"writer": self.writer, "pid": os.getpid(), "started": started, "at": time.time(),
+                           "docs": list(docs)}) + "\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())

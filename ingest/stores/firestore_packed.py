@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -200,6 +201,7 @@ class PackedLayout:
             if len(written) > self.store.max_writes:
                 raise PermanentStoreError(f"firestore packed layout: a commit of {len(written)} writes "
                                           f"(the limit is {self.store.max_writes})")
+            started = time.time()
             results = batch.commit(retry=None, timeout=self.store.timeout)
         except AlreadyExists:  # the marker: applied before; what we staged is not what is stored
             self.forget(keys)
@@ -216,7 +218,7 @@ class PackedLayout:
             owned[key].exists = True
             owned[key].update_time = results[index].update_time
         self.store.commits += 1
-        self.store.log_commit(written)
+        self.store.log_commit(written, started)
         return len(written)
 
     def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):

@@ -1,0 +1,198 @@
+"""The packed Firestore layout: planning without the emulator; writes, exactly once, stale writers,
+several writers and the layout record against it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.core.models import Aggregate, Delta, EntityCount, merge
+from ingest.core.rules import doc_id
+from ingest.stores import open_store
+from ingest.stores.base import PermanentStoreError, StoreError
+from ingest.stores.firestore import FirestoreStore, marker_base
+from ingest.stores.firestore_packed import MAX_SHARDS, PART_ENTITIES, SHARD_ENTITIES, plan, slot
+from tests.firestore_emulator import stored_packed
+
+firestore = pytest.mark.firestore
+
+
+def post(publication: str, *entity_lists: list[str]) -> Aggregate:
+    [total] = merge({}, (Aggregate.from_article(publication, entities) for entities in entity_lists)).values()
+    return total
+
+
+def wide(publication: str, n: int, start: int = 0) -> Aggregate:
+    return post(publication, [f"entity {i:06d}" for i in range(start, start + n)])
+
+
+def delta(batch_id: str, *posts: Aggregate) -> Delta:
+    return Delta.of(batch_id, posts)
+
+
+def packed(project: str, writer: str = "w1", **kw) -> FirestoreStore:
+    return FirestoreStore(project=project, timeout=10, layout="packed", writer=writer, **kw)
+
+
+def counts(store: FirestoreStore, publication: str) -> dict:
+    return {e.entity: (e.mentions, e.articles) for e in store.entities(publication, limit=10**6)}
+
+
+# -- planning (no emulator) ------------------------------------------------
+
+def test_the_plan_depends_on_the_delta_alone_and_keeps_each_commit_in_bounds():
+    big, small = wide("Big", 2 * PART_ENTITIES + 5), post("small", ["x"])
+    chunks = plan(delta("b", big, small), 500, marker_base)
+    assert chunks == plan(delta("b", small, big), 500, marker_base)
+    assert [c.marker_id for c in chunks] == ["b-0", "b-1"]
+    assert [[(p.key, p.index, len(p.entities)) for p in c.parts] for c in chunks] == [
+        [("big", 0, PART_ENTITIES)], [("big", 1, PART_ENTITIES), ("big", 2, 5), ("small", 0, 1)]]
+    # a commit's documents: at most one summary and one shard per entity of each part, plus the marker
+    for c in chunks:
+        assert 1 + sum(1 + min(len(p.entities), MAX_SHARDS) for p in c.parts) <= 500
+
+
+def test_entity_names_that_cannot_be_map_keys_are_keyed_by_their_digest():
+    assert slot("Angela Merkel") == ("e", "Angela Merkel")
+    assert slot("a.b`c") == ("e", "a.b`c")
+    assert slot("__x__") == ("h", doc_id("__x__"))
+    assert slot("é" * 600) == ("h", doc_id("é" * 600))  # 1,200 bytes
+
+
+def test_a_layout_the_url_does_not_know_is_a_clear_error():
+    from ingest.stores import StoreURLError
+
+    with pytest.raises(StoreURLError, match="layout='flat'"):
+        open_store("firestore://p?layout=flat")
+    assert open_store("firestore://p?layout=entities").requested_layout == "entities"
+    assert open_store("firestore://p").requested_layout is None and open_store("firestore://p").project == "p"
+
+
+# -- against the emulator --------------------------------------------------
+
+@firestore
+def test_a_flush_is_one_write_per_publication_summary_and_touched_shard(firestore_project):
+    store = packed(firestore_project)
+    d = delta("b1", post("BBC", ["london", "may", "london"], ["london"]), post("CNN", ["usa"], ["usa", "ohio"]))
+    assert store.apply(d) == 2 + 2 + 1  # two summaries, two shards, one marker
+    docs = stored_packed(firestore_project)
+    bbc = docs[doc_id("bbc")]
+    assert bbc["sums"]["w1"] | {"first_at": None} == {
+        "key": "bbc", "name": "BBC", "writer": "w1", "articles": 2, "mentions": 4, "entities": 2, "shards": 1,
+        "sv": {"0": 1}, "version": 1, "first_at": None}
+    assert bbc["shards"]["w1-0"]["e"] == {"london": {"m": 3, "a": 2}, "may": {"m": 1, "a": 1}}
+    assert store.apply(d) == 0, "a batch applied before changes nothing"
+    assert stored_packed(firestore_project) == docs
+    assert store.apply(delta("b2", post("bbc", ["london"]))) == 1 + 1 + 1
+    assert counts(store, "BBC") == {"london": (4, 3), "may": (1, 1)}
+    [cnn, bbc_row] = sorted(store.publications(), key=lambda p: p.publication)[::-1]
+    assert (bbc_row.publication, bbc_row.articles, bbc_row.entities, bbc_row.mentions) == ("BBC", 3, 2, 5)
+
+
+@firestore
+def test_many_entities_fill_several_shards_and_a_restarted_writer_goes_on_where_it_was(firestore_project):
+    store = packed(firestore_project)
+    n = PART_ENTITIES + SHARD_ENTITIES + 10
+    writes = store.apply(delta("wide", wide("Wide", n)))
+    shards = -(-n // SHARD_ENTITIES)
+    # two commits, a part each: part 0 fills shards 0-4, part 1 shards 4-6; each writes the summary and a marker
+    assert shards == 7 and writes == (5 + 1 + 1) + (3 + 1 + 1) - 1
+    docs = stored_packed(firestore_project)[doc_id("wide")]
+    assert sorted(docs["shards"]) == sorted(f"w1-{i}" for i in range(shards))
+    assert all(len(s["e"]) <= SHARD_ENTITIES for s in docs["shards"].values())
+    assert docs["sums"]["w1"]["entities"] == n
+    store.close()
+
+    again = packed(firestore_project)  # a new process under the same writer: reads its documents back
+    assert again.apply(delta("wide", wide("Wide", n))) == 0
+    assert again.apply(delta("more", wide("Wide", 3, start=n - 1))) == 1 + 1 + 1  # the last shard, summary, marker
+    got = counts(again, "wide")
+    assert len(got) == n + 2 and got["entity %06d" % (n - 1)] == (2, 2) and got["entity %06d" % 0] == (1, 1)
+    [summary] = again.publications()
+    assert (summary.articles, summary.entities, summary.mentions) == (2, n + 2, n + 3)
+
+
+@firestore
+def test_a_commit_that_applied_chunk_0_then_died_is_finished_once(firestore_project):
+    store = packed(firestore_project)
+    d = delta("part", wide("Alpha", 2 * PART_ENTITIES + 3), post("Beta", ["x"]))
+    chunks = plan(d, 500, marker_base)
+    assert len(chunks) == 2
+    store.packed.commit(d, chunks[0], len(chunks))  # the first attempt died after its first commit
+    fresh = packed(firestore_project)                 # the retry, from another process
+    fresh.apply(d)
+    assert fresh.apply(d) == 0
+    got = counts(fresh, "alpha")
+    assert len(got) == 2 * PART_ENTITIES + 3 and set(got.values()) == {(1, 1)}
+    assert [(p.publication, p.articles) for p in fresh.publications()] == [("Alpha", 1), ("Beta", 1)]
+
+
+@firestore
+def test_a_writer_with_a_stale_picture_fails_then_reloads_and_counts_exactly(firestore_project):
+    """Two processes under one writer name (a saver thought dead, still running): the second's commit
+    would overwrite the first's numbers; the summary's update_time precondition refuses it."""
+    first, second = packed(firestore_project), packed(firestore_project)
+    first.apply(delta("a", post("Pub", ["x"])))
+    second.apply(delta("b", post("Pub", ["x", "y"])))   # reads what `first` wrote, then writes
+    with pytest.raises(StoreError, match="reloading"):
+        first.apply(delta("c", post("Pub", ["x"])))     # its picture predates b
+    first.apply(delta("c", post("Pub", ["x"])))         # the saver's retry
+    assert counts(first, "pub") == {"x": (3, 3), "y": (1, 1)}
+    [summary] = first.publications()
+    assert (summary.articles, summary.entities, summary.mentions) == (3, 2, 4)
+
+
+@firestore
+def test_several_writers_are_summed_and_their_entities_merged_exactly(firestore_project, tmp_path, monkeypatch):
+    log = tmp_path / "writes.jsonl"
+    monkeypatch.setenv("INGEST_TEST_WRITE_LOG", str(log))
+    stores = [packed(firestore_project, writer=f"w{i}") for i in range(3)]
+    stores[0].apply(delta("0", post("Shared", ["a", "b"]), post("Only Zero", ["z"])))
+    stores[1].apply(delta("1", post("shared", ["b", "c"], ["c"])))
+    stores[2].apply(delta("2", post("SHARED", ["a"])))
+    reader = FirestoreStore(project=firestore_project)  # the frontend: the layout from the record
+    rows = {p.publication: (p.articles, p.entities, p.mentions) for p in reader.publications()}
+    assert rows == {"Shared": (4, 3, 6), "Only Zero": (1, 1, 1)}
+    assert reader.summary(" shared ").entities == 3
+    assert reader.entities("shared") == [EntityCount(entity="a", mentions=2, articles=2),
+                                         EntityCount(entity="b", mentions=2, articles=2),
+                                         EntityCount(entity="c", mentions=2, articles=2)]
+    assert reader.entities("shared", limit=1, offset=2) == [EntityCount(entity="c", mentions=2, articles=2)]
+    assert counts(reader, "shared") == {"a": (2, 2), "b": (2, 2), "c": (2, 2)}
+    stores[1].apply(delta("3", post("Shared", ["c"])))  # the reader re-reads only what changed
+    assert counts(reader, "shared")["c"] == (3, 3)
+    import json
+
+    owners: dict = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        for path in entry["docs"]:
+            owners.setdefault(path, set()).add(entry["writer"])
+    assert owners and all(len(w) == 1 for w in owners.values()), "no document is written by two writers"
+
+
+@firestore
+def test_a_database_keeps_its_layout_and_refuses_the_other(firestore_project):
+    packed(firestore_project).apply(delta("p", post("Pub", ["x"])))
+    entities = FirestoreStore(project=firestore_project, layout="entities")
+    with pytest.raises(PermanentStoreError, match="'packed' layout.*layout=entities"):
+        entities.apply(delta("e", post("Pub", ["x"])))
+    with pytest.raises(PermanentStoreError):
+        entities.check()
+    assert [p.articles for p in FirestoreStore(project=firestore_project).publications()] == [1]
+
+
+@firestore
+def test_a_database_from_before_layouts_is_read_and_written_as_entities(firestore_project):
+    from google.cloud import firestore as gfs
+
+    db = gfs.Client(project=firestore_project)  # what the first round wrote: no layout record
+    db.collection("publications").document(doc_id("old")).set({"key": "old", "name": "Old", "count": 1, "mentions": 1})
+    db.collection("publications").document(doc_id("old")).collection("ent").document(doc_id("x")).set(
+        {"word": "x", "count": 1, "articles": 1})
+    store = FirestoreStore(project=firestore_project)
+    assert store.layout() == "entities"
+    store.apply(delta("n", post("old", ["x"])))
+    assert store.entities("old") == [EntityCount(entity="x", mentions=2, articles=2)]
+    assert db.collection("ingest_meta").document("layout").get().get("layout") == "entities"
+    with pytest.raises(PermanentStoreError):
+        FirestoreStore(project=firestore_project, layout="packed").apply(delta("q", post("old", ["x"])))
