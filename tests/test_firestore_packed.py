@@ -76,9 +76,9 @@ def test_a_flush_is_one_write_per_publication_summary_and_touched_shard(firestor
     assert store.apply(d) == 2 + 2 + 1  # two summaries, two shards, one marker
     docs = stored_packed(firestore_project)
     bbc = docs[doc_id("bbc")]
-    assert bbc["sums"]["w1"] | {"first_at": None} == {
+    assert bbc["sums"]["w1"] | {"first_at": None, "changed_at": None} == {
         "key": "bbc", "name": "BBC", "writer": "w1", "articles": 2, "mentions": 4, "entities": 2, "shards": 1,
-        "sv": {"0": 1}, "version": 1, "first_at": None}
+        "sv": {"0": 1}, "version": 1, "first_at": None, "changed_at": None}
     assert bbc["shards"]["w1-0"]["e"] == {"london": {"m": 3, "a": 2}, "may": {"m": 1, "a": 1}}
     assert store.apply(d) == 0, "a batch applied before changes nothing"
     assert stored_packed(firestore_project) == docs
@@ -160,6 +160,10 @@ def test_several_writers_are_summed_and_their_entities_merged_exactly(firestore_
     assert counts(reader, "shared") == {"a": (2, 2), "b": (2, 2), "c": (2, 2)}
     stores[1].apply(delta("3", post("Shared", ["c"])))  # the reader re-reads only what changed
     assert counts(reader, "shared")["c"] == (3, 3)
+    # the listing is re-read incrementally (summaries changed since the last look): it sees the change
+    assert reader.packed.listed_at is not None
+    rows = {p.publication: (p.articles, p.entities, p.mentions) for p in reader.publications()}
+    assert rows == {"Shared": (5, 3, 7), "Only Zero": (1, 1, 1)}
     import json
 
     owners: dict = {}

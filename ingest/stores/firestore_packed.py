@@ -3,7 +3,7 @@
 The design and its costs are in docs/firestore-layout.md. In short, for publication key K and
 writer W (a saver of one backend; names kept in its journal):
 
-    pubs/{doc_id(K)}/sums/{W}          key, name, writer, first_at, articles, mentions, entities,
+    pubs/{doc_id(K)}/sums/{W}          key, name, writer, first_at, changed_at, articles, mentions, entities,
                                        shards, sv {shard: version}, version
     pubs/{doc_id(K)}/shards/{W}-{n}    writer, key, n, e {entity: {m, a}}, h {digest: {w, m, a}}
 
@@ -50,7 +50,10 @@ COMMIT_BYTES = 6 * 1024 * 1024  # estimated payload per commit (Firestore takes 
 PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are keyed by their digest
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
-SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version"]
+SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
+              "changed_at"]
+LIST_SKEW = 60.0               # seconds: a reader asks for summaries changed since its last look minus this
+LIST_FULL_EVERY = 600.0        # seconds between full reads of every summary (anything the skew missed)
 
 
 def slot(entity: str) -> tuple[str, str]:
@@ -145,6 +148,12 @@ class Owned:
         return last.n
 
 
+def _field_filter(path: str, op: str, value):
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(path, op, value)
+
+
 def _parse_shard(data: dict) -> dict:
     """entity -> (mentions, articles) of one shard document."""
     out = {}
@@ -164,6 +173,9 @@ class PackedLayout:
         self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # readers: (key, writer, n) -> (sv, counts)
         self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
         self.lock = threading.Lock()  # the frontend's app threads share one instance
+        self.listing: dict[tuple[str, str], dict] = {}  # readers: (key, writer) -> summary
+        self.listed_at: float | None = None   # when the last look at the summaries started
+        self.full_at = 0.0                    # ... and the last full one
 
     @property
     def db(self):
@@ -250,7 +262,7 @@ class PackedLayout:
             yield ref.path, False
         data = {"key": key, "name": owned.name, "writer": writer, "articles": owned.articles,
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
-                "sv": dict(owned.sv), "version": owned.version}
+                "sv": dict(owned.sv), "version": owned.version, "changed_at": datetime.now(timezone.utc)}
         ref = pub.collection(SUMS).document(writer)
         if owned.exists:
             batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
@@ -321,13 +333,30 @@ class PackedLayout:
                                   entities=entities, mentions=sum(int(d.get("mentions", 0)) for d in sums))
 
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
+        """Every publication, from the summaries; a reader re-reads only those changed since it last
+        looked (a query on `changed_at`), and all of them every LIST_FULL_EVERY seconds."""
         store = self.store
         with store._translated("publications"):
-            grouped: dict[str, list[dict]] = {}
-            for snap in self.db.collection_group(SUMS).select(SUM_FIELDS).stream(retry=store.read_retry,
-                                                                                     timeout=store.timeout):
+            started = time.time()
+            query = self.db.collection_group(SUMS).select(SUM_FIELDS)
+            full = self.listed_at is None or started - self.full_at > LIST_FULL_EVERY
+            if not full:
+                since = datetime.fromtimestamp(self.listed_at - LIST_SKEW, timezone.utc)
+                query = query.where(filter=_field_filter("changed_at", ">=", since))
+            fresh = {}
+            for snap in query.stream(retry=store.read_retry, timeout=store.timeout):
                 d = snap.to_dict()
-                grouped.setdefault(d.get("key") or "", []).append(d)
+                fresh[(d.get("key") or "", d.get("writer") or "")] = d
+            with self.lock:
+                if full:
+                    self.listing = fresh
+                    self.full_at = started
+                else:
+                    self.listing.update(fresh)
+                self.listed_at = started
+                grouped: dict[str, list[dict]] = {}
+                for (key, _), d in self.listing.items():
+                    grouped.setdefault(key, []).append(d)
             rows = sorted(((key, self.summarize(key, sums)) for key, sums in grouped.items()),
                           key=lambda r: (-r[1].articles, r[0]))
         everything = [summary for _, summary in rows]
