@@ -228,13 +228,13 @@ class HttpConnection:
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
         if status == 503:
             headers.append(("Retry-After", "1"))
-        try:
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        by_hand = self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE)  # e.g. after a broken request line
+        if not by_hand:
+            try:
                 await self.send(h11.Response(status_code=status, headers=headers), body)
-            else:  # h11 refuses to speak in this state (e.g. a broken request line): answer by hand
-                self.writer.write(f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n".encode()
-                                  + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + body)
-        except (h11.LocalProtocolError, _Closed, OSError):
+            except (h11.LocalProtocolError, _Closed, OSError):
+                by_hand = True
+        if by_hand:  # h11 refuses to speak in this state: the same answer, framed by hand
             self.writer.write(f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n".encode()
                               + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + body)
         log.info("refused %s: %d %s", self.peer[0], status, detail)
