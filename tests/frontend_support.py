@@ -93,6 +93,8 @@ def running_stack(tmp_path: Path, *backend_flags: str, frontend_env: dict | None
     try:
         yield backend, frontend
     finally:
-        code = frontend.stop()
-        assert code == 0 and "Traceback" not in frontend.log(), frontend.log()[-3000:]
-        assert backend.stop() == 0, backend.log()[-3000:]
+        try:
+            code = frontend.stop()
+            assert code == 0 and "Traceback" not in frontend.log(), frontend.log()[-3000:]
+        finally:  # a frontend that failed must not leave its backend running
+            assert backend.stop() == 0, backend.log()[-3000:]
