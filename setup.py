@@ -14,6 +14,7 @@ setup(
         "pydantic>=2.6,<3",
         "pydantic-settings>=2.7,<3",
         "google-cloud-firestore>=2.16,<3",
+        "google-cloud-pubsub>=2.20,<3",  # INGEST_INTAKE / --intake pubsub://... (a fleet, docs/pubsub.md)
         "flask>=3.0,<4",
         "flask-limiter>=3.5,<5",
         "swagger-ui-bundle-v2>=5.31,<6",

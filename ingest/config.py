@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core.intakeurl import IntakeURLError, parse_intake_url
 from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
@@ -114,6 +115,15 @@ class _Common(BaseSettings):
         return key.encode("utf-8")
 
 
+def _intake_url(value: Optional[str]) -> Optional[str]:
+    if value:
+        try:
+            parse_intake_url(value)
+        except IntakeURLError as exc:
+            raise ValueError(str(exc)) from None
+    return value or None
+
+
 class BackendSettings(_Common):
     """`ingestiond`'s settings; every field is a flag and an INGEST_* variable."""
 
@@ -139,6 +149,18 @@ class BackendSettings(_Common):
                                             "per document; 0 for SQLite)")
     writer: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$", description="this backend's name on the documents it owns "
                         "in Firestore's packed layout (default: an id kept in the journal)")
+    intake: Optional[str] = Field(None, description="pubsub://PROJECT/SUBSCRIPTION[?dead_letter=TOPIC]: take articles "
+                                  "from Google Pub/Sub (a fleet, docs/pubsub.md; honours PUBSUB_EMULATOR_HOST) "
+                                  "instead of the local manager")
+    pubsub_max_messages: int = Field(1000, ge=1, description="Pub/Sub messages held unacknowledged at once (flow "
+                                     "control: the rest of a backlog waits in Pub/Sub)")
+    pubsub_ack_deadline: int = Field(60, ge=10, le=600, description="seconds of each lease extension of a held "
+                                     "Pub/Sub message (extended until its batch is committed)")
+
+    @field_validator("intake")
+    @classmethod
+    def _intake(cls, value: Optional[str]):
+        return _intake_url(value)
 
     @property
     def store_batch_interval(self) -> float:
@@ -166,6 +188,13 @@ class FrontendSettings(_Common):
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
     read_rate_limit: str = Field("20/second;600/minute", description="reads without a key, per client address and "
                                                                      "frontend worker (flask-limiter syntax; empty: none)")
+    intake: Optional[str] = Field(None, description="pubsub://PROJECT/TOPIC: publish accepted articles to Google "
+                                  "Pub/Sub (202 once acknowledged) instead of the local manager")
+
+    @field_validator("intake")
+    @classmethod
+    def _intake(cls, value: Optional[str]):
+        return _intake_url(value)
 
     @field_validator("api_keys", "read_api_keys", mode="before")
     @classmethod

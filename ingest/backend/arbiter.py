@@ -51,14 +51,20 @@ class Arbiter:
         self.settings = settings
         self.authkey = authkey
         self.ctx = multiprocessing.get_context("spawn")
-        self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
-                                          max_bytes=settings.journal_size, retention=settings.dedup_retention)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
-                             max_article_chars=getattr(settings, "max_article_chars", 200_000))
-        self.hub = Hub(self.intake, settings, ledger=self.journal)
+        self.fleet = bool(getattr(settings, "intake", None))  # --intake pubsub://...: fed by Pub/Sub
+        if self.fleet:
+            from .pubsub_intake import build
+
+            self.journal, self.intake, self.hub = build(settings, on_put=self.wake)
+        else:
+            self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
+                                              max_bytes=settings.journal_size, retention=settings.dedup_retention)
+            self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
+                                 max_article_chars=getattr(settings, "max_article_chars", 200_000))
+            self.hub = Hub(self.intake, settings, ledger=self.journal)
         self.saver_ever_ready = False
         self.saver_respawn_at = 0.0
         self.next_housekeeping = 0.0
@@ -117,6 +123,8 @@ class Arbiter:
             self.publish()
             serve(self.intake, self.settings.manager_address, self.authkey)  # an address in use fails here
             self.spawn_missing()
+            if self.fleet:
+                self.intake.start()  # pull only once the children are on their way
             log.info("ingestiond started: workers=%d savers=%d store=%s queue=%d cache=%d flush=%.1fs",
                      self.settings.workers, self.settings.savers, _safe_store(self.settings.store_url),
                      self.settings.queue_size, self.settings.cache_size, self.settings.flush_interval)
@@ -317,10 +325,13 @@ class Arbiter:
         self.stop_all_now()
         s = self.hub.snapshot(time.monotonic())
         left = self.journal.stats()["journal_articles"]
+        if self.fleet:  # what is not committed goes back to Pub/Sub, not to a next start
+            left = self.intake.close()
         self.journal.close()
         if left:
-            log.warning("%d accepted articles are not stored yet; they stay in the journal %s and are "
-                        "counted at the next start", left, self.settings.journal_path)
+            if not self.fleet:  # (a fleet backend's intake said where its articles went)
+                log.warning("%d accepted articles are not stored yet; they stay in the journal %s and are "
+                            "counted at the next start", left, self.settings.journal_path)
             return code or EXIT_UNFINISHED
         log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d lost=%d — exiting",
                  self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"], s["lost"])

@@ -43,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     URL, `api_keys`, ...), a `client` or `store` object to use as is, and Flask config (TESTING, ...)."""
     config = dict(test_config or {})
     settings = _settings(config)
-    client = config.pop("client", None) or IngestClient(settings.manager_address, settings.authkey_bytes)
+    client = config.pop("client", None) or _intake_client(settings)
     store = config.pop("store", None) or ProcessLocalStore(settings.store_url)
 
     app = Flask(__name__)
@@ -66,6 +66,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _register_hooks(app)
     register_error_handlers(app)
     return app
+
+
+def _intake_client(settings: FrontendSettings):
+    """The local backend's manager (one machine), or Pub/Sub with INGEST_INTAKE=pubsub://PROJECT/TOPIC (a fleet)."""
+    if settings.intake:
+        from .publisher import PubSubPublisher
+
+        return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars)
+    return IngestClient(settings.manager_address, settings.authkey_bytes)
 
 
 READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.wordcloud_png")

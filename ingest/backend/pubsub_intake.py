@@ -1,0 +1,517 @@
+"""`ingestiond --intake pubsub://PROJECT/SUBSCRIPTION`: a backend of a fleet, fed by Google Pub/Sub.
+
+The design (docs/pubsub.md): a Pub/Sub message is the articles of one accepted request, with a
+group id. The group id becomes the id of the one store batch that counts those articles, so the
+store's batch marker — created in the same commit as the counts — is what makes a redelivered
+message count once, whichever backend gets it and whenever. A message is acknowledged only after
+that commit; until then its lease is extended. So:
+
+- Pub/Sub, not the journal, is the durable intake here. The journal is a scratch file (no fsync,
+  emptied at every start) that keeps the article text on disk rather than in memory; a message
+  whose batch is not committed when a backend dies is simply delivered again, to any backend.
+- Workers are unchanged: each post's publication is tagged with its group (`GROUP\\x00name`), so a
+  worker's per-publication aggregates never mix two messages; the hub (GroupedHub) untags them and
+  makes one batch per group once all of the group's articles are flushed.
+- Flow control: at most --pubsub-max-messages messages are held (pulled, not yet acknowledged);
+  the rest of a backlog waits in Pub/Sub. Their text waits in the scratch journal on disk.
+- A message one of whose articles kills workers twice is published to the dead-letter topic
+  (`?dead_letter=TOPIC`) and acknowledged; without one it is handed back (nack), and the
+  subscription's dead-letter policy moves it after its maximum delivery attempts.
+- SIGTERM: stop pulling, finish and commit what is held, acknowledge, exit 0. Whatever is not
+  committed at the end is handed back to Pub/Sub at once (nack).
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag,
+                              untag)
+from ..core.models import Aggregate, Delta, merge
+from ..core.protocol import QueueFull
+from ..core.rules import publication_key
+from .hub import MAX_KILLS, Batch, Hub
+from .intake import Intake
+from .journal import Entry, Journal
+
+log = logging.getLogger("ingest.pubsub")
+
+PULL_TIMEOUT = 2.0        # seconds one pull waits for messages (a drain waits at most this long for the puller)
+PULL_BATCH = 500          # messages asked for per pull
+ACK_CHUNK = 1000          # ack ids per acknowledge / modifyAckDeadline request (its limit: 512 KB)
+ACK_EVERY = 0.05          # seconds acknowledgements of committed batches may wait to share one request
+DONE_MEMORY = 100_000     # committed group ids remembered, so a redelivery of one is acknowledged at once
+
+
+@dataclass(slots=True)
+class Group:
+    """One held message: its articles in the journal, the ack ids it was delivered with, its counts so far."""
+
+    id: str
+    ack_ids: list
+    seqs: list
+    total: int
+    attributes: dict
+    publications: list = field(default_factory=list)  # as sent, in the order of seqs (for a dead letter)
+    flushed: int = 0
+    aggregates: dict = field(default_factory=dict)   # publication key -> Aggregate (untagged)
+    batched: bool = False
+    dead: bool = False
+
+
+def scratch_journal(settings) -> Journal:
+    """This backend's scratch journal, emptied first: what it held is still in Pub/Sub, unacknowledged."""
+    base = settings.journal_path
+    path = base.with_name(base.stem + "-pubsub" + (base.suffix or ".db"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another backend on it: leave it, Journal() says so
+        writer = _kept_writer(path)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    journal = Journal(path, max_articles=settings.queue_size, max_bytes=settings.journal_size,
+                      retention=settings.dedup_retention, sync=False)
+    if writer:  # the packed layout's documents of this backend stay its own across restarts
+        journal._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
+    return journal
+
+
+def _kept_writer(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def build(settings, on_put):
+    """(journal, intake, hub) of a Pub/Sub backend, for the arbiter."""
+    journal = scratch_journal(settings)
+    intake = PubSubIntake(journal, settings, on_put=on_put)
+    hub = GroupedHub(intake, settings.model_copy(update={"batch_interval": 0.0}), ledger=PubSubLedger(journal, intake))
+    return journal, intake, hub
+
+
+class PubSubLedger:
+    """The journal as the hub's ledger, plus: a committed batch acknowledges its message."""
+
+    def __init__(self, journal: Journal, intake: "PubSubIntake"):
+        self.journal = journal
+        self.intake = intake
+
+    def record_batch(self, batch: Batch) -> None:
+        self.journal.record_batch(batch)
+
+    def complete(self, batch: Batch) -> None:
+        self.journal.complete(batch)
+        self.intake.committed(batch.delta.batch_id)
+
+    def quarantine(self, entries: list) -> None:
+        self.journal.quarantine(entries)
+
+    def suspect(self, entries: list) -> None:
+        self.journal.suspect(entries)
+
+
+class PubSubIntake(Intake):
+    """The intake of a fleet backend: messages pulled from a subscription, held until committed."""
+
+    def __init__(self, journal: Journal, settings, on_put=None):
+        super().__init__(journal, settings.queue_size, on_put=on_put,
+                         max_article_chars=getattr(settings, "max_article_chars", 200_000))
+        self.url = parse_intake_url(settings.intake)
+        self.max_messages = settings.pubsub_max_messages
+        self.deadline = settings.pubsub_ack_deadline
+        self.groups: dict[str, Group] = {}
+        self.done: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.glock = threading.Lock()              # guards groups, done and the queues below
+        self._acks: list[str] = []
+        self._nacks: list[str] = []
+        self._dead: list[tuple[Group, bytes]] = []
+        self._wake_acker = threading.Event()
+        self._stop_pulling = threading.Event()
+        self._closing = threading.Event()
+        self._subscriber = None
+        self._publisher = None
+        self._puller: threading.Thread | None = None
+        self._acker: threading.Thread | None = None
+        self.counts = collections.Counter()        # pulled, acked, nacked, redelivered, dead_lettered, errors
+        self._last_error_log = 0.0
+
+    # -- the Google clients, made in this process --------------------------------------
+    @property
+    def subscriber(self):
+        if self._subscriber is None:
+            from google.cloud import pubsub_v1
+
+            self._subscriber = pubsub_v1.SubscriberClient()
+        return self._subscriber
+
+    def start(self) -> None:
+        """Begin pulling (after the arbiter recovered and spawned its children)."""
+        try:
+            self.subscriber.get_subscription(request={"subscription": self.url.subscription_path}, timeout=30)
+        except Exception as exc:  # no such subscription, no permission, nothing listening: a boot error
+            from .arbiter import BootError
+
+            raise BootError(f"cannot read the subscription {self.url.subscription_path}: {type(exc).__name__}: "
+                            f"{exc}") from None
+        self._puller = threading.Thread(target=self._pull_loop, name="pubsub-pull", daemon=True)
+        self._acker = threading.Thread(target=self._ack_loop, name="pubsub-ack", daemon=True)
+        self._puller.start()
+        self._acker.start()
+        log.info("pulling from %s: at most %d messages held, leases of %ds", self.url.subscription_path,
+                 self.max_messages, self.deadline)
+
+    # -- the frontend's path is not this backend's -------------------------------------
+    def put_many(self, posts: list) -> dict:
+        raise RuntimeError(f"this backend takes its articles from Pub/Sub ({self.url}); "
+                           "point the frontend at the topic with INGEST_INTAKE")
+
+    # -- pulling -----------------------------------------------------------------------
+    def _room(self) -> int:
+        with self.glock:
+            held = len(self.groups)
+        stats = self.journal.stats()
+        if len(self) >= self.capacity or stats["journal_bytes"] >= 0.9 * stats["journal_capacity_bytes"]:
+            return 0
+        return max(0, self.max_messages - held)
+
+    def _pull_loop(self) -> None:
+        from google.api_core import exceptions as gexc
+
+        path = self.url.subscription_path
+        while not self._stop_pulling.is_set():
+            room = self._room()
+            if room <= 0:
+                self._stop_pulling.wait(0.05)
+                continue
+            try:
+                response = self.subscriber.pull(request={"subscription": path, "max_messages": min(room, PULL_BATCH)},
+                                                timeout=PULL_TIMEOUT, retry=None)
+            except (gexc.DeadlineExceeded, gexc.RetryError):
+                continue
+            except Exception as exc:  # unavailable, permission, a deleted subscription: say so, keep trying
+                self._error("pull", exc)
+                self._stop_pulling.wait(1.0)
+                continue
+            received = list(response.received_messages)
+            if not received:
+                continue
+            if self._stop_pulling.is_set():  # pulled while the drain began: hand them straight back
+                self._nack([m.ack_id for m in received])
+                break
+            self._appending += 1
+            try:
+                self._take(received)
+            finally:
+                self._appending -= 1
+
+    def _take(self, received) -> None:
+        """Journal the new messages' articles (one commit), extend their leases, queue them for the workers."""
+        self.counts["pulled"] += len(received)
+        self._extend([m.ack_id for m in received])
+        fresh, ack_now = [], []
+        with self.glock:
+            for m in received:
+                gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
+                held = self.groups.get(gid)
+                if held is not None:             # delivered again while we hold it: acknowledged with it
+                    held.ack_ids.append(m.ack_id)
+                    self.counts["redelivered"] += 1
+                elif gid in self.done:           # committed by us already: its ack was lost
+                    ack_now.append(m.ack_id)
+                    self.counts["redelivered"] += 1
+                else:
+                    fresh.append(m)
+        self._ack(ack_now)
+        parsed = []
+        for m in fresh:
+            gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
+            try:
+                if not is_group(gid):
+                    raise ValueError(f"no valid {GROUP_ATTRIBUTE!r} attribute")
+                posts = decode(m.message.data)
+            except ValueError as exc:
+                log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
+                self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
+                                  bytes(m.message.data))
+                continue
+            parsed.append((gid, m, posts))
+        if not parsed:
+            return
+        items = [(tag(gid, p[0]), p[1], None) for gid, _, posts in parsed for p in posts]
+        try:
+            result = self.journal.append(items)
+        except QueueFull as exc:  # the scratch journal is full or its disk is: Pub/Sub keeps them meanwhile
+            self._error("journal", exc)
+            self._nack([m.ack_id for _, m, _ in parsed])
+            time.sleep(0.5)
+            return
+        entries = iter(result["entries"])
+        queued = []
+        with self.glock:
+            for gid, m, posts in parsed:
+                mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in posts)]
+                self.groups[gid] = Group(gid, [m.ack_id], [e.seq for e in mine], len(mine), dict(m.message.attributes),
+                                         [p[0] for p in posts])
+                queued.extend(mine)
+        with self._lock:
+            self._items.extend(queued)
+            self.accepted += len(queued)
+        self._on_put()
+
+    # -- what the hub reports back ---------------------------------------------------------
+    def committed(self, gid: str) -> None:
+        """The store committed the group's batch: acknowledge every delivery of its message."""
+        with self.glock:
+            group = self.groups.pop(gid, None)
+            self.done[gid] = None
+            while len(self.done) > DONE_MEMORY:
+                self.done.popitem(last=False)
+        if group is not None:
+            self._ack(group.ack_ids)
+
+    def kill(self, group: Group, posts: list[tuple]) -> None:
+        """A message one of whose articles killed workers twice: dead-letter it whole."""
+        with self.glock:
+            self.groups.pop(group.id, None)
+        with self._lock:
+            self._items = collections.deque(e for e in self._items if untag(e.publication)[0] != group.id)
+        self._dead_letter(group, encode(posts))
+
+    def take(self, n: int, max_bytes: int | None = None) -> list[Entry]:
+        taken = super().take(n, max_bytes)
+        with self.glock:
+            return [e for e in taken if untag(e.publication)[0] in self.groups]  # a dead group's: dropped
+
+    def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
+        """As the journal has them; an article of a group dead-lettered meanwhile reads as a blank."""
+        texts = self.journal.contents([e.seq for e in entries])
+        return [(e.publication, texts.get(e.seq, " ")) for e in entries]
+
+    # -- acknowledgements, leases, dead letters: one thread ------------------------------------
+    def _ack(self, ack_ids: list[str]) -> None:
+        if ack_ids:
+            with self.glock:
+                self._acks.extend(ack_ids)
+            self._wake_acker.set()
+
+    def _nack(self, ack_ids: list[str]) -> None:
+        if ack_ids:
+            with self.glock:
+                self._nacks.extend(ack_ids)
+            self._wake_acker.set()
+
+    def _dead_letter(self, group: Group, data: bytes) -> None:
+        with self.glock:
+            self._dead.append((group, data))
+        self._wake_acker.set()
+
+    def _ack_loop(self) -> None:
+        next_lease = time.monotonic() + self.deadline / 3
+        while True:
+            self._wake_acker.wait(timeout=1.0)
+            closing = self._closing.is_set()
+            if not closing:
+                time.sleep(ACK_EVERY)  # let the acknowledgements of a few commits share a request
+            self._wake_acker.clear()
+            self._send_pending()
+            if time.monotonic() >= next_lease:
+                next_lease = time.monotonic() + self.deadline / 3
+                with self.glock:
+                    held = [a for g in self.groups.values() for a in g.ack_ids]
+                self._extend(held)
+            if closing:
+                return
+
+    def _send_pending(self) -> None:
+        with self.glock:
+            acks, self._acks = self._acks, []
+            nacks, self._nacks = self._nacks, []
+            dead, self._dead = self._dead, []
+        for group, data in dead:
+            if self._publish_dead_letter(group, data):
+                acks.extend(group.ack_ids)
+            else:
+                nacks.extend(group.ack_ids)
+        self._call("acknowledge", acks, "acked")
+        self._call("modify_ack_deadline", nacks, "nacked", ack_deadline_seconds=0)
+
+    def _extend(self, ack_ids: list[str]) -> None:
+        self._call("modify_ack_deadline", ack_ids, None, ack_deadline_seconds=self.deadline)
+
+    def _call(self, method: str, ack_ids: list[str], counter: str | None, **extra) -> None:
+        for start in range(0, len(ack_ids), ACK_CHUNK):
+            chunk = ack_ids[start:start + ACK_CHUNK]
+            try:
+                getattr(self.subscriber, method)(request={"subscription": self.url.subscription_path,
+                                                          "ack_ids": chunk, **extra}, timeout=30)
+            except Exception as exc:  # a lost ack is a redelivery, which the store's batch marker absorbs
+                self._error(method, exc)
+                continue
+            if counter:
+                self.counts[counter] += len(chunk)
+
+    def _publish_dead_letter(self, group: Group, data: bytes) -> bool:
+        topic = self.url.option("dead_letter")
+        if not topic:
+            log.error("message group=%s: no dead_letter topic in --intake; handed back to Pub/Sub (its "
+                      "subscription's dead-letter policy moves it after the maximum delivery attempts)", group.id)
+            return False
+        try:
+            if self._publisher is None:
+                from google.cloud import pubsub_v1
+
+                self._publisher = pubsub_v1.PublisherClient()
+            attributes = {k: v for k, v in group.attributes.items()}
+            attributes.update({"dead_lettered_by": "ingestiond", "reason": "killed workers"})
+            self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
+        except Exception as exc:
+            self._error("dead-letter publish", exc)
+            return False
+        self.counts["dead_lettered"] += 1
+        log.error("message group=%s (%s articles) published to the dead-letter topic %s and acknowledged",
+                  group.id, group.attributes.get(ARTICLES_ATTRIBUTE, group.total), topic)
+        return True
+
+    def _error(self, what: str, exc: Exception) -> None:
+        self.counts["errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:  # one line per 10 s: an outage must not flood the log
+            self._last_error_log = now
+            log.warning("pubsub %s failed: %s: %s", what, type(exc).__name__, exc)
+
+    # -- the arbiter's side ----------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        super().stop_accepting()
+        self._stop_pulling.set()
+
+    def busy(self) -> bool:
+        return self._appending > 0 or (self._puller is not None and self._puller.is_alive())
+
+    def close(self) -> int:
+        """The last step of every exit: acknowledge what is committed, hand back what is not. Returns the latter."""
+        self._stop_pulling.set()
+        if self._puller is not None:
+            self._puller.join(PULL_TIMEOUT + 5)
+        with self.glock:
+            unfinished = [a for g in self.groups.values() for a in g.ack_ids]
+            articles = sum(g.total for g in self.groups.values())
+            self.groups.clear()
+        self._nack(unfinished)
+        if self._acker is not None:
+            self._closing.set()
+            self._wake_acker.set()
+            self._acker.join(60)
+        elif self._subscriber is not None:
+            self._send_pending()
+        for client in (self._subscriber, self._publisher):
+            try:
+                if client is not None and hasattr(client, "close"):
+                    client.close()
+            except Exception:  # closing must not mask the exit code
+                log.debug("closing a Pub/Sub client failed", exc_info=True)
+        if unfinished:
+            log.warning("%d messages (%d articles) not committed: handed back to Pub/Sub for any backend",
+                        len(unfinished), articles)
+        return articles
+
+    def status(self) -> dict:
+        status = super().status()
+        with self.glock:
+            status["pubsub_held_messages"] = len(self.groups)
+        for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
+            status[f"pubsub_{name}"] = self.counts[name]
+        status["intake"] = str(self.url)
+        return status
+
+
+class GroupedHub(Hub):
+    """The hub of a fleet backend: one store batch per message group, its id the group id."""
+
+    def __init__(self, intake: PubSubIntake, settings, ledger=None):
+        super().__init__(intake, settings, ledger=ledger)
+        self.ready: collections.deque[str] = collections.deque()  # complete groups waiting for a saver
+
+    def take_flush(self, slot, flushed: list[Aggregate]) -> None:
+        groups = self.intake.groups
+        for agg in flushed:
+            gid, rest = untag(agg.key)
+            group = groups.get(gid)
+            if group is not None and not group.dead:
+                name = untag(agg.name)[1]
+                merge(group.aggregates, [Aggregate(publication_key(rest), name, agg.articles, agg.mentions,
+                                                   agg.entity_articles)])
+        per_group = collections.Counter(untag(e.publication)[0] for e in slot.unflushed)
+        for gid, n in per_group.items():
+            group = groups.get(gid)
+            if group is None or group.dead:
+                continue
+            group.flushed += n
+            if group.flushed >= group.total and not group.batched:
+                self.ready.append(gid)
+        self.counters.processed += len(slot.unflushed)
+        self.counters.flushes += 1
+        slot.unflushed = []
+        slot.unflushed_since = None
+
+    def next_batch(self, now: float) -> Batch | None:
+        if self.retry and (self.retry[0][0] <= now or self.draining):
+            return self.retry.popleft()[1]
+        while self.ready:
+            gid = self.ready.popleft()
+            group = self.intake.groups.get(gid)
+            if group is None or group.dead or group.batched:
+                continue
+            batch = Batch(Delta(gid, group.aggregates), list(group.seqs))
+            if not self._durably("record_batch", batch):
+                self.ready.appendleft(gid)
+                return None
+            group.batched = True
+            return batch
+        return None
+
+    def blame(self, number: int, entries: list[Entry]) -> None:
+        super().blame(number, entries)
+        for gid in {untag(e.publication)[0] for e in entries if e.kills >= MAX_KILLS}:
+            self.kill_group(gid)
+
+    def kill_group(self, gid: str) -> None:
+        group = self.intake.groups.get(gid)
+        if group is None or group.batched:
+            return
+        group.dead = True
+        self.suspects = collections.deque(e for e in self.suspects if untag(e.publication)[0] != gid)
+        texts = self.intake.journal.contents(group.seqs)
+        posts = [(pub, texts[seq], None) for seq, pub in zip(group.seqs, group.publications) if seq in texts]
+        self.intake.kill(group, posts)
+
+    def savers_settled(self) -> bool:
+        return not self.ready and not self.retry and all(s.batch is None for s in self.savers.values())
+
+    def snapshot(self, now: float = 0.0) -> dict:
+        snap = super().snapshot(now)
+        waiting = sum(g.flushed for g in list(self.intake.groups.values()) if not g.batched and not g.dead)
+        snap["unsaved"] += waiting
+        return snap
