@@ -12,7 +12,11 @@
     (e) store commits and row writes per 1,000 articles at default settings; (f) NER worker RSS
     sampled every second during (c). For (c) and (d) also the durable journal (always on: every 202
     is fsync'd): fsync p50/p99 from the backend's status, group commits per 1,000 articles, and the
-    peak size of journal.db + journal.db-wal over the peak number of articles it held.
+    peak size of journal.db + journal.db-wal over the peak number of articles it held. (h) Firestore
+    layouts: the same 1,500 articles through the real backend into Google's Firestore emulator, once
+    per layout (`?layout=entities`, `?layout=packed`): document writes per 1,000 articles, writes/s,
+    articles/s and $ per million articles at dated list prices (PRICES); FAIL and exit 1 when packed
+    does not write >= 30x fewer documents per article (`--firestore-layouts` runs (h) alone).
 Prints the table of ratios against the targets and writes benchmarks/results.json.
 Every child runs in its own process group and is stopped at the end, also on error or Ctrl-C.
 """
@@ -44,7 +48,7 @@ DEFAULT_OUTPUT = HERE / "results.json"
 MB = 1024 * 1024
 
 TARGETS = {"c_over_a": 0.95, "c_over_b": 2.5, "d_single_over_ner": 20.0, "d_batch_over_ner": 200.0,
-           "commits_per_1000": 50.0}
+           "commits_per_1000": 50.0, "firestore_write_ratio": 30.0}
 JOURNAL_KEYS = ("journal_articles", "journal_bytes", "journal_commits", "journal_fsync_p50_seconds",
                 "journal_fsync_p99_seconds")
 FLAT_TOLERANCE = (0.05, 8 * MB)  # the floor of the last third may exceed the first third's by 5% + 8 MB
@@ -395,12 +399,23 @@ def flatness(samples: list[tuple[float, int]]) -> dict:
             "last_third_floor_mb": round(last / MB, 1), "flat": last <= allowed}
 
 
+def sqlite_articles(stack: st.Stack) -> int:
+    """The article sum in the stack's SQLite store, read with sqlite3 (not through ingestiond)."""
+    with sqlite3.connect(f"file:{stack.store_path}?mode=ro", uri=True) as db:
+        return db.execute("SELECT coalesce(sum(articles), 0) FROM publications").fetchone()[0]
+
+
 def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int, post_batch: int,
-                       max_body: int, extra_args: list[str], timeout: float, quiet: Quiet) -> dict:
+                       max_body: int, extra_args: list[str], timeout: float, quiet: Quiet, name: str | None = None,
+                       env_extra: dict | None = None, stored_articles=sqlite_articles) -> dict:
+    """(c): POST every article, wait until the backend has stored them all, check the store's sum.
+
+    `env_extra` goes to both programs (another store: (h) runs this against the Firestore
+    emulator); `stored_articles(stack)` reads the store's article sum independently."""
     import psutil
 
-    name = f"e2e-w{workers}"
-    stack = st.start_stack(children, workdir, name, ["--workers", str(workers), *extra_args])
+    name = name or f"e2e-w{workers}"
+    stack = st.start_stack(children, workdir, name, ["--workers", str(workers), *extra_args], env_extra=env_extra)
     try:
         worker_pids = stack.child_pids("worker")
         saver_pids = stack.child_pids("saver")
@@ -442,8 +457,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             rss_samples[pid].append((t_done - t0, rss(pid)))
         cpu_after, busy1 = process_tree_cpu(all_pids), busy_cpu_seconds()
         wall = t_done - t0
-        with sqlite3.connect(f"file:{stack.store_path}?mode=ro", uri=True) as db:
-            stored = db.execute("SELECT coalesce(sum(articles), 0) FROM publications").fetchone()[0]
+        stored = stored_articles(stack)
         cpu = {role: round(sum(cpu_after.get(p, 0) - cpu_before.get(p, 0) for p in pids), 2)
                for role, pids in roles.items()}
         ours = sum(cpu.values())
@@ -565,6 +579,138 @@ def measure_front_door(children: st.Children, workdir: Path, posts, label: str, 
         st.stop_stack(children, stack, drain=False)  # a journal of a million posts is not worth draining
 
 
+# -- (h) Firestore layouts ------------------------------------------------------------------------------------------
+
+# List prices in USD, the one place the bench (and docs/DEPLOY.md's cost table) takes them from.
+# Dated: prices change; these are the figures as of PRICES_AS_OF, not re-checked online from here.
+PRICES_AS_OF = "2026-12-02"
+PRICES = {
+    "firestore_writes_per_100k": 0.18,  # Firestore Native, multi-region (nam5/eur3) list price per 100,000 document
+                                        # writes (cloud.google.com/firestore/pricing; as given in the project's facts)
+    "firestore_reads_per_100k": 0.06,   # the same page, per 100,000 document reads, multi-region
+    "vm_per_hour": 0.54,                # a 16-core e2-standard-16 on demand, ~$0.54/h (docs/firestore-layout.md's estimate)
+}
+VM_ARTICLES_PER_S = (180.0, 300.0)      # README "What a 16-core VM should sustain": an estimate, not a measurement
+PRICE_SOURCES = {
+    "firestore": "https://cloud.google.com/firestore/pricing (list prices, multi-region), as of " + PRICES_AS_OF,
+    "vm": "README/docs estimate for a 16-core e2-standard-16 (~$0.54/hour on demand), as of " + PRICES_AS_OF,
+    "vm_rate": "README: a 16-core VM should sustain about 180-300 articles/s (estimate)",
+}
+LAYOUTS = ("entities", "packed")
+
+
+def dollars_per_million(writes_per_article: float) -> float:
+    return writes_per_article * 1e6 / 1e5 * PRICES["firestore_writes_per_100k"]
+
+
+def vm_dollars_per_million(articles_per_s: float) -> float:
+    return PRICES["vm_per_hour"] / (articles_per_s * 3600) * 1e6
+
+
+def firestore_client(host: str, project: str):
+    """A plain google-cloud-firestore client on the emulator (not ingestiond's store)."""
+    from google.cloud import firestore
+
+    os.environ["FIRESTORE_EMULATOR_HOST"] = host  # the client reads it when it is made
+    try:
+        return firestore.Client(project=project)
+    finally:
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+
+
+def firestore_contents(host: str, project: str, layout: str) -> dict:
+    """What the run left in the emulator, read with the plain client: the recorded layout, the article
+    sum (entities: publications/*.count; packed: every writer's sums/*.articles) and document counts."""
+    db = firestore_client(host, project)
+    try:
+        meta = db.collection("ingest_meta").document("layout").get()
+        if layout == "entities":
+            articles = sum(int((s.to_dict() or {}).get("count", 0)) for s in db.collection("publications").stream())
+            groups = ("publications", "ent")
+        else:
+            articles = sum(int((s.to_dict() or {}).get("articles", 0)) for s in db.collection_group("sums").stream())
+            groups = ("sums", "shards")
+        docs = {g: int(db.collection_group(g).count().get()[0][0].value) for g in (*groups, "ingest_batches")}
+        return {"recorded_layout": meta.get("layout") if meta.exists else None, "articles": articles, "documents": docs}
+    finally:
+        db.close()
+
+
+def measure_firestore_layouts(children: st.Children, workdir: Path, posts, workers: int, post_batch: int,
+                              extra_args: list[str], quiet: Quiet) -> dict:
+    """(h): the same articles through the real backend into Google's Firestore emulator, once per layout,
+    a fresh project (database) each; document writes from the backend's counters (`store_writes`:
+    every document a commit writes, its marker included)."""
+    from tests.firestore_emulator import running_emulator  # starts the jar in its own process group, stops it by PID
+
+    out = {"method": f"ingestiond --workers {workers} --store 'firestore://PROJECT?layout=L' (every other setting "
+                     f"default: --batch-interval = --flush-interval = 2 s for Firestore), a fresh project per layout, "
+                     f"Google's Firestore emulator (java -Xmx1g); the same {len(posts)} articles POSTed to /posts "
+                     f"x{post_batch}; writes = the backend's store_writes (documents written, markers included)",
+           "prices": PRICES, "prices_as_of": PRICES_AS_OF, "price_sources": PRICE_SOURCES,
+           "vm_articles_per_s_assumed": VM_ARTICLES_PER_S, "workers": workers, "articles": len(posts), "layouts": {}}
+    with running_emulator() as host:
+        out["emulator"] = host
+        for layout in LAYOUTS:
+            project = f"bench-{layout}-{os.urandom(4).hex()}"
+            env = {"INGEST_STORE": f"firestore://{project}?layout={layout}", "FIRESTORE_EMULATOR_HOST": host,
+                   "GOOGLE_CLOUD_PROJECT": project}
+            r = measure_end_to_end(children, workdir, posts, workers, post_batch, 1024 * 1024, extra_args,
+                                   timeout=max(300.0, 2.0 * len(posts)), quiet=quiet, name=f"firestore-{layout}",
+                                   env_extra=env,
+                                   stored_articles=lambda stack, p=project, l=layout: firestore_contents(host, p, l)["articles"])
+            contents = firestore_contents(host, project, layout)
+            if contents["recorded_layout"] != layout:
+                raise RuntimeError(f"(h) {layout}: the database records layout {contents['recorded_layout']!r}")
+            s = r["status"]
+            processed = max(1, s["processed"])
+            wpa = s["store_writes"] / processed
+            r.update({"layout": layout, "project": project, "contents": contents,
+                      "writes_per_1000": round(1000 * wpa, 1),
+                      "commits_per_1000": round(1000 * s.get("store_commits", s["store_batches"]) / processed, 2),
+                      "batches_per_1000": round(1000 * s["store_batches"] / processed, 2),
+                      "writes_per_s": round(s["store_writes"] / r["seconds"], 1),
+                      "writes_dollars_per_million": round(dollars_per_million(wpa), 2),
+                      "vm_dollars_per_million": [round(vm_dollars_per_million(x), 2) for x in reversed(VM_ARTICLES_PER_S)]})
+            r.pop("worker_rss", None)  # (f) is about (c); keep (h) short
+            out["layouts"][layout] = r
+            say(f"(h) {layout}: {r['writes_per_1000']} document writes per 1,000 articles ({s['store_writes']} for "
+                f"{s['processed']}), {r['commits_per_1000']} commits/1k, {r['writes_per_s']} writes/s, "
+                f"{r['articles_per_s']} articles/s; stored {contents['documents']}; other load {r['other_load_percent']}%")
+    e, p = out["layouts"]["entities"], out["layouts"]["packed"]
+    out["ratio"] = round(e["writes_per_1000"] / p["writes_per_1000"], 1) if p["writes_per_1000"] else None
+    return out
+
+
+def firestore_rows(h: dict) -> list[dict]:
+    if not h:
+        return []
+    e, p = h["layouts"]["entities"], h["layouts"]["packed"]
+    ratio = h["ratio"]
+    return [{"check": "(h) Firestore writes/article, entities / packed", "value": ratio,
+             "target": f">= {TARGETS['firestore_write_ratio']:.0f}", "pass": ratio is not None and ratio >= TARGETS["firestore_write_ratio"],
+             "gate": True,
+             "detail": f"{e['writes_per_1000']:.0f} / {p['writes_per_1000']:.1f} document writes per 1,000 articles "
+                       f"(${e['writes_dollars_per_million']:.2f} / ${p['writes_dollars_per_million']:.2f} per million articles)"}]
+
+
+def format_firestore(h: dict) -> list[str]:
+    lo, hi = VM_ARTICLES_PER_S
+    lines = ["", f"(h) Firestore layouts, emulator, same {h['articles']} articles, W={h['workers']}; list prices as of "
+                 f"{PRICES_AS_OF}: ${PRICES['firestore_writes_per_100k']}/100k writes, ${PRICES['vm_per_hour']}/h VM at "
+                 f"{lo:.0f}-{hi:.0f} art/s",
+             f"{'layout':<10} {'writes/1k art':>14} {'commits/1k':>11} {'writes/s':>9} {'articles/s':>11} "
+             f"{'$ writes/M art':>15} {'$ VM/M art':>12}  stored documents"]
+    for layout in LAYOUTS:
+        r = h["layouts"][layout]
+        vm = r["vm_dollars_per_million"]
+        lines.append(f"{layout:<10} {r['writes_per_1000']:>14.1f} {r['commits_per_1000']:>11.1f} {r['writes_per_s']:>9.1f} "
+                     f"{r['articles_per_s']:>11.1f} {r['writes_dollars_per_million']:>15.2f} {f'{vm[0]:.2f}-{vm[1]:.2f}':>12}  "
+                     + ", ".join(f"{k} {v}" for k, v in r["contents"]["documents"].items()))
+    lines.append(f"{'ratio':<10} {h['ratio']:>14}x fewer document writes per article in the packed layout")
+    return lines
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 def best(runs: list[dict], **match) -> dict | None:
@@ -637,6 +783,7 @@ def verdicts(results: dict) -> list[dict]:
                      "value": c["store_writes_per_1000"], "target": "(reported)", "pass": None,
                      "detail": f"{c['status']['store_writes']} rows" + (
                          f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each" if b else "")})
+    rows += firestore_rows(results.get("h_firestore_layouts"))
     for c in e2e:
         for pid, f in c["worker_rss"].items():
             rows.append({"check": f"(f) worker RSS flat, W={c['workers']} pid {pid}", "value": f.get("flat"),
@@ -656,7 +803,9 @@ def format_table(results: dict) -> str:
     lines.append("")
     lines.append(f"{'measure':<58} {'articles/s':>11} {'words/s':>9} {'cpu-ms/article':>15} {'other load':>11}")
     rounds = s.get("rounds", 1)
-    if rounds > 1:
+    if not (results["a_ceiling"] or results["b_course"] or results["c_end_to_end"] or results.get("d_front_door")):
+        lines[-2:] = []  # (h) alone: it has a table of its own
+    elif rounds > 1:
         lines[0] += f"; (a) and (c): best of {rounds} rounds"
     for r in best_runs(results["a_ceiling"], "workers", "mode"):
         what = "raw nlp.pipe" if r["mode"] == "raw" else "ingest.nlp.Processor"
@@ -691,10 +840,12 @@ def format_table(results: dict) -> str:
                          f"{j['commits_per_1000'] if j['commits_per_1000'] is not None else float('nan'):>15.1f} "
                          f"{j['disk_bytes_per_article'] or float('nan'):>11.0f} "
                          f"{j['text_bytes_per_article'] or float('nan'):>11.0f} {j['articles_held_peak']:>10}")
+    if results.get("h_firestore_layouts"):
+        lines += format_firestore(results["h_firestore_layouts"])
     lines.append("")
     lines.append(f"{'check':<50} {'value':>8} {'target':>8}  {'':4}  detail")
     for row in results["verdicts"]:
-        verdict = {True: "PASS", False: "MISS", None: "—"}[row["pass"]]
+        verdict = {True: "PASS", False: "FAIL" if row.get("gate") else "MISS", None: "—"}[row["pass"]]
         value = row["value"] if not isinstance(row["value"], bool) else ("yes" if row["value"] else "no")
         lines.append(f"{row['check']:<50} {str(value):>8} {row['target']:>8}  {verdict:4}  {row['detail']}")
     return "\n".join(lines)
@@ -742,15 +893,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-noise", type=float, default=10.0, help="a run during which other processes took more than this "
                                                                   "%% of the CPU is repeated (default 10)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often a noisy run is repeated (default 2)")
-    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d"], help="phases to leave out (for experiments)")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results file (default benchmarks/results.json)")
+    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d", "h"], help="phases to leave out (for experiments)")
+    p.add_argument("--firestore-layouts", action="store_true", help="run only (h): both Firestore layouts through the "
+                   "emulator (default output benchmarks/results-firestore.json); exits 1 when packed is not >= 30x fewer writes")
+    p.add_argument("--firestore-articles", type=int, help="articles for (h) (default 1500; --quick 200)")
+    p.add_argument("--firestore-workers", type=int, help="NER workers for (h) (default: all cores)")
+    p.add_argument("--output", type=Path, help="results file (default benchmarks/results.json; with --firestore-layouts "
+                                               "benchmarks/results-firestore.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores) for inspection")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    n = args.articles or (120 if args.quick else 600)
+    n_firestore = args.firestore_articles or (200 if args.quick else 1500)
+    if args.firestore_layouts:  # (h) alone
+        args.skip = sorted(set(args.skip) | {"a", "b", "c", "d"} - {"h"})
+        args.output = args.output or HERE / "results-firestore.json"
+    args.output = args.output or DEFAULT_OUTPUT
+    n = args.articles or (n_firestore if args.firestore_layouts else 120 if args.quick else 600)
     front_seconds = args.front_seconds or (2.0 if args.quick else 8.0)
     rounds = args.rounds or (1 if args.quick else 3)
     cores = os.cpu_count() or 1
@@ -783,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                          "flat_rule": "lowest worker RSS sample in the last third of (c) <= lowest in the first third x 1.05 + 8 MB",
                          "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])])},
             "loadavg_start": loadavg(), "targets": TARGETS,
-            "a_ceiling": [], "b_course": None, "c_end_to_end": [], "d_front_door": None,
+            "a_ceiling": [], "b_course": None, "c_end_to_end": [], "d_front_door": None, "h_firestore_layouts": None,
         }
         say(f"{len(posts)} articles, {words} words; W={workers}; work dir {workdir}; load {loadavg()}")
         for rnd in range(1, rounds + 1):
@@ -829,6 +990,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r[label]['by_status']}; journal: fsync p50/p99 {j['fsync_p50_ms']}/{j['fsync_p99_ms']} ms, "
                     f"{j['commits']} commits for {j['accepted']} articles, peak {j['disk_bytes_peak']} B on disk "
                     f"for {j['articles_held_peak']} articles; other load {r[label]['other_load_percent']}%")
+        if "h" not in args.skip:
+            try:
+                sys.path.insert(0, str(ROOT))  # tests/firestore_emulator.py: finds and runs Google's emulator
+                from tests.firestore_emulator import find_emulator
+
+                find_emulator()
+            except Exception as exc:  # no Java, no jar, or no tests/ helper: say so, loudly
+                results["h_skipped"] = f"{type(exc).__name__}: {exc}"
+                say(f"(h) SKIPPED: the Firestore emulator is not available: {exc}")
+                if args.firestore_layouts:
+                    return 1
+            else:
+                fs_posts = posts if len(posts) >= n_firestore else select_texts(args.data, n_firestore, workdir / "texts-h.jsonl")
+                results["h_firestore_layouts"] = measure_firestore_layouts(
+                    children, workdir / "firestore", fs_posts[:n_firestore], args.firestore_workers or cores,
+                    args.post_batch, args.backend_arg, quiet)
         results["loadavg_end"] = loadavg()
         results["verdicts"] = verdicts(results)
         table = format_table(results)
@@ -839,6 +1016,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         tmp.replace(args.output)
         say(f"wrote {args.output}")
+        failed = [row["check"] for row in results["verdicts"] if row.get("gate") and row["pass"] is False]
+        if failed:
+            say("FAIL: " + "; ".join(failed))
+            return 1
         return 0
     except KeyboardInterrupt:
         say("interrupted: stopping every child")

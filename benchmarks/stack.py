@@ -160,8 +160,11 @@ class Stack:
 
 
 def start_stack(children: Children, workdir: Path, name: str, backend_args: list[str],
-                frontend_workers: int = 2, ready_timeout: float = 180.0) -> Stack:
-    """`ingestiond` (SQLite store under workdir) and `ingest-frontend` on free loopback ports."""
+                frontend_workers: int = 2, ready_timeout: float = 180.0, env_extra: dict | None = None) -> Stack:
+    """`ingestiond` (SQLite store under workdir) and `ingest-frontend` on free loopback ports.
+
+    `env_extra` is added to both programs' environment last, e.g. another INGEST_STORE (the
+    Firestore emulator's) with FIRESTORE_EMULATOR_HOST; `store_path` is then not the store."""
     run_dir = workdir / name
     attempt = 1
     while run_dir.exists():  # a repeated (noisy) run gets a fresh store and journal, never the last one's
@@ -185,6 +188,7 @@ def start_stack(children: Children, workdir: Path, name: str, backend_args: list
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(env_extra or {})
     with open(run_dir / "ingestiond.log", "wb") as log:
         backend = children.popen([str(BIN / "ingestiond"), *backend_args], env=env, cwd=run_dir,
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
