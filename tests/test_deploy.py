@@ -620,6 +620,131 @@ def test_teardown_asks_on_a_terminal(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# firestore-indexes.sh: once per database, the TTL policy and the layouts' index settings
+
+FAKE_TOKEN = "ya29.fake-access-token-never-in-argv"
+FAKE_CURL = r'''#!/usr/bin/env python3
+"""Fake curl: records its arguments (and the header file it was given) in $FAKE_LOG."""
+import json, os, stat, sys, time
+args = sys.argv[1:]
+headers = {}
+for a in args:
+    if a.startswith("@") and os.path.exists(a[1:]):
+        headers = {"mode": stat.S_IMODE(os.stat(a[1:]).st_mode), "text": open(a[1:]).read()}
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write(json.dumps({"prog": "curl", "args": args, "header_file": headers, "t": time.time()}) + "\n")
+print("{}")
+'''
+
+
+def fake_curl_env(tmp: Path) -> dict:
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    curl = bin_dir / "curl"
+    curl.write_text(FAKE_CURL)
+    curl.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{FAKEBIN}{os.pathsep}{os.environ['PATH']}", "FAKE_STDOUT": FAKE_TOKEN}
+
+
+def index_calls(tmp: Path) -> list[tuple]:
+    """(field, collection group, what) of every gcloud field update, in order."""
+    out = []
+    for c in calls(tmp):
+        if c["prog"] == "gcloud" and c["args"][:4] == ["firestore", "indexes", "fields", "update"]:
+            what = "--disable-indexes" if "--disable-indexes" in c["args"] else "other"
+            out.append((c["args"][4], flag(c, "--collection-group"), what))
+        elif c["prog"] == "gcloud" and c["args"][:4] == ["firestore", "fields", "ttls", "update"]:
+            out.append((c["args"][4], flag(c, "--collection-group"), "--enable-ttl" if "--enable-ttl" in c["args"] else "other"))
+    return out
+
+
+def test_firestore_indexes_exempts_the_packed_layouts_counter_maps(tmp_path):
+    result = ok(run("firestore-indexes.sh", "--project", PROJECT, tmp=tmp_path, env=fake_curl_env(tmp_path)))
+    assert index_calls(tmp_path) == [
+        ("expires_at", "ingest_batches", "--enable-ttl"),
+        ("expires_at", "ingest_batches", "--disable-indexes"),
+        ("e", "shards", "--disable-indexes"),
+        ("h", "shards", "--disable-indexes"),
+        ("sv", "sums", "--disable-indexes"),
+    ]
+    for c in calls(tmp_path):
+        if c["prog"] == "gcloud" and "update" in c["args"]:
+            assert flag(c, "--project") == PROJECT and flag(c, "--database") == "(default)" and "--quiet" in c["args"]
+    # sums.changed_at: a collection-group index (gcloud cannot make one), through the Admin REST API
+    (curl,) = [c for c in calls(tmp_path) if c["prog"] == "curl"]
+    url = curl["args"][-1]
+    assert url == (f"https://firestore.googleapis.com/v1/projects/{PROJECT}/databases/(default)"
+                   "/collectionGroups/sums/fields/changed_at?updateMask=indexConfig")
+    assert curl["args"][curl["args"].index("-X") + 1] == "PATCH"
+    body = json.loads(curl["args"][curl["args"].index("--data") + 1])
+    assert {"queryScope": "COLLECTION_GROUP", "fields": [{"fieldPath": "changed_at", "order": "ASCENDING"}]} \
+        in body["indexConfig"]["indexes"]
+    assert {i["queryScope"] for i in body["indexConfig"]["indexes"]} == {"COLLECTION", "COLLECTION_GROUP"}
+    # the access token is in a 0600 header file while curl runs, never in any argv or output, and gone afterwards
+    assert curl["header_file"] == {"mode": 0o600, "text": f"Authorization: Bearer {FAKE_TOKEN}\n"}
+    assert not any(FAKE_TOKEN in a for c in calls(tmp_path) for a in c["args"])
+    # (the fake gcloud echoes FAKE_STDOUT on every call; no line of the script's own carries it)
+    assert all(line == FAKE_TOKEN for line in (result.stdout + result.stderr).splitlines() if FAKE_TOKEN in line)
+    header = next(a[1:] for a in curl["args"] if a.startswith("@"))
+    assert not os.path.exists(header)
+    assert "set up for the packed layout" in result.stderr
+
+
+def test_firestore_indexes_entities_and_all_layouts(tmp_path):
+    ok(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "entities", "--database", "ingest-db",
+           "--no-ttl", tmp=tmp_path, env=fake_curl_env(tmp_path)))
+    (composite,) = calls(tmp_path)
+    assert composite["args"][:4] == ["firestore", "indexes", "composite", "create"]
+    assert flag(composite, "--collection-group") == "ent" and flag(composite, "--query-scope") == "collection"
+    assert flag(composite, "--database") == "ingest-db"
+    assert [a for a in composite["args"] if a.startswith("--field-config=")] == [
+        "--field-config=field-path=count,order=descending", "--field-config=field-path=word,order=ascending"]
+    (tmp_path / "fake.log").unlink()
+    result = ok(run("firestore-indexes.sh", "--project", PROJECT, "--layout=all", "--async", tmp=tmp_path,
+                    env=fake_curl_env(tmp_path)))
+    assert [c["prog"] if c["prog"] == "curl" else c["args"][1] if c["args"][0] == "auth" else c["args"][2]
+            for c in calls(tmp_path)] == \
+        ["ttls", "fields", "fields", "fields", "fields", "print-access-token", "curl", "composite"]
+    assert all("--async" in c["args"] for c in calls(tmp_path) if c["prog"] == "gcloud" and "auth" not in c["args"])
+    assert "both layouts" in result.stderr
+
+
+def test_firestore_indexes_reports_an_index_it_could_not_create(tmp_path):
+    result = run("firestore-indexes.sh", "--project", PROJECT, "--layout", "all", tmp=tmp_path,
+                 env={**fake_curl_env(tmp_path), "FAKE_FAIL_MATCH": "composite"})
+    assert result.returncode == 1
+    assert "not done: composite index ent" in result.stderr
+    assert len(index_calls(tmp_path)) == 5  # everything else was still done
+
+
+def test_firestore_indexes_dry_run_and_bad_arguments(tmp_path):
+    result = ok(run("firestore-indexes.sh", "--dry-run", "--project", PROJECT, tmp=tmp_path))
+    assert calls(tmp_path) == []
+    plan = result.stdout.splitlines()
+    assert f"gcloud firestore indexes fields update e --collection-group=shards --project={PROJECT} " \
+           "--database=\\(default\\) --disable-indexes --quiet" in plan
+    assert any(line.startswith("curl ") and "-H @HEADER_FILE" in line for line in plan)
+    assert "dry run: nothing was done" in result.stderr
+    usage_failure(run("firestore-indexes.sh", tmp=tmp_path), "--project is required")
+    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "rows", tmp=tmp_path), "--layout must be")
+    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--database", "Bad/Db", tmp=tmp_path), "--database")
+    assert calls(tmp_path) == []
+
+
+def test_firestore_indexes_json_says_the_same(tmp_path):
+    """deploy/firestore.indexes.json (Firebase CLI) and the script set up the same exemptions."""
+    config = json.loads((DEPLOY / "firestore.indexes.json").read_text())
+    exempt = {(o["fieldPath"], o["collectionGroup"]) for o in config["fieldOverrides"] if o["indexes"] == []}
+    ok(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "all", tmp=tmp_path, env=fake_curl_env(tmp_path)))
+    assert exempt == {(f, g) for f, g, what in index_calls(tmp_path) if what == "--disable-indexes"}
+    (changed_at,) = [o for o in config["fieldOverrides"] if o["fieldPath"] == "changed_at"]
+    (curl,) = [c for c in calls(tmp_path) if c["prog"] == "curl"]
+    sent = json.loads(curl["args"][curl["args"].index("--data") + 1])["indexConfig"]["indexes"]
+    assert sorted((i["queryScope"], i["order"]) for i in changed_at["indexes"]) == \
+        sorted((i["queryScope"], i["fields"][0]["order"]) for i in sent)
+
+
+# ----------------------------------------------------------------------------------------
 # vm-setup.sh: the VM side, for real, into a temporary root
 
 
