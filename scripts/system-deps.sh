@@ -25,6 +25,7 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
 [ -f "$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" ] || missing+=(google-cloud-cli-firestore-emulator)
+compgen -G "$sdk_root/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*.jar" >/dev/null || missing+=(google-cloud-cli-pubsub-emulator)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -133,3 +133,175 @@ def test_frontend_publishes_and_a_backend_counts_and_acknowledges(tmp_path, pubs
     assert code == 0, backend.log()[-3000:]
     assert "Traceback" not in backend.log(), backend.log()[-3000:]
     assert store_counts(store_url) == expected_counts(recount, posts)
+
+
+def kill_group(backend) -> None:
+    """SIGKILL of the backend's whole process group, as a lost VM or the OOM killer would."""
+    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
+    os.killpg(backend.proc.pid, signal.SIGKILL)
+    backend.proc.wait(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in members), 30, what="the killed group to be gone")
+
+
+class Sender(threading.Thread):
+    """POSTs its requests to one frontend, each retried with the same ids until answered 202."""
+
+    def __init__(self, frontend, requests, pause: float):
+        super().__init__(daemon=True)
+        self.frontend, self.requests, self.pause = frontend, requests, pause
+        self.sent = 0
+        self.retries = 0
+        self.error: Exception | None = None
+
+    def run(self):
+        try:
+            with self.frontend.client(headers={"X-API-Key": self.frontend.api_key}) as http:
+                for body in self.requests:
+                    while http.post("/posts", json=body).status_code != 202:
+                        self.retries += 1
+                        time.sleep(0.2)
+                    self.sent += len(body)
+                    time.sleep(self.pause)
+        except Exception as exc:  # reported by the test
+            self.error = exc
+
+
+@pytest.mark.slow
+@pytest.mark.firestore
+def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_each_article_once(
+        tmp_path, pubsub_topic, firestore_emulator, firestore_project, recount):
+    """The issue's fleet: 1,000 articles through 2 frontends and Pub/Sub into 3 backends storing in the
+    Firestore emulator; one backend SIGKILLed (its whole group) and one SIGTERMed mid-load, both
+    restarted. Every article is counted exactly once: the store equals an independent recount."""
+    from ingest.stores.firestore import FirestoreStore
+
+    store_url = f"firestore://{firestore_project}"
+    env = {"FIRESTORE_EMULATOR_HOST": firestore_emulator}
+    posts = [(f"Outlet {i % 100:02d}", content, f"https://example.test/fleet/{i}")
+             for i, (_, content) in enumerate(articles(1000, seed=51))]
+    bodies = [[{"publication": p, "content": c, "id": i} for p, c, i in posts[s:s + 10]] for s in range(0, 1000, 10)]
+    flags = ("--pubsub-ack-deadline", "10", "--savers", "1")
+
+    def backend(n):
+        return fleet_backend(tmp_path, pubsub_topic, store_url, *flags, env=env, name=f"b{n}")
+
+    backends = [backend(n) for n in range(3)]
+    frontends, senders = [], []
+    try:
+        for n in range(2):
+            frontends.append(start_frontend(tmp_path, {"INGEST_STORE": store_url},
+                                            env={**pubsub_topic.env, **env, "INGEST_INTAKE": pubsub_topic.frontend_url}))
+        senders = [Sender(frontends[n], bodies[n::2], pause=0.08) for n in range(2)]
+        started = time.monotonic()
+        for s in senders:
+            s.start()
+        sent = lambda: sum(s.sent for s in senders)  # noqa: E731
+        wait_for(lambda: sent() >= 300 and backends[0].status()["pubsub_held_messages"] > 0, 120, 0.01,
+                 "backend 0 to hold messages mid-load")
+        held = backends[0].status()["pubsub_held_messages"]
+        kill_group(backends[0])
+        killed_at = time.monotonic()
+        backends[0] = backend(0)
+        wait_for(lambda: sent() >= 600, 120, 0.02, "more of the load")
+        assert backends[1].stop(signal.SIGTERM) == 0, backends[1].log()[-3000:]
+        backends[1] = backend(1)
+        for s in senders:
+            s.join(300)
+        assert not any(s.is_alive() for s in senders) and not any(s.error for s in senders), [s.error for s in senders]
+        load_seconds = time.monotonic() - started
+
+        store = FirestoreStore(project=firestore_project)
+        try:
+            stored = lambda: sum(p.articles for p in store.publications())  # noqa: E731
+            wait_for(lambda: stored() >= 1000 and held_settled(backends), 240, 0.5, "every article to be counted")
+            # past the killed backend's leases: anything still to be redelivered has been, and counted once
+            time.sleep(max(0.0, killed_at + 12 - time.monotonic()))
+            wait_for(lambda: held_settled(backends), 60, 0.5, "the fleet to settle")
+            assert stored() == 1000
+        finally:
+            store.close()
+        assert undelivered(pubsub_topic) == 0
+        statuses = [b.status() for b in backends]
+    finally:
+        for s in senders:
+            s.join(1)
+        for f in frontends:
+            f.stop()
+        codes = [b.stop() for b in backends]
+    assert codes == [0, 0, 0], [b.log()[-3000:] for b in backends]
+    for b in backends:
+        assert "Traceback" not in b.log(), b.log()[-3000:]
+    got = store_counts(store_url)
+    doubled = {k: v[0] for k, v in got.items() if v[0] != 10}
+    assert not doubled and len(got) == 100, f"outlets with other than 10 articles: {doubled}"
+    assert got == expected_counts(recount, posts)
+    print(f"load {load_seconds:.1f}s; backend 0 held {held} messages when killed; "
+          f"acked {[s['pubsub_acked'] for s in statuses]}, redelivered {[s['pubsub_redelivered'] for s in statuses]}")
+
+
+def publish_raw(setup, messages) -> None:
+    """Publish (group, posts) messages straight to the topic, as a frontend would, and wait for every ack."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(setup.project, setup.topic)
+    futures = [publisher.publish(topic, intakeurl.encode(posts), group=group, articles=str(len(posts)))
+               for group, posts in messages]
+    for future in futures:
+        future.result(timeout=120)
+
+
+@pytest.mark.slow
+def test_the_same_message_delivered_to_two_backends_is_counted_once(tmp_path, pubsub_topic, recount):
+    """What a redelivery after a lost ack or an expired lease is: a second copy of a message, taken by
+    any backend, maybe while the first is still being counted. Each message is published twice here;
+    the copies land on two backends, and the store's batch marker (the group id) counts each once."""
+    store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    posts = traced(80, seed=43)
+    messages = [(intakeurl.group_id(posts[i:i + 4]), posts[i:i + 4]) for i in range(0, 80, 4)]
+    # holding two messages at a time each, the two backends share the stream and its copies
+    backends = [fleet_backend(tmp_path, pubsub_topic, store_url, "--pubsub-max-messages", "2", name=f"b{n}")
+                for n in range(2)]
+    try:
+        publish_raw(pubsub_topic, messages + messages[::-1])
+        wait_for(lambda: sum(b.status()["pubsub_acked"] for b in backends) >= 40 and held_settled(backends),
+                 120, 0.2, "both copies of every message to be acknowledged")
+        processed = [b.status()["processed"] for b in backends]
+    finally:
+        codes = [b.stop() for b in backends]
+    assert codes == [0, 0], [b.log()[-3000:] for b in backends]
+    skipped = "".join(b.log() for b in backends).count("already applied")
+    print(f"processed {processed}; {skipped} batches found already applied")
+    assert min(processed) > 0 and skipped > 0, "copies must have been counted by both backends to prove anything"
+    assert store_counts(store_url) == expected_counts(recount, posts)
+
+
+@pytest.mark.slow
+def test_a_backlog_of_50000_messages_waits_in_pubsub_while_the_backend_stays_small(tmp_path, pubsub_topic):
+    """Flow control: the backend holds at most --pubsub-max-messages; its memory does not follow the backlog."""
+    short = articles(50, seed=44)
+    messages = [("r%032x" % i, [(short[i % 50][0], short[i % 50][1], None)]) for i in range(50_000)]
+    published = time.monotonic()
+    publish_raw(pubsub_topic, messages)
+    published = time.monotonic() - published
+    backend = fleet_backend(tmp_path, pubsub_topic, f"sqlite:///{tmp_path / 'big.db'}",
+                            "--pubsub-max-messages", "300")
+    samples, held = [], []
+    try:
+        proc = psutil.Process(backend.proc.pid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            samples.append(proc.memory_info().rss)
+            held.append(backend.status()["pubsub_held_messages"])
+            time.sleep(0.5)
+        status = backend.status()
+    finally:
+        code = backend.stop()
+    assert code == 0, backend.log()[-3000:]
+    assert 0 < status["pubsub_acked"] < 50_000 - 10_000, "most of the backlog must still be waiting in Pub/Sub"
+    assert max(held) <= 300
+    growth = (max(samples[4:]) - samples[4]) / 2**20
+    print(f"published 50,000 in {published:.1f}s; {status['pubsub_acked']} acked in 20 s; held <= {max(held)}; "
+          f"main process RSS {samples[4] / 2**20:.0f} -> max {max(samples) / 2**20:.0f} MB (+{growth:.1f} MB)")
+    assert growth < 40, f"the backend's RSS grew {growth:.0f} MB while the backlog waited"

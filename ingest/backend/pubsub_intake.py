@@ -231,7 +231,7 @@ class PubSubIntake(Intake):
         """Journal the new messages' articles (one commit), extend their leases, queue them for the workers."""
         self.counts["pulled"] += len(received)
         self._extend([m.ack_id for m in received])
-        fresh, ack_now = [], []
+        fresh, ack_now, copies = [], [], collections.defaultdict(list)
         with self.glock:
             for m in received:
                 gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
@@ -242,7 +242,11 @@ class PubSubIntake(Intake):
                 elif gid in self.done:           # committed by us already: its ack was lost
                     ack_now.append(m.ack_id)
                     self.counts["redelivered"] += 1
+                elif gid and gid in copies:      # two copies in one pull: the second rides with the first
+                    copies[gid].append(m.ack_id)
+                    self.counts["redelivered"] += 1
                 else:
+                    copies[gid] = []
                     fresh.append(m)
         self._ack(ack_now)
         parsed = []
@@ -254,8 +258,8 @@ class PubSubIntake(Intake):
                 posts = decode(m.message.data)
             except ValueError as exc:
                 log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
-                self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
-                                  bytes(m.message.data))
+                self._dead_letter(Group(gid or m.message.message_id, [m.ack_id, *copies.get(gid, [])], [], 0,
+                                        dict(m.message.attributes)), bytes(m.message.data))
                 continue
             parsed.append((gid, m, posts))
         if not parsed:
@@ -265,7 +269,7 @@ class PubSubIntake(Intake):
             result = self.journal.append(items)
         except QueueFull as exc:  # the scratch journal is full or its disk is: Pub/Sub keeps them meanwhile
             self._error("journal", exc)
-            self._nack([m.ack_id for _, m, _ in parsed])
+            self._nack([a for _, m, _ in parsed for a in [m.ack_id, *copies[m.message.attributes[GROUP_ATTRIBUTE]]]])
             time.sleep(0.5)
             return
         entries = iter(result["entries"])
@@ -273,8 +277,8 @@ class PubSubIntake(Intake):
         with self.glock:
             for gid, m, posts in parsed:
                 mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in posts)]
-                self.groups[gid] = Group(gid, [m.ack_id], [e.seq for e in mine], len(mine), dict(m.message.attributes),
-                                         [p[0] for p in posts])
+                self.groups[gid] = Group(gid, [m.ack_id, *copies[gid]], [e.seq for e in mine], len(mine),
+                                         dict(m.message.attributes), [p[0] for p in posts])
                 queued.extend(mine)
         with self._lock:
             self._items.extend(queued)
