@@ -305,3 +305,33 @@ def test_a_backlog_of_50000_messages_waits_in_pubsub_while_the_backend_stays_sma
     print(f"published 50,000 in {published:.1f}s; {status['pubsub_acked']} acked in 20 s; held <= {max(held)}; "
           f"main process RSS {samples[4] / 2**20:.0f} -> max {max(samples) / 2**20:.0f} MB (+{growth:.1f} MB)")
     assert growth < 40, f"the backend's RSS grew {growth:.0f} MB while the backlog waited"
+
+
+@pytest.mark.slow
+def test_a_message_that_keeps_killing_workers_goes_to_the_dead_letter_topic(tmp_path, pubsub_topic, recount):
+    """Its article kills a worker twice: the whole message is published to the dead-letter topic and
+    acknowledged; the other messages are counted; nothing of the poisoned message is."""
+    from google.cloud import pubsub_v1
+
+    store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    good = traced(12, seed=45)
+    poisoned = [("Poisoned Outlet", "Angela Merkel visited Paris. POISON-7f3a", "p1"), ("Poisoned Outlet", "Berlin.", "p2")]
+    messages = [(intakeurl.group_id(good[i:i + 4]), good[i:i + 4]) for i in range(0, 12, 4)]
+    messages.insert(1, (intakeurl.group_id(poisoned), poisoned))
+    backend = fleet_backend(tmp_path, pubsub_topic, store_url, env={"INGEST_TEST_POISON_TOKEN": "POISON-7f3a"})
+    try:
+        publish_raw(pubsub_topic, messages)
+        wait_for(lambda: backend.status()["pubsub_dead_lettered"] == 1 and backend.status()["pubsub_acked"] == 4
+                 and held_settled([backend]), 120, 0.2, "the poisoned message to be dead-lettered")
+    finally:
+        code = backend.stop()
+    assert code == 0, backend.log()[-3000:]
+    assert store_counts(store_url) == expected_counts(recount, good)
+    sub = pubsub_v1.SubscriberClient()
+    try:
+        path = sub.subscription_path(pubsub_topic.project, pubsub_topic.dead_letter_subscription)
+        got = sub.pull(request={"subscription": path, "max_messages": 10}, timeout=10, retry=None).received_messages
+    finally:
+        sub.close()
+    assert len(got) == 1 and got[0].message.attributes["group"] == messages[1][0]
+    assert sorted(intakeurl.decode(got[0].message.data)) == sorted((p, c, None) for p, c, _ in poisoned)
