@@ -94,8 +94,8 @@ def test_many_entities_fill_several_shards_and_a_restarted_writer_goes_on_where_
     n = PART_ENTITIES + SHARD_ENTITIES + 10
     writes = store.apply(delta("wide", wide("Wide", n)))
     shards = -(-n // SHARD_ENTITIES)
-    # two commits, a part each: part 0 fills shards 0-4, part 1 shards 4-6; each writes the summary and a marker
-    assert shards == 7 and writes == (5 + 1 + 1) + (3 + 1 + 1) - 1
+    # one commit (planned from what the writer knows: a new publication touches only new shards)
+    assert shards == 7 and writes == 7 + 1 + 1
     docs = stored_packed(firestore_project)[doc_id("wide")]
     assert sorted(docs["shards"]) == sorted(f"w1-{i}" for i in range(shards))
     assert all(len(s["e"]) <= SHARD_ENTITIES for s in docs["shards"].values())
@@ -124,6 +124,38 @@ def test_a_commit_that_applied_chunk_0_then_died_is_finished_once(firestore_proj
     got = counts(fresh, "alpha")
     assert len(got) == 2 * PART_ENTITIES + 3 and set(got.values()) == {(1, 1)}
     assert [(p.publication, p.articles) for p in fresh.publications()] == [("Alpha", 1), ("Beta", 1)]
+
+
+@firestore
+def test_a_batch_that_died_after_its_first_commit_is_finished_with_the_plan_in_that_commits_marker(
+        firestore_project, monkeypatch):
+    """The plan depends on what the writer knew, so it rides in the first commit's marker; a retry in
+    a fresh process (which knows more: the first commit is stored) follows it."""
+    writer = packed(firestore_project)
+    d = delta("died", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 4 x (1 summary + 1 shard)
+    from ingest.stores.firestore_packed import PackedLayout
+
+    real, calls = PackedLayout.commit, []
+
+    def dies_after_one(self, *args, **kw):
+        if calls:
+            raise SystemExit("killed")
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(writer, "max_writes", 5)  # two publications per commit
+    monkeypatch.setattr(PackedLayout, "commit", dies_after_one)
+    with pytest.raises(SystemExit):
+        writer.apply(d)
+    monkeypatch.setattr(PackedLayout, "commit", real)
+    retry = packed(firestore_project, max_writes=5)
+    from google.cloud import firestore as gfs
+
+    assert gfs.Client(project=firestore_project).collection("ingest_batches").document("died-0").get().get(
+        "plan") == [0, 2]
+    assert retry.apply(d) == 2 + 2 + 1 and retry.apply(d) == 0
+    assert [(p.publication, p.articles, p.entities) for p in retry.publications()] == [
+        (f"Pub {i}", 1, 300) for i in range(4)]
 
 
 @firestore
@@ -161,7 +193,7 @@ def test_several_writers_are_summed_and_their_entities_merged_exactly(firestore_
     stores[1].apply(delta("3", post("Shared", ["c"])))  # the reader re-reads only what changed
     assert counts(reader, "shared")["c"] == (3, 3)
     # the listing is re-read incrementally (summaries changed since the last look): it sees the change
-    assert reader.packed.listed_at is not None
+    assert reader.packed.reads.listed_at is not None
     rows = {p.publication: (p.articles, p.entities, p.mentions) for p in reader.publications()}
     assert rows == {"Shared": (5, 3, 7), "Only Zero": (1, 1, 1)}
     import json

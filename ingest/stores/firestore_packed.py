@@ -14,9 +14,10 @@ entities and ~600 KB (Firestore: 1 MiB and 40,000 index entries; the maps are ex
 indexing, deploy/firestore-indexes.sh). A publication's flush is one write of its summary plus
 one per shard it touches.
 
-Exactly once: a batch is planned into commits from the delta alone (publications sorted; a
-publication's entities in parts of 20,000), each commit with its marker `create`, as in the
-entities layout. Each commit updates the writer's summary with an `update_time` precondition, so
+Exactly once: a batch's parts come from the delta alone (publications sorted; a publication's
+entities in parts of 20,000); how many go in one commit follows what the writer knows of its
+shards, and the first commit's marker records that plan for a retry. Each commit `create`s its
+marker, as in the entities layout. Each commit updates the writer's summary with an `update_time` precondition, so
 a writer whose picture of its documents is stale (a commit whose outcome it never learnt, a second
 process under its name) fails, forgets that picture, reads it again and retries; a commit whose
 marker exists was applied and is skipped.
@@ -83,31 +84,45 @@ class PackedChunk:
     parts: tuple[Part, ...]
 
 
-def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
-    """The commits of a batch, from the delta alone: a retry plans the same commits."""
-    units = []
+def units(delta: Delta) -> list[Part]:
+    """A batch's parts in a fixed order (publications sorted; entities in parts of 20,000): from the
+    delta alone, so a retry sees the same ones."""
+    out = []
     for key in sorted(delta.publications):
         entities = sorted(delta.publications[key].mentions)
         pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
-        for i, piece in enumerate(pieces):
-            docs = 1 + min(len(piece), MAX_SHARDS)  # its summary and, at most, a shard per entity
-            size = 2000 + sum(entry_bytes(e) for e in piece)
-            units.append((Part(key, i, tuple(piece)), docs, size))
-    chunks: list[list[Part]] = []
-    current: list[Part] = []
-    docs = size = 0
-    room = max_writes - 1  # the marker
-    for part, d, b in units:
-        if current and (docs + d > room or size + b > COMMIT_BYTES):
-            chunks.append(current)
-            current, docs, size = [], 0, 0
-        current.append(part)
+        out.extend(Part(key, i, tuple(piece)) for i, piece in enumerate(pieces))
+    return out
+
+
+def pack(parts: list[Part], cost, max_writes: int) -> list[int]:
+    """Where the commits start in `parts`: as few as fit `max_writes` documents (the marker
+    included) and COMMIT_BYTES each; cost(part) -> (documents, bytes)."""
+    starts, docs, size = [0], 0, 0
+    room = max_writes - 1
+    for i, part in enumerate(parts):
+        d, b = cost(part)
+        if i > starts[-1] and (docs + d > room or size + b > COMMIT_BYTES):
+            starts.append(i)
+            docs = size = 0
         docs += d
         size += b
-    if current:
-        chunks.append(current)
-    base = marker_base(delta.batch_id)
-    return [PackedChunk(i, f"{base}-{i}", tuple(parts)) for i, parts in enumerate(chunks)]
+    return starts
+
+
+def chunks_at(parts: list[Part], starts: list[int], batch_id: str, marker_base) -> list[PackedChunk]:
+    base = marker_base(batch_id)
+    ends = starts[1:] + [len(parts)]
+    return [PackedChunk(i, f"{base}-{i}", tuple(parts[a:b])) for i, (a, b) in enumerate(zip(starts, ends))]
+
+
+def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
+    """The commits of a batch from the delta alone, each part counted at its worst (a summary and a
+    shard per entity, at most MAX_SHARDS): the plan of a batch whose first marker has none."""
+    parts = units(delta)
+    starts = pack(parts, lambda p: (1 + min(len(p.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, p.entities))),
+                  max_writes)
+    return chunks_at(parts, starts, delta.batch_id, marker_base)
 
 
 @dataclass
@@ -164,18 +179,39 @@ def _parse_shard(data: dict) -> dict:
     return out
 
 
+class Reads:
+    """What a process has read of one database: shared by its threads (the frontend opens a store
+    per app thread), so each summary and shard is read once per process, not once per thread."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.listing: dict[tuple[str, str], dict] = {}   # (key, writer) -> summary
+        self.listed_at: float | None = None              # when the last look at the summaries started
+        self.full_at = 0.0                               # ... and the last full one
+        self.incremental = True                          # False: no index on sums.changed_at here
+        self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # (key, writer, n) -> (sv, counts)
+        self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
+
+
+_READS: dict[tuple, Reads] = {}
+_READS_LOCK = threading.Lock()
+
+
+def shared_reads(project, database) -> Reads:
+    import os
+
+    where = (os.getpid(), project, database, os.environ.get("FIRESTORE_EMULATOR_HOST"))
+    with _READS_LOCK:
+        return _READS.setdefault(where, Reads())
+
+
 class PackedLayout:
     """Reads and writes of the packed layout, on a FirestoreStore's client and settings."""
 
     def __init__(self, store):
         self.store = store
         self.owned: OrderedDict[str, Owned] = OrderedDict()  # the writer's side, least recently used first
-        self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # readers: (key, writer, n) -> (sv, counts)
-        self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
-        self.lock = threading.Lock()  # the frontend's app threads share one instance
-        self.listing: dict[tuple[str, str], dict] = {}  # readers: (key, writer) -> summary
-        self.listed_at: float | None = None   # when the last look at the summaries started
-        self.full_at = 0.0                    # ... and the last full one
+        self.reads = shared_reads(store.client.project, store.database)
 
     @property
     def db(self):
@@ -186,13 +222,53 @@ class PackedLayout:
 
     # -- writes ---------------------------------------------------------
     def apply(self, delta: Delta) -> int:
+        """The commits are planned from what the writer knows of its documents (how many shards a
+        part really touches), and the plan rides in the first commit's marker. Commits go in
+        order, so while that marker is missing nothing of the batch is stored and a retry may plan
+        afresh; once it exists, a retry reads the plan from it and finishes the rest."""
+        from google.api_core.exceptions import AlreadyExists
+
         from .firestore import marker_base
 
-        chunks = plan(delta, self.store.max_writes, marker_base)
+        parts = units(delta)
         with self.store._translated(f"batch={delta.batch_id}"):
-            return sum(self.commit(delta, chunk, len(chunks)) for chunk in chunks)
+            for key in dict.fromkeys(p.key for p in parts):
+                self.load(key)
+            starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes)
+            chunks = chunks_at(parts, starts, delta.batch_id, marker_base)
+            try:
+                total = self.commit(delta, chunks[0], len(chunks), plan=starts, quiet=True)
+            except AlreadyExists:  # the first commit was applied before: go on with its plan
+                recorded = self.db.collection("ingest_batches").document(chunks[0].marker_id).get(
+                    retry=self.store.read_retry, timeout=self.store.timeout)
+                starts = recorded.get("plan") if recorded.exists and "plan" in (recorded.to_dict() or {}) else None
+                chunks = chunks_at(parts, starts, delta.batch_id, marker_base) if starts \
+                    else plan(delta, self.store.max_writes, marker_base)
+                total = 0
+                log.info("batch=%s chunk=1/%d already applied; going on with its plan", delta.batch_id, len(chunks))
+            for chunk in chunks[1:]:
+                total += self.commit(delta, chunk, len(chunks))
+            return total
 
-    def commit(self, delta: Delta, chunk: PackedChunk, chunks: int) -> int:
+    def cost(self, part: Part, delta: Delta) -> tuple[int, int]:
+        """(documents, bytes) a part writes, given the shards its known entities are in."""
+        owned = self.owned.get(part.key) or Owned()
+        touched = {owned.counts[e][2] for e in part.entities if e in owned.counts}
+        last = owned.shards[-1] if owned.shards else None
+        n, entities, size = (last.n, last.entities, last.bytes) if last else (-1, SHARD_ENTITIES, 0)
+        for e in part.entities:  # where Owned.place would put the new ones
+            if e in owned.counts:
+                continue
+            b = entry_bytes(e)
+            if entities >= SHARD_ENTITIES or size + b > SHARD_BYTES:
+                n, entities, size = n + 1, 0, 0
+            entities, size = entities + 1, size + b
+            touched.add(n)
+        return 1 + len(touched), 2000 + sum(map(entry_bytes, part.entities))
+
+    def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
+               quiet: bool = False) -> int:
+        """One commit; 0 if its marker exists (`quiet`: raise AlreadyExists instead)."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
         db, writer = self.db, self.store.writer
@@ -201,8 +277,11 @@ class PackedLayout:
             owned = {key: self.load(key) for key in keys}
             batch = db.batch()
             marker = db.collection("ingest_batches").document(chunk.marker_id)
-            batch.create(marker, {"batch_id": delta.batch_id, "chunk": chunk.index, "chunks": chunks,
-                                  "writer": writer, "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl})
+            record = {"batch_id": delta.batch_id, "chunk": chunk.index, "chunks": chunks, "writer": writer,
+                      "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl}
+            if plan is not None:
+                record["plan"] = plan
+            batch.create(marker, record)
             written, summaries = [marker.path], {}
             for key in keys:
                 parts = [p for p in chunk.parts if p.key == key]
@@ -217,6 +296,8 @@ class PackedLayout:
             results = batch.commit(retry=None, timeout=self.store.timeout)
         except AlreadyExists:  # the marker: applied before; what we staged is not what is stored
             self.forget(keys)
+            if quiet:
+                raise
             log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
             return 0
         except FailedPrecondition as exc:  # our picture of our documents is stale: read them again, retry
@@ -335,32 +416,43 @@ class PackedLayout:
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         """Every publication, from the summaries; a reader re-reads only those changed since it last
         looked (a query on `changed_at`), and all of them every LIST_FULL_EVERY seconds."""
-        store = self.store
+        from google.api_core.exceptions import FailedPrecondition
+
+        store, reads = self.store, self.reads
         with store._translated("publications"):
             started = time.time()
-            query = self.db.collection_group(SUMS).select(SUM_FIELDS)
-            full = self.listed_at is None or started - self.full_at > LIST_FULL_EVERY
-            if not full:
-                since = datetime.fromtimestamp(self.listed_at - LIST_SKEW, timezone.utc)
-                query = query.where(filter=_field_filter("changed_at", ">=", since))
-            fresh = {}
-            for snap in query.stream(retry=store.read_retry, timeout=store.timeout):
-                d = snap.to_dict()
-                fresh[(d.get("key") or "", d.get("writer") or "")] = d
-            with self.lock:
+            full = not reads.incremental or reads.listed_at is None or started - reads.full_at > LIST_FULL_EVERY
+            try:
+                fresh = self.read_summaries(None if full else reads.listed_at - LIST_SKEW)
+            except FailedPrecondition as exc:  # real Firestore without the index deploy/ creates
+                log.warning("no collection-group index on sums.changed_at (deploy/firestore-indexes.sh): every "
+                            "/publications reads every summary (%s)", exc)
+                reads.incremental, full = False, True
+                fresh = self.read_summaries(None)
+            with reads.lock:
                 if full:
-                    self.listing = fresh
-                    self.full_at = started
+                    reads.listing = fresh
+                    reads.full_at = started
                 else:
-                    self.listing.update(fresh)
-                self.listed_at = started
+                    reads.listing.update(fresh)
+                reads.listed_at = started
                 grouped: dict[str, list[dict]] = {}
-                for (key, _), d in self.listing.items():
+                for (key, _), d in reads.listing.items():
                     grouped.setdefault(key, []).append(d)
             rows = sorted(((key, self.summarize(key, sums)) for key, sums in grouped.items()),
                           key=lambda r: (-r[1].articles, r[0]))
         everything = [summary for _, summary in rows]
         return everything[offset:] if limit is None else everything[offset:offset + limit]
+
+    def read_summaries(self, since: float | None) -> dict:
+        query = self.db.collection_group(SUMS).select(SUM_FIELDS)
+        if since is not None:
+            query = query.where(filter=_field_filter("changed_at", ">=", datetime.fromtimestamp(since, timezone.utc)))
+        fresh = {}
+        for snap in query.stream(retry=self.store.read_retry, timeout=self.store.timeout):
+            d = snap.to_dict()
+            fresh[(d.get("key") or "", d.get("writer") or "")] = d
+        return fresh
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
         key = publication_key(publication)
@@ -371,11 +463,12 @@ class PackedLayout:
 
     def merge(self, key: str, sums: list[dict]) -> list[EntityCount]:
         """Every writer's shards of one publication, summed and sorted; re-read only what changed."""
+        reads = self.reads
         signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
-        with self.lock:
-            cached = self.merged.get(key)
+        with reads.lock:
+            cached = reads.merged.get(key)
             if cached is not None and cached[0] == signature:
-                self.merged.move_to_end(key)
+                reads.merged.move_to_end(key)
                 return cached[1]
         store = self.store
         wanted, stale = [], []
@@ -384,7 +477,7 @@ class PackedLayout:
             for n in range(int(d.get("shards", 0))):
                 version = int(sv.get(str(n), 0))
                 wanted.append(((key, writer, n), version))
-                hit = self.shard_cache.get((key, writer, n))
+                hit = reads.shard_cache.get((key, writer, n))
                 if hit is None or hit[0] != version:
                     stale.append((key, writer, n))
         if stale:
@@ -396,20 +489,20 @@ class PackedLayout:
             versions = dict(wanted)
             for snap in snaps:
                 where = refs[snap.id]
-                self.shard_cache[where] = (versions[where], _parse_shard(snap.to_dict() or {}) if snap.exists else {})
+                reads.shard_cache[where] = (versions[where], _parse_shard(snap.to_dict() or {}) if snap.exists else {})
         totals: dict[str, list[int]] = {}
         for where, _ in wanted:
-            for entity, (m, a) in self.shard_cache.get(where, (0, {}))[1].items():
+            for entity, (m, a) in reads.shard_cache.get(where, (0, {}))[1].items():
                 t = totals.setdefault(entity, [0, 0])
                 t[0] += m
                 t[1] += a
         rows = [EntityCount(entity=e, mentions=m, articles=a)
                 for e, (m, a) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
-        with self.lock:
-            self.merged[key] = (signature, rows)
-            while len(self.merged) > 64:
-                self.merged.popitem(last=False)
-        if len(self.shard_cache) > 4096:  # readers keep a bounded picture; it is rebuilt on demand
+        with reads.lock:
+            reads.merged[key] = (signature, rows)
+            while len(reads.merged) > 64:
+                reads.merged.popitem(last=False)
+        if len(reads.shard_cache) > 4096:  # readers keep a bounded picture; it is rebuilt on demand
             keep = {where for where, _ in wanted}
-            self.shard_cache = {k: v for k, v in self.shard_cache.items() if k in keep}
+            reads.shard_cache = {k: v for k, v in reads.shard_cache.items() if k in keep}
         return rows
