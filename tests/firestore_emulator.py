@@ -156,6 +156,24 @@ def stored_packed(project: str) -> dict:
     return out
 
 
+def firestore_counts(project: str) -> dict:
+    """{publication key: (articles, {entity: (mentions, articles)})} summed from the documents
+    themselves, in whichever layout they are (independent of the store's read code)."""
+    out: dict = {}
+    for doc in stored(project).values():
+        out[doc["doc"]["key"]] = (doc["doc"]["count"], {e["word"]: (e["count"], e["articles"]) for e in doc["ent"].values()})
+    for docs in stored_packed(project).values():
+        sums = list(docs["sums"].values())
+        entities: dict = {}
+        for shard in docs["shards"].values():
+            items = [(k, v) for k, v in (shard.get("e") or {}).items()] + [(v["w"], v) for v in (shard.get("h") or {}).values()]
+            for entity, v in items:
+                m, a = entities.get(entity, (0, 0))
+                entities[entity] = (m + v["m"], a + v["a"])
+        out[sums[0]["key"]] = (sum(s["articles"] for s in sums), entities)
+    return out
+
+
 @pytest.fixture(scope="session")
 def firestore_emulator():
     """'127.0.0.1:PORT' of an emulator shared by the session; skips loudly when not installed."""

@@ -115,3 +115,46 @@ def test_three_backends_on_one_database_own_their_documents_and_write_each_at_mo
     # has planned it (the first one reads its documents first): allow that much jitter, no more
     assert min(gaps) >= interval - 0.25, f"a document written twice within {min(gaps):.2f}s"
     print(f"{len(commits)} commits, {len(writers)} documents, {len(gaps)} rewrites, shortest gap {min(gaps):.2f}s")
+
+
+@pytest.mark.parametrize("layout", ["entities", "packed"])
+def test_counts_over_http_and_straight_from_firestore_equal_a_recount(tmp_path, firestore_emulator, firestore_project,
+                                                                       recount, layout):
+    """POSTed over HTTP, read back over HTTP (publications, every entity page) and from the documents
+    themselves (tests/firestore_emulator.firestore_counts): the same as an independent recount."""
+    from urllib.parse import quote
+
+    import httpx
+
+    from ingest.core.rules import publication_key
+    from tests.firestore_emulator import firestore_counts
+    from tests.frontend_support import start_frontend
+    from tests.support import expected_counts
+
+    posts = articles(60, seed=31) + [("  the DAILY planet ", "Angela Merkel met Barack Obama in Paris.")]
+    backend = start_backend(tmp_path, "--workers", "1", "--flush-interval", "0.5",
+                            store_url=f"firestore://{firestore_project}?layout={layout}")
+    try:
+        frontend = start_frontend(tmp_path, backend.env)
+        try:
+            with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=30) as http:
+                for i in range(0, len(posts), 20):
+                    r = http.post("/posts", json=[{"publication": p, "content": c} for p, c in posts[i:i + 20]])
+                    assert r.status_code == 202
+                backend.wait_idle(180)
+                over_http = {}
+                for row in http.get("/publications").json():
+                    name = quote(row["publication"], safe="")
+                    entities = [e for off in range(0, row["entities"] + 7, 7)
+                                for e in http.get(f"/publications/{name}/entities?limit=7&offset={off}").json()]
+                    assert len(entities) == row["entities"]
+                    assert entities == sorted(entities, key=lambda e: (-e["mentions"], e["entity"]))
+                    over_http[publication_key(row["publication"])] = (
+                        row["articles"], {e["entity"]: (e["mentions"], e["articles"]) for e in entities})
+        finally:
+            assert frontend.stop() == 0
+    finally:
+        assert backend.stop() == 0
+    expected = expected_counts(recount, posts)
+    assert over_http == expected
+    assert firestore_counts(firestore_project) == expected
