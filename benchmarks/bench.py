@@ -17,6 +17,10 @@
     per layout (`?layout=entities`, `?layout=packed`): document writes per 1,000 articles, writes/s,
     articles/s and $ per million articles at dated list prices (PRICES); FAIL and exit 1 when packed
     does not write >= 30x fewer documents per article (`--firestore-layouts` runs (h) alone).
+    (i) end to end through Pub/Sub: (c) with Google's Pub/Sub emulator between them (ingest-frontend
+    with INGEST_INTAKE=pubsub://PROJECT/TOPIC, ingestiond --intake pubsub://PROJECT/SUBSCRIPTION), the
+    same articles and client; FAIL and exit 1 when (i)/(a) < 0.90 at some W. A full run measures (i)
+    in its last round only; `--pubsub` runs (a), (c) and (i) in every round and nothing else.
 Prints the table of ratios against the targets and writes benchmarks/results.json.
 Every child runs in its own process group and is stopped at the end, also on error or Ctrl-C.
 """
@@ -48,7 +52,10 @@ DEFAULT_OUTPUT = HERE / "results.json"
 MB = 1024 * 1024
 
 TARGETS = {"c_over_a": 0.95, "c_over_b": 2.5, "d_single_over_ner": 20.0, "d_batch_over_ner": 200.0,
-           "commits_per_1000": 50.0, "firestore_write_ratio": 30.0}
+           "commits_per_1000": 50.0, "firestore_write_ratio": 30.0,
+           "pubsub_over_a": 0.90}
+PUBSUB_KEYS = ("pubsub_held_messages", "pubsub_pulled", "pubsub_acked", "pubsub_nacked", "pubsub_redelivered",
+               "pubsub_dead_lettered", "pubsub_errors")
 JOURNAL_KEYS = ("journal_articles", "journal_bytes", "journal_commits", "journal_fsync_p50_seconds",
                 "journal_fsync_p99_seconds")
 FLAT_TOLERANCE = (0.05, 8 * MB)  # the floor of the last third may exceed the first third's by 5% + 8 MB
@@ -407,21 +414,28 @@ def sqlite_articles(stack: st.Stack) -> int:
 
 def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int, post_batch: int,
                        max_body: int, extra_args: list[str], timeout: float, quiet: Quiet, name: str | None = None,
-                       env_extra: dict | None = None, stored_articles=sqlite_articles) -> dict:
+                       env_extra: dict | None = None, stored_articles=sqlite_articles, frontend_env: dict | None = None,
+                       journal_name: str = "journal.db", settled=None, extra_roles: dict | None = None,
+                       after=None) -> dict:
     """(c): POST every article, wait until the backend has stored them all, check the store's sum.
 
     `env_extra` goes to both programs (another store: (h) runs this against the Firestore
-    emulator); `stored_articles(stack)` reads the store's article sum independently."""
+    emulator); `stored_articles(stack)` reads the store's article sum independently.
+    For (i): `frontend_env` goes to the frontend alone (INGEST_INTAKE), `settled(status)` must also
+    hold before the run counts as done, `extra_roles` (name -> pids, e.g. the emulator's JVM) are
+    counted as part of the measurement, and `after(stack, status, t0)` runs before the stack is
+    stopped; its dict joins the result."""
     import psutil
 
     name = name or f"e2e-w{workers}"
-    stack = st.start_stack(children, workdir, name, ["--workers", str(workers), *extra_args], env_extra=env_extra)
+    stack = st.start_stack(children, workdir, name, ["--workers", str(workers), *extra_args], env_extra=env_extra,
+                           frontend_env=frontend_env, journal_name=journal_name)
     try:
         worker_pids = stack.child_pids("worker")
         saver_pids = stack.child_pids("saver")
         front_pids = [stack.frontend.pid] + [c.pid for c in psutil.Process(stack.frontend.pid).children(recursive=True)]
         roles = {"arbiter": [stack.backend.pid], "workers": worker_pids, "savers": saver_pids,
-                 "frontend": front_pids, "bench": [os.getpid()]}
+                 "frontend": front_pids, "bench": [os.getpid()], **(extra_roles or {})}
         all_pids = [p for ps in roles.values() for p in ps]
         bodies = make_bodies(posts, post_batch, max_body)
         quiet()
@@ -441,7 +455,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             if poster.error:
                 raise RuntimeError(f"{name}: posting failed: {poster.error}")
             if not poster.is_alive() and s["accepted"] >= len(posts) and s["processed"] >= s["accepted"] \
-                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0:
+                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and (settled is None or settled(s)):
                 t_done = now
                 break
             if now >= next_sample:
@@ -470,7 +484,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             "words_per_s": round(sum(len(c.split()) for _, c in posts) / wall, 1),
             "status": {k: s[k] for k in ("accepted", "processed", "flushes", "store_batches", "store_writes",
                                          "store_commits", "store_errors", "lost", "redelivered",
-                                         "worker_deaths", *JOURNAL_KEYS) if k in s},
+                                         "worker_deaths", *JOURNAL_KEYS, *PUBSUB_KEYS) if k in s},
             "journal": journal.result(s, t_done - t0),
             "cpu_seconds": cpu, "cpu_seconds_other_processes": round(max(0.0, busy1 - busy0 - ours), 2),
             "other_load_percent": other_load(max(0.0, busy1 - busy0 - ours), wall), **quiet.last,
@@ -488,6 +502,8 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
         result["flushes_per_1000"] = round(s["flushes"] / processed * 1000, 2)
         if stored != len(posts):
             raise RuntimeError(f"{name}: the store holds {stored} articles, expected {len(posts)}")
+        if after is not None:
+            result.update(after(stack, s, t0))
         return result
     finally:
         codes = st.stop_stack(children, stack, drain=True)
@@ -711,6 +727,109 @@ def format_firestore(h: dict) -> list[str]:
     return lines
 
 
+# -- (i) end to end through Pub/Sub ----------------------------------------------------------------------------------
+
+class PubSubEmulator:
+    """Google's Pub/Sub emulator for (i), started once per bench run by tests/pubsub_emulator.py's
+    running_emulator() (the jar in its own process group, stopped by PID when the bench ends)."""
+
+    def __init__(self):
+        import contextlib
+
+        sys.path.insert(0, str(ROOT))
+        from tests.pubsub_emulator import running_emulator
+
+        self._exit = contextlib.ExitStack()
+        self.host = self._exit.enter_context(running_emulator())
+        self.pid = self._find_pid()
+
+    def _find_pid(self) -> int | None:
+        """The JVM's PID (a child of this process), so that its CPU counts as the measurement's, not as other load."""
+        import psutil
+
+        port = self.host.rsplit(":", 1)[1]
+        for child in psutil.Process(os.getpid()).children():
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if any("pubsub-emulator" in c for c in cmd) and f"--port={port}" in cmd:
+                return child.pid
+        return None
+
+    def close(self) -> None:
+        self._exit.close()
+
+
+def pubsub_leftover(host: str, project: str, subscription: str) -> int:
+    """Messages still in the subscription after the run (pulled and handed straight back)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    sub = pubsub_v1.SubscriberClient()
+    try:
+        path = sub.subscription_path(project, subscription)
+        try:
+            got = sub.pull(request={"subscription": path, "max_messages": 1000}, timeout=3, retry=None).received_messages
+        except (gexc.DeadlineExceeded, gexc.RetryError):
+            return 0
+        ids = [m.ack_id for m in got]
+        if ids:
+            sub.modify_ack_deadline(request={"subscription": path, "ack_ids": ids, "ack_deadline_seconds": 0})
+        return len(ids)
+    finally:
+        sub.close()
+
+
+def pubsub_method(post_batch: int, extra_args: list[str], pubsub_args: list[str]) -> str:
+    return (f"Google's Pub/Sub emulator (java -Xmx1g, started once per bench run); a fresh project per run with a topic, "
+            f"a subscription (ack deadline 60 s) and a dead-letter topic; ingest-frontend (2 gunicorn workers) with "
+            f"INGEST_INTAKE=pubsub://PROJECT/articles and ingestiond --workers W --intake "
+            f"pubsub://PROJECT/backends?dead_letter=articles-dead {' '.join([*extra_args, *pubsub_args])} (SQLite store, "
+            f"every other setting default); the same articles and client as (c): POST /posts x{post_batch}, one request "
+            f"after another; timed from the first POST until the backend has every article processed and committed "
+            f"(as (c), and no message held: pubsub_held_messages == 0); then the store's sum is checked, the acks "
+            f"awaited and the subscription checked empty. The emulator's CPU counts as the measurement's")
+
+
+def measure_pubsub(children: st.Children, workdir: Path, posts, workers: int, post_batch: int, extra_args: list[str],
+                   pubsub_args: list[str], emulator: PubSubEmulator, timeout: float, quiet: Quiet) -> dict:
+    """(i): (c) with Pub/Sub between the frontend and the backend."""
+    sys.path.insert(0, str(ROOT))
+    from tests.pubsub_emulator import create
+
+    project = f"bench-w{workers}-{os.urandom(4).hex()}"
+    setup = create(emulator.host, project, ack_deadline=60)
+    messages = len(make_bodies(posts, post_batch, 1024 * 1024))
+
+    def after(stack: st.Stack, s: dict, t0: float) -> dict:
+        """Outside the timed window: every message acknowledged (the backend's counter)."""
+        def acked():
+            x = stack.status()
+            return x if x.get("pubsub_acked", 0) >= messages else None
+
+        try:
+            last = st.wait_for(acked, 30, "every message to be acknowledged", 0.02)
+            acked_after = round(time.monotonic() - t0, 3)
+        except TimeoutError:
+            last, acked_after = stack.status(), None
+        return {"acked_seconds": acked_after, "pubsub_end": {k: last.get(k) for k in PUBSUB_KEYS}}
+
+    r = measure_end_to_end(children, workdir, posts, workers, post_batch, 1024 * 1024,
+                           [*extra_args, *pubsub_args, "--intake", setup.backend_url], timeout=timeout, quiet=quiet,
+                           name=f"pubsub-w{workers}", env_extra=setup.env,
+                           frontend_env={"INGEST_INTAKE": setup.frontend_url}, journal_name="journal-pubsub.db",
+                           settled=lambda s: s.get("pubsub_held_messages", 1) == 0,
+                           extra_roles={"emulator": [emulator.pid]} if emulator.pid else None, after=after)
+    r["messages"] = messages
+    r["project"] = project
+    r["left_in_subscription"] = pubsub_leftover(emulator.host, project, setup.subscription)
+    if r["left_in_subscription"]:
+        raise RuntimeError(f"(i) W={workers}: {r['left_in_subscription']} messages left in the subscription")
+    return r
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 def best(runs: list[dict], **match) -> dict | None:
@@ -726,6 +845,60 @@ def best_runs(runs: list[dict], *keys: str) -> list[dict]:
         if k not in seen:
             seen.append(k)
     return [best(runs, **dict(zip(keys, k))) for k in seen]
+
+
+def pubsub_rows(results: dict, a: dict, c: dict) -> list[dict]:
+    """(i) against the ceiling at the same W (the gate), in CPU, round by round, and against (c)."""
+    rows = []
+    runs = results.get("i_pubsub") or []
+    target = TARGETS["pubsub_over_a"]
+    for i in best_runs(runs, "workers"):
+        w = i["workers"]
+        if w not in a:
+            continue
+        ratio = i["articles_per_s"] / a[w]["articles_per_s"]
+        rows.append({"check": f"(i)/(a) Pub/Sub end-to-end vs ceiling, W={w}", "value": round(ratio, 3),
+                     "target": f">= {target:.2f}", "pass": ratio >= target, "gate": True,
+                     "detail": f"{i['articles_per_s']:.1f} / {a[w]['articles_per_s']:.1f} art/s"})
+        ratio = a[w]["cpu_ms_per_article"] / i["cpu_ms_per_article"]
+        rows.append({"check": f"    same in CPU time (noise-robust), W={w}", "value": round(ratio, 3),
+                     "target": "(info)", "pass": None,
+                     "detail": f"{a[w]['cpu_ms_per_article']:.1f} / {i['cpu_ms_per_article']:.1f} cpu-ms per article, "
+                               f"emulator included (workers alone {i['worker_cpu_ms_per_article']:.1f}, busy "
+                               f"{i.get('worker_busy_fraction', float('nan')):.0%} of the run)"})
+        paired = []
+        for rnd in sorted({r["round"] for r in runs if r["workers"] == w}):
+            ca = best(results["a_ceiling"], workers=w, mode="raw", round=rnd)
+            ci = best(runs, workers=w, round=rnd)
+            if ca and ci:
+                paired.append((rnd, ci["articles_per_s"] / ca["articles_per_s"],
+                               max(ca["other_load_percent"], ci["other_load_percent"])))
+        if paired:
+            median = sorted(x[1] for x in paired)[len(paired) // 2]
+            rows.append({"check": f"    same round by round (median), W={w}", "value": round(median, 3),
+                         "target": "(info)", "pass": None,
+                         "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)" for n, x, o in paired)})
+        if w in c:
+            rows.append({"check": f"    (i)/(c) Pub/Sub vs the local manager, W={w}",
+                         "value": round(i["articles_per_s"] / c[w]["articles_per_s"], 3), "target": "(info)", "pass": None,
+                         "detail": f"{i['articles_per_s']:.1f} / {c[w]['articles_per_s']:.1f} art/s; cpu-ms/article "
+                                   f"{i['cpu_ms_per_article']:.1f} / {c[w]['cpu_ms_per_article']:.1f}"})
+    return rows
+
+
+def format_pubsub(runs: list[dict]) -> list[str]:
+    lines = ["", f"{'(i) Pub/Sub (emulator), best round per W':<44} {'messages':>8} {'pulled':>7} {'redeliv':>7} "
+                 f"{'post s':>7} {'stored s':>8} {'acked s':>8} {'cpu-ms/art: emulator':>21} {'frontend':>9} "
+                 f"{'arbiter':>8} {'busy':>5}"]
+    for r in best_runs(runs, "workers"):
+        cpu, n = r["cpu_seconds"], r["articles"]
+        end = r.get("pubsub_end") or {}
+        lines.append(f"{'(i) end to end W=%d' % r['workers']:<44} {r['messages']:>8} {end.get('pubsub_pulled') or 0:>7} "
+                     f"{end.get('pubsub_redelivered') or 0:>7} {r['posting_seconds']:>7.2f} {r['seconds']:>8.2f} "
+                     f"{r['acked_seconds'] if r.get('acked_seconds') is not None else float('nan'):>8.2f} "
+                     f"{1000 * cpu.get('emulator', float('nan')) / n:>21.2f} {1000 * cpu['frontend'] / n:>9.2f} "
+                     f"{1000 * cpu['arbiter'] / n:>8.2f} {r['worker_busy_fraction']:>5.0%}")
+    return lines
 
 
 def verdicts(results: dict) -> list[dict]:
@@ -783,6 +956,7 @@ def verdicts(results: dict) -> list[dict]:
                      "value": c["store_writes_per_1000"], "target": "(reported)", "pass": None,
                      "detail": f"{c['status']['store_writes']} rows" + (
                          f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each" if b else "")})
+    rows += pubsub_rows(results, a, {c["workers"]: c for c in e2e})
     rows += firestore_rows(results.get("h_firestore_layouts"))
     for c in e2e:
         for pid, f in c["worker_rss"].items():
@@ -819,6 +993,10 @@ def format_table(results: dict) -> str:
     for c in best_runs(results["c_end_to_end"], "workers"):
         lines.append(f"{'(c) end to end W=%d: POST -> stored (SQLite)' % c['workers']:<58} {c['articles_per_s']:>11.1f} "
                      f"{c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} {c['other_load_percent']:>10.0f}%")
+    for c in best_runs(results.get("i_pubsub") or [], "workers"):
+        lines.append(f"{'(i) end to end W=%d: POST -> Pub/Sub -> stored (SQLite)' % c['workers']:<58} "
+                     f"{c['articles_per_s']:>11.1f} {c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} "
+                     f"{c['other_load_percent']:>10.0f}%")
     d = results.get("d_front_door")
     if d:
         lines.append(f"{'(d) front door POST /post/enqueue (requests/s)':<58} {d['single']['requests_per_s']:>11.0f} "
@@ -840,6 +1018,8 @@ def format_table(results: dict) -> str:
                          f"{j['commits_per_1000'] if j['commits_per_1000'] is not None else float('nan'):>15.1f} "
                          f"{j['disk_bytes_per_article'] or float('nan'):>11.0f} "
                          f"{j['text_bytes_per_article'] or float('nan'):>11.0f} {j['articles_held_peak']:>10}")
+    if results.get("i_pubsub"):
+        lines += format_pubsub(results["i_pubsub"])
     if results.get("h_firestore_layouts"):
         lines += format_firestore(results["h_firestore_layouts"])
     lines.append("")
@@ -893,7 +1073,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-noise", type=float, default=10.0, help="a run during which other processes took more than this "
                                                                   "%% of the CPU is repeated (default 10)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often a noisy run is repeated (default 2)")
-    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d", "h"], help="phases to leave out (for experiments)")
+    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d", "h", "i"], help="phases to leave out (for experiments)")
+    p.add_argument("--pubsub", action="store_true", help="run only (i) end to end through the Pub/Sub emulator, with (a) "
+                   "(its ceiling) and (c) (the same run through the local manager; --skip c to leave it out), every "
+                   "round (default output benchmarks/results-pubsub.json); exits 1 when (i)/(a) < 0.90 or without the emulator")
+    p.add_argument("--pubsub-arg", action="append", default=[], help="extra ingestiond flag for (i) only, e.g. "
+                   "--pubsub-arg=--pubsub-max-messages=100")
     p.add_argument("--firestore-layouts", action="store_true", help="run only (h): both Firestore layouts through the "
                    "emulator (default output benchmarks/results-firestore.json); exits 1 when packed is not >= 30x fewer writes")
     p.add_argument("--firestore-articles", type=int, help="articles for (h) (default 1500; --quick 200)")
@@ -910,6 +1095,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.firestore_layouts:  # (h) alone
         args.skip = sorted(set(args.skip) | {"a", "b", "c", "d"} - {"h"})
         args.output = args.output or HERE / "results-firestore.json"
+    if args.pubsub:  # (i), with the ceiling it is a ratio to and the same run through the local manager
+        args.skip = sorted(set(args.skip) | {"b", "d", "h"})
+        args.output = args.output or HERE / "results-pubsub.json"
     args.output = args.output or DEFAULT_OUTPUT
     n = args.articles or (n_firestore if args.firestore_layouts else 120 if args.quick else 600)
     front_seconds = args.front_seconds or (2.0 if args.quick else 8.0)
@@ -928,6 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     results: dict = {}
+    emulator: PubSubEmulator | None = None
     try:
         texts = workdir / "texts.jsonl"
         posts = select_texts(args.data, n, texts)
@@ -945,7 +1134,24 @@ def main(argv: list[str] | None = None) -> int:
                          "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])])},
             "loadavg_start": loadavg(), "targets": TARGETS,
             "a_ceiling": [], "b_course": None, "c_end_to_end": [], "d_front_door": None, "h_firestore_layouts": None,
+            "i_pubsub": [],
         }
+        if "i" not in args.skip:
+            try:
+                sys.path.insert(0, str(ROOT))  # tests/pubsub_emulator.py: finds and runs Google's emulator
+                from tests.pubsub_emulator import find_emulator as find_pubsub_emulator
+
+                find_pubsub_emulator()
+            except Exception as exc:  # no Java, no jar, or no tests/ helper: say so, loudly
+                results["i_skipped"] = f"{type(exc).__name__}: {exc}"
+                say(f"(i) SKIPPED: the Pub/Sub emulator is not available: {exc}")
+                if args.pubsub:
+                    return 1
+                args.skip = [*args.skip, "i"]
+            else:
+                results["i_method"] = pubsub_method(args.post_batch, args.backend_arg, args.pubsub_arg)
+                results["settings"]["pubsub_extra_args"] = args.pubsub_arg
+                results["settings"]["i_rounds"] = "every round" if args.pubsub else "the last round only"
         say(f"{len(posts)} articles, {words} words; W={workers}; work dir {workdir}; load {loadavg()}")
         for rnd in range(1, rounds + 1):
             if "a" not in args.skip:
@@ -975,6 +1181,23 @@ def main(argv: list[str] | None = None) -> int:
                             f"{r['journal']['fsync_p50_ms']}/{r['journal']['fsync_p99_ms']} ms, "
                             f"{r['journal']['commits']} commits, peak {r['journal']['disk_bytes_peak']} B on disk "
                             f"for {r['journal']['articles_held_peak']} articles")
+            if "i" not in args.skip and (args.pubsub or rnd == rounds):  # a full run: one round of (i), ~1.5 min
+                if emulator is None:
+                    emulator = PubSubEmulator()
+                    results["i_emulator"] = {"host": emulator.host, "pid": emulator.pid}
+                for w in workers:
+                    for r in until_quiet(lambda: measure_pubsub(
+                            children, workdir / f"round{rnd}", posts, w, args.post_batch, args.backend_arg,
+                            args.pubsub_arg, emulator, timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd},
+                            args.max_noise, args.noise_retries):
+                        r.pop("worker_rss", None)  # (f) is about (c)
+                        results["i_pubsub"].append(r)
+                        end = r.get("pubsub_end") or {}
+                        say(f"(i) round {rnd} W={w}: {r['articles_per_s']:.1f} articles/s in {r['seconds']} s "
+                            f"(posted in {r['posting_seconds']} s, acked after {r['acked_seconds']} s); "
+                            f"{r['cpu_ms_per_article']} cpu-ms/article; cpu {r['cpu_seconds']}; {r['messages']} messages, "
+                            f"pulled {end.get('pubsub_pulled')}, redelivered {end.get('pubsub_redelivered')}; "
+                            f"workers busy {r['worker_busy_fraction']:.0%}; other load {r['other_load_percent']}%")
         if "d" not in args.skip:
             r = results["d_front_door"] = front_door_method(args.clients, args.threads, front_seconds)
             results["d_front_door_runs"] = {}
@@ -1028,6 +1251,8 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut the clean-up short
             signal.signal(sig, signal.SIG_IGN)
         children.stop_all(timeout=10)
+        if emulator is not None:
+            emulator.close()  # SIGTERM, then SIGKILL of its process group, by PID
         if args.keep:
             say(f"kept {workdir}")
         else:

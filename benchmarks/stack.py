@@ -123,11 +123,12 @@ class Stack:
     api_key: str
     log_dir: Path
     client: object = field(default=None, repr=False)
+    journal_name: str = "journal.db"  # a Pub/Sub backend's scratch journal is journal-pubsub.db
 
     @property
     def journal_path(self) -> Path:
         """The backend's journal: VAR_DIR/journal.db (INGEST_VAR_DIR is set per stack below)."""
-        return self.log_dir / "var" / "journal.db"
+        return self.log_dir / "var" / self.journal_name
 
     def journal_disk(self) -> dict:
         """Sizes on disk of the journal's files now: journal.db, its -wal and -shm (0 if absent)."""
@@ -160,11 +161,13 @@ class Stack:
 
 
 def start_stack(children: Children, workdir: Path, name: str, backend_args: list[str],
-                frontend_workers: int = 2, ready_timeout: float = 180.0, env_extra: dict | None = None) -> Stack:
+                frontend_workers: int = 2, ready_timeout: float = 180.0, env_extra: dict | None = None,
+                frontend_env: dict | None = None, journal_name: str = "journal.db") -> Stack:
     """`ingestiond` (SQLite store under workdir) and `ingest-frontend` on free loopback ports.
 
     `env_extra` is added to both programs' environment last, e.g. another INGEST_STORE (the
-    Firestore emulator's) with FIRESTORE_EMULATOR_HOST; `store_path` is then not the store."""
+    Firestore emulator's) with FIRESTORE_EMULATOR_HOST; `store_path` is then not the store.
+    `frontend_env` goes to the frontend alone (INGEST_INTAKE=pubsub://PROJECT/TOPIC for (i))."""
     run_dir = workdir / name
     attempt = 1
     while run_dir.exists():  # a repeated (noisy) run gets a fresh store and journal, never the last one's
@@ -194,10 +197,10 @@ def start_stack(children: Children, workdir: Path, name: str, backend_args: list
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     with open(run_dir / "frontend.log", "wb") as log:
         frontend = children.popen([str(BIN / "ingest-frontend"), "--bind", f"127.0.0.1:{http_port}",
-                                   "--workers", str(frontend_workers)], env=env, cwd=run_dir,
+                                   "--workers", str(frontend_workers)], env={**env, **(frontend_env or {})}, cwd=run_dir,
                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stack = Stack(backend, frontend, ("127.0.0.1", port), authkey, store_path, f"http://127.0.0.1:{http_port}",
-                  api_key, run_dir)
+                  api_key, run_dir, journal_name=journal_name)
     workers = _flag(backend_args, "--workers", 1)
 
     def ready():
