@@ -239,19 +239,22 @@ def _write_rate(frontend, seconds: float) -> float:
 
 def test_writes_keep_their_rate_while_16_clients_hammer_the_reads(limited):
     """Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with reads refused at once
-    in Flask, 22%. Reads over the limit are now held in the HTTP layer, so the 16 readers get ~40
-    answers a second between them and cost almost nothing: 81-83% measured here with another build
-    sharing the 2 cores (the readers, the stack and its NER worker all run on them), 45% and 158% in
-    two noisy runs. Asserts 50%."""
+    in Flask, 22%. Reads over the limit are now held in the HTTP layer, in line per address, so the 16
+    readers get ~40 answers a second between them and cost little: 75-99% (median 87%) in eight runs
+    on a quiet machine, where the readers, the stack and its NER worker share the 2 cores. The issue
+    asks 90%; this asserts 50% and prints both rates."""
     from concurrent.futures import ProcessPoolExecutor
 
     _, frontend = limited
-    alone = max(_write_rate(frontend, 3), _write_rate(frontend, 3))
+    # three 3 s windows each way, the best of each (this VM's neighbours make single windows noisy);
+    # the last unloaded window comes after the readers stop, so a drift counts against both
+    before = [_write_rate(frontend, 3), _write_rate(frontend, 3)]
     with ProcessPoolExecutor(16) as pool:
-        readers = [pool.submit(_hammer, frontend.url, 9) for _ in range(16)]
+        readers = [pool.submit(_hammer, frontend.url, 12) for _ in range(16)]
         time.sleep(1.5)
-        loaded = max(_write_rate(frontend, 3), _write_rate(frontend, 3))
+        loaded = max(_write_rate(frontend, 3) for _ in range(3))
         reads = sum(r.result() for r in readers)
+    alone = max(before + [_write_rate(frontend, 3)])
     print(f"writes/s alone {alone:.0f}, under read load {loaded:.0f} ({loaded / alone:.0%}); reads {reads}")
-    assert reads > 16 * 9, "the readers must really have hammered (each is held to ~1 read a second at least)"
+    assert reads > 16 * 12, "the readers must really have hammered (each is held to ~1 read a second at least)"
     assert loaded >= 0.5 * alone, f"writes/s alone {alone:.0f}, under read load {loaded:.0f}"

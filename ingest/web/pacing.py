@@ -39,6 +39,7 @@ class ReadPacer:
         self.adapter = url_map.bind("localhost")
         self.read_endpoints = frozenset(read_endpoints)
         self.waiting = 0
+        self.lines: dict[str, list] = {}  # address -> [its lock, reads waiting for it]
 
     def applies(self, method: bytes, path: str, headers) -> bool:
         if method not in (b"GET", b"HEAD"):
@@ -54,29 +55,54 @@ class ReadPacer:
         return not (self.keys and key_matches(presented, self.keys))
 
     async def admit(self, address: str) -> int | None:
-        """None when the read may go on; otherwise the Retry-After, in seconds, of its 429."""
+        """None when the read may go on; otherwise the Retry-After, in seconds, of its 429.
+
+        The reads of one address wait in line (asyncio's lock is first come, first served): only
+        the first asks the limiter and sleeps until the limit has room, so a crowd of held reads
+        costs one look at the limiter per slot, not one per read each time a slot frees."""
         deadline = time.monotonic() + MAX_WAIT
+        line = self.lines.get(address)
+        if line is None:
+            line = self.lines[address] = [asyncio.Lock(), 0]
+        line[1] += 1
         self.waiting += 1
-        held = False
         try:
-            while True:
-                if all(self.limiter.test(limit, address) for limit in self.limits):
-                    for limit in self.limits:
-                        self.limiter.hit(limit, address)
-                    if held:
-                        metrics.PACED_READS.labels("served").inc()
-                    return None
-                now = time.time()
-                # the window of a full limit frees its oldest hit at reset_time (time passes between
-                # the calls, so a limit may have freed up meanwhile: then try again at once)
-                wait = max((stats.reset_time - now for stats in (
-                    self.limiter.get_window_stats(limit, address) for limit in self.limits)
-                    if stats.remaining == 0), default=0.0)
-                wait = max(wait, 0.001)
-                if time.monotonic() + wait > deadline:
+            if line[0].locked():
+                try:
+                    await asyncio.wait_for(line[0].acquire(), max(deadline - time.monotonic(), 0.001))
+                except (asyncio.TimeoutError, TimeoutError):
                     metrics.PACED_READS.labels("refused").inc()
-                    return max(1, math.ceil(wait))
-                held = True
-                await asyncio.sleep(wait)
+                    return 1
+            else:
+                await line[0].acquire()
+            try:
+                return await self._first_in_line(address, deadline)
+            finally:
+                line[0].release()
         finally:
             self.waiting -= 1
+            line[1] -= 1
+            if line[1] == 0:
+                self.lines.pop(address, None)
+
+    async def _first_in_line(self, address: str, deadline: float) -> int | None:
+        held = False
+        while True:
+            if all(self.limiter.test(limit, address) for limit in self.limits):
+                for limit in self.limits:
+                    self.limiter.hit(limit, address)
+                if held:
+                    metrics.PACED_READS.labels("served").inc()
+                return None
+            now = time.time()
+            # the window of a full limit frees its oldest hit at reset_time (time passes between
+            # the calls, so a limit may have freed up meanwhile: then try again at once)
+            wait = max((stats.reset_time - now for stats in (
+                self.limiter.get_window_stats(limit, address) for limit in self.limits)
+                if stats.remaining == 0), default=0.0)
+            wait = max(wait, 0.001)
+            if time.monotonic() + wait > deadline:
+                metrics.PACED_READS.labels("refused").inc()
+                return max(1, math.ceil(wait))
+            held = True
+            await asyncio.sleep(wait)
