@@ -56,20 +56,28 @@ def _sdk_roots() -> list[Path]:
     return roots + [r for r in FALLBACK_SDK_ROOTS if r not in roots]
 
 
-def find_emulator() -> tuple[str, Path]:
-    """(java executable, jar path), or EmulatorUnavailable saying what is missing."""
+def find_java_and_jar(what: str, jars: list[Path], searched: str, hint: str,
+                      unavailable: type[Exception]) -> tuple[str, Path]:
+    """(java executable, the first jar that exists), or `unavailable` saying what is missing.
+    Shared by the Firestore and the Pub/Sub emulators."""
     java = shutil.which(os.environ.get("JAVA") or "java")
-    jar_env = os.environ.get("FIRESTORE_EMULATOR_JAR")
-    jars = [Path(jar_env)] if jar_env else [root / JAR_RELATIVE for root in _sdk_roots()]
     jar = next((j for j in jars if j.is_file()), None)
     missing = []
     if not java:
         missing.append("java (a JRE) is not on PATH")
     if jar is None:
-        missing.append("the Firestore emulator jar was not found at " + ", ".join(map(str, jars)))
+        missing.append(f"the {what} jar was not found {searched}")
     if missing:
-        raise EmulatorUnavailable("Firestore emulator unavailable: " + "; ".join(missing) + " — " + INSTALL_HINT)
+        raise unavailable(f"{what} unavailable: " + "; ".join(missing) + " — " + hint)
     return java, jar
+
+
+def find_emulator() -> tuple[str, Path]:
+    """(java executable, jar path), or EmulatorUnavailable saying what is missing."""
+    jar_env = os.environ.get("FIRESTORE_EMULATOR_JAR")
+    jars = [Path(jar_env)] if jar_env else [root / JAR_RELATIVE for root in _sdk_roots()]
+    return find_java_and_jar("Firestore emulator", jars, "at " + ", ".join(map(str, jars)), INSTALL_HINT,
+                             EmulatorUnavailable)
 
 
 def _answers(host: str) -> bool:
@@ -81,29 +89,37 @@ def _answers(host: str) -> bool:
 
 
 @contextmanager
-def running_emulator(timeout: float = 60.0):
-    """Runs one emulator for the duration of the block; yields 'host:port'."""
-    java, jar = find_emulator()
+def running_java(what: str, command, answers, timeout: float = 60.0):
+    """Runs `command(port)` (a Java emulator) in its own process group on a free loopback port until
+    `answers(host)`; yields 'host:port'; stops it by PID. Shared by the Firestore and Pub/Sub emulators."""
     port = free_port()
     host = f"127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="firestore-emulator-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [java, "-Xmx1g", "-Duser.language=en", "-cp", str(jar), MAIN_CLASS, "start",
-         "--host=127.0.0.1", f"--port={port}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    log = tempfile.NamedTemporaryFile(prefix=what.lower().replace(" ", "-").replace("/", "") + "-", suffix=".log",
+                                      delete=False)
+    proc = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while not _answers(host):
+        while not answers(host):
             if proc.poll() is not None or time.monotonic() > deadline:
                 text = Path(log.name).read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"Firestore emulator did not start on {host} (exit {proc.poll()}):\n{text}")
+                raise RuntimeError(f"{what} did not start on {host} (exit {proc.poll()}):\n{text}")
             time.sleep(0.1)
         yield host
     finally:
         _stop(proc)
         log.close()
         os.unlink(log.name)
+
+
+@contextmanager
+def running_emulator(timeout: float = 60.0):
+    """Runs one emulator for the duration of the block; yields 'host:port'."""
+    java, jar = find_emulator()
+    command = lambda port: [java, "-Xmx1g", "-Duser.language=en", "-cp", str(jar), MAIN_CLASS, "start",  # noqa: E731
+                            "--host=127.0.0.1", f"--port={port}"]
+    with running_java("Firestore emulator", command, _answers, timeout) as host:
+        yield host
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -11,11 +11,6 @@ INGEST_REQUIRE_PUBSUB_EMULATOR or INGEST_REQUIRE_FIRESTORE_EMULATOR is set: CI c
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.firestore_emulator import _sdk_roots
-from tests.support import free_port
+from tests.firestore_emulator import _sdk_roots, find_java_and_jar, running_java
 
 JAR_GLOB = "platform/pubsub-emulator/lib/cloud-pubsub-emulator-*.jar"
 INSTALL_HINT = ("install the Debian packages google-cloud-cli-pubsub-emulator and a JRE "
@@ -39,19 +33,10 @@ class EmulatorUnavailable(RuntimeError):
 
 
 def find_emulator() -> tuple[str, Path]:
-    java = shutil.which(os.environ.get("JAVA") or "java")
     jar_env = os.environ.get("PUBSUB_EMULATOR_JAR")
     jars = [Path(jar_env)] if jar_env else sorted(j for root in _sdk_roots() for j in root.glob(JAR_GLOB))
-    jar = next((j for j in jars if j.is_file()), None)
-    missing = []
-    if not java:
-        missing.append("java (a JRE) is not on PATH")
-    if jar is None:
-        missing.append("the Pub/Sub emulator jar was not found under " + ", ".join(
-            str(r / JAR_GLOB) for r in _sdk_roots()))
-    if missing:
-        raise EmulatorUnavailable("Pub/Sub emulator unavailable: " + "; ".join(missing) + " — " + INSTALL_HINT)
-    return java, jar
+    return find_java_and_jar("Pub/Sub emulator", jars, "under " + ", ".join(str(r / JAR_GLOB) for r in _sdk_roots()),
+                             INSTALL_HINT, EmulatorUnavailable)
 
 
 def _answers(host: str) -> bool:
@@ -65,33 +50,9 @@ def _answers(host: str) -> bool:
 @contextmanager
 def running_emulator(timeout: float = 60.0):
     java, jar = find_emulator()
-    port = free_port()
-    host = f"127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="pubsub-emulator-", suffix=".log", delete=False)
-    proc = subprocess.Popen([java, "-Xmx1g", "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not _answers(host):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                text = Path(log.name).read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"Pub/Sub emulator did not start on {host} (exit {proc.poll()}):\n{text}")
-            time.sleep(0.1)
+    command = lambda port: [java, "-Xmx1g", "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"]  # noqa: E731
+    with running_java("Pub/Sub emulator", command, _answers, timeout) as host:
         yield host
-    finally:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait(10)
-        log.close()
-        os.unlink(log.name)
 
 
 @dataclass
