@@ -59,6 +59,18 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def kill_backend_group(backend: "Backend") -> None:
+    """What the OOM killer, `kill -9` of the group or a preempted VM does: every process at once,
+    then wait until every one of them is gone."""
+    import psutil
+
+    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
+    kill_group(backend.proc)
+    backend.proc.wait(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in members), 30, what="the killed group to be gone")
+
+
 @dataclass
 class Backend:
     """A running `ingestiond`; `env` holds what a frontend needs to reach it and its store."""

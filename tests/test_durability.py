@@ -13,13 +13,12 @@ import subprocess
 import threading
 import time
 
-import psutil
 import pytest
 
 from ingest.client import BackendUnavailable, Draining, IngestClient, QueueFull
 from ingest.core.rules import publication_key
 from tests.corpus import articles
-from tests.support import BIN, expected_counts, free_port, start_backend, store_counts, wait_for
+from tests.support import BIN, expected_counts, free_port, kill_backend_group, start_backend, store_counts, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +56,6 @@ class Streamer(threading.Thread):
             time.sleep(0.02)  # a stream, not a burst: the kills land while articles still arrive
 
 
-def kill_group(backend) -> None:
-    """What the OOM killer, `kill -9` of the group or a preempted VM does: every process at once."""
-    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
-    os.killpg(backend.proc.pid, signal.SIGKILL)
-    backend.proc.wait(30)
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in members), 30, what="the killed group to be gone")
-
-
 def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
     posts = traced(n, seed=31)
     port, authkey = free_port(), "test-" + os.urandom(8).hex()
@@ -83,7 +73,7 @@ def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
             target = min(len(posts), len(streamer.acked) + rng.randint(5, 40))
             wait_for(lambda: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
             time.sleep(rng.uniform(0, 1.5))  # anywhere: mid-NER, mid-flush, mid-commit, idle
-            kill_group(backend)
+            kill_backend_group(backend)
             backend = start()
         streamer.join(300)
         assert not streamer.is_alive(), "the stream did not finish"

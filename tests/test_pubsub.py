@@ -4,13 +4,10 @@ acknowledge after the store commit that counted a message; a redelivered message
 
 from __future__ import annotations
 
-import os
-import random
 import signal
 import threading
 import time
 
-import httpx
 import psutil
 import pytest
 
@@ -20,7 +17,7 @@ from ingest.core.rules import publication_key
 from tests.corpus import articles
 from tests.frontend_support import start_frontend
 from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: F401 (fixtures)
-from tests.support import expected_counts, start_backend, store_counts, wait_for
+from tests.support import expected_counts, kill_backend_group, start_backend, store_counts, wait_for
 
 
 # -- the URL and the message format (no emulator) ------------------------------------------------
@@ -135,15 +132,6 @@ def test_frontend_publishes_and_a_backend_counts_and_acknowledges(tmp_path, pubs
     assert store_counts(store_url) == expected_counts(recount, posts)
 
 
-def kill_group(backend) -> None:
-    """SIGKILL of the backend's whole process group, as a lost VM or the OOM killer would."""
-    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
-    os.killpg(backend.proc.pid, signal.SIGKILL)
-    backend.proc.wait(30)
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in members), 30, what="the killed group to be gone")
-
-
 class Sender(threading.Thread):
     """POSTs its requests to one frontend, each retried with the same ids until answered 202."""
 
@@ -200,7 +188,7 @@ def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_eac
         wait_for(lambda: sent() >= 300 and backends[0].status()["pubsub_held_messages"] > 0, 120, 0.01,
                  "backend 0 to hold messages mid-load")
         held = backends[0].status()["pubsub_held_messages"]
-        kill_group(backends[0])
+        kill_backend_group(backends[0])
         killed_at = time.monotonic()
         backends[0] = backend(0)
         wait_for(lambda: sent() >= 600, 120, 0.02, "more of the load")
