@@ -1033,6 +1033,19 @@ def format_table(results: dict) -> str:
 
 # -- main --------------------------------------------------------------------------------------------------------------
 
+def emulator_missing(module: str) -> Exception | None:
+    """Why one of Google's emulators cannot run here (no Java, no jar, no tests/ helper), or None.
+    The finders live beside the test fixtures that start the emulators (tests/*_emulator.py)."""
+    try:
+        sys.path.insert(0, str(ROOT))
+        import importlib
+
+        importlib.import_module(module).find_emulator()
+    except Exception as exc:  # said loudly by the caller, which skips its phase
+        return exc
+    return None
+
+
 def machine_info() -> dict:
     def version(dist):
         try:
@@ -1137,14 +1150,10 @@ def main(argv: list[str] | None = None) -> int:
             "i_pubsub": [],
         }
         if "i" not in args.skip:
-            try:
-                sys.path.insert(0, str(ROOT))  # tests/pubsub_emulator.py: finds and runs Google's emulator
-                from tests.pubsub_emulator import find_emulator as find_pubsub_emulator
-
-                find_pubsub_emulator()
-            except Exception as exc:  # no Java, no jar, or no tests/ helper: say so, loudly
-                results["i_skipped"] = f"{type(exc).__name__}: {exc}"
-                say(f"(i) SKIPPED: the Pub/Sub emulator is not available: {exc}")
+            missing = emulator_missing("tests.pubsub_emulator")
+            if missing is not None:
+                results["i_skipped"] = f"{type(missing).__name__}: {missing}"
+                say(f"(i) SKIPPED: the Pub/Sub emulator is not available: {missing}")
                 if args.pubsub:
                     return 1
                 args.skip = [*args.skip, "i"]
@@ -1214,14 +1223,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{j['commits']} commits for {j['accepted']} articles, peak {j['disk_bytes_peak']} B on disk "
                     f"for {j['articles_held_peak']} articles; other load {r[label]['other_load_percent']}%")
         if "h" not in args.skip:
-            try:
-                sys.path.insert(0, str(ROOT))  # tests/firestore_emulator.py: finds and runs Google's emulator
-                from tests.firestore_emulator import find_emulator
-
-                find_emulator()
-            except Exception as exc:  # no Java, no jar, or no tests/ helper: say so, loudly
-                results["h_skipped"] = f"{type(exc).__name__}: {exc}"
-                say(f"(h) SKIPPED: the Firestore emulator is not available: {exc}")
+            missing = emulator_missing("tests.firestore_emulator")
+            if missing is not None:
+                results["h_skipped"] = f"{type(missing).__name__}: {missing}"
+                say(f"(h) SKIPPED: the Firestore emulator is not available: {missing}")
                 if args.firestore_layouts:
                     return 1
             else:
