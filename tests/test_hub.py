@@ -56,12 +56,19 @@ class RecordingLedger:
         self.suspected.extend(e.seq for e in entries)
 
 
+class FakeSettings(SimpleNamespace):
+    """BackendSettings' fields the hub and the arbiter read, and its model_copy."""
+
+    def model_copy(self, update: dict) -> "FakeSettings":
+        return FakeSettings(**{**vars(self), **update})
+
+
 def settings(**over):
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
                 drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
                 store_batch_interval=0.0, writer="")
     base.update(over)
-    return SimpleNamespace(**base)
+    return FakeSettings(**base)
 
 
 _journals = []

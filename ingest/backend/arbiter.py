@@ -231,8 +231,7 @@ class Arbiter:
             # a respawned saver takes over the documents of the one it replaces: writers are per slot
             taken = {slot.writer for slot in hub.savers.values()}
             writer = next(w for w in (f"{self.writer}-{i}" for i in range(self.settings.savers)) if w not in taken)
-            settings = self.settings.model_copy(update={"writer": writer}) if hasattr(self.settings, "model_copy") \
-                else self.settings
+            settings = self.settings.model_copy(update={"writer": writer})
             hub.add_saver(SaverSlot(*self.spawn(Saver, settings), writer=writer))
 
     @property
