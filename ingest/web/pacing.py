@@ -38,7 +38,6 @@ class ReadPacer:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.adapter = url_map.bind("localhost")
         self.read_endpoints = frozenset(read_endpoints)
-        self.waiting = 0
         self.lines: dict[str, list] = {}  # address -> [its lock, reads waiting for it]
 
     def applies(self, method: bytes, path: str, headers) -> bool:
@@ -65,22 +64,17 @@ class ReadPacer:
         if line is None:
             line = self.lines[address] = [asyncio.Lock(), 0]
         line[1] += 1
-        self.waiting += 1
         try:
-            if line[0].locked():
-                try:
-                    await asyncio.wait_for(line[0].acquire(), max(deadline - time.monotonic(), 0.001))
-                except (asyncio.TimeoutError, TimeoutError):
-                    metrics.PACED_READS.labels("refused").inc()
-                    return 1
-            else:
-                await line[0].acquire()
+            try:
+                await asyncio.wait_for(line[0].acquire(), max(deadline - time.monotonic(), 0.001))
+            except (asyncio.TimeoutError, TimeoutError):
+                metrics.PACED_READS.labels("refused").inc()
+                return 1
             try:
                 return await self._first_in_line(address, deadline)
             finally:
                 line[0].release()
         finally:
-            self.waiting -= 1
             line[1] -= 1
             if line[1] == 0:
                 self.lines.pop(address, None)
