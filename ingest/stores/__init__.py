@@ -43,13 +43,11 @@ def _query(url: str, name: str) -> str | None:
 
 def _query_float(url: str, name: str, default: float) -> float:
     """`sqlite:///x.db?timeout=5`: seconds to wait for a lock before a write counts as failed."""
-    from urllib.parse import parse_qs
-
-    values = parse_qs(url.partition("?")[2]).get(name)
+    value = _query(url, name)
     try:
-        return float(values[0]) if values else default
+        return float(value) if value is not None else default
     except ValueError:
-        raise StoreURLError(f"store URL option {name}={values[0]!r} is not a number") from None
+        raise StoreURLError(f"store URL option {name}={value!r} is not a number") from None
 
 
 class _MissingSqlite:
