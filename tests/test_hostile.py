@@ -207,6 +207,29 @@ def test_reads_without_a_key_are_paced_then_refused_with_429_json_and_a_key_lift
     assert refused[0].json()["error"] == "too_many_requests" and int(refused[0].headers["Retry-After"]) >= 1
 
 
+def test_a_read_refused_for_a_spent_minute_limit_is_still_held_a_second(limited, tmp_path):
+    """Before: once the per-minute limit was spent, every read got its 429 at once, so 16 looping
+    clients spun at 650 refusals a second. Now the refusal comes at the end of the hold."""
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second;30/minute"})
+    try:
+        with httpx.Client(base_url=frontend.url, timeout=10) as http:
+            assert {http.get("/publications").status_code for _ in range(30)} == {200}
+            started = time.monotonic()
+            refused = [http.get("/publications") for _ in range(3)]
+            took = time.monotonic() - started
+            assert [r.status_code for r in refused] == [429] * 3
+            assert took >= 2.7, f"three refusals in {took:.2f}s: not held"
+            # the minute is still running: the client is told to come back in up to a minute, not at once
+            assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+            assert max(int(r.headers["Retry-After"]) for r in refused) > 1
+            assert http.get("/publications", headers={"X-API-Key": frontend.api_key}).status_code == 200
+    finally:
+        assert frontend.stop() == 0, frontend.log()[-3000:]
+
+
 def _hammer(url: str, seconds: float) -> int:
     """A read-heavy client (another process): word clouds, publications, entities, as fast as it can."""
     import itertools

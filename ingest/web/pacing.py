@@ -3,8 +3,10 @@
 A 429 answered at once does not slow a client that loops: 16 such clients got ~800 refusals a
 second out of the front door and left the writers a fifth of the CPU. So an anonymous read over
 its limit waits here (a sleeping coroutine, no thread, no CPU) until the limit has room again, for
-at most `MAX_WAIT` seconds, and only then is it served or refused. A client that waits for its
-answers is slowed to the limit; one that does not runs into the connection bound. The limits are
+at most `MAX_WAIT` seconds, and only then is it served or refused: a read that cannot be served
+within that time (a spent per-minute limit) is still held until then, so a refusal costs a looping
+client a second too. A client that waits for its answers is slowed to the limit; one that does not
+runs into the connection bound. The limits are
 flask-limiter's syntax, counted per client address and per frontend worker with the `limits`
 library (the one flask-limiter counts with); the app keeps flask-limiter for any other server.
 """
@@ -96,7 +98,11 @@ class ReadPacer:
                 if stats.remaining == 0), default=0.0)
             wait = max(wait, 0.001)
             if time.monotonic() + wait > deadline:
+                # refused, but only at the deadline: a 429 at once would let a looping client spin
+                # (a spent per-minute limit gave 650 refusals a second to 16 clients)
+                held_for = max(deadline - time.monotonic(), 0)
+                await asyncio.sleep(held_for)
                 metrics.PACED_READS.labels("refused").inc()
-                return max(1, math.ceil(wait))
+                return max(1, math.ceil(wait - held_for))
             held = True
             await asyncio.sleep(wait)
