@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 
 import pytest
@@ -43,6 +44,8 @@ def build_app(db_path, **config):
     """The real app (ingest.frontend.create_app) reading this SQLite file."""
     from ingest.frontend import create_app
 
+    # no render budget unless a test asks for one: these tests count renders, not CPU
+    config = {"DASHBOARD_WORDCLOUD_REFRESH": 0, "DASHBOARD_RENDER_SHARE": 1.0, **config}
     return create_app({"TESTING": True, "store": f"sqlite:///{db_path}", **config})
 
 
@@ -143,6 +146,45 @@ def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
         cache = dashboard.wordcloud_cache()
         assert cache.renders == 2
         assert len(cache) == 1  # the stale picture was dropped, not kept beside the new one
+
+
+def test_a_cloud_drawn_a_moment_ago_is_served_while_the_counts_move_on(db):
+    """A publication written all the time is not redrawn per request: its last picture serves for
+    the refresh interval, marked as not current (no ETag, no-cache), and then it is redrawn."""
+    store, path = db
+    app = build_app(path, DASHBOARD_WORDCLOUD_REFRESH=1.5)
+    with app.test_client() as c:
+        first = cloud(c, "The Daily Planet")
+        publish(store, "The Daily Planet", [{"Brand New Entity": 5000}])
+        stale = cloud(c, "The Daily Planet")
+        assert stale.status_code == 200 and stale.data == first.data
+        assert "ETag" not in stale.headers and "no-cache" in stale.headers["Cache-Control"]
+        with app.app_context():
+            assert dashboard.wordcloud_cache().renders == 1
+        time.sleep(1.6)
+        redrawn = cloud(c, "The Daily Planet")
+        assert redrawn.data != first.data and "ETag" in redrawn.headers
+        with app.app_context():
+            assert dashboard.wordcloud_cache().renders == 2
+
+
+def test_the_renderer_rests_so_drawing_takes_its_share_of_a_core():
+    """After a picture of t CPU seconds the renderer rests t * (1/share - 1): with share 0.25, two
+    pictures of ~0.2 s each are at least ~0.6 s apart, whoever asks for them."""
+    renderer = dashboard.WordcloudRenderer(dashboard.WordcloudCache(8), share=0.25)
+    finished = []
+
+    def burn():
+        started = time.thread_time()
+        while time.thread_time() - started < 0.2:
+            pass
+        finished.append(time.monotonic())
+        return b"png"
+
+    first, second = renderer.request(("a", 1, 1), burn), renderer.request(("b", 1, 1), burn)
+    assert first.wait(10) and second.wait(10)
+    assert finished[1] - finished[0] >= 0.55, f"pictures {finished[1] - finished[0]:.2f}s apart"
+    assert renderer.cache.get(("a", 1, 1)) == renderer.cache.get(("b", 1, 1)) == b"png"
 
 
 def test_wordcloud_cache_control_follows_the_version_in_the_url(client, db):

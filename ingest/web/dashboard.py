@@ -5,7 +5,11 @@ GET /publications/<publication>/entities) so it shows exactly what the API answe
 never all entities at once. The word cloud is the one thing rendered here, as a PNG from the
 top entities, cached in-process under (publication key, articles, mentions) so a render happens
 only when that publication's counts change, and drawn by one background thread per process, never
-on a request's thread.
+on a request's thread. Rendering has a budget, because a render costs ~0.4 s of CPU and anybody
+may ask for a cloud: a publication whose counts keep changing is redrawn at most every
+`WORDCLOUD_REFRESH` seconds (its last picture is served meanwhile), and the renderer rests after
+each picture so that drawing takes at most `RENDER_SHARE` of one core. Measured before the budget:
+16 clients asking for the cloud of a publication being written halved the write rate.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 
 from flask import Blueprint, current_app, jsonify, render_template, request
@@ -38,6 +43,9 @@ WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
 WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
+WORDCLOUD_REFRESH = 10.0  # seconds: a picture younger than this is served even if the counts moved on
+RENDER_SHARE = 0.1        # of one core: after a render of t CPU seconds the renderer rests t * (1/share - 1)
+RENDER_REST_MAX = 30.0    # seconds: the longest such rest
 FIRST_PAINT_ROWS = 100  # the page's own table, one page of it (dashboard.js PUB_PAGE); the script pages the rest
 POLL_SECONDS = 3
 # the page loads nothing from elsewhere, and a name that slipped past escaping could not run
@@ -52,46 +60,36 @@ class WordcloudCache:
 
     def __init__(self, capacity: int):
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, int], tuple[bytes, float]] = OrderedDict()  # -> png, drawn at
         self._lock = threading.Lock()
-        self._render_lock = threading.Lock()  # one render at a time: it is CPU-bound anyway
         self.renders = 0
 
     def get(self, key: tuple[str, int, int]) -> bytes | None:
         with self._lock:
-            png = self._items.get(key)
-            if png is not None:
-                self._items.move_to_end(key)
-            return png
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
     def put(self, key: tuple[str, int, int], png: bytes) -> None:
         with self._lock:
             for stale in [k for k in self._items if k[0] == key[0] and k != key]:
                 del self._items[stale]  # counts changed: the old picture is worthless
-            self._items[key] = png
+            self._items[key] = (png, time.monotonic())
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
-    def latest(self, publication_key: str) -> bytes | None:
-        """Any picture of this publication, however old: better than none while a new one renders."""
+    def latest(self, publication_key: str) -> tuple[bytes, float] | None:
+        """Any picture of this publication and its age in seconds: better than none while a new
+        one renders, and good enough while younger than the refresh interval."""
         with self._lock:
             for key in reversed(self._items):
                 if key[0] == publication_key:
-                    return self._items[key]
+                    png, drawn_at = self._items[key]
+                    return png, time.monotonic() - drawn_at
         return None
-
-    def get_or_render(self, key: tuple[str, int, int], render) -> bytes:
-        png = self.get(key)
-        if png is not None:
-            return png
-        with self._render_lock:
-            png = self.get(key)  # another request may have rendered it while we waited
-            if png is None:
-                png = render()
-                self.renders += 1
-                self.put(key, png)
-            return png
 
     def __len__(self) -> int:
         return len(self._items)
@@ -100,14 +98,16 @@ class WordcloudCache:
 class WordcloudRenderer:
     """One thread per process renders clouds, one at a time, each (publication, counts) once.
 
-    Requests never render: they read the cache, ask for a picture and wait a moment for it. So 16
-    clients hammering the cloud cost one core at most, and nothing for counts already drawn.
+    Requests never render: they read the cache, ask for a picture and wait a moment for it. After
+    each picture the thread rests in proportion to the CPU it took, so clients hammering clouds of
+    changing publications cost `share` of one core at most, and nothing for counts already drawn.
     """
 
     MAX_PENDING = 64
 
-    def __init__(self, cache: WordcloudCache):
+    def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE):
         self.cache = cache
+        self.share = min(max(share, 0.01), 1.0)
         self._pending: "OrderedDict[tuple, tuple]" = OrderedDict()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -132,6 +132,7 @@ class WordcloudRenderer:
                 while not self._pending:
                     self._cond.wait()
                 key, (render, done) = next(iter(self._pending.items()))
+            spent = time.thread_time()
             try:
                 if self.cache.get(key) is None:
                     self.cache.put(key, render())
@@ -142,6 +143,9 @@ class WordcloudRenderer:
                 with self._cond:
                     self._pending.pop(key, None)
                 done.set()
+            spent = time.thread_time() - spent
+            if self.share < 1.0:
+                time.sleep(min(spent * (1.0 / self.share - 1.0), RENDER_REST_MAX))
 
 
 RENDER_WAIT = 5.0  # seconds a request waits for a fresh picture before it takes an older one or a 503
@@ -154,7 +158,9 @@ def _store():
 def wordcloud_renderer() -> WordcloudRenderer:
     renderer = current_app.extensions.get("ingest.dashboard.renderer")
     if renderer is None:
-        renderer = current_app.extensions.setdefault("ingest.dashboard.renderer", WordcloudRenderer(wordcloud_cache()))
+        share = float(current_app.config.get("DASHBOARD_RENDER_SHARE", RENDER_SHARE))
+        renderer = current_app.extensions.setdefault("ingest.dashboard.renderer",
+                                                     WordcloudRenderer(wordcloud_cache(), share))
     return renderer
 
 
@@ -240,15 +246,21 @@ def wordcloud_png():
         if summary is None:
             return _error(404, "unknown_publication", "no such publication")
         cache_key = (key, summary.articles, summary.mentions)
-        png = wordcloud_cache().get(cache_key)
+        cache = wordcloud_cache()
+        png = cache.get(cache_key)
         fresh = png is not None
         if png is None:
-            done = wordcloud_renderer().request(cache_key, render)
-            if done is not None:
-                done.wait(RENDER_WAIT)
-            png = wordcloud_cache().get(cache_key)
-            fresh = png is not None
-            png = png or wordcloud_cache().latest(key)
+            latest = cache.latest(key)
+            refresh = float(current_app.config.get("DASHBOARD_WORDCLOUD_REFRESH", WORDCLOUD_REFRESH))
+            if latest is not None and latest[1] < refresh:
+                png = latest[0]  # drawn a moment ago: the counts may move on again before a new one is
+            else:
+                done = wordcloud_renderer().request(cache_key, render)
+                if done is not None:
+                    done.wait(RENDER_WAIT)
+                png = cache.get(cache_key)
+                fresh = png is not None
+                png = png or (latest[0] if latest is not None else None)
         if png is None:
             response = _error(503, "rendering", "the word cloud is being drawn; retry in a moment")
             response.headers["Retry-After"] = "1"
