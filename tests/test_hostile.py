@@ -230,16 +230,19 @@ def test_a_read_refused_for_a_spent_minute_limit_is_still_held_a_second(limited,
         assert frontend.stop() == 0, frontend.log()[-3000:]
 
 
-def _hammer(url: str, seconds: float) -> int:
-    """A read-heavy client (another process): word clouds, publications, entities, as fast as it can."""
+READ_MIX = ("/dashboard/wordcloud.png?publication=Read%20{}", "/publications",
+            "/publications/Read%20{}/entities?limit=50", "/")
+WRITTEN_CLOUD = ("/dashboard/wordcloud.png?publication=Writer",)  # its counts change with every flush
+
+
+def _hammer(url: str, seconds: float, paths=READ_MIX) -> int:
+    """A read-heavy client (another process): the given reads in turn, as fast as it is answered."""
     import itertools
 
     n = 0
     deadline = time.monotonic() + seconds
-    paths = itertools.cycle(["/dashboard/wordcloud.png?publication=Read%20{}", "/publications",
-                             "/publications/Read%20{}/entities?limit=50", "/"])
     with httpx.Client(base_url=url, timeout=10) as http:
-        for i, path in enumerate(paths):
+        for i, path in enumerate(itertools.cycle(paths)):
             if time.monotonic() > deadline:
                 break
             try:
@@ -260,24 +263,37 @@ def _write_rate(frontend, seconds: float) -> float:
     return n / (time.monotonic() - started)
 
 
-def test_writes_keep_their_rate_while_16_clients_hammer_the_reads(limited):
-    """Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with reads refused at once
-    in Flask, 22%. Reads over the limit are now held in the HTTP layer, in line per address, so the 16
-    readers get ~40 answers a second between them and cost little: 75-99% (median 87%) in eight runs
-    on a quiet machine, where the readers, the stack and its NER worker share the 2 cores. The issue
-    asks 90%; this asserts 50% and prints both rates."""
+PAIRS, WINDOW = 6, 2.5
+
+
+@pytest.mark.parametrize("paths", [READ_MIX, WRITTEN_CLOUD], ids=["read-mix", "cloud-of-the-written"])
+def test_writes_keep_their_rate_while_16_clients_hammer_the_reads(limited, paths):
+    """One sequential writer, alone and with 16 anonymous readers in other processes, in interleaved
+    windows (this VM's speed drifts by 2x within minutes, so only a ratio of neighbours is fair),
+    after one warm-up pass of the readers (the first pictures are drawn once). The issue asks 90%.
+
+    Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with reads held in the
+    HTTP layer, the read mix measured 91-102% (medians of 6-10 pairs over 7 runs, single pairs
+    70-137%) and the cloud of the publication being written 53%, 101% with the render budget. The
+    median is asserted at 80%, below the target, so that a noisy CI machine does not fail it; the
+    figures are printed."""
+    import statistics
     from concurrent.futures import ProcessPoolExecutor
 
     _, frontend = limited
-    # three 3 s windows each way, the best of each (this VM's neighbours make single windows noisy);
-    # the last unloaded window comes after the readers stop, so a drift counts against both
-    before = [_write_rate(frontend, 3), _write_rate(frontend, 3)]
+    ratios, reads = [], 0
     with ProcessPoolExecutor(16) as pool:
-        readers = [pool.submit(_hammer, frontend.url, 12) for _ in range(16)]
-        time.sleep(1.5)
-        loaded = max(_write_rate(frontend, 3) for _ in range(3))
-        reads = sum(r.result() for r in readers)
-    alone = max(before + [_write_rate(frontend, 3)])
-    print(f"writes/s alone {alone:.0f}, under read load {loaded:.0f} ({loaded / alone:.0%}); reads {reads}")
-    assert reads > 16 * 12, "the readers must really have hammered (each is held to ~1 read a second at least)"
-    assert loaded >= 0.5 * alone, f"writes/s alone {alone:.0f}, under read load {loaded:.0f}"
+        for warm in [pool.submit(_hammer, frontend.url, 2.0, paths) for _ in range(16)]:
+            warm.result()
+        for _ in range(PAIRS):
+            alone = _write_rate(frontend, WINDOW)
+            readers = [pool.submit(_hammer, frontend.url, WINDOW + 1.0, paths) for _ in range(16)]
+            time.sleep(0.5)
+            loaded = _write_rate(frontend, WINDOW)
+            reads += sum(r.result() for r in readers)
+            ratios.append(loaded / alone)
+    median = statistics.median(ratios)
+    print(f"writes under read load / alone, {PAIRS} pairs: median {median:.0%}, "
+          f"pairs {' '.join(f'{r:.0%}' for r in sorted(ratios))}; reads {reads}")
+    assert reads > 16 * PAIRS * 2, "the readers must really have hammered (each is held to ~1 read a second at least)"
+    assert median >= 0.8, f"writes under read load at {median:.0%} of their rate alone (pairs {sorted(ratios)})"
