@@ -281,7 +281,8 @@ class FakeFrontend:
     """POST /post/enqueue and /posts, deduplicating on (publication key, id) like the real server; GET /readyz.
 
     `misbehave` maps a request number (1-based) to "drop" (read the body, keep its articles, hang up
-    without answering) or "stall" (keep them, then answer nothing for `stall_seconds`). A dropped or
+    without answering), "stall" (keep them, then answer nothing for `stall_seconds`) or "garble" (keep
+    them, answer 202 with a body that cannot be decoded). A dropped or
     stalled request was delivered: its articles count, as they would behind a real front door.
     `readyz(fake, read)` answers the read-th GET /readyz (1-based) with (status, JSON body), or None to
     hang up; the default backend processes everything at once. `reject` answers every POST with that
@@ -354,6 +355,13 @@ class FakeFrontend:
                 if action in ("drop", "stall"):
                     self.close_connection = True  # hang up without a response
                     return
+                if action == "garble":  # an answer whose body cannot be decoded, as from a broken proxy
+                    self.send_response(202)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", "9")
+                    self.end_headers()
+                    self.wfile.write(b"not gzip!")
+                    return
                 answer = json.dumps({"accepted": accepted, "duplicates": duplicates}).encode()
                 self.send_response(202)
                 self.send_header("Content-Type", "application/json")
@@ -413,6 +421,21 @@ def test_dropped_connection_is_resent_when_every_article_has_an_id(tmp_path, cap
     out = capsys.readouterr().out
     assert "duplicates   1  (accepted before with the same id: counted once)" in out
     assert "OK, every article accepted (1 of them as duplicates)" in out
+
+
+@pytest.mark.parametrize("ids, resent", [(["a", "b"], True), ([None, "b"], False)])
+def test_an_answer_that_cannot_be_decoded_is_a_maybe_delivered_failure_not_a_traceback(tmp_path, ids, resent):
+    """Before: httpx.DecodingError escaped the sender. The request had arrived, so it is resent only
+    when its article has an id (then it comes back a duplicate); otherwise it is lost, outcome unknown."""
+    dataset = jsonl(tmp_path / "d.jsonl", ids)
+    with FakeFrontend({1: "garble"}) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    if resent:
+        assert status == 0 and (report["accepted"], report["duplicates"]) == (1, 1)
+        assert report["retry_reasons"] == {"DecodingError": 1} and len(fake.counted) == 2
+    else:
+        assert status == 1 and report["lost_reasons"] == {"DecodingError (outcome unknown)": 1}
+        assert len(fake.counted) == 1
 
 
 def test_read_timeout_is_resent_when_every_article_has_an_id(tmp_path):

@@ -74,7 +74,9 @@ AUTH_STATUSES = frozenset({401, 403})
 SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 # Raised once the request may have been delivered (read timeout or error, the server hanging up before
 # answering): the articles may be queued already. Safe to resend only when every one of them has an id.
-MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# an answer whose body cannot be decoded (a bad Content-Encoding from a proxy) came after delivery
+MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
+FAILED = (httpx.TransportError, httpx.DecodingError)  # no usable answer: retried or reported, never raised
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
 CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
 DEFAULT_WAIT_TIMEOUT = 600.0
@@ -267,7 +269,7 @@ def backoff(attempt: int) -> float:
     return random.uniform(0.5, 1.0) * min(5.0, 0.1 * 2 ** (attempt - 1))
 
 
-def may_resend(exc: httpx.TransportError, work: Work) -> bool:
+def may_resend(exc: Exception, work: Work) -> bool:
     """Is resending `work` after this failure safe: before delivery always, after it only with every id."""
     if isinstance(exc, SAFE_TO_RETRY):
         return True
@@ -352,7 +354,7 @@ class Sender:
         t0 = time.perf_counter()
         try:
             response = self.client.post(work.path, content=work.body, headers={"Content-Type": "application/json"})
-        except httpx.TransportError as exc:
+        except FAILED as exc:
             self.stats.add(requests=1)
             name = type(exc).__name__
             if may_resend(exc, work):
@@ -437,7 +439,7 @@ def read_counters(client: httpx.Client, timeout: float = 10.0) -> Reading:
     """The backend's counters since it started, from the frontend's /readyz JSON, 200 and 503 alike."""
     try:
         response = client.get("/readyz", timeout=timeout)
-    except httpx.TransportError as exc:
+    except FAILED as exc:
         return Reading(None, f"the frontend did not answer GET /readyz ({type(exc).__name__})", unreachable=True)
     try:
         body = response.json()
