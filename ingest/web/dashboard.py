@@ -7,9 +7,11 @@ top entities, cached in-process under (publication key, articles, mentions) so a
 only when that publication's counts change, and drawn by one background thread per process, never
 on a request's thread. Rendering has a budget, because a render costs ~0.4 s of CPU and anybody
 may ask for a cloud: a publication whose counts keep changing is redrawn at most every
-`WORDCLOUD_REFRESH` seconds (its last picture is served meanwhile), and the renderer rests after
-each picture so that drawing takes at most `RENDER_SHARE` of one core. Measured before the budget:
-16 clients asking for the cloud of a publication being written halved the write rate.
+`WORDCLOUD_REFRESH` seconds for a request that does not name its current counts in `v` (its last
+picture is served meanwhile, marked no-cache), and the renderer works on credit: `RENDER_BURST`
+CPU seconds at once (a user clicking through publications), `RENDER_SHARE` of one core over time
+(a client asking for clouds without end). Measured before the budget: 16 clients asking for the
+cloud of a publication being written halved the write rate.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ WORDCLOUD_SIZE = (800, 400)
 WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
 WORDCLOUD_REFRESH = 10.0  # seconds: a picture younger than this is served even if the counts moved on
-RENDER_SHARE = 0.1        # of one core: after a render of t CPU seconds the renderer rests t * (1/share - 1)
-RENDER_REST_MAX = 30.0    # seconds: the longest such rest
+RENDER_SHARE = 0.1        # of one core, sustained: the renderer's credit refills at this rate
+RENDER_BURST = 4.0        # CPU seconds of credit at most (about ten pictures in a row)
+RENDER_REST_MAX = 60.0    # seconds: the longest rest to pay off a debt
 FIRST_PAINT_ROWS = 100  # the page's own table, one page of it (dashboard.js PUB_PAGE); the script pages the rest
 POLL_SECONDS = 3
 # the page loads nothing from elsewhere, and a name that slipped past escaping could not run
@@ -98,16 +101,19 @@ class WordcloudCache:
 class WordcloudRenderer:
     """One thread per process renders clouds, one at a time, each (publication, counts) once.
 
-    Requests never render: they read the cache, ask for a picture and wait a moment for it. After
-    each picture the thread rests in proportion to the CPU it took, so clients hammering clouds of
-    changing publications cost `share` of one core at most, and nothing for counts already drawn.
+    Requests never render: they read the cache, ask for a picture and wait a moment for it. Each
+    picture's CPU time is taken from a credit of at most `burst` CPU seconds that refills at `share`
+    of a core; in debt the thread rests until it is paid off. So clients hammering clouds of changing
+    publications cost `share` of one core at most, and nothing for counts already drawn.
     """
 
     MAX_PENDING = 64
 
-    def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE):
+    def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE, burst: float = RENDER_BURST):
         self.cache = cache
         self.share = min(max(share, 0.01), 1.0)
+        self.burst = max(burst, 0.0)
+        self.credit, self.credit_at = self.burst, time.monotonic()
         self._pending: "OrderedDict[tuple, tuple]" = OrderedDict()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -145,7 +151,14 @@ class WordcloudRenderer:
                 done.set()
             spent = time.thread_time() - spent
             if self.share < 1.0:
-                time.sleep(min(spent * (1.0 / self.share - 1.0), RENDER_REST_MAX))
+                time.sleep(self._charge(spent))
+
+    def _charge(self, spent: float) -> float:
+        """Take a picture's CPU seconds from the credit; the seconds to rest to get out of debt."""
+        now = time.monotonic()
+        self.credit = min(self.burst, self.credit + (now - self.credit_at) * self.share) - spent
+        self.credit_at = now
+        return min(-self.credit / self.share, RENDER_REST_MAX) if self.credit < 0 else 0.0
 
 
 RENDER_WAIT = 5.0  # seconds a request waits for a fresh picture before it takes an older one or a 503
@@ -159,8 +172,9 @@ def wordcloud_renderer() -> WordcloudRenderer:
     renderer = current_app.extensions.get("ingest.dashboard.renderer")
     if renderer is None:
         share = float(current_app.config.get("DASHBOARD_RENDER_SHARE", RENDER_SHARE))
+        burst = float(current_app.config.get("DASHBOARD_RENDER_BURST", RENDER_BURST))
         renderer = current_app.extensions.setdefault("ingest.dashboard.renderer",
-                                                     WordcloudRenderer(wordcloud_cache(), share))
+                                                     WordcloudRenderer(wordcloud_cache(), share, burst))
     return renderer
 
 
@@ -252,8 +266,11 @@ def wordcloud_png():
         if png is None:
             latest = cache.latest(key)
             refresh = float(current_app.config.get("DASHBOARD_WORDCLOUD_REFRESH", WORDCLOUD_REFRESH))
-            if latest is not None and latest[1] < refresh:
-                png = latest[0]  # drawn a moment ago: the counts may move on again before a new one is
+            current = request.args.get("v") == f"{summary.articles}-{summary.mentions}"
+            if latest is not None and latest[1] < refresh and not current:
+                # drawn a moment ago: the counts may move on again before a new one is (a request
+                # naming the current counts, as the dashboard's does, waits for them: the budget holds)
+                png = latest[0]
             else:
                 done = wordcloud_renderer().request(cache_key, render)
                 if done is not None:
