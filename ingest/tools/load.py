@@ -73,8 +73,8 @@ AUTH_STATUSES = frozenset({401, 403})
 # Raised before the whole request reached the server, so it cannot have been queued: safe to resend.
 SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 # Raised once the request may have been delivered (read timeout or error, the server hanging up before
-# answering): the articles may be queued already. Safe to resend only when every one of them has an id.
-# an answer whose body cannot be decoded (a bad Content-Encoding from a proxy) came after delivery
+# answering, or an answer whose body cannot be decoded, such as a bad Content-Encoding from a proxy):
+# the articles may be queued already. Safe to resend only when every one of them has an id.
 MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
 FAILED = (httpx.TransportError, httpx.DecodingError)  # no usable answer: retried or reported, never raised
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After

@@ -149,9 +149,7 @@ class WordcloudRenderer:
                 with self._cond:
                     self._pending.pop(key, None)
                 done.set()
-            spent = time.thread_time() - spent
-            if self.share < 1.0:
-                time.sleep(self._charge(spent))
+            time.sleep(self._charge(time.thread_time() - spent))
 
     def _charge(self, spent: float) -> float:
         """Take a picture's CPU seconds from the credit; the seconds to rest to get out of debt."""
@@ -260,13 +258,13 @@ def wordcloud_png():
         if summary is None:
             return _error(404, "unknown_publication", "no such publication")
         cache_key = (key, summary.articles, summary.mentions)
+        current = request.args.get("v") == f"{summary.articles}-{summary.mentions}"  # the URL names these counts
         cache = wordcloud_cache()
         png = cache.get(cache_key)
         fresh = png is not None
         if png is None:
             latest = cache.latest(key)
             refresh = float(current_app.config.get("DASHBOARD_WORDCLOUD_REFRESH", WORDCLOUD_REFRESH))
-            current = request.args.get("v") == f"{summary.articles}-{summary.mentions}"
             if latest is not None and latest[1] < refresh and not current:
                 # drawn a moment ago: the counts may move on again before a new one is (a request
                 # naming the current counts, as the dashboard's does, waits for them: the budget holds)
@@ -291,7 +289,7 @@ def wordcloud_png():
     if fresh:
         response.set_etag(hashlib.blake2b(repr(cache_key).encode(), digest_size=12).hexdigest())
     scope = "private" if _read_keys() else "public"
-    if fresh and request.args.get("v") == f"{summary.articles}-{summary.mentions}":
+    if fresh and current:
         response.headers["Cache-Control"] = f"{scope}, max-age=86400, immutable"
     else:
         response.headers["Cache-Control"] = f"{scope}, no-cache"

@@ -6,9 +6,9 @@ its limit waits here (a sleeping coroutine, no thread, no CPU) until the limit h
 at most `MAX_WAIT` seconds, and only then is it served or refused: a read that cannot be served
 within that time (a spent per-minute limit) is still held until then, so a refusal costs a looping
 client a second too. A client that waits for its answers is slowed to the limit; one that does not
-runs into the connection bound. The limits are
-flask-limiter's syntax, counted per client address and per frontend worker with the `limits`
-library (the one flask-limiter counts with); the app keeps flask-limiter for any other server.
+runs into the connection bound. The limits are flask-limiter's syntax, counted per client address
+and per frontend worker with the `limits` library (the one flask-limiter counts with); the app
+keeps flask-limiter for any other server.
 """
 
 from __future__ import annotations
