@@ -4,7 +4,7 @@ setup(
     name="ingestiond",
     version="0.1.0",
     description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in Firestore or SQLite",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_namespace_packages(include=["ingest", "ingest.*"]),
     include_package_data=True,
     package_data={"ingest.web": ["templates/*", "static/*", "static/**/*"]},

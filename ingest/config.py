@@ -186,8 +186,10 @@ class FrontendSettings(_Common):
     read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys (default: reads are public)")
     max_batch: int = Field(1000, ge=1, description="items per POST /posts")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
-    read_rate_limit: str = Field("20/second;600/minute", description="reads without a key, per client address and "
-                                                                     "frontend worker (flask-limiter syntax; empty: none)")
+    read_rate_limit: str = Field("20/second;600/minute", description="requests without a key, per client address "
+                                                                     "and frontend worker (flask-limiter syntax; empty: none)")
+    anon_rate_limit: str = Field("20/10seconds", description="requests without a key from all addresses together, per "
+                                 "frontend worker, probes aside: the cost bound (flask-limiter syntax; empty: none)")
     intake: Optional[str] = Field(None, description="pubsub://PROJECT/TOPIC: publish accepted articles to Google "
                                   "Pub/Sub (202 once acknowledged) instead of the local manager")
 

@@ -164,9 +164,11 @@ def test_a_client_that_writes_a_whole_oversized_body_before_reading_sees_the_413
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    """A frontend with the shipped read limit, over a store that has publications to read."""
+    """A frontend with the shipped per-address limit and no overall bound, over a store that has
+    publications to read."""
     with running_stack(tmp_path_factory.mktemp("limited"), "--workers", "1", "--flush-interval", "0.3", workers=2,
-                       frontend_env={"INGEST_READ_RATE_LIMIT": "20/second;600/minute"}) as (backend, frontend):
+                       frontend_env={"INGEST_READ_RATE_LIMIT": "20/second;600/minute",
+                                     "INGEST_ANON_RATE_LIMIT": ""}) as (backend, frontend):
         yield from _fill(backend, frontend)
 
 
@@ -213,10 +215,14 @@ def test_a_read_refused_for_a_spent_minute_limit_is_still_held_a_second(limited,
     from tests.frontend_support import start_frontend
 
     backend, _ = limited
-    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second;30/minute"})
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second;30/minute",
+                                                                          "INGEST_ANON_RATE_LIMIT": ""})
     try:
         with httpx.Client(base_url=frontend.url, timeout=10) as http:
-            assert {http.get("/publications").status_code for _ in range(30)} == {200}
+            served = 0  # the minute's 30 (the start-up's /healthz probes count too: same address)
+            while http.get("/publications").status_code == 200:
+                served += 1
+                assert served <= 30, "the per-minute limit must hold"
             started = time.monotonic()
             refused = [http.get("/publications") for _ in range(3)]
             took = time.monotonic() - started
@@ -230,70 +236,155 @@ def test_a_read_refused_for_a_spent_minute_limit_is_still_held_a_second(limited,
         assert frontend.stop() == 0, frontend.log()[-3000:]
 
 
+def shipped_limits() -> dict:
+    """The pacing limits a frontend has when nobody sets them (the test helpers relax them)."""
+    from ingest.config import FrontendSettings
+
+    fields = FrontendSettings.model_fields
+    return {"INGEST_READ_RATE_LIMIT": fields["read_rate_limit"].default,
+            "INGEST_ANON_RATE_LIMIT": fields["anon_rate_limit"].default}
+
+
+def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, tmp_path):
+    """Per-address limits alone are no bound (sixteen addresses get sixteen times as much): all
+    requests without a key share one budget per frontend worker, whatever their address; probes
+    stay outside it, so a crowd of anonymous clients cannot fail a load balancer's health check."""
+    import asyncio
+
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
+                                                          "INGEST_ANON_RATE_LIMIT": "5/second"})
+    host, port = address(frontend)
+
+    async def client(source: str, paths, until: float, statuses: list):
+        transport = httpx.AsyncHTTPTransport(local_address=source)
+        async with httpx.AsyncClient(base_url=frontend.url, timeout=10, transport=transport) as http:
+            for i in range(10**6):
+                if time.monotonic() > until:
+                    return
+                statuses.append((await http.get(paths[i % len(paths)])).status_code)
+
+    async def crowd():
+        statuses, probes = [], []
+        until = time.monotonic() + 4
+        sources = [f"127.0.0.{n}" for n in range(2, 18)]  # 16 addresses
+        await asyncio.gather(*(client(src, ("/publications", "/nothing-here", "/openapi.json"), until, statuses)
+                               for src in sources),
+                             client("127.0.0.1", ("/healthz",), until, probes))
+        return statuses, probes
+
+    try:
+        statuses, probes = asyncio.run(crowd())
+    finally:
+        assert frontend.stop() == 0, frontend.log()[-3000:]
+    answered = [s for s in statuses if s != 429]
+    # one worker, 5/second for 4 s, plus the requests already in line when the clients stop
+    assert len(answered) <= 5 * 4 + 8, f"{len(answered)} anonymous answers in 4 s from 16 addresses: no overall bound"
+    assert statuses.count(429) >= 16, "held requests over the bound are refused"
+    assert set(answered) <= {200, 404}
+    assert probes.count(200) == len(probes) and len(probes) >= 40, f"probes: {len(probes)}, {set(probes)}"
+
+
 READ_MIX = ("/dashboard/wordcloud.png?publication=Read%20{}", "/publications",
-            "/publications/Read%20{}/entities?limit=50", "/")
-WRITTEN_CLOUD = ("/dashboard/wordcloud.png?publication=Writer",)  # its counts change with every flush
+            "/publications/Read%20{}/entities?limit=50", "/", "/dashboard/wordcloud.png?publication=Writer")
+OTHER_MIX = ("/healthz", "/nothing-here", "/openapi.json", "/dashboard/static/dashboard.js", "/readyz")
 
 
-def _hammer(url: str, seconds: float, paths=READ_MIX) -> int:
-    """A read-heavy client (another process): the given reads in turn, as fast as it is answered."""
+def _reader(url: str, paths, on, stop, count) -> None:
+    """A read-heavy client (another process): while `on` is set, the given reads in turn, each as
+    soon as the last is answered."""
     import itertools
+    import os
 
-    n = 0
-    deadline = time.monotonic() + seconds
+    os.nice(19)  # the clients stand for other machines: their own CPU must not be the writers' loss
     with httpx.Client(base_url=url, timeout=10) as http:
         for i, path in enumerate(itertools.cycle(paths)):
-            if time.monotonic() > deadline:
-                break
+            on.wait()  # blocks: an idle reader costs nothing while the writer is measured alone
+            if stop.is_set():
+                return
             try:
                 http.get(path.format(i % 5))
             except httpx.HTTPError:
                 pass
-            n += 1
-    return n
+            with count.get_lock():
+                count.value += 1
 
 
-def _write_rate(frontend, seconds: float) -> float:
+def _writes(http: httpx.Client, seconds: float) -> tuple[int, float]:
     n, started = 0, time.monotonic()
-    with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
-        while time.monotonic() - started < seconds:
-            r = http.post("/post/enqueue", json={"publication": "Writer", "content": f"Report {n}. Olaf Scholz spoke."})
-            assert r.status_code == 202
-            n += 1
-    return n / (time.monotonic() - started)
+    while time.monotonic() - started < seconds:
+        r = http.post("/post/enqueue", json={"publication": "Writer", "content": f"Report {n}. Olaf Scholz spoke."})
+        assert r.status_code == 202
+        n += 1
+    return n, time.monotonic() - started
 
 
-PAIRS, WINDOW = 6, 2.5
+PAIRS, WINDOW = 24, 1.0
 
 
-@pytest.mark.parametrize("paths", [READ_MIX, WRITTEN_CLOUD], ids=["read-mix", "cloud-of-the-written"])
-def test_writes_keep_their_rate_while_16_clients_hammer_the_reads(limited, paths):
-    """One sequential writer, alone and with 16 anonymous readers in other processes, in interleaved
-    windows (this VM's speed drifts by 2x within minutes, so only a ratio of neighbours is fair),
-    after one warm-up pass of the readers (the first pictures are drawn once). The issue asks 90%.
+def _ratio(written: dict) -> float:
+    """The write rate in all loaded windows over that in all alone ones."""
+    return (written["loaded"][0] / written["loaded"][1]) / (written["alone"][0] / written["alone"][1])
 
-    Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with reads held in the
-    HTTP layer, the read mix measured 91-102% (medians of 6-10 pairs over 7 runs, single pairs
-    70-137%) and the cloud of the publication being written 53%, 101% with the render budget. The
-    median is asserted at 80%, below the target, so that a noisy CI machine does not fail it; the
-    figures are printed."""
-    import statistics
-    from concurrent.futures import ProcessPoolExecutor
 
-    _, frontend = limited
-    ratios, reads = [], 0
-    with ProcessPoolExecutor(16) as pool:
-        for warm in [pool.submit(_hammer, frontend.url, 2.0, paths) for _ in range(16)]:
-            warm.result()
-        for _ in range(PAIRS):
-            alone = _write_rate(frontend, WINDOW)
-            readers = [pool.submit(_hammer, frontend.url, WINDOW + 1.0, paths) for _ in range(16)]
-            time.sleep(0.5)
-            loaded = _write_rate(frontend, WINDOW)
-            reads += sum(r.result() for r in readers)
-            ratios.append(loaded / alone)
-    median = statistics.median(ratios)
-    print(f"writes under read load / alone, {PAIRS} pairs: median {median:.0%}, "
-          f"pairs {' '.join(f'{r:.0%}' for r in sorted(ratios))}; reads {reads}")
-    assert reads > 16 * PAIRS * 2, "the readers must really have hammered (each is held to ~1 read a second at least)"
-    assert median >= 0.8, f"writes under read load at {median:.0%} of their rate alone (pairs {sorted(ratios)})"
+@pytest.mark.parametrize("paths", [READ_MIX, OTHER_MIX], ids=["read-mix", "probes-docs-404-static"])
+def test_writes_keep_90_percent_of_their_rate_while_16_clients_hammer_without_a_key(limited, tmp_path, paths):
+    """One sequential writer with a key, alone and with 16 keyless clients in other processes
+    looping over reads, in 24 interleaved pairs of 1 s windows (alone-loaded, then loaded-alone, so
+    a drift of this VM's speed cancels out), the frontend at its shipped limits. The ratio of the
+    write rates, all loaded windows against all alone ones, must be at least 90%, as the issue asks;
+    below that, 24 more pairs are measured and all 48 decide (single runs here: 88-99%, the VM
+    losing up to a third of its CPU to steal). The clients run at nice 19: they stand for other
+    machines, and their own CPU is not what the server spends.
+
+    Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with only a per-address
+    limit the read mix measured 82-88% this way, and 16 clients looping on /healthz (not paced
+    then) 17%."""
+    import multiprocessing
+
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, workers=2, env=shipped_limits())
+    context = multiprocessing.get_context("spawn")
+    on, stop, count = context.Event(), context.Event(), context.Value("i", 0)
+    readers = [context.Process(target=_reader, args=(frontend.url, paths, on, stop, count)) for _ in range(16)]
+    written = {"alone": [0, 0.0], "loaded": [0, 0.0]}
+    reads = 0
+    try:
+        for reader in readers:
+            reader.start()
+        on.set()
+        time.sleep(3)  # warm-up: the readers' first pass draws the clouds
+        with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
+            on.clear()
+            _writes(http, 1.0)
+            pairs = 0
+            for i in range(2 * PAIRS):
+                if i == PAIRS and _ratio(written) >= 0.9:
+                    break  # else this VM's steal time may have spoilt the first block: measure as long again
+                pairs += 1
+                for kind in (("alone", "loaded") if i % 2 == 0 else ("loaded", "alone")):
+                    on.set() if kind == "loaded" else on.clear()
+                    before = count.value
+                    n, took = _writes(http, WINDOW)
+                    written[kind][0] += n
+                    written[kind][1] += took
+                    if kind == "loaded":
+                        reads += count.value - before
+    finally:
+        stop.set()
+        on.set()
+        for reader in readers:
+            reader.join(15)
+            if reader.is_alive():
+                reader.kill()
+        assert frontend.stop() == 0, frontend.log()[-3000:]
+    alone, loaded = (written[k][0] / written[k][1] for k in ("alone", "loaded"))
+    ratio = _ratio(written)
+    print(f"writes alone {alone:.0f}/s, under 16 keyless clients {loaded:.0f}/s: {ratio:.1%} over {pairs} pairs; "
+          f"{reads / written['loaded'][1]:.0f} answers/s to the clients")
+    assert reads >= 16 * written["loaded"][1] * 0.5, "the readers must really have hammered (each is held a second at most)"
+    assert ratio >= 0.9, f"writes under keyless load at {ratio:.1%} of their rate alone"

@@ -81,8 +81,8 @@ READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.w
 
 
 def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
-    """A cost bound for whoever reads without a key: per client address, in each worker's memory."""
-    if not settings.read_rate_limit.strip():
+    """A cost bound for whoever comes without a key: per client address and in all, in each worker's memory."""
+    if not (settings.read_rate_limit.strip() or settings.anon_rate_limit.strip()):
         return
     from flask_limiter import Limiter
     from flask_limiter.util import get_remote_address
@@ -92,9 +92,11 @@ def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
     from .pacing import PACED, ReadPacer
 
     keys = settings.api_keys + settings.read_api_keys
-    # under ingest's own gunicorn worker the HTTP layer paces these reads (see pacing.py) and marks
-    # them; flask-limiter is the bound for any other server (the dev server, plain gunicorn)
-    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, app.url_map, READ_VIEWS)
+    # under ingest's own gunicorn worker the HTTP layer paces every request without a key (see
+    # pacing.py) and marks it; flask-limiter bounds the reads for any other server (the dev server)
+    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, settings.anon_rate_limit)
+    if not settings.read_rate_limit.strip():
+        return
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
     exempt = lambda: request.environ.get(PACED, False) or (  # noqa: E731
         bool(keys) and key_matches(presented_keys(), keys))

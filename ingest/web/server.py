@@ -8,7 +8,7 @@ request goes to the thread pool that runs the Flask app. So a slow or idle clien
 never a thread. Pipelined requests are answered in order. Every error the HTTP layer raises itself
 (bad framing, oversize lines and headers, unknown transfer codings, timeouts) is the API's JSON
 shape, and a request refused before its body (413 by Content-Length) closes the connection
-without reading the body. Reads without a key are paced here, before an app thread (pacing.py).
+without reading the body. Requests without a key are paced here, before an app thread (pacing.py).
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ class HttpConnection:
         started = time.monotonic()
         environ = self.environ(request, body)
         pacer = self.worker.pacer
-        if pacer is not None and pacer.applies(request.method, environ["PATH_INFO"], request.headers):
-            retry_after = await pacer.admit(self.peer[0])
+        if pacer is not None and pacer.applies(request.headers):
+            retry_after = await pacer.admit(self.peer[0], environ["PATH_INFO"])
             if retry_after is not None:
                 await self.too_many(request, retry_after, started)
                 return True
@@ -203,9 +203,9 @@ class HttpConnection:
         return not close
 
     async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
-        """A paced read still over its limit: 429, and the connection stays open (it has no body)."""
-        body = json.dumps({"error": "too_many_requests", "detail": "too many reads without an API key from this "
-                           f"address (over {self.worker.read_rate_limit}); slow down"}).encode()
+        """A paced request still over its limit: 429, and the connection stays open (its body is read)."""
+        body = json.dumps({"error": "too_many_requests", "detail": "too many requests without an API key (over "
+                           f"{self.worker.read_rate_limit}); slow down, or send a key"}).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                    ("Retry-After", str(retry_after))]
         await self.send(h11.Response(status_code=429, headers=headers), b"" if request.method == b"HEAD" else body)
@@ -342,7 +342,9 @@ class BufferingWorker(Worker):
         extensions = getattr(self.wsgi, "extensions", {})
         self.pacer = extensions.get("ingest.read_pacer")
         settings = extensions.get("ingest.settings")
-        self.read_rate_limit = settings.read_rate_limit if settings is not None else ""
+        self.read_rate_limit = "" if settings is None else " or ".join(
+            f"{limit} {scope}" for limit, scope in ((settings.read_rate_limit, "per address"),
+                                                    (settings.anon_rate_limit, "in all")) if limit.strip())
         asyncio.run(self.serve())
 
     async def serve(self):
