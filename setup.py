@@ -17,6 +17,8 @@ setup(
         "google-cloud-pubsub>=2.20,<3",  # INGEST_INTAKE / --intake pubsub://... (a fleet, docs/pubsub.md)
         "flask>=3.0,<4",
         "flask-limiter>=3.5,<5",
+        "limits>=3.13,<6",  # ingest/web/pacing.py counts with it directly (flask-limiter's own counter)
+        "h11>=0.14,<1",  # ingest/web/server.py parses HTTP/1.1 with it
         "swagger-ui-bundle-v2>=5.31,<6",
         "gunicorn>=22,<24",
         "supervisor>=4.2,<5",
