@@ -285,3 +285,70 @@ def test_the_renderers_credit_lets_a_few_pictures_through_then_charges_the_rest(
     renderer = dashboard.WordcloudRenderer(dashboard.WordcloudCache(8), share=0.25, burst=0.3)
     assert renderer._charge(0.2) == 0.0  # a user clicking through publications: no wait
     assert renderer._charge(0.2) == pytest.approx(0.4, abs=0.05)  # 0.1 s in debt at 0.25 of a core
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_clouds_are_drawn_by_a_low_priority_child_of_the_app_process(db):
+    """The app's picture is the painter child's, drawn at nice 10, and equals the in-process one."""
+    import os
+
+    from ingest.web.painter import NICENESS, shared_painter
+
+    app = build_app(db[1])
+    with app.test_client() as c:
+        resp = cloud(c, "The Daily Planet")
+    assert resp.status_code == 200
+    child = shared_painter()._child
+    assert child is not None and _alive(child.pid)
+    assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + NICENESS, 19)
+    top = {e.entity: e.mentions for e in db[0].entities("The Daily Planet", limit=dashboard.WORDCLOUD_TOP_N)}
+    assert resp.data == dashboard.render_wordcloud(top)
+
+
+def test_the_painter_reports_its_cpu_survives_errors_and_a_killed_child():
+    import os
+    import signal
+
+    from ingest.web.painter import Painter, PainterError
+
+    painter = Painter()
+    try:
+        assert png_size(painter.draw({"alpha": 3, "beta": 1})) == dashboard.WORDCLOUD_SIZE
+        assert painter.cpu_spent() > 0.01, "the child's CPU counts against this thread's render budget"
+        with pytest.raises(PainterError, match="TypeError|ValueError"):
+            painter.draw({"alpha": "many"})  # the child's error, as a message; the child goes on
+        first = painter._child.pid
+        assert png_size(painter.draw({"gamma": 2})) == dashboard.WORDCLOUD_SIZE and painter._child.pid == first
+        os.kill(first, signal.SIGKILL)
+        painter._child.wait(5)
+        assert png_size(painter.draw({"delta": 2})) == dashboard.WORDCLOUD_SIZE  # a new child
+        assert painter._child.pid != first
+    finally:
+        painter.close()
+    assert painter._child is None
+
+
+def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path):
+    """SIGKILL the parent: the child sees its stdin close and exits, none is left running."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys\n"
+              "from ingest.web.painter import Painter\n"
+              "p = Painter(); p.draw({'alpha': 1})\n"
+              "print(p._child.pid, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert parent.returncode == -9, parent.stderr
+    child = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the painter outlived its parent"

@@ -4,8 +4,9 @@ The page is a thin shell: its script polls the JSON read API (GET /publications 
 GET /publications/<publication>/entities) so it shows exactly what the API answers, paged,
 never all entities at once. The word cloud is the one thing rendered here, as a PNG from the
 top entities, cached in-process under (publication key, articles, mentions) so a render happens
-only when that publication's counts change, and drawn by one background thread per process, never
-on a request's thread. Rendering has a budget, because a render costs ~0.4 s of CPU and anybody
+only when that publication's counts change, and asked for by one background thread per app, never
+on a request's thread; the drawing itself is done by a low-priority child process (painter.py), so
+it never holds the GIL of the worker serving the writers. Rendering has a budget, because a render costs ~0.4 s of CPU and anybody
 may ask for a cloud: a publication whose counts keep changing is redrawn at most every
 `WORDCLOUD_REFRESH` seconds for a request that does not name its current counts in `v` (its last
 picture is served meanwhile, marked no-cache), and the renderer works on credit: `RENDER_BURST`
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ..core.models import PublicationSummary
 from ..core.rules import publication_key
+from .painter import WORDCLOUD_SIZE, WORDCLOUD_TOP_N, Painter, render_wordcloud, shared_painter  # noqa: F401 (tests read them here)
 
 log = logging.getLogger("ingest.dashboard")
 
@@ -40,10 +40,6 @@ bp = Blueprint(
     static_url_path="/dashboard/static",
 )
 
-WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
-WORDCLOUD_SIZE = (800, 400)
-# a proportional face reads better than the package's bundled monospace one; used when installed
-WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 DEFAULT_CACHE_ENTRIES = 64
 WORDCLOUD_REFRESH = 10.0  # seconds: a picture younger than this is served even if the counts moved on
 RENDER_SHARE = 0.1        # of one core, sustained: the renderer's credit refills at this rate
@@ -109,8 +105,10 @@ class WordcloudRenderer:
 
     MAX_PENDING = 64
 
-    def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE, burst: float = RENDER_BURST):
+    def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE, burst: float = RENDER_BURST,
+                 painter: Painter | None = None):
         self.cache = cache
+        self.painter = painter  # None: pictures are drawn on this thread (a test, or no child allowed)
         self.share = min(max(share, 0.01), 1.0)
         self.burst = max(burst, 0.0)
         self.credit, self.credit_at = self.burst, time.monotonic()
@@ -138,7 +136,7 @@ class WordcloudRenderer:
                 while not self._pending:
                     self._cond.wait()
                 key, (render, done) = next(iter(self._pending.items()))
-            spent = time.thread_time()
+            spent = self._cpu_so_far()
             try:
                 if self.cache.get(key) is None:
                     self.cache.put(key, render())
@@ -149,7 +147,15 @@ class WordcloudRenderer:
                 with self._cond:
                     self._pending.pop(key, None)
                 done.set()
-            time.sleep(self._charge(time.thread_time() - spent))
+            time.sleep(self._charge(self._cpu_so_far() - spent))
+
+    def draw(self, frequencies: dict[str, int]) -> bytes:
+        """Called by a `render` on this renderer's thread."""
+        return self.painter.draw(frequencies) if self.painter is not None else render_wordcloud(frequencies)
+
+    def _cpu_so_far(self) -> float:
+        """This thread's CPU seconds and those the painter's child spent on its pictures."""
+        return time.thread_time() + (self.painter.cpu_spent() if self.painter is not None else 0.0)
 
     def _charge(self, spent: float) -> float:
         """Take a picture's CPU seconds from the credit; the seconds to rest to get out of debt."""
@@ -171,8 +177,9 @@ def wordcloud_renderer() -> WordcloudRenderer:
     if renderer is None:
         share = float(current_app.config.get("DASHBOARD_RENDER_SHARE", RENDER_SHARE))
         burst = float(current_app.config.get("DASHBOARD_RENDER_BURST", RENDER_BURST))
+        painter = shared_painter() if current_app.config.get("DASHBOARD_RENDER_IN_CHILD", True) else None
         renderer = current_app.extensions.setdefault("ingest.dashboard.renderer",
-                                                     WordcloudRenderer(wordcloud_cache(), share, burst))
+                                                     WordcloudRenderer(wordcloud_cache(), share, burst, painter))
     return renderer
 
 
@@ -248,10 +255,11 @@ def wordcloud_png():
     publication = request.args.get("publication", "")
     key = publication_key(publication)
     store = _store()
+    renderer = wordcloud_renderer()
 
     def render() -> bytes:  # runs on the renderer's thread
         entities = store.entities(publication, limit=WORDCLOUD_TOP_N, offset=0) or []
-        return render_wordcloud({e.entity: e.mentions for e in entities})
+        return renderer.draw({e.entity: e.mentions for e in entities})
 
     try:
         summary = _find(publication) if key else None
@@ -270,7 +278,7 @@ def wordcloud_png():
                 # naming the current counts, as the dashboard's does, waits for them: the budget holds)
                 png = latest[0]
             else:
-                done = wordcloud_renderer().request(cache_key, render)
+                done = renderer.request(cache_key, render)
                 if done is not None:
                     done.wait(RENDER_WAIT)
                 png = cache.get(cache_key)
@@ -294,31 +302,3 @@ def wordcloud_png():
     else:
         response.headers["Cache-Control"] = f"{scope}, no-cache"
     return response.make_conditional(request)
-
-
-def render_wordcloud(frequencies: dict[str, int]) -> bytes:
-    """PNG bytes; a publication without entities yet gets a quiet placeholder, not an error."""
-    from PIL import Image, ImageDraw
-
-    width, height = WORDCLOUD_SIZE
-    if frequencies:
-        from wordcloud import WordCloud
-
-        cloud = WordCloud(
-            width=width,
-            height=height,
-            background_color="white",
-            colormap="Dark2",
-            prefer_horizontal=0.9,
-            max_words=WORDCLOUD_TOP_N,
-            random_state=7,  # the same counts always give the same picture
-            margin=4,
-            font_path=next((f for f in WORDCLOUD_FONTS if os.path.exists(f)), None),
-        ).generate_from_frequencies(frequencies)
-        image = cloud.to_image()
-    else:
-        image = Image.new("RGB", (width, height), "white")
-        ImageDraw.Draw(image).text((width // 2, height // 2), "no entities yet", fill="#888", anchor="mm")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
