@@ -190,6 +190,8 @@ class FrontendSettings(_Common):
                                                                      "and frontend worker (flask-limiter syntax; empty: none)")
     anon_rate_limit: str = Field("20/10seconds", description="requests without a key from all addresses together, per "
                                  "frontend worker, probes aside: the cost bound (flask-limiter syntax; empty: none)")
+    probe_rate_limit: str = Field("50/second", description="probes (/healthz, /readyz, /metrics) without a key from all "
+                                  "addresses together, per frontend worker (flask-limiter syntax; empty: none)")
     intake: Optional[str] = Field(None, description="pubsub://PROJECT/TOPIC: publish accepted articles to Google "
                                   "Pub/Sub (202 once acknowledged) instead of the local manager")
 
@@ -197,6 +199,18 @@ class FrontendSettings(_Common):
     @classmethod
     def _intake(cls, value: Optional[str]):
         return _intake_url(value)
+
+    @field_validator("read_rate_limit", "anon_rate_limit", "probe_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str):
+        from limits import parse_many
+
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("not a rate limit: write it like 20/second or 20/second;600/minute") from None
+        return value
 
     @field_validator("api_keys", "read_api_keys", mode="before")
     @classmethod

@@ -51,6 +51,7 @@ def start_frontend(tmp_path: Path, backend_env: dict, *, workers: int = 1, api_k
         "INGEST_API_KEYS_FILE": str(tmp_path / "no-api-keys-file"),
         "INGEST_FRONTEND_THREADS": "4",
         "INGEST_READ_RATE_LIMIT": "2000/second",  # the suites read fast from one address; test_hostile tests the limit
+        "INGEST_PROBE_RATE_LIMIT": "2000/second",
         "INGEST_ANON_RATE_LIMIT": "2000/second",
         "PYTHONUNBUFFERED": "1",
     })

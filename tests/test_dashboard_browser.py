@@ -56,6 +56,7 @@ def serve(tmp_path, fill=populate, **extra_env):
         "INGEST_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}",  # no backend: reads only
         "INGEST_READ_API_KEYS": "",
         "INGEST_READ_RATE_LIMIT": "2000/second",  # the test's own API calls come from the browser's address too
+        "INGEST_PROBE_RATE_LIMIT": "2000/second",
         "INGEST_ANON_RATE_LIMIT": "2000/second",  # the browser loads page, script, styles and pictures at once
         **extra_env,
     }

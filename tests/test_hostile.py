@@ -4,6 +4,7 @@ framing. Nobody without a key can starve the service, and every answer is the AP
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -243,7 +244,8 @@ def shipped_limits() -> dict:
 
     fields = FrontendSettings.model_fields
     return {"INGEST_READ_RATE_LIMIT": fields["read_rate_limit"].default,
-            "INGEST_ANON_RATE_LIMIT": fields["anon_rate_limit"].default}
+            "INGEST_ANON_RATE_LIMIT": fields["anon_rate_limit"].default,
+            "INGEST_PROBE_RATE_LIMIT": fields["probe_rate_limit"].default}
 
 
 def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, tmp_path):
@@ -286,6 +288,57 @@ def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, t
     assert statuses.count(429) >= 16, "held requests over the bound are refused"
     assert set(answered) <= {200, 404}
     assert probes.count(200) == len(probes) and len(probes) >= 40, f"probes: {len(probes)}, {set(probes)}"
+
+
+def test_probes_have_a_line_and_a_bound_of_their_own(limited, tmp_path):
+    """Sixteen addresses looping on the probes are bounded by INGEST_PROBE_RATE_LIMIT (with only the
+    per-address limit they had twenty a second each), and they do not hold up a reader, whose
+    requests wait in the other line."""
+    import asyncio
+
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
+                                                          "INGEST_ANON_RATE_LIMIT": "5/second",
+                                                          "INGEST_PROBE_RATE_LIMIT": "5/second"})
+
+    async def client(source: str, paths, until: float, statuses: list):
+        transport = httpx.AsyncHTTPTransport(local_address=source)
+        async with httpx.AsyncClient(base_url=frontend.url, timeout=10, transport=transport) as http:
+            for i in range(10**6):
+                if time.monotonic() > until:
+                    return
+                statuses.append((await http.get(paths[i % len(paths)])).status_code)
+
+    async def crowd():
+        probes, reads = [], []
+        until = time.monotonic() + 4
+        await asyncio.gather(*(client(f"127.0.0.{n}", ("/healthz", "/readyz", "/metrics"), until, probes)
+                               for n in range(2, 18)),
+                             client("127.0.0.1", ("/publications",), until, reads))
+        return probes, reads
+
+    try:
+        probes, reads = asyncio.run(crowd())
+    finally:
+        assert frontend.stop() == 0, frontend.log()[-3000:]
+    answered = [s for s in probes if s != 429]
+    assert len(answered) <= 5 * 4 + 8, f"{len(answered)} probes answered in 4 s from 16 addresses: no bound"
+    assert probes.count(429) >= 16 and set(answered) <= {200}
+    assert reads.count(200) >= 5 * 4 - 4 and set(reads) == {200}, f"the reader: {len(reads)}, {set(reads)}"
+
+
+def test_a_rate_limit_that_does_not_parse_is_a_clear_error(tmp_path):
+    import subprocess
+
+    from tests.frontend_support import frontend_command
+
+    env = {**os.environ, "INGEST_PROBE_RATE_LIMIT": "often", "INGEST_VAR_DIR": str(tmp_path)}
+    done = subprocess.run([*frontend_command(), "--bind", "127.0.0.1:0"], env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "INGEST_PROBE_RATE_LIMIT='often': not a rate limit" in done.stderr, done.stderr
 
 
 READ_MIX = ("/dashboard/wordcloud.png?publication=Read%20{}", "/publications",

@@ -82,7 +82,8 @@ READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.w
 
 def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
     """A cost bound for whoever comes without a key: per client address and in all, in each worker's memory."""
-    if not (settings.read_rate_limit.strip() or settings.anon_rate_limit.strip()):
+    if not any(limit.strip() for limit in (settings.read_rate_limit, settings.anon_rate_limit,
+                                           settings.probe_rate_limit)):
         return
     from flask_limiter import Limiter
     from flask_limiter.util import get_remote_address
@@ -94,7 +95,8 @@ def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
     keys = settings.api_keys + settings.read_api_keys
     # under ingest's own gunicorn worker the HTTP layer paces every request without a key (see
     # pacing.py) and marks it; flask-limiter bounds the reads for any other server (the dev server)
-    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, settings.anon_rate_limit)
+    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, settings.anon_rate_limit,
+                                                      settings.probe_rate_limit)
     if not settings.read_rate_limit.strip():
         return
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)

@@ -16,8 +16,10 @@ files, a 404, a write that will get its 401. Two limits apply, both per frontend
   the cost bound. Per-address limits alone are no bound: sixteen addresses get sixteen times as
   much. Measured on 2 cores, every anonymous request served took about half a write's worth of
   CPU from the writers; at the shipped bound 16 hammering clients leave the writers >= 90%.
-Probes (`/healthz`, `/readyz`, `/metrics`) are held to the per-address limit only, so a crowd of
-anonymous clients can never make a load balancer's health check fail.
+- `probes` (INGEST_PROBE_RATE_LIMIT), all anonymous probes (`/healthz`, `/readyz`, `/metrics`)
+  together, in a line of their own: a crowd of anonymous readers cannot make a load balancer's
+  health check wait, and a crowd of probes from many addresses is bounded too (without this bound,
+  sixteen addresses looping on /healthz had twenty a second each, per worker).
 The limits are flask-limiter's syntax, counted with the `limits` library (the one flask-limiter
 counts with); the app keeps flask-limiter on the read endpoints for any other server.
 """
@@ -41,14 +43,16 @@ KEY_HEADERS = (b"x-api-key", b"access-token")  # `access_token` too: underscores
 PACED = "ingest.paced"  # environ flag: the HTTP layer has counted this request
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 OVERALL = "*"  # the limiter's key for all anonymous requests together
+ALL_PROBES = "*probes"  # and for all anonymous probes (no address looks like these)
 
 
 class ReadPacer:
     """Which requests are anonymous, and when each may go on."""
 
-    def __init__(self, per_address: str, keys: Iterable[str], overall: str = ""):
+    def __init__(self, per_address: str, keys: Iterable[str], overall: str = "", probes: str = ""):
         self.per_address = parse_many(per_address) if per_address.strip() else []
         self.overall = parse_many(overall) if overall.strip() else []
+        self.probes = parse_many(probes) if probes.strip() else []
         self.keys = tuple(keys)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.lines: dict[str, list] = {}  # limiter key -> [its lock, requests waiting for it]
@@ -62,15 +66,14 @@ class ReadPacer:
     async def admit(self, address: str, path: str = "") -> int | None:
         """None when the request may go on; otherwise the Retry-After, in seconds, of its 429.
 
-        First in its address's line, then (not for probes) in the line of all anonymous requests;
-        one deadline for both. Each line is first come, first served (asyncio's lock), and only its
+        First in its address's line, then in the line of all anonymous requests (probes: of all
+        anonymous probes); one deadline for both. Each line is first come, first served (asyncio's lock), and only its
         first asks the limiter and sleeps until there is room, so a crowd of held requests costs one
         look at the limiter per slot, not one per request each time a slot frees."""
         deadline = time.monotonic() + MAX_WAIT
         held = False
-        stages = [(address, self.per_address)]
-        if path not in PROBES:
-            stages.append((OVERALL, self.overall))
+        stages = [(address, self.per_address),
+                  (ALL_PROBES, self.probes) if path in PROBES else (OVERALL, self.overall)]
         for key, limits in stages:
             if not limits:
                 continue

@@ -344,7 +344,8 @@ class BufferingWorker(Worker):
         settings = extensions.get("ingest.settings")
         self.read_rate_limit = "" if settings is None else " or ".join(
             f"{limit} {scope}" for limit, scope in ((settings.read_rate_limit, "per address"),
-                                                    (settings.anon_rate_limit, "in all")) if limit.strip())
+                                                    (settings.anon_rate_limit, "in all"),
+                                                    (settings.probe_rate_limit, "for all probes")) if limit.strip())
         asyncio.run(self.serve())
 
     async def serve(self):
