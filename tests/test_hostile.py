@@ -359,11 +359,21 @@ def _reader(url: str, paths, on, stop, count) -> None:
             if stop.is_set():
                 return
             try:
-                http.get(path.format(i % 5))
+                http.get(path.format(i // len(paths) % 5))  # each pass through the paths: the next publication
             except httpx.HTTPError:
                 pass
             with count.get_lock():
                 count.value += 1
+
+
+def _draw_the_clouds(frontend, publications) -> None:
+    """The clouds a running service has drawn already, in every frontend worker: each asked for
+    with a key on new connections (a connection stays with its worker) until all workers answered."""
+    for name in publications:
+        for _ in range(8):  # 2 workers: a new connection lands on either
+            r = httpx.get(f"{frontend.url}/dashboard/wordcloud.png", params={"publication": name},
+                          headers={"X-API-Key": frontend.api_key}, timeout=30)
+            assert r.status_code == 200, r.text
 
 
 def _writes(http: httpx.Client, seconds: float) -> tuple[int, float]:
@@ -389,13 +399,17 @@ def test_writes_keep_90_percent_of_their_rate_while_16_clients_hammer_without_a_
     looping over reads, in 24 interleaved pairs of 1 s windows (alone-loaded, then loaded-alone, so
     a drift of this VM's speed cancels out), the frontend at its shipped limits. The ratio of the
     write rates, all loaded windows against all alone ones, must be at least 90%, as the issue asks;
-    below that, 24 more pairs are measured and all 48 decide (single runs here: 88-99%, the VM
-    losing up to a third of its CPU to steal). The clients run at nice 19: they stand for other
-    machines, and their own CPU is not what the server spends.
+    below that, 24 more pairs are measured and all 48 decide. The clients run at nice 19: they
+    stand for other machines, and their own CPU is not what the server spends. The clouds of the
+    publications read are drawn before (a running service has them; the first drawing of each is
+    bounded by the render credit), the cloud of the publication being written is redrawn as it
+    changes, in the measured windows.
 
     Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with only a per-address
     limit the read mix measured 82-88% this way, and 16 clients looping on /healthz (not paced
-    then) 17%."""
+    then) 17%; clouds drawn on a thread of the frontend worker (its GIL) 89-96% on a VM losing a
+    third of its CPU to steal. Now, on 2 idle cores 96-99%; with a third process spinning on one
+    core 93-101%."""
     import multiprocessing
 
     from tests.frontend_support import start_frontend
@@ -408,10 +422,14 @@ def test_writes_keep_90_percent_of_their_rate_while_16_clients_hammer_without_a_
     written = {"alone": [0, 0.0], "loaded": [0, 0.0]}
     reads = 0
     try:
+        with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
+            _writes(http, 0.2)  # the publication being written has a cloud from the start
+        backend.wait_idle()
+        _draw_the_clouds(frontend, [f"Read {n}" for n in range(5)] + ["Writer"])
         for reader in readers:
             reader.start()
         on.set()
-        time.sleep(3)  # warm-up: the readers' first pass draws the clouds
+        time.sleep(3)  # warm-up: the readers' connections are open, their first requests answered
         with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
             on.clear()
             _writes(http, 1.0)
@@ -431,7 +449,7 @@ def test_writes_keep_90_percent_of_their_rate_while_16_clients_hammer_without_a_
     finally:
         stop.set()
         on.set()
-        for reader in readers:
+        for reader in (r for r in readers if r.pid is not None):
             reader.join(15)
             if reader.is_alive():
                 reader.kill()

@@ -41,8 +41,11 @@ bp = Blueprint(
 )
 
 DEFAULT_CACHE_ENTRIES = 64
-WORDCLOUD_REFRESH = 10.0  # seconds: a picture younger than this is served even if the counts moved on
-RENDER_SHARE = 0.1        # of one core, sustained: the renderer's credit refills at this rate
+# seconds: a picture younger than this is served even if the counts moved on (to a request not naming
+# them: the dashboard's own requests do). At 10 s, 16 clients looping over the cloud of the publication
+# being written cost the writers ~5% on a busy 2-core machine, 30 s a third of that.
+WORDCLOUD_REFRESH = 30.0
+RENDER_SHARE = 0.05       # of one core per frontend worker, sustained: the renderer's credit refills at this rate
 RENDER_BURST = 4.0        # CPU seconds of credit at most (about ten pictures in a row)
 RENDER_REST_MAX = 60.0    # seconds: the longest rest to pay off a debt
 FIRST_PAINT_ROWS = 100  # the page's own table, one page of it (dashboard.js PUB_PAGE); the script pages the rest
