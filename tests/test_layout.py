@@ -44,3 +44,11 @@ def test_the_load_tool_imports_neither_server_side():
     loaded = _loaded_after("import ingest.tools.load")
     assert not {m for m in loaded if m.startswith(("ingest.backend", "ingest.web", "ingest.stores"))}
     assert "ingest.config" not in loaded
+
+
+def test_the_painter_child_imports_neither_flask_nor_the_stores():
+    """`python -m ingest.web.painter` draws pictures only; the gunicorn worker never draws them."""
+    painter = _loaded_after("import ingest.web.painter")
+    assert "flask" not in painter and not {m for m in painter if m.startswith(("ingest.stores", "ingest.backend"))}
+    worker = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
+    assert "wordcloud" not in worker and "matplotlib" not in worker
