@@ -248,38 +248,41 @@ def shipped_limits() -> dict:
             "INGEST_PROBE_RATE_LIMIT": fields["probe_rate_limit"].default}
 
 
-def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, tmp_path):
-    """Per-address limits alone are no bound (sixteen addresses get sixteen times as much): all
-    requests without a key share one budget per frontend worker, whatever their address; probes
-    stay outside it, so a crowd of anonymous clients cannot fail a load balancer's health check."""
+def _crowd_and_one(url: str, crowd_paths, lone_paths, seconds: float = 4.0) -> tuple[list[int], list[int]]:
+    """Sixteen keyless clients from 127.0.0.2-17 looping over `crowd_paths` and one from 127.0.0.1
+    looping over `lone_paths`, each request as soon as the last is answered: their statuses."""
     import asyncio
-
-    from tests.frontend_support import start_frontend
-
-    backend, _ = limited
-    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
-                                                          "INGEST_ANON_RATE_LIMIT": "5/second"})
-    host, port = address(frontend)
 
     async def client(source: str, paths, until: float, statuses: list):
         transport = httpx.AsyncHTTPTransport(local_address=source)
-        async with httpx.AsyncClient(base_url=frontend.url, timeout=10, transport=transport) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=10, transport=transport) as http:
             for i in range(10**6):
                 if time.monotonic() > until:
                     return
                 statuses.append((await http.get(paths[i % len(paths)])).status_code)
 
-    async def crowd():
-        statuses, probes = [], []
-        until = time.monotonic() + 4
-        sources = [f"127.0.0.{n}" for n in range(2, 18)]  # 16 addresses
-        await asyncio.gather(*(client(src, ("/publications", "/nothing-here", "/openapi.json"), until, statuses)
-                               for src in sources),
-                             client("127.0.0.1", ("/healthz",), until, probes))
-        return statuses, probes
+    async def both():
+        crowd, lone = [], []
+        until = time.monotonic() + seconds
+        await asyncio.gather(*(client(f"127.0.0.{n}", crowd_paths, until, crowd) for n in range(2, 18)),
+                             client("127.0.0.1", lone_paths, until, lone))
+        return crowd, lone
 
+    return asyncio.run(both())
+
+
+def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, tmp_path):
+    """Per-address limits alone are no bound (sixteen addresses get sixteen times as much): all
+    requests without a key share one budget per frontend worker, whatever their address; probes
+    stay outside it, so a crowd of anonymous clients cannot fail a load balancer's health check."""
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
+                                                          "INGEST_ANON_RATE_LIMIT": "5/second"})
     try:
-        statuses, probes = asyncio.run(crowd())
+        statuses, probes = _crowd_and_one(frontend.url, ("/publications", "/nothing-here", "/openapi.json"),
+                                          ("/healthz",))
     finally:
         assert frontend.stop() == 0, frontend.log()[-3000:]
     answered = [s for s in statuses if s != 429]
@@ -294,33 +297,14 @@ def test_probes_have_a_line_and_a_bound_of_their_own(limited, tmp_path):
     """Sixteen addresses looping on the probes are bounded by INGEST_PROBE_RATE_LIMIT (with only the
     per-address limit they had twenty a second each), and they do not hold up a reader, whose
     requests wait in the other line."""
-    import asyncio
-
     from tests.frontend_support import start_frontend
 
     backend, _ = limited
     frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
                                                           "INGEST_ANON_RATE_LIMIT": "5/second",
                                                           "INGEST_PROBE_RATE_LIMIT": "5/second"})
-
-    async def client(source: str, paths, until: float, statuses: list):
-        transport = httpx.AsyncHTTPTransport(local_address=source)
-        async with httpx.AsyncClient(base_url=frontend.url, timeout=10, transport=transport) as http:
-            for i in range(10**6):
-                if time.monotonic() > until:
-                    return
-                statuses.append((await http.get(paths[i % len(paths)])).status_code)
-
-    async def crowd():
-        probes, reads = [], []
-        until = time.monotonic() + 4
-        await asyncio.gather(*(client(f"127.0.0.{n}", ("/healthz", "/readyz", "/metrics"), until, probes)
-                               for n in range(2, 18)),
-                             client("127.0.0.1", ("/publications",), until, reads))
-        return probes, reads
-
     try:
-        probes, reads = asyncio.run(crowd())
+        probes, reads = _crowd_and_one(frontend.url, ("/healthz", "/readyz", "/metrics"), ("/publications",))
     finally:
         assert frontend.stop() == 0, frontend.log()[-3000:]
     answered = [s for s in probes if s != 429]
@@ -350,7 +334,6 @@ def _reader(url: str, paths, on, stop, count) -> None:
     """A read-heavy client (another process): while `on` is set, the given reads in turn, each as
     soon as the last is answered."""
     import itertools
-    import os
 
     os.nice(19)  # the clients stand for other machines: their own CPU must not be the writers' loss
     with httpx.Client(base_url=url, timeout=10) as http:
@@ -368,9 +351,10 @@ def _reader(url: str, paths, on, stop, count) -> None:
 
 def _draw_the_clouds(frontend, publications) -> None:
     """The clouds a running service has drawn already, in every frontend worker: each asked for
-    with a key on new connections (a connection stays with its worker) until all workers answered."""
+    with a key eight times on new connections (a connection stays with its worker, a new one lands
+    on either of the two)."""
     for name in publications:
-        for _ in range(8):  # 2 workers: a new connection lands on either
+        for _ in range(8):
             r = httpx.get(f"{frontend.url}/dashboard/wordcloud.png", params={"publication": name},
                           headers={"X-API-Key": frontend.api_key}, timeout=30)
             assert r.status_code == 200, r.text

@@ -6,8 +6,8 @@ never all entities at once. The word cloud is the one thing rendered here, as a 
 top entities, cached in-process under (publication key, articles, mentions) so a render happens
 only when that publication's counts change, and asked for by one background thread per app, never
 on a request's thread; the drawing itself is done by a low-priority child process (painter.py), so
-it never holds the GIL of the worker serving the writers. Rendering has a budget, because a render costs ~0.4 s of CPU and anybody
-may ask for a cloud: a publication whose counts keep changing is redrawn at most every
+it never holds the GIL of the worker serving the writers. Rendering has a budget, because a render
+costs ~0.4 s of CPU and anybody may ask for a cloud: a publication whose counts keep changing is redrawn at most every
 `WORDCLOUD_REFRESH` seconds for a request that does not name its current counts in `v` (its last
 picture is served meanwhile, marked no-cache), and the renderer works on credit: `RENDER_BURST`
 CPU seconds at once (a user clicking through publications), `RENDER_SHARE` of one core over time
@@ -98,10 +98,11 @@ class WordcloudCache:
 
 
 class WordcloudRenderer:
-    """One thread per process renders clouds, one at a time, each (publication, counts) once.
+    """One thread per app has clouds drawn (by the painter's child), one at a time, each
+    (publication, counts) once.
 
     Requests never render: they read the cache, ask for a picture and wait a moment for it. Each
-    picture's CPU time is taken from a credit of at most `burst` CPU seconds that refills at `share`
+    picture's CPU time (this thread's and the child's) is taken from a credit of at most `burst` CPU seconds that refills at `share`
     of a core; in debt the thread rests until it is paid off. So clients hammering clouds of changing
     publications cost `share` of one core at most, and nothing for counts already drawn.
     """
@@ -111,7 +112,7 @@ class WordcloudRenderer:
     def __init__(self, cache: WordcloudCache, share: float = RENDER_SHARE, burst: float = RENDER_BURST,
                  painter: Painter | None = None):
         self.cache = cache
-        self.painter = painter  # None: pictures are drawn on this thread (a test, or no child allowed)
+        self.painter = painter  # None: pictures are drawn on this thread (the renderer's own tests)
         self.share = min(max(share, 0.01), 1.0)
         self.burst = max(burst, 0.0)
         self.credit, self.credit_at = self.burst, time.monotonic()
@@ -180,9 +181,8 @@ def wordcloud_renderer() -> WordcloudRenderer:
     if renderer is None:
         share = float(current_app.config.get("DASHBOARD_RENDER_SHARE", RENDER_SHARE))
         burst = float(current_app.config.get("DASHBOARD_RENDER_BURST", RENDER_BURST))
-        painter = shared_painter() if current_app.config.get("DASHBOARD_RENDER_IN_CHILD", True) else None
         renderer = current_app.extensions.setdefault("ingest.dashboard.renderer",
-                                                     WordcloudRenderer(wordcloud_cache(), share, burst, painter))
+                                                     WordcloudRenderer(wordcloud_cache(), share, burst, shared_painter()))
     return renderer
 
 

@@ -9,7 +9,7 @@ client a second too. A client that waits for its answers is slowed to the limit;
 runs into the connection bound.
 
 Every request without a valid key is anonymous, whatever it asks for: reads, the docs, static
-files, a 404, a write that will get its 401. Two limits apply, both per frontend worker:
+files, a 404, a write that will get its 401. Three limits apply, all per frontend worker:
 - `per_address` (INGEST_READ_RATE_LIMIT), counted per client address, so one client cannot take
   what others need;
 - `overall` (INGEST_ANON_RATE_LIMIT), all anonymous requests together, whatever their address:
@@ -67,9 +67,9 @@ class ReadPacer:
         """None when the request may go on; otherwise the Retry-After, in seconds, of its 429.
 
         First in its address's line, then in the line of all anonymous requests (probes: of all
-        anonymous probes); one deadline for both. Each line is first come, first served (asyncio's lock), and only its
-        first asks the limiter and sleeps until there is room, so a crowd of held requests costs one
-        look at the limiter per slot, not one per request each time a slot frees."""
+        anonymous probes); one deadline for both. Each line is first come, first served (asyncio's
+        lock), and only its first asks the limiter and sleeps until there is room, so a crowd of held
+        requests costs one look at the limiter per slot, not one per request each time a slot frees."""
         deadline = time.monotonic() + MAX_WAIT
         held = False
         stages = [(address, self.per_address),

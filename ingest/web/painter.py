@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import io
 import json
-import logging
 import os
 import select
 import struct
@@ -27,8 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-
-log = logging.getLogger("ingest.dashboard")
 
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
