@@ -495,6 +495,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
         }
         result["cpu_ms_per_article"] = round(1000 * ours / len(posts), 2)
         result["worker_cpu_ms_per_article"] = round(1000 * cpu["workers"] / len(posts), 2)
+        result["cpu_ms_per_article_by_role"] = {role: round(1000 * v / len(posts), 3) for role, v in cpu.items()}
         result["worker_busy_fraction"] = round(cpu["workers"] / (workers * wall), 3)  # 1.0: never waiting for work
         processed = max(1, s["processed"])
         result["store_commits_per_1000"] = round(s.get("store_commits", s["store_batches"]) / processed * 1000, 2)
@@ -968,6 +969,26 @@ def verdicts(results: dict) -> list[dict]:
     return rows
 
 
+CPU_ROLES = ("frontend", "arbiter", "savers", "workers")
+
+
+def format_cpu_by_role(runs: list[dict]) -> list[str]:
+    """(c)'s CPU per article split by process: what is not the workers' NER is our overhead (the
+    arbiter holds the journal and the manager; the savers hold the store's commits)."""
+    runs = [c for c in runs if c.get("cpu_ms_per_article_by_role")]
+    if not runs:
+        return []
+    lines = ["", f"{'(c) cpu-ms per article, by process':<58} " + " ".join(f"{r:>9}" for r in CPU_ROLES)
+             + f" {'non-NER':>9} {'share':>7}"]
+    for c in runs:
+        by = c["cpu_ms_per_article_by_role"]
+        overhead = sum(by.get(r, 0.0) for r in CPU_ROLES if r != "workers")
+        total = overhead + by.get("workers", 0.0)
+        lines.append(f"{'(c) end to end W=%d' % c['workers']:<58} " + " ".join(f"{by.get(r, 0.0):>9.2f}" for r in CPU_ROLES)
+                     + f" {overhead:>9.2f} {overhead / total if total else 0:>7.1%}")
+    return lines
+
+
 def format_table(results: dict) -> str:
     lines = []
     s = results["settings"]
@@ -1018,6 +1039,7 @@ def format_table(results: dict) -> str:
                          f"{j['commits_per_1000'] if j['commits_per_1000'] is not None else float('nan'):>15.1f} "
                          f"{j['disk_bytes_per_article'] or float('nan'):>11.0f} "
                          f"{j['text_bytes_per_article'] or float('nan'):>11.0f} {j['articles_held_peak']:>10}")
+    lines += format_cpu_by_role(best_runs(results["c_end_to_end"], "workers"))
     if results.get("i_pubsub"):
         lines += format_pubsub(results["i_pubsub"])
     if results.get("h_firestore_layouts"):
