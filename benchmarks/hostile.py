@@ -40,8 +40,7 @@ def main() -> int:
                            frontend_env=env) as (backend, filler):
             fill(backend, filler)
             for name, paths in (("read mix", READ_MIX), ("other mix", OTHER_MIX)):
-                frontend = start_frontend(Path(tmp) / name.replace(" ", "-"), backend.env, workers=2,
-                                          env=shipped_limits())
+                frontend = start_frontend(Path(tmp), backend.env, workers=2, env=shipped_limits())
                 try:
                     w = hammer(backend, frontend, paths, pairs=args.pairs, more_if_below=TARGET)
                 finally:
