@@ -60,6 +60,25 @@ def test_a_request_over_the_message_limit_is_split_and_garbage_is_refused():
     assert intakeurl.untag(publication_key(tagged)) == ("r" + "0" * 32, " the planet")
 
 
+@pytest.mark.parametrize("post, why", [
+    (["The Planet", "Ada \\ud800 Lovelace", None], "unicode"),                 # a lone surrogate: no store keeps it
+    (["The Planet", "Ada", "id-\\udfff"], "unicode"),
+    (["P" * 1001, "Ada Lovelace", None], "1000 bytes"),                        # longer than the front door takes
+    (["The Planet", "Ada Lovelace", "i" * 201], "200 characters"),
+    (["The Planet", "x" * 101, None], "the limit is 100"),                      # over --max-article-chars
+    (["   ", "Ada Lovelace", None], "empty"),
+])
+def test_a_message_the_frontend_could_not_have_published_is_refused(post, why):
+    """Any publisher may write to the topic: what the front door refuses, decode refuses too (and
+    the intake dead-letters it at once) instead of letting it reach the journal."""
+    data = ('{"posts": [[%s, %s, %s]]}' % tuple("null" if v is None else '"%s"' % v for v in post)).encode()
+    with pytest.raises(ValueError, match=why):
+        intakeurl.decode(data, max_article_chars=100)
+    assert intakeurl.decode(b'{"posts": [["The Planet", "Ada Lovelace", null]]}', max_article_chars=100) == \
+        [("The Planet", "Ada Lovelace", None)]
+
+
+
 # -- real emulators and processes -------------------------------------------------------------
 
 def traced(n: int, seed: int) -> list[tuple[str, str, str]]:

@@ -255,7 +255,7 @@ class PubSubIntake(Intake):
             try:
                 if not is_group(gid):
                     raise ValueError(f"no valid {GROUP_ATTRIBUTE!r} attribute")
-                posts = decode(m.message.data)
+                posts = decode(m.message.data, self.max_article_chars)
             except ValueError as exc:
                 log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
                 self._dead_letter(Group(gid or m.message.message_id, [m.ack_id, *copies.get(gid, [])], [], 0,

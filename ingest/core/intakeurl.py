@@ -19,6 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from pydantic import ValidationError
+
+from .models import Post, unstorable
 from .rules import publication_key
 
 SCHEME = "pubsub"
@@ -118,19 +121,32 @@ def split_messages(posts: list[tuple], limit: int = MESSAGE_BYTES) -> list[tuple
     return split_messages(posts[:half], limit) + split_messages(posts[half:], limit)
 
 
-def decode(data: bytes) -> list[tuple[str, str, str | None]]:
-    """The posts of a message; ValueError when it is not one of ours."""
+def decode(data: bytes, max_article_chars: int | None = None) -> list[tuple[str, str, str | None]]:
+    """The posts of a message; ValueError when it is not one the frontend could have published.
+
+    The same checks as the front door's (`Post`, unpaired surrogates, the article length): any
+    publisher may write to the topic, and a post no store can keep must be dead-lettered here, not
+    wedge the journal that tries to keep it."""
     try:
         body = json.loads(data.decode("utf-8"))
         posts = body["posts"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not an ingest message: {type(exc).__name__}") from None
     out = []
-    for post in posts if isinstance(posts, list) else [None]:
-        if not (isinstance(post, list) and len(post) == 3 and isinstance(post[0], str) and isinstance(post[1], str)
-                and (post[2] is None or isinstance(post[2], str)) and publication_key(post[0]) and post[1].strip()):
-            raise ValueError("not an ingest message: a post is not [publication, content, id]")
-        out.append((post[0], post[1], post[2]))
+    for n, post in enumerate(posts if isinstance(posts, list) else [None]):
+        if not (isinstance(post, list) and len(post) == 3):
+            raise ValueError(f"not an ingest message: post {n} is not [publication, content, id]")
+        try:
+            checked = Post.model_validate({"publication": post[0], "content": post[1], "id": post[2]})
+        except ValidationError as exc:
+            raise ValueError(f"not an ingest message: post {n}: {exc.errors()[0]['msg']}") from None
+        problem = unstorable(checked)
+        if problem:
+            raise ValueError(f"not an ingest message: post {n}: {problem}")
+        if max_article_chars is not None and len(checked.content) > max_article_chars:
+            raise ValueError(f"not an ingest message: post {n}: content is {len(checked.content):,} characters; "
+                             f"the limit is {max_article_chars:,}")
+        out.append(checked.as_wire())
     if not out:
         raise ValueError("not an ingest message: no posts")
     return out

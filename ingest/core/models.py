@@ -53,6 +53,17 @@ class Post(BaseModel):
         return (self.publication, self.content, self.id)
 
 
+def unstorable(post: Post) -> str | None:
+    """Why no store can keep the post (an unpaired surrogate, from a `\\ud800`-style JSON escape), or None."""
+    for name in ("publication", "content", "id"):
+        value = getattr(post, name)
+        try:
+            value is None or value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name} holds an unpaired surrogate escape"
+    return None
+
+
 @dataclass(slots=True)
 class Aggregate:
     """The counts for one publication: one article, or many merged."""
