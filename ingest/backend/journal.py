@@ -329,6 +329,22 @@ class Journal:
             self.articles -= removed
             self.bytes -= nbytes
 
+    def discard(self, seqs: list[int]) -> None:
+        """Forget articles that left by another way than a store commit (a fleet's dead letter)."""
+        conn = self._conn
+        removed = nbytes = 0
+        with _transaction(conn):
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                n, b = conn.execute(f"SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE seq IN ({marks}) "
+                                    "AND quarantined_at IS NULL", chunk).fetchone()
+                conn.execute(f"DELETE FROM articles WHERE seq IN ({marks})", chunk)
+                removed, nbytes = removed + n, nbytes + b
+        with self._mutex:
+            self.articles -= removed
+            self.bytes -= nbytes
+
     def suspect(self, entries: list) -> None:
         with _transaction(self._conn):
             self._conn.executemany("UPDATE articles SET kills = ? WHERE seq = ?", [(e.kills, e.seq) for e in entries])

@@ -67,6 +67,20 @@ class Group:
     dead: bool = False
 
 
+@dataclass(slots=True)
+class Waiting:
+    """A pulled message the journal has no room for yet: held, its lease extended, never handed back."""
+
+    group: str
+    message: object
+    posts: list
+    ack_ids: list
+
+    @property
+    def articles(self) -> int:
+        return len(self.posts)
+
+
 def scratch_journal(settings) -> Journal:
     """This backend's scratch journal, emptied first: what it held is still in Pub/Sub, unacknowledged."""
     base = settings.journal_path
@@ -83,7 +97,8 @@ def scratch_journal(settings) -> Journal:
         pass
     finally:
         os.close(fd)
-    journal = Journal(path, max_articles=settings.queue_size, max_bytes=settings.journal_size,
+    # the intake bounds the articles it holds (PubSubIntake._admit); the journal only its bytes
+    journal = Journal(path, max_articles=2**62, max_bytes=settings.journal_size,
                       retention=settings.dedup_retention, sync=False)
     if writer:  # the packed layout's documents of this backend stay its own across restarts
         journal._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
@@ -148,6 +163,9 @@ class PubSubIntake(Intake):
         self._acks: list[str] = []
         self._nacks: list[str] = []
         self._dead: list[tuple[Group, bytes]] = []
+        self.waiting: collections.deque[Waiting] = collections.deque()  # pulled, not yet journaled
+        self.waiting_by_group: dict[str, Waiting] = {}
+        self.messages_seen = self.articles_seen = 0  # for the size of the next pull
         self._wake_acker = threading.Event()
         self._stop_pulling = threading.Event()
         self._closing = threading.Event()
@@ -189,25 +207,45 @@ class PubSubIntake(Intake):
                            "point the frontend at the topic with INGEST_INTAKE")
 
     # -- pulling -----------------------------------------------------------------------
-    def _room(self) -> int:
+    def held_articles(self) -> int:
+        """Every article this backend holds for Pub/Sub: queued, in workers, waiting for the store,
+        and pulled but not yet journaled. Only a commit (or a dead letter) lowers it."""
         with self.glock:
-            held = len(self.groups)
+            return sum(g.total for g in self.groups.values()) + sum(w.articles for w in self.waiting)
+
+    def _pull_size(self) -> int:
+        """Messages to ask for: what the message bound, the article bound and the journal's bytes
+        leave room for, estimating a message's articles from those seen so far."""
+        with self.glock:
+            if self.waiting:
+                return 0
+            messages = self.max_messages - len(self.groups)
         stats = self.journal.stats()
-        if len(self) >= self.capacity or stats["journal_bytes"] >= 0.9 * stats["journal_capacity_bytes"]:
+        if stats["journal_bytes"] >= 0.9 * stats["journal_capacity_bytes"]:
             return 0
-        return max(0, self.max_messages - held)
+        held = self.held_articles()
+        articles = self.capacity - held
+        if articles <= 0:
+            return 0
+        if not self.messages_seen:
+            return 1  # a first message tells the size of the next ones (its `articles`)
+        per_message = max(1.0, self.articles_seen / self.messages_seen)
+        return max(0, min(PULL_BATCH, messages, max(1, int(articles // per_message))))
 
     def _pull_loop(self) -> None:
         from google.api_core import exceptions as gexc
 
         path = self.url.subscription_path
         while not self._stop_pulling.is_set():
-            room = self._room()
-            if room <= 0:
+            if not self._admit():
+                self._stop_pulling.wait(0.05)
+                continue
+            size = self._pull_size()
+            if size <= 0:
                 self._stop_pulling.wait(0.05)
                 continue
             try:
-                response = self.subscriber.pull(request={"subscription": path, "max_messages": min(room, PULL_BATCH)},
+                response = self.subscriber.pull(request={"subscription": path, "max_messages": size},
                                                 timeout=PULL_TIMEOUT, retry=None)
             except (gexc.DeadlineExceeded, gexc.RetryError):
                 continue
@@ -223,67 +261,83 @@ class PubSubIntake(Intake):
                 break
             self._appending += 1
             try:
-                self._take(received)
+                self._sort(received)
+                self._admit()
             finally:
                 self._appending -= 1
 
-    def _take(self, received) -> None:
-        """Journal the new messages' articles (one commit), extend their leases, queue them for the workers."""
+    def _sort(self, received) -> None:
+        """Extend the new messages' leases; acknowledge or attach redeliveries; dead-letter what is
+        not ours; the rest wait (held, their leases extended) until the journal has room for them."""
         self.counts["pulled"] += len(received)
         self._extend([m.ack_id for m in received])
-        fresh, ack_now, copies = [], [], collections.defaultdict(list)
+        fresh, ack_now = [], []
         with self.glock:
             for m in received:
                 gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-                held = self.groups.get(gid)
+                held = self.groups.get(gid) or self.waiting_by_group.get(gid)
                 if held is not None:             # delivered again while we hold it: acknowledged with it
                     held.ack_ids.append(m.ack_id)
                     self.counts["redelivered"] += 1
                 elif gid in self.done:           # committed by us already: its ack was lost
                     ack_now.append(m.ack_id)
                     self.counts["redelivered"] += 1
-                elif gid and gid in copies:      # two copies in one pull: the second rides with the first
-                    copies[gid].append(m.ack_id)
-                    self.counts["redelivered"] += 1
                 else:
-                    copies[gid] = []
-                    fresh.append(m)
+                    try:
+                        if not is_group(gid):
+                            raise ValueError(f"no valid {GROUP_ATTRIBUTE!r} attribute")
+                        posts = decode(m.message.data, self.max_article_chars)
+                    except ValueError as exc:
+                        fresh.append((m, exc))
+                        continue
+                    waiting = Waiting(gid, m, posts, [m.ack_id])
+                    self.waiting.append(waiting)
+                    self.waiting_by_group[gid] = waiting
+                    self.messages_seen += 1
+                    self.articles_seen += len(posts)
         self._ack(ack_now)
-        parsed = []
-        for m in fresh:
+        for m, exc in fresh:
+            log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-            try:
-                if not is_group(gid):
-                    raise ValueError(f"no valid {GROUP_ATTRIBUTE!r} attribute")
-                posts = decode(m.message.data, self.max_article_chars)
-            except ValueError as exc:
-                log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
-                self._dead_letter(Group(gid or m.message.message_id, [m.ack_id, *copies.get(gid, [])], [], 0,
-                                        dict(m.message.attributes)), bytes(m.message.data))
-                continue
-            parsed.append((gid, m, posts))
-        if not parsed:
-            return
-        items = [(tag(gid, p[0]), p[1], None) for gid, _, posts in parsed for p in posts]
+            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
+                              bytes(m.message.data))
+
+    def _admit(self) -> bool:
+        """Journal (one commit) the waiting messages that fit, oldest first, and queue them for the
+        workers. A message is never handed back for want of room here: it waits, its lease extended.
+        True when none is left waiting."""
+        with self.glock:
+            held = sum(g.total for g in self.groups.values())
+            admitted = []
+            for waiting in self.waiting:
+                if held and held + waiting.articles > self.capacity:
+                    break
+                held += waiting.articles
+                admitted.append(waiting)
+        if not admitted:
+            return not self.waiting
+        items = [(tag(w.group, p[0]), p[1], None) for w in admitted for p in w.posts]
         try:
             result = self.journal.append(items)
-        except QueueFull as exc:  # the scratch journal is full or its disk is: Pub/Sub keeps them meanwhile
+        except QueueFull as exc:  # the scratch journal's bytes or its disk: they wait, their leases extended
             self._error("journal", exc)
-            self._nack([a for _, m, _ in parsed for a in [m.ack_id, *copies[m.message.attributes[GROUP_ATTRIBUTE]]]])
-            time.sleep(0.5)
-            return
+            return False
         entries = iter(result["entries"])
         queued = []
         with self.glock:
-            for gid, m, posts in parsed:
-                mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in posts)]
-                self.groups[gid] = Group(gid, [m.ack_id, *copies[gid]], [e.seq for e in mine], len(mine),
-                                         dict(m.message.attributes), [p[0] for p in posts])
+            for w in admitted:
+                self.waiting.popleft()
+                del self.waiting_by_group[w.group]
+                mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in w.posts)]
+                self.groups[w.group] = Group(w.group, w.ack_ids, [e.seq for e in mine], len(mine),
+                                             dict(w.message.message.attributes), [p[0] for p in w.posts])
                 queued.extend(mine)
+            left = not self.waiting
         with self._lock:
             self._items.extend(queued)
             self.accepted += len(queued)
         self._on_put()
+        return left
 
     # -- what the hub reports back ---------------------------------------------------------
     def committed(self, gid: str) -> None:
@@ -302,6 +356,7 @@ class PubSubIntake(Intake):
             self.groups.pop(group.id, None)
         with self._lock:
             self._items = collections.deque(e for e in self._items if untag(e.publication)[0] != group.id)
+        self.journal.discard(group.seqs)  # its articles leave the bounds now, not at the next start
         self._dead_letter(group, encode(posts))
 
     def take(self, n: int, max_bytes: int | None = None) -> list[Entry]:
@@ -344,7 +399,7 @@ class PubSubIntake(Intake):
             if time.monotonic() >= next_lease:
                 next_lease = time.monotonic() + self.deadline / 3
                 with self.glock:
-                    held = [a for g in self.groups.values() for a in g.ack_ids]
+                    held = [a for g in [*self.groups.values(), *self.waiting] for a in g.ack_ids]
                 self._extend(held)
             if closing:
                 return
@@ -420,9 +475,11 @@ class PubSubIntake(Intake):
         if self._puller is not None:
             self._puller.join(PULL_TIMEOUT + 5)
         with self.glock:
-            unfinished = [a for g in self.groups.values() for a in g.ack_ids]
-            articles = sum(g.total for g in self.groups.values())
+            unfinished = [a for g in [*self.groups.values(), *self.waiting] for a in g.ack_ids]
+            articles = sum(g.total for g in self.groups.values()) + sum(w.articles for w in self.waiting)
             self.groups.clear()
+            self.waiting.clear()
+            self.waiting_by_group.clear()
         self._nack(unfinished)
         if self._acker is not None:
             self._closing.set()
@@ -444,7 +501,8 @@ class PubSubIntake(Intake):
     def status(self) -> dict:
         status = super().status()
         with self.glock:
-            status["pubsub_held_messages"] = len(self.groups)
+            status["pubsub_held_messages"] = len(self.groups) + len(self.waiting)
+            status["pubsub_waiting_messages"] = len(self.waiting)
         for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
             status[f"pubsub_{name}"] = self.counts[name]
         status["intake"] = str(self.url)

@@ -1,0 +1,191 @@
+"""The fleet intake's flow control against a fake subscription that keeps score: delivery
+attempts per message, nacks, and the dead-letter policy the emulator does not enforce (5 attempts,
+as deploy/fleet.sh sets). No emulator needed: the subscription is the part being faked."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from ingest.backend.pubsub_intake import PubSubIntake, scratch_journal
+from ingest.config import BackendSettings
+from ingest.core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, encode, untag
+from tests.support import wait_for
+
+MAX_DELIVERIES = 5
+
+
+class FakeSubscription:
+    """Messages with leases: pull hands out those not leased, a nack (deadline 0) makes one
+    deliverable again and counts; past MAX_DELIVERIES deliveries a message is dead-lettered."""
+
+    def __init__(self, messages: list[tuple[str, bytes, int]]):
+        self.lock = threading.Lock()
+        self.pending = {f"m{i}": (gid, data, n) for i, (gid, data, n) in enumerate(messages)}
+        self.leased: set[str] = set()
+        self.deliveries: dict[str, int] = {}
+        self.nacks: dict[str, int] = {}
+        self.acked: set[str] = set()
+        self.dead_lettered: set[str] = set()
+        self.pulls = 0
+
+    def get_subscription(self, request, timeout=None):
+        return SimpleNamespace(name=request["subscription"])
+
+    def pull(self, request, timeout=None, retry=None):
+        with self.lock:
+            self.pulls += 1
+            out = []
+            for mid, (gid, data, n) in self.pending.items():
+                if len(out) >= request["max_messages"]:
+                    break
+                if mid in self.leased:
+                    continue
+                if self.deliveries.get(mid, 0) >= MAX_DELIVERIES:
+                    self.dead_lettered.add(mid)
+                    continue
+                self.deliveries[mid] = self.deliveries.get(mid, 0) + 1
+                self.leased.add(mid)
+                ack_id = f"{mid}/{self.deliveries[mid]}"
+                out.append(SimpleNamespace(ack_id=ack_id, message=SimpleNamespace(
+                    message_id=mid, data=data, attributes={GROUP_ATTRIBUTE: gid, ARTICLES_ATTRIBUTE: str(n)})))
+            for mid in self.dead_lettered:
+                self.pending.pop(mid, None)
+        if not out:
+            time.sleep(0.01)  # a real pull waits for messages; the loop must not spin on an empty one
+        return SimpleNamespace(received_messages=out)
+
+    def acknowledge(self, request, timeout=None):
+        with self.lock:
+            for ack_id in request["ack_ids"]:
+                mid = ack_id.split("/")[0]
+                self.pending.pop(mid, None)
+                self.leased.discard(mid)
+                self.acked.add(mid)
+
+    def modify_ack_deadline(self, request, timeout=None):
+        if request["ack_deadline_seconds"] > 0:
+            return  # an extension: the lease holds
+        with self.lock:
+            for ack_id in request["ack_ids"]:
+                mid = ack_id.split("/")[0]
+                self.leased.discard(mid)
+                self.nacks[mid] = self.nacks.get(mid, 0) + 1
+
+
+def _intake(tmp_path, subscription, **settings) -> PubSubIntake:
+    s = BackendSettings(var_dir=tmp_path, intake="pubsub://test-project/ingest-sub", **settings)
+    intake = PubSubIntake(scratch_journal(s), s)
+    intake._subscriber = subscription
+    return intake
+
+
+def _messages(count: int, articles: int) -> list[tuple[str, bytes, int]]:
+    out = []
+    for i in range(count):
+        posts = [(f"Outlet {i % 7}", f"Story {i}-{j}. Ada Lovelace met Charles Babbage.", None) for j in range(articles)]
+        out.append((f"r{i:032x}", encode(posts), articles))
+    return out
+
+
+class Consumer(threading.Thread):
+    """The workers and the store: takes the intake's articles; while `store_up` is clear it commits
+    nothing (the store is down), then commits each message once all its articles are taken."""
+
+    def __init__(self, intake: PubSubIntake):
+        super().__init__(daemon=True)
+        self.intake = intake
+        self.store_up = threading.Event()
+        self.stop = threading.Event()
+        self.taken: dict[str, list[int]] = {}
+        self.committed = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            entries = self.intake.take(200)
+            for e in entries:
+                self.taken.setdefault(untag(e.publication)[0], []).append(e.seq)
+            if self.store_up.is_set():
+                with self.intake.glock:
+                    ready = [g for g in self.intake.groups.values() if len(self.taken.get(g.id, ())) >= g.total]
+                for group in ready:
+                    self.intake.journal.discard(self.taken.pop(group.id))
+                    self.intake.committed(group.id)
+                    self.committed += 1
+            if not entries:
+                self.stop.wait(0.005)
+
+
+def test_a_backlog_of_50_article_messages_is_never_handed_back_for_want_of_room(tmp_path):
+    """2,000 messages of 50 articles (the batching docs/pubsub.md advises) behind a store that is
+    down until the intake has filled its bounds: the intake holds what it can, waits, and hands
+    nothing back; every message is then acknowledged once, none dead-lettered. Before: one pull of
+    500 messages x 50 articles was refused whole by the 10,000-article bound and nacked, again and
+    again, until the policy dead-lettered healthy, accepted articles."""
+    subscription = FakeSubscription(_messages(2000, 50))
+    intake = _intake(tmp_path, subscription)
+    consumer = Consumer(intake)
+    consumer.start()
+    zero_rooms = []
+    pull_size = intake._pull_size
+    intake._pull_size = lambda: zero_rooms.append(1) or 0 if (n := pull_size()) == 0 else n  # counts the waits
+    intake.start()
+    try:
+        wait_for(lambda: intake.held_articles() >= intake.capacity - 50 and len(zero_rooms) >= 50, 60, 0.01,
+                 "the intake to fill its bound and wait")
+        held = intake.held_articles()
+        assert held <= intake.capacity, f"{held} articles held over a bound of {intake.capacity}"
+        consumer.store_up.set()
+        wait_for(lambda: len(subscription.acked) == 2000, 120, 0.05, "every message to be acknowledged")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+    assert subscription.nacks == {}, f"{len(subscription.nacks)} messages handed back for want of room"
+    assert subscription.dead_lettered == set()
+    assert set(subscription.deliveries.values()) == {1}
+    assert consumer.committed == 2000 and intake.journal.stats()["journal_articles"] == 0
+    intake.journal.close()
+
+
+def test_a_message_bigger_than_the_bound_is_taken_alone_and_not_handed_back(tmp_path):
+    subscription = FakeSubscription(_messages(3, 30))
+    intake = _intake(tmp_path, subscription, queue_size=20)
+    consumer = Consumer(intake)
+    consumer.store_up.set()
+    consumer.start()
+    intake.start()
+    try:
+        wait_for(lambda: len(subscription.acked) == 3, 60, 0.02, "every message to be acknowledged")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+    assert subscription.nacks == {} and consumer.committed == 3
+    intake.journal.close()
+
+
+@pytest.mark.parametrize("articles", [50])
+def test_a_dead_lettered_message_releases_its_articles_from_the_bounds(tmp_path, articles):
+    """Before, a message dead-lettered for killing workers left its other articles counted in the
+    scratch journal for the life of the process: ~10 such messages of 1,000 and every pull was nacked."""
+    subscription = FakeSubscription(_messages(2, articles))
+    intake = _intake(tmp_path, subscription)
+    intake._publish_dead_letter = lambda group, data: True  # the dead-letter topic: accepted
+    intake.start()
+    try:
+        wait_for(lambda: len(intake.groups) == 2, 30, 0.01, "both messages held")
+        assert intake.journal.stats()["journal_articles"] == 2 * articles
+        group = next(iter(intake.groups.values()))
+        texts = intake.journal.contents(group.seqs)
+        intake.kill(group, [(p, texts[s], None) for s, p in zip(group.seqs, group.publications)])
+        assert intake.journal.stats()["journal_articles"] == articles
+        assert intake.held_articles() == articles
+        wait_for(lambda: len(subscription.acked) == 1, 30, 0.01, "the dead letter to be acknowledged")
+    finally:
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
