@@ -9,6 +9,12 @@ never a thread. Pipelined requests are answered in order. Every error the HTTP l
 (bad framing, oversize lines and headers, unknown transfer codings, timeouts) is the API's JSON
 shape, and a request refused before its body (413 by Content-Length) closes the connection
 without reading the body. Requests without a key are paced here, before an app thread (pacing.py).
+
+h11 is lenient where a proxy in front of us may not be: it ends lines at a bare LF, unfolds obs-fold
+and takes any bytes in a chunk extension. Two parsers that disagree on where a header or a message
+ends let a request be smuggled past the first, so the raw head and chunk framing are checked here
+first (HeadCheck, ChunkCheck) and anything RFC 9112 does not allow is refused with 400, as gunicorn
+does at its strictest. Only HTTP/1.0 and 1.1 are served (else 505).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +53,97 @@ REASONS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large", 41
 
 def error_body(status: int, detail: str) -> bytes:
     return json.dumps({"error": REASONS.get(status, f"http_{status}"), "detail": detail}).encode()
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")               # where h11 ends a head
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_SIZE_LINE = re.compile(  # RFC 9112 7.1.1: chunk-size *( BWS ";" BWS name [ BWS "=" BWS value ] )
+    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*[ \t]*" % (_TOKEN, _TOKEN, _QUOTED))
+MAX_CHUNK_LINE = 4096
+
+
+def _head_problem(data: bytes) -> str | None:
+    """What h11 would let through in a head (request line and header lines): a line not ended by
+    CRLF, or obs-fold. `data` holds a whole head, maybe followed by the body."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end + 2]  # no CRLF CRLF: h11 found its end at a bare LF
+    if _BARE_CR_OR_LF.search(head):
+        return "the request line and header lines must end in CRLF (a bare LF or CR was sent)"
+    if b"\n " in head or b"\n\t" in head:
+        return "obs-fold (a header line continued on the next line) is not accepted"
+    return None
+
+
+class HeadCheck:
+    """Sees the bytes h11 gets until a head is complete, then checks that head once."""
+
+    def __init__(self) -> None:
+        self.seen = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes) -> str | None:
+        if self.done or not data:
+            return None
+        start = max(0, len(self.seen) - 2)  # only the new bytes (and two before) can finish the head
+        self.seen += data
+        if _BLANK_LINE.search(self.seen, start) is None:
+            return None  # h11 cannot have the whole head yet
+        self.done = True
+        return _head_problem(bytes(self.seen))
+
+
+class ChunkCheck:
+    """Follows a chunked body alongside h11 and refuses what it would pass: a chunk extension with
+    a CR, NUL or other byte outside RFC 9112's grammar, bare LF line ends, obs-fold in trailers.
+    It only refuses; h11 still does the framing."""
+
+    def __init__(self) -> None:
+        self.state = "size"  # size -> data -> data-end -> size ... -> trailer -> done
+        self.left = 0
+        self.line = bytearray()
+
+    def feed(self, data: bytes) -> str | None:
+        pos = 0
+        while pos < len(data) and self.state != "done":
+            if self.state == "data":
+                take = min(self.left, len(data) - pos)
+                self.left, pos = self.left - take, pos + take
+                if not self.left:
+                    self.state = "data-end"
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self.line += data[pos:]
+                return "chunk header line too long" if len(self.line) > MAX_CHUNK_LINE else None
+            self.line += data[pos:newline]
+            pos = newline + 1
+            line, self.line = bytes(self.line), bytearray()
+            if problem := self.end_line(line):
+                return problem
+        return None
+
+    def end_line(self, line: bytes) -> str | None:
+        """One line of chunk framing, without its LF."""
+        if not line.endswith(b"\r") or b"\r" in line[:-1]:
+            return "chunk framing lines must end in CRLF"
+        line = line[:-1]
+        if self.state == "data-end":
+            if line:
+                return "chunk data not followed by CRLF"
+            self.state = "size"
+        elif self.state == "size":
+            match = _CHUNK_SIZE_LINE.fullmatch(line)
+            if match is None:
+                return f"illegal chunk size line {line[:100]!r}"
+            self.left = int(match[1], 16)
+            self.state = "data" if self.left else "trailer"
+        elif not line:
+            self.state = "done"
+        elif line[:1] in (b" ", b"\t"):
+            return "obs-fold in a trailer is not accepted"
+        return None
 
 
 class _Closed(Exception):
@@ -107,7 +205,7 @@ class HttpConnection:
         except (OSError, asyncio.TimeoutError, TimeoutError, asyncio.IncompleteReadError):
             pass
 
-    async def next_event(self, deadline: float):
+    async def next_event(self, deadline: float, check: HeadCheck | ChunkCheck | None = None):
         while True:
             try:
                 event = self.conn.next_event()
@@ -120,11 +218,22 @@ class HttpConnection:
             if left <= 0:
                 raise TimeoutError
             data = await asyncio.wait_for(self.reader.read(65536), left)
+            if check is not None:
+                await self.vet(check, data)
             self.conn.receive_data(data)  # b"" is the end of the stream
 
+    async def vet(self, check: HeadCheck | ChunkCheck, data: bytes) -> None:
+        """Refuse (400, then close) bytes that break a framing rule h11 lets through."""
+        problem = check.feed(data)
+        if problem:
+            await self.refuse(400, f"malformed request: {problem}")
+            raise _Closed
+
     async def read_head(self, timeout: float, quiet_timeout: bool):
+        check = HeadCheck()
         try:
-            event = await self.next_event(time.monotonic() + timeout)
+            await self.vet(check, self.conn.trailing_data[0])  # what a pipelining client sent already
+            event = await self.next_event(time.monotonic() + timeout, check)
         except (TimeoutError, asyncio.TimeoutError):
             if self.conn.trailing_data[0]:  # a request was begun and not finished: say so
                 await self.refuse(408, f"request headers not complete within {timeout:.0f}s")
@@ -132,6 +241,9 @@ class HttpConnection:
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
+            return None
+        if event.http_version not in (b"1.0", b"1.1"):
+            await self.refuse(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1 or HTTP/1.0")
             return None
         if len(event.target) > MAX_TARGET:
             await self.refuse(414, f"request target longer than {MAX_TARGET} bytes")
@@ -154,11 +266,15 @@ class HttpConnection:
         if length is not None and length.isdigit() and int(length) > limit:
             await self.refuse(413, f"request body of {int(length)} bytes is over the limit of {limit}")
             return None
+        check = ChunkCheck() if _header(request, b"transfer-encoding") is not None else None
+        if check is not None:
+            await self.vet(check, self.conn.trailing_data[0])
+        await self.send_continue()
         chunks, size = [], 0
         deadline = time.monotonic() + BODY_TIMEOUT
         try:
             while True:
-                event = await self.next_event(deadline)
+                event = await self.next_event(deadline, check)
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > limit:
@@ -172,6 +288,12 @@ class HttpConnection:
         except (TimeoutError, asyncio.TimeoutError):
             await self.refuse(408, f"request body not complete within {BODY_TIMEOUT:.0f}s")
             return None
+
+    async def send_continue(self) -> None:
+        """A client that sent `Expect: 100-continue` waits for this before sending its body (curl
+        for a second). Sent only once the head passed every check made before the body."""
+        if self.conn.they_are_waiting_for_100_continue:
+            await self.flush(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
 
     async def answer(self, request: h11.Request, body: bytes) -> bool:
         started = time.monotonic()
@@ -191,8 +313,9 @@ class HttpConnection:
             return False
         close = any(k.lower() == "connection" and v.lower() == "close" for k, v in headers) \
             or not self.worker.alive
+        length = _content_length(request, headers, payload)
         headers = [(k, v) for k, v in headers if k.lower() not in ("connection", "content-length", "transfer-encoding")]
-        headers.append(("Content-Length", str(len(payload))))
+        headers.append(("Content-Length", length))
         if close:
             headers.append(("Connection", "close"))
         code = int(status.split(" ", 1)[0])
@@ -216,6 +339,9 @@ class HttpConnection:
         if payload:
             data += self.conn.send(h11.Data(data=payload))
         data += self.conn.send(h11.EndOfMessage())
+        await self.flush(data)
+
+    async def flush(self, data: bytes) -> None:
         self.writer.write(data)
         try:
             await asyncio.wait_for(self.writer.drain(), BODY_TIMEOUT)
@@ -241,7 +367,7 @@ class HttpConnection:
 
     def environ(self, request: h11.Request, body: bytes) -> dict:
         target = request.target.decode("latin-1")
-        path, _, query = target.partition("?")
+        path, _, query = _origin_form(target).partition("?")
         from urllib.parse import unquote_to_bytes
 
         environ = {
@@ -289,6 +415,29 @@ def _header(request: h11.Request, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _content_length(request: h11.Request, headers: list, payload: bytes) -> str:
+    """A HEAD answer carries the length the GET would have: Werkzeug sends no body for HEAD but
+    keeps its Content-Length. Any other answer is measured."""
+    if request.method == b"HEAD":
+        for key, value in headers:
+            if key.lower() == "content-length" and value.isdigit():
+                return value
+    return str(len(payload))
+
+
+_ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+
+
+def _origin_form(target: str) -> str:
+    """`http://host/path?q` (absolute-form, what a client sends to a proxy; RFC 9112 3.2.2 says a
+    server accepts it) routes by its path and query, like `/path?q`."""
+    match = _ABSOLUTE_FORM.match(target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest.startswith("/") else "/" + rest
 
 
 def _describe(exc: h11.RemoteProtocolError) -> str:
