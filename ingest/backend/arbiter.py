@@ -242,7 +242,7 @@ class Arbiter:
         self.next_number += 1
         number = self.next_number
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=child_main, args=(cls, child, settings or self.settings, number),
+        process = self.ctx.Process(target=child_main, args=(cls, child, settings or self.settings, number, os.getpid()),
                                    name=f"{cls.role}-{number}")
         process.start()
         child.close()
