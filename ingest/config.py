@@ -248,7 +248,8 @@ def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.Argume
         description="The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
         epilog="Every flag can also be set by an INGEST_* variable named after it "
                "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. "
-               "`ingestiond quarantine list|retry|drop` manages articles that killed workers.",
+               "`ingestiond quarantine list|retry|drop` manages articles that killed workers; "
+               "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed.",
         argument_default=argparse.SUPPRESS,
     )
     for name, info in model.model_fields.items():

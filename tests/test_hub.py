@@ -447,3 +447,78 @@ def test_an_article_over_the_limit_is_refused_whole():
     with pytest.raises(TooLarge):
         intake.put_many([("P", "ok", None), ("P", "x" * 101, None)])
     assert len(intake) == 0
+
+
+# -- a batch that cannot commit is an alarm, not a loop ------------------------------------------
+
+def _two_batches(hub, intake):
+    """Two batches, one in each of the two savers (numbers 2 and 3)."""
+    intake.put_many(posts(2))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.0)
+    intake.put_many(posts(2, start=2))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.0)
+    return hub.savers[2].conn.sent[-1][1], hub.savers[3].conn.sent[-1][1]
+
+
+def test_another_batchs_success_does_not_hide_an_older_failing_batch():
+    hub, intake, _ = make_hub(workers=1, savers=2)
+    first, second = _two_batches(hub, intake)
+    hub.on_saver_message(2, (wire.FAILED, first.batch_id, "rejected"), now=10.0)
+    hub.on_saver_message(3, (wire.SAVED, second.batch_id, 1, 1), now=20.0)
+    assert hub.store_failing_since == 10.0
+    assert not hub.store_healthy(now=41.0, threshold=30.0), "the first batch has failed for 31 s"
+    assert hub.snapshot(41.0)["failing_batches"] == 1 and hub.snapshot(41.0)["store_failing_seconds"] == 31.0
+    hub.dispatch(10.0 + RETRY_DELAY)
+    hub.on_saver_message(2, (wire.FAILED, first.batch_id, "rejected"), now=16.0)
+    assert hub.store_failing_since == 10.0, "the age counts from the batch's first failure"
+    hub.dispatch(16.0 + RETRY_DELAY)
+    hub.on_saver_message(2, (wire.SAVED, first.batch_id, 1, 1), now=50.0)
+    assert hub.store_healthy(now=50.0, threshold=30.0) and hub.snapshot(50.0)["failing_batches"] == 0
+
+
+def test_a_batch_past_its_marker_window_is_never_retried_and_stays_an_alarm():
+    hub, intake, ledger = make_hub(workers=1)
+    hub.marker_window = 100.0
+    delta = _one_batch(hub, intake)  # recorded at 0.0
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=60.0)
+    hub.dispatch(60.0 + RETRY_DELAY)
+    assert hub.savers[2].conn.sent[-1][1].batch_id == delta.batch_id, "retried inside the window"
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=99.0)
+    hub.dispatch(200.0)  # its retry is due only past the window: refused
+    assert len(hub.savers[2].conn.sent) == 2
+    snap = hub.snapshot(200.0)
+    assert snap["stuck_batches"] == 1 and snap["stuck_articles"] == 2 and snap["unsaved"] == 2
+    assert snap["retry_batches"] == 0 and not hub.store_healthy(200.0, threshold=30.0)
+    assert ledger.completed == [] and hub.savers_settled(), "kept in the journal; a drain does not wait for it"
+    # a failure answered past the window is parked at once
+    hub2, intake2, _ = make_hub(workers=1)
+    hub2.marker_window = 100.0
+    late = _one_batch(hub2, intake2)
+    hub2.on_saver_message(2, (wire.FAILED, late.batch_id, "down"), now=150.0)
+    assert hub2.snapshot(150.0)["stuck_batches"] == 1 and not hub2.retry
+
+
+def test_a_failed_journal_complete_is_retried_not_left_behind():
+    hub, intake, ledger = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    calls = []
+
+    def complete(batch):
+        calls.append(batch.delta.batch_id)
+        if len(calls) < 3:
+            raise OSError("disk full")
+        ledger.completed.append(batch.delta.batch_id)
+
+    ledger.complete = complete
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 1, 1), now=1.0)
+    assert not hub.savers_settled() and hub.snapshot(1.0)["uncompleted_batches"] == 1
+    hub.dispatch(1.5)
+    assert len(calls) == 1, "not before the delay"
+    hub.dispatch(2.0)
+    hub.dispatch(3.0)
+    assert ledger.completed == [delta.batch_id] and hub.savers_settled()
+    assert hub.snapshot(3.0)["uncompleted_batches"] == 0 and hub.counters.store_batches == 1

@@ -156,8 +156,38 @@ def test_a_batch_older_than_the_markers_may_live_is_refused(path):
     j.record_batch(Batch(Delta.of("old", [Aggregate.from_article("P", [])]), seqs))
     j._conn.execute("UPDATE batches SET created_at = ?", (time.time() - MARKER_TTL_SECONDS,))
     try:
-        with pytest.raises(JournalError, match="could count it twice"):
+        with pytest.raises(JournalError, match="could count it twice") as refused:
             j.recover()
+        text = str(refused.value)
+        assert "ingestiond journal drop-batch" in text and "ingestiond journal requeue-batch" in text
+        assert "DELETE FROM" not in text, "deleting the batch alone would strand its articles"
+    finally:
+        j.close()
+
+
+def test_an_operator_drops_or_requeues_a_recorded_batch_with_ingestiond_journal(path, capsys):
+    from ingest.backend.cli import main
+
+    j = open_journal(path)
+    seqs = [s for s, _, _ in j.append([("P", f"text {i}", None) for i in range(5)])["entries"]]
+    j.record_batch(Batch(Delta.of("applied", [Aggregate.from_article("P", [])]), seqs[:2]))
+    j.record_batch(Batch(Delta.of("not-applied", [Aggregate.from_article("P", [])]), seqs[2:4]))
+    assert main(["journal", "--journal", str(path), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "applied\t" in listed and "not-applied\t" in listed and "2 articles" in listed
+    assert main(["journal", "--journal", str(path), "drop-batch", "applied"]) == 2, "the backend holds the lock"
+    assert "stop the backend first" in capsys.readouterr().err
+    j.close()
+
+    assert main(["journal", "--journal", str(path), "drop-batch", "applied"]) == 0
+    assert main(["journal", "--journal", str(path), "requeue-batch", "not-applied"]) == 0
+    assert main(["journal", "--journal", str(path), "drop-batch", "nope"]) == 1
+    j = open_journal(path)
+    try:
+        found = j.recover()
+        assert found.batches == [], "both decided"
+        assert [e.seq for e in found.entries] == seqs[2:], "requeued articles are accepted again; dropped ones gone"
+        assert j.stats()["journal_articles"] == 3
     finally:
         j.close()
 

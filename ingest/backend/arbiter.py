@@ -341,8 +341,10 @@ class Arbiter:
         """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
         self.journal.claim(store_identity(self.settings.store_url))
         found = self.journal.recover()
-        for batch_id, delta, seqs in found.batches:
-            self.hub.retry.append((0.0, Batch(delta, seqs)))
+        now, wall = time.monotonic(), time.time()
+        for batch_id, delta, seqs in found.batches:  # its age on the hub's clock: the marker window counts
+            recorded_at = now - max(0.0, wall - found.recorded.get(batch_id, wall))
+            self.hub.retry.append((0.0, Batch(delta, seqs, recorded_at=recorded_at)))
             self.hub.recovering.add(batch_id)
         self.hub.suspects.extend(e for e in found.entries if e.kills)
         self.intake.push_back(e for e in found.entries if not e.kills)

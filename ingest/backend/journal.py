@@ -80,6 +80,7 @@ class Entry:
 @dataclass(slots=True)
 class Recovered:
     batches: list = field(default_factory=list)   # [(batch_id, Delta, seqs)]
+    recorded: dict = field(default_factory=dict)  # batch_id -> when it was recorded (time.time())
     entries: list = field(default_factory=list)   # [Entry] in acceptance order
     quarantined: int = 0
 
@@ -180,11 +181,14 @@ class Journal:
             raise JournalError(
                 f"journal {self.path} holds a store batch recorded {int((time.time() - oldest) // 86400)} days ago: "
                 "the store may have forgotten whether it was applied, so replaying it could count it twice. "
-                "Check the store's counts, then remove the batch (`sqlite3 JOURNAL \"DELETE FROM batches\"` "
-                "after deciding) or move the journal away")
-        for batch_id, text, _articles in self._conn.execute("SELECT batch_id, delta, articles FROM batches ORDER BY created_at"):
+                f"`ingestiond journal --journal {self.path} list` shows it; check the store's counts, then "
+                "`ingestiond journal drop-batch ID` if the store has it (its articles leave the journal), or "
+                "`ingestiond journal requeue-batch ID` if it does not (its articles are counted again)")
+        for batch_id, text, _articles, created in self._conn.execute(
+                "SELECT batch_id, delta, articles, created_at FROM batches ORDER BY created_at"):
             seqs = [s for (s,) in self._conn.execute("SELECT seq FROM articles WHERE batch_id = ?", (batch_id,))]
             out.batches.append((batch_id, delta_from_json(batch_id, text), seqs))
+            out.recorded[batch_id] = created
         rows = self._conn.execute("SELECT seq, publication, bytes, kills FROM articles "
                                   "WHERE batch_id IS NULL AND quarantined_at IS NULL ORDER BY seq")
         out.entries = [Entry(seq, pub, size, kills) for seq, pub, size, kills in rows]
@@ -328,6 +332,49 @@ class Journal:
         with self._mutex:
             self.articles -= removed
             self.bytes -= nbytes
+
+    # -- an operator's decisions on recorded batches (`ingestiond journal`, backend stopped) -----------
+    @staticmethod
+    def describe_batches(conn: sqlite3.Connection) -> list[dict]:
+        """Every recorded batch, oldest first: id, when recorded, its articles and their bytes."""
+        rows = conn.execute(
+            "SELECT b.batch_id, b.created_at, b.articles, count(a.seq), coalesce(sum(a.bytes), 0), b.delta "
+            "FROM batches b LEFT JOIN articles a ON a.batch_id = b.batch_id "
+            "GROUP BY b.batch_id ORDER BY b.created_at").fetchall()
+        out = []
+        for batch_id, created, recorded_articles, articles, nbytes, delta in rows:
+            publications = json.loads(delta)
+            out.append({"batch_id": batch_id, "recorded_at": created, "age_seconds": round(time.time() - created, 1),
+                        "articles": articles, "recorded_articles": recorded_articles, "bytes": nbytes,
+                        "publications": len(publications)})
+        return out
+
+    def drop_batch(self, batch_id: str) -> int:
+        """The operator found the batch applied in the store: it and its articles leave the journal
+        (what `complete` does). Returns the articles removed; KeyError if there is no such batch."""
+        conn = self._conn
+        with _transaction(conn):
+            if not conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone():
+                raise KeyError(batch_id)
+            removed, nbytes = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE batch_id = ?",
+                                           (batch_id,)).fetchone()
+            conn.execute("DELETE FROM articles WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+        with self._mutex:
+            self.articles -= removed
+            self.bytes -= nbytes
+        return removed
+
+    def requeue_batch(self, batch_id: str) -> int:
+        """The operator found the batch NOT applied: its articles are accepted again (counted anew
+        under a new batch id at the next start) and the batch is forgotten."""
+        conn = self._conn
+        with _transaction(conn):
+            if not conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone():
+                raise KeyError(batch_id)
+            moved = conn.execute("UPDATE articles SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
+            conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+        return moved
 
     def suspect(self, entries: list) -> None:
         with _transaction(self._conn):
