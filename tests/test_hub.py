@@ -222,24 +222,48 @@ def test_only_the_micro_batch_in_flight_is_suspect_and_the_rest_goes_back_first(
     assert hub.counters.redelivered == 4 and hub.counters.lost == 0
 
 
-def test_suspects_are_retried_one_at_a_time_and_a_second_kill_quarantines():
+def test_suspects_are_retried_one_at_a_time_and_two_deaths_alone_quarantine():
     hub, intake, ledger = make_hub(workers=1)
     intake.put_many(posts(3))
     hub.dispatch(0.0)
-    hub.worker_exited(1)  # all three in flight: suspects
-    assert ledger.suspected == [1, 2, 3]
+    hub.worker_exited(1)  # all three in flight: suspects, but no evidence against any one of them
+    assert texts(intake, hub.suspects) == ["article 0", "article 1", "article 2"]
+    assert all(e.kills == 0 for e in hub.suspects) and ledger.suspected == []
     hub.add_worker(WorkerSlot(5, FakeConn(), FakeProcess(), ready=True))
     hub.dispatch(1.0)
     assert hub.workers[5].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
     hub.on_worker_message(5, (wire.DONE, None))  # article 0 is innocent
     hub.dispatch(1.1)
     assert hub.workers[5].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
-    hub.worker_exited(5)  # article 1 killed a worker twice; article 0 (unflushed there) goes back
-    assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
+    hub.worker_exited(5)  # article 1 killed a worker alone: once; article 0 (unflushed there) goes back
+    assert ledger.quarantined == [] and ledger.suspected == [2]
     assert texts(intake, intake.take(10)) == ["article 0"]
-    assert texts(intake, hub.suspects) == ["article 2"]
+    assert texts(intake, hub.suspects) == ["article 2", "article 1"]
+    hub.add_worker(WorkerSlot(6, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(2.0)
+    hub.on_worker_message(6, (wire.DONE, None))  # article 2 is innocent
+    hub.dispatch(2.1)
+    assert hub.workers[6].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
+    hub.worker_exited(6)  # article 1, alone, a second time: quarantined
+    assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
     assert hub.counters.lost == 0 and hub.snapshot()["quarantined"] == 1
     assert MAX_KILLS == 2
+
+
+def test_an_innocent_article_hit_by_two_unrelated_deaths_is_not_quarantined():
+    """The OOM killer or the timeout kill a worker while an innocent article is in a micro-batch, and
+    again while it is retried alone: before, those two deaths quarantined it. Only deaths with the
+    article alone in flight count, and this is its first."""
+    hub, intake, ledger = make_hub(workers=1, batch_size=4)
+    intake.put_many(posts(4))
+    hub.dispatch(0.0)
+    hub.worker_exited(1)  # unrelated death #1: four in flight
+    hub.add_worker(WorkerSlot(7, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(1.0)
+    assert hub.workers[7].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
+    hub.worker_exited(7)  # unrelated death #2, article 0 alone
+    assert ledger.quarantined == [] and hub.counters.quarantined_total == 0
+    assert [e.kills for e in hub.suspects] == [0, 0, 0, 1]
 
 
 def test_a_death_while_flushing_makes_no_suspects():

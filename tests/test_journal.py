@@ -245,3 +245,37 @@ def test_the_counts_stay_exact_while_appends_and_completions_interleave(path):
         assert (j.stats()["journal_articles"], j.stats()["journal_bytes"]) == real
     finally:
         j.close()
+
+
+def test_the_quarantine_is_bounded_and_counted_in_the_journals_bounds(path):
+    from ingest.backend.journal import Entry
+
+    j = open_journal(path, max_articles=10, max_bytes=1000, max_quarantine=2)
+    try:
+        entries = [Entry(seq, pub, size) for seq, pub, size in
+                   j.append([("P", "x" * 100, None) for _ in range(3)])["entries"]]
+        j.quarantine(entries[:1])
+        s = j.stats()
+        assert (s["journal_articles"], s["journal_quarantined_articles"], s["journal_quarantined_bytes"]) == (2, 1, 100)
+        assert s["journal_bytes"] == 300 and s["journal_room_bytes"] == 700 and s["journal_room_articles"] == 7
+        with pytest.raises(QueueFull, match="journal full"):
+            j.append([("P", "y" * 701, None)])  # the quarantined bytes are on disk: they count
+        j.quarantine(entries[1:2])
+        assert j.stats()["quarantine_full"]
+        with pytest.raises(QueueFull, match="quarantine is full"):
+            j.append([("P", "z", None)])
+        j.quarantine(entries[2:])  # a third poison article is still kept, never dropped
+        assert j.stats()["journal_quarantined_articles"] == 3
+        j._conn.execute("DELETE FROM articles WHERE seq IN (?, ?)", (entries[0].seq, entries[1].seq))  # `drop`
+        assert j.refresh_quarantine() == 1
+        assert j.append([("P", "z", None)])["accepted"] == 1
+    finally:
+        j.close()
+
+
+def test_the_article_bound_follows_the_byte_bound():
+    from ingest.config import load_backend_settings
+
+    assert load_backend_settings([]).queue_size * 2048 == 1024**3, "1 GiB: 524,288 articles, not 10,000"
+    assert load_backend_settings(["--journal-size", "64MiB"]).queue_size == 32768
+    assert load_backend_settings(["--queue-size", "500"]).queue_size == 500

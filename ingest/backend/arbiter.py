@@ -61,7 +61,8 @@ class Arbiter:
             self.journal, self.intake, self.hub = build(settings, on_put=self.wake)
         else:
             self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
-                                              max_bytes=settings.journal_size, retention=settings.dedup_retention)
+                                              max_bytes=settings.journal_size, retention=settings.dedup_retention,
+                                              max_quarantine=getattr(settings, "quarantine_size", 1000))
             self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
                                  max_article_chars=getattr(settings, "max_article_chars", 200_000))
             self.hub = Hub(self.intake, settings, ledger=self.journal)
@@ -109,6 +110,7 @@ class Arbiter:
                     log.info("%d quarantined articles sent back by an operator: queued again", len(requeued))
                     self.hub.unquarantine(len(requeued))
                     self.intake.push_back(requeued)
+                self.hub.quarantined_now = self.journal.refresh_quarantine()  # `quarantine drop` too
         except Exception as exc:  # a busy or full disk: try again next time
             log.warning("journal housekeeping failed: %s", exc)
 

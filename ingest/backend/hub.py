@@ -23,7 +23,7 @@ from .intake import Entry, Intake
 
 log = logging.getLogger("ingest.hub")
 
-MAX_KILLS = 2       # an article in the micro-batch of two dying workers is quarantined
+MAX_KILLS = 2       # an article that killed a worker twice while running alone is quarantined
 RETRY_DELAY = 5.0   # seconds before a failed batch is offered to a saver again
 COMPLETE_RETRY_DELAY = 1.0  # seconds before a failed journal `complete` is tried again
 # A batch may be sent to the store only while the store's marker for it (recorded with its first
@@ -148,6 +148,14 @@ class Hub:
             self.blame(number, suspects)
 
     def blame(self, number: int, entries: list[Entry]) -> None:
+        """Quarantine on evidence only: a death with several articles in flight proves nothing against
+        any one of them (the OOM killer, the timeout, a bug elsewhere), so each is retried alone and
+        nothing is counted; only a death with one article in flight counts against that article."""
+        if len(entries) > 1:
+            self.suspects.extend(entries)
+            self.counters.suspects += len(entries)
+            log.warning("worker %d died processing %d posts: each is retried alone", number, len(entries))
+            return
         again, poison = [], []
         for entry in entries:
             entry.kills += 1
@@ -156,12 +164,13 @@ class Hub:
             self._durably("suspect", again)
             self.suspects.extend(again)
             self.counters.suspects += len(again)
-            log.warning("worker %d died processing %d posts: each is retried alone", number, len(again))
+            log.warning("worker %d died processing post seq=%d alone (%d of %d deaths before quarantine)",
+                        number, again[0].seq, again[0].kills, MAX_KILLS)
         if poison:
             self._durably("quarantine", poison)
             self.quarantined_now += len(poison)
             self.counters.quarantined_total += len(poison)
-            log.error("worker %d died processing post seq=%s a second time: quarantined (kept; see "
+            log.error("worker %d died processing post seq=%s alone a second time: quarantined (kept; see "
                       "`ingestiond quarantine list`)", number, ",".join(str(e.seq) for e in poison))
 
     def unquarantine(self, n: int) -> None:

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS articles (
 );
 CREATE INDEX IF NOT EXISTS articles_by_batch ON articles (batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS articles_requeued ON articles (seq) WHERE requeued = 1;
+CREATE INDEX IF NOT EXISTS articles_quarantined ON articles (seq) WHERE quarantined_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     delta TEXT NOT NULL,
@@ -106,10 +107,11 @@ class Journal:
     arbiter's loop (its own connection)."""
 
     def __init__(self, path: Path, *, max_articles: int, max_bytes: int, retention: float = 7 * 86400,
-                 sync: bool = True):
+                 sync: bool = True, max_quarantine: int = 1000):
         self.path = Path(path)
         self.max_articles = max_articles
         self.max_bytes = max_bytes
+        self.max_quarantine = max_quarantine  # quarantined articles; at the bound new posts are refused
         self.retention = retention
         self.sync = sync
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +123,9 @@ class Journal:
         self._next_seq, self.articles, self.bytes = self._conn.execute(
             "SELECT coalesce(max(seq), 0) + 1, count(*), coalesce(sum(bytes), 0) FROM articles "
             "WHERE quarantined_at IS NULL").fetchone()
+        # quarantined articles stay on disk: they count against both bounds (see refresh_quarantine)
+        self.quarantined_articles, self.quarantined_bytes = self._conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE quarantined_at IS NOT NULL").fetchone()
         self._requests: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -277,10 +282,14 @@ class Journal:
                 seen.add(key)
             fresh.append((publication, content, client_id, len(content.encode("utf-8", "surrogatepass"))))
         added_bytes = sum(f[3] for f in fresh)
-        if articles + len(fresh) > self.max_articles:
-            raise QueueFull(f"input queue full ({articles}/{self.max_articles} articles)")
-        if fresh and size + added_bytes > self.max_bytes:
-            raise QueueFull(f"journal full ({size:,} of {self.max_bytes:,} bytes)")
+        q_articles, q_bytes = self.quarantined_articles, self.quarantined_bytes  # held on disk too
+        if fresh and q_articles >= self.max_quarantine:
+            raise QueueFull(f"the quarantine is full ({q_articles} articles that killed workers; "
+                            "`ingestiond quarantine list`, then retry or drop them)")
+        if articles + q_articles + len(fresh) > self.max_articles:
+            raise QueueFull(f"input queue full ({articles + q_articles}/{self.max_articles} articles)")
+        if fresh and size + q_bytes + added_bytes > self.max_bytes:
+            raise QueueFull(f"journal full ({size + q_bytes:,} of {self.max_bytes:,} bytes)")
         seqs = []
         for publication, content, client_id, nbytes in fresh:
             conn.execute("INSERT INTO articles (seq, publication, content, bytes, accepted_at) VALUES (?, ?, ?, ?, ?)",
@@ -381,6 +390,8 @@ class Journal:
             self._conn.executemany("UPDATE articles SET kills = ? WHERE seq = ?", [(e.kills, e.seq) for e in entries])
 
     def quarantine(self, entries: list) -> None:
+        """Never refused: the article is on disk already (quarantining it takes no room); a full
+        quarantine refuses new posts instead (see _stage)."""
         now = time.time()
         with _transaction(self._conn):
             self._conn.executemany("UPDATE articles SET kills = ?, quarantined_at = ? WHERE seq = ?",
@@ -388,6 +399,16 @@ class Journal:
         with self._mutex:
             self.articles -= len(entries)
             self.bytes -= sum(e.bytes for e in entries)
+            self.quarantined_articles += len(entries)
+            self.quarantined_bytes += sum(e.bytes for e in entries)
+
+    def refresh_quarantine(self) -> int:
+        """Recount the quarantine (an operator may drop or retry articles while the backend runs)."""
+        count, nbytes = self._conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles "
+                                           "WHERE quarantined_at IS NOT NULL").fetchone()
+        with self._mutex:
+            self.quarantined_articles, self.quarantined_bytes = count, nbytes
+        return count
 
     def requeued(self) -> list[Entry]:
         """Quarantined articles an operator sent back (`ingestiond quarantine retry`)."""
@@ -409,13 +430,23 @@ class Journal:
         return round(time.time() - row[0], 1) if row and row[0] else 0.0
 
     def stats(self) -> dict:
+        """journal_articles: accepted, not yet committed; journal_bytes: all the text held against the
+        bound, the quarantine's included."""
         with self._mutex:
             articles, nbytes = self.articles, self.bytes
+            q_articles, q_bytes = self.quarantined_articles, self.quarantined_bytes
         fsyncs = sorted(self.fsyncs)
         return {
             "journal_articles": articles,
-            "journal_bytes": nbytes,
+            "journal_bytes": nbytes + q_bytes,
             "journal_capacity_bytes": self.max_bytes,
+            "journal_quarantined_articles": q_articles,
+            "journal_quarantined_bytes": q_bytes,
+            "journal_quarantine_capacity_articles": self.max_quarantine,
+            "quarantine_full": q_articles >= self.max_quarantine,
+            "journal_capacity_articles": self.max_articles,
+            "journal_room_bytes": max(0, self.max_bytes - nbytes - q_bytes),   # what a client can still send
+            "journal_room_articles": max(0, self.max_articles - articles - q_articles),
             "journal_commits": self.commits,
             "journal_fsync_p50_seconds": _quantile(fsyncs, 0.5),
             "journal_fsync_p99_seconds": _quantile(fsyncs, 0.99),
