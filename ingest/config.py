@@ -148,6 +148,9 @@ class BackendSettings(_Common):
                                                    "hold before the frontend answers 503 (default 1GiB; K/M/G suffixes)")
     dedup_retention: float = Field(7 * 86400.0, gt=0, description="seconds a client id is remembered, so a retried post "
                                                                   "is not counted twice (default 7 days)")
+    client_ids_size: Annotated[int, NoDecode] = Field(2 * 1024**3, ge=1024, description="bytes the remembered client "
+                                                      "ids may take in the journal (~250 bytes per URL id; default "
+                                                      "2GiB); when full the oldest are forgotten first")
     store_unhealthy_after: float = Field(30.0, gt=0, description="seconds a store batch may fail (counted from its first "
                                          "failure) before /readyz says 503")
     quarantine_size: int = Field(1000, ge=1, description="articles the quarantine may hold (they count in the journal's "
@@ -183,7 +186,7 @@ class BackendSettings(_Common):
             return self.batch_interval
         return self.flush_interval if self.store_url.startswith("firestore") else 0.0
 
-    @field_validator("journal_size", "batch_bytes", mode="before")
+    @field_validator("journal_size", "batch_bytes", "client_ids_size", mode="before")
     @classmethod
     def _size(cls, value: Any):
         return parse_size(value) if isinstance(value, str) else value

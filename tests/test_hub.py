@@ -444,7 +444,7 @@ def test_full_intake_refuses_the_whole_request():
 
 def test_every_counter_is_named_once_for_metrics():
     assert tuple(f.name for f in fields(Counters)) == HUB_COUNTERS
-    assert COUNTERS == set(HUB_COUNTERS) | set(INTAKE_COUNTERS) | {"journal_commits"}
+    assert COUNTERS == set(HUB_COUNTERS) | set(INTAKE_COUNTERS) | {"journal_commits", "client_ids_evicted"}
     hub, intake, _ = make_hub()
     intake.publish(hub.snapshot())
     assert COUNTERS <= set(intake.status())

@@ -279,3 +279,56 @@ def test_the_article_bound_follows_the_byte_bound():
     assert load_backend_settings([]).queue_size * 2048 == 1024**3, "1 GiB: 524,288 articles, not 10,000"
     assert load_backend_settings(["--journal-size", "64MiB"]).queue_size == 32768
     assert load_backend_settings(["--queue-size", "500"]).queue_size == 500
+
+
+def _expired_ids(path, n, age):
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.executemany("INSERT INTO client_ids VALUES (?, ?, ?)", [("p", f"https://example.com/{i}", time.time() - age)
+                                                                 for i in range(n)])
+    conn.close()
+
+
+def test_old_client_ids_are_purged_in_slices_between_appends(path, monkeypatch):
+    import ingest.backend.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "PURGE_SLICE", 100)
+    j = open_journal(path, retention=3600)
+    j.close()
+    _expired_ids(path, 1050, age=7200)
+    j = open_journal(path, retention=3600)
+    slices = []
+    real = j._purge_slice
+    j._purge_slice = lambda: (slices.append(j.client_id_rows), real())[1]
+    try:
+        assert j.stats()["client_id_rows"] == 1050 and j.stats()["client_id_bytes"] > 1050 * 80
+        assert j.append([("P", "x", "https://example.com/new")])["accepted"] == 1
+        wait = time.monotonic() + 30
+        while j.stats()["client_id_rows"] > 1 and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert j.stats()["client_id_rows"] == 1, "only the fresh id is left"
+        sizes = [a - b for a, b in zip(slices, slices[1:]) if a > b]
+        assert sizes and max(sizes) <= 100 and len(sizes) >= 10, "one big DELETE: appends would wait for all of it"
+        assert j.append([("P", "x", "https://example.com/new")])["duplicates"] == 1
+        assert j.stats()["client_ids_evicted"] == 0
+    finally:
+        j.close()
+
+
+def test_the_client_id_table_is_bounded_in_bytes_and_forgets_the_oldest_first(path):
+    j = open_journal(path, max_client_id_bytes=20_000)
+    try:
+        for i in range(200):  # ~100 bytes a row estimated: 20,000 bytes hold ~200
+            j.append([("P", "x", f"https://example.com/{i:04d}")])
+        for i in range(200, 400):
+            j.append([("P", "x", f"https://example.com/{i:04d}")])
+        wait = time.monotonic() + 30
+        while j.stats()["client_id_bytes"] > 20_000 and time.monotonic() < wait:
+            time.sleep(0.01)
+        s = j.stats()
+        assert s["client_id_bytes"] <= 20_000 and s["client_ids_evicted"] > 0 and s["client_id_capacity_bytes"] == 20_000
+        real = j._conn.execute(f"SELECT count(*) FROM client_ids").fetchone()[0]
+        assert s["client_id_rows"] == real
+        assert j.append([("P", "x", "https://example.com/0399")])["duplicates"] == 1, "the newest are remembered"
+        assert j.append([("P", "x", "https://example.com/0000")])["accepted"] == 1, "the oldest were forgotten"
+    finally:
+        j.close()

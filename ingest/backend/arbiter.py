@@ -62,7 +62,8 @@ class Arbiter:
         else:
             self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
                                               max_bytes=settings.journal_size, retention=settings.dedup_retention,
-                                              max_quarantine=getattr(settings, "quarantine_size", 1000))
+                                              max_quarantine=getattr(settings, "quarantine_size", 1000),
+                                              max_client_id_bytes=getattr(settings, "client_ids_size", 2 * 1024**3))
             self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
                                  max_article_chars=getattr(settings, "max_article_chars", 200_000))
             self.hub = Hub(self.intake, settings, ledger=self.journal)

@@ -31,6 +31,14 @@ from ..core.rules import MARKER_MARGIN_SECONDS, MARKER_TTL_SECONDS, publication_
 
 log = logging.getLogger("ingest.journal")
 
+# The client-id table (a post's `id`, remembered for --dedup-retention) is bounded in bytes: a row is
+# estimated at twice its key (the table and its by-age index) plus this much. When over the bound the
+# oldest ids are forgotten first; expired ids and evictions go PURGE_SLICE rows per transaction, one
+# slice between group commits, so a purge never holds up an append for long.
+CLIENT_ID_ROW_OVERHEAD = 40
+PURGE_SLICE = 1000
+PURGE_EVERY = 600.0  # seconds between purges of expired ids
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS articles (
@@ -107,11 +115,12 @@ class Journal:
     arbiter's loop (its own connection)."""
 
     def __init__(self, path: Path, *, max_articles: int, max_bytes: int, retention: float = 7 * 86400,
-                 sync: bool = True, max_quarantine: int = 1000):
+                 sync: bool = True, max_quarantine: int = 1000, max_client_id_bytes: int = 2 * 1024**3):
         self.path = Path(path)
         self.max_articles = max_articles
         self.max_bytes = max_bytes
         self.max_quarantine = max_quarantine  # quarantined articles; at the bound new posts are refused
+        self.max_client_id_bytes = max_client_id_bytes
         self.retention = retention
         self.sync = sync
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +135,13 @@ class Journal:
         # quarantined articles stay on disk: they count against both bounds (see refresh_quarantine)
         self.quarantined_articles, self.quarantined_bytes = self._conn.execute(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE quarantined_at IS NOT NULL").fetchone()
+        self.client_id_rows, self.client_id_bytes = self._conn.execute(
+            f"SELECT count(*), coalesce(sum({_ID_BYTES}), 0) FROM client_ids").fetchone()
+        self.client_ids_evicted = 0   # forgotten before their retention ended (the byte bound)
+        self._staged_ids = [0, 0]     # rows, bytes added by the transaction in progress (writer thread)
+        self._purging = False
+        self._evicting = False
+        self._next_purge = 0.0
         self._requests: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -220,13 +236,14 @@ class Journal:
         self._writer_conn = self._connect()
         while True:
             with self._cond:
-                while not self._requests and not self._closed:
-                    self._cond.wait(timeout=60)
-                    self._maybe_purge()
+                while not self._requests and not self._closed and not self._purge_due():
+                    self._cond.wait(timeout=min(60.0, max(0.01, self._next_purge - time.time())))
                 if not self._requests and self._closed:
                     return
                 requests, self._requests = self._requests, []
-            self._commit(requests)
+            if requests:
+                self._commit(requests)
+            self._purge_slice()  # outside the lock, one slice at most: the next requests wait one slice
 
     def _commit(self, requests: list[_Request]) -> None:
         conn = self._writer_conn
@@ -248,6 +265,7 @@ class Journal:
                 size += added[1]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._staged_ids = [0, 0]
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = QueueFull(_describe_disk_error(exc))
@@ -261,6 +279,9 @@ class Journal:
             self.articles += articles - start_articles
             self.bytes += size - start_size
             self._next_seq = seq
+            self.client_id_rows += self._staged_ids[0]
+            self.client_id_bytes += self._staged_ids[1]
+        self._staged_ids = [0, 0]
         self.commits += 1
         self.fsyncs.append(time.monotonic() - started)
         del self.fsyncs[:-1000]
@@ -297,21 +318,56 @@ class Journal:
             if client_id is not None:
                 conn.execute("INSERT INTO client_ids VALUES (?, ?, ?) ON CONFLICT (pub_key, id) DO UPDATE "
                              "SET accepted_at = excluded.accepted_at", (publication_key(publication), client_id, now))
+                self._stage_id(publication_key(publication), client_id)
             seqs.append((seq, publication, nbytes))
             seq += 1
         result = {"accepted": len(fresh), "duplicates": duplicates, "entries": seqs}
         return result, (len(fresh), added_bytes), seq
 
-    def _maybe_purge(self) -> None:
-        """Forget client ids older than the retention window (at most every 10 minutes)."""
-        now = time.time()
-        if now - self.last_purge < 600 or self._writer_conn is None:
+    def _stage_id(self, pub_key: str, client_id: str) -> None:
+        """Count a client-id row into the transaction in progress (an estimate: see CLIENT_ID_ROW_OVERHEAD)."""
+        self._staged_ids[0] += 1
+        self._staged_ids[1] += 2 * (len(pub_key.encode("utf-8", "surrogatepass"))
+                                    + len(client_id.encode("utf-8", "surrogatepass"))) + CLIENT_ID_ROW_OVERHEAD
+
+    def _purge_due(self) -> bool:
+        return self._purging or time.time() >= self._next_purge or self.client_id_bytes > self.max_client_id_bytes
+
+    def _purge_slice(self) -> None:
+        """Forget up to PURGE_SLICE client ids, oldest first: expired ones, or any while the table is
+        over its byte bound (down to 90% of it). One short transaction; the writer serves appends
+        between slices."""
+        if self._writer_conn is None or not self._purge_due():
             return
-        self.last_purge = now
+        now = time.time()
+        self._purging = True
+        with self._mutex:
+            over = self.client_id_bytes > self.max_client_id_bytes * (0.9 if self._evicting else 1.0)
+        self._evicting = over
+        cutoff = float("inf") if over else now - self.retention
+        conn = self._writer_conn
         try:
-            self._writer_conn.execute("DELETE FROM client_ids WHERE accepted_at < ?", (now - self.retention,))
+            with _transaction(conn):
+                rows = conn.execute(f"SELECT pub_key, id, accepted_at, {_ID_BYTES} FROM client_ids "
+                                    "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?", (cutoff, PURGE_SLICE)).fetchall()
+                conn.executemany("DELETE FROM client_ids WHERE pub_key = ? AND id = ?", [(r[0], r[1]) for r in rows])
         except sqlite3.Error as exc:
             log.warning("journal: purging old client ids failed: %s", exc)
+            self._purging, self._evicting, self._next_purge = False, False, now + 60
+            return
+        evicted = sum(1 for r in rows if r[2] >= now - self.retention)
+        with self._mutex:
+            self.client_id_rows -= len(rows)
+            self.client_id_bytes -= sum(r[3] for r in rows)
+            self.client_ids_evicted += evicted
+        if evicted:
+            log.warning("journal: the client-id table is over --client-ids-size (%d bytes): forgot the %d oldest ids "
+                        "before their retention ended (a retry of those posts would count again)",
+                        self.max_client_id_bytes, evicted)
+        if len(rows) < PURGE_SLICE and not self._evicting:
+            self._purging = False
+            self._next_purge = now + PURGE_EVERY
+        self.last_purge = now
 
     # -- the arbiter's side -------------------------------------------------------
     def contents(self, seqs: list[int]) -> dict[int, str]:
@@ -447,6 +503,10 @@ class Journal:
             "journal_capacity_articles": self.max_articles,
             "journal_room_bytes": max(0, self.max_bytes - nbytes - q_bytes),   # what a client can still send
             "journal_room_articles": max(0, self.max_articles - articles - q_articles),
+            "client_id_rows": self.client_id_rows,
+            "client_id_bytes": self.client_id_bytes,
+            "client_id_capacity_bytes": self.max_client_id_bytes,
+            "client_ids_evicted": self.client_ids_evicted,
             "journal_commits": self.commits,
             "journal_fsync_p50_seconds": _quantile(fsyncs, 0.5),
             "journal_fsync_p99_seconds": _quantile(fsyncs, 0.99),
@@ -477,6 +537,9 @@ def _describe_disk_error(exc: sqlite3.Error) -> str:
     if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13 or errno.ENOSPC == getattr(exc, "errno", None):
         return "the disk under the journal is full; retry later"
     return f"the journal cannot be written ({text}); retry later"
+
+
+_ID_BYTES = f"2 * (length(CAST(pub_key AS BLOB)) + length(CAST(id AS BLOB))) + {CLIENT_ID_ROW_OVERHEAD}"
 
 
 class _transaction:
