@@ -29,6 +29,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # bytes bind first for any article larger on average (a news article is ~3.5 KB). The in-memory
 # queue holds ~100 bytes per article (its text stays on disk): ~50 MB at 1 GiB.
 TYPICAL_SMALL_ARTICLE_BYTES = 2048
+MIN_QUEUE_SIZE = 10_000  # a small journal still holds this many short articles: its bytes bind
 
 
 class ConfigError(ValueError):
@@ -136,7 +137,7 @@ class BackendSettings(_Common):
     cache_size: int = Field(64, ge=1, description="messages per worker before a flush")
     flush_interval: float = Field(2.0, gt=0, description="seconds a worker may hold unflushed data")
     queue_size: Optional[int] = Field(None, ge=1, description="articles the journal and input queue may hold (full -> "
-                                      "503; default: --journal-size / 2 KiB, 524,288 at 1 GiB: the bytes bind first)")
+                                      "503; default: --journal-size / 2 KiB, at least 10,000; 524,288 at 1 GiB: the bytes bind first)")
     batch_size: int = Field(16, ge=1, description="articles per nlp.pipe micro-batch")
     batch_bytes: Annotated[int, NoDecode] = Field(256 * 1024, ge=1, description="bytes of text per micro-batch "
                                                   "(a longer article goes alone): bounds a worker's memory")
@@ -177,7 +178,7 @@ class BackendSettings(_Common):
     @model_validator(mode="after")
     def _queue_follows_journal(self):
         if self.queue_size is None:
-            object.__setattr__(self, "queue_size", max(1, self.journal_size // TYPICAL_SMALL_ARTICLE_BYTES))
+            object.__setattr__(self, "queue_size", max(MIN_QUEUE_SIZE, self.journal_size // TYPICAL_SMALL_ARTICLE_BYTES))
         return self
 
     @property

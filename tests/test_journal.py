@@ -278,6 +278,7 @@ def test_the_article_bound_follows_the_byte_bound():
 
     assert load_backend_settings([]).queue_size * 2048 == 1024**3, "1 GiB: 524,288 articles, not 10,000"
     assert load_backend_settings(["--journal-size", "64MiB"]).queue_size == 32768
+    assert load_backend_settings(["--journal-size", "4KiB"]).queue_size == 10_000, "a small journal's bytes bind"
     assert load_backend_settings(["--queue-size", "500"]).queue_size == 500
 
 
