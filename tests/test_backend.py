@@ -258,3 +258,41 @@ def test_sigkilled_saver_is_replaced_and_its_batch_retried(tmp_path, recount):
     finally:
         assert backend.stop() == 0
     assert store_counts(backend.store_url) == expected_counts(recount, posts)
+
+
+def test_a_sigkill_of_the_arbiter_alone_takes_every_child_with_it(tmp_path, recount):
+    """The saver is stuck in a store write (the database locked by another process): without a
+    parent-death signal it would go on writing, orphaned, for minutes after the arbiter died."""
+    import sqlite3
+
+    from tests.support import stop_process
+
+    posts = articles(20, seed=31)
+    backend = start_backend(tmp_path, "--workers", "1", "--flush-interval", "0.5")
+    blocker = None
+    try:
+        arbiter = psutil.Process(backend.proc.pid)
+        blocker = sqlite3.connect(tmp_path / "ingest.db", isolation_level=None, timeout=30)
+        blocker.execute("BEGIN EXCLUSIVE")
+        backend.client.put_many(posts)
+        # every article processed and handed to the saver, which now waits on the lock
+        wait_for(lambda: (lambda s: s["processed"] == len(posts) and s["unsaved"] == len(posts)
+                          and s["retry_batches"] == 0)(backend.status()), 120, what="the saver to be mid-write")
+        children = arbiter.children(recursive=True)
+        assert len(children) >= 2
+        arbiter.kill()
+        backend.proc.wait(30)
+        alive = lambda: [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+        wait_for(lambda: not alive(), 30, 0.1, "every child of the killed arbiter to exit")
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+        stop_process(backend.proc, signal.SIGKILL, 5, group=True)
+    # the next start recovers the journal and counts each article once
+    second = start_backend(tmp_path, "--workers", "1", store_url=backend.store_url)
+    try:
+        second.wait_idle()
+    finally:
+        assert second.stop() == 0
+    assert store_counts(backend.store_url) == expected_counts(recount, posts)

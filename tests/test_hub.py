@@ -222,24 +222,48 @@ def test_only_the_micro_batch_in_flight_is_suspect_and_the_rest_goes_back_first(
     assert hub.counters.redelivered == 4 and hub.counters.lost == 0
 
 
-def test_suspects_are_retried_one_at_a_time_and_a_second_kill_quarantines():
+def test_suspects_are_retried_one_at_a_time_and_two_deaths_alone_quarantine():
     hub, intake, ledger = make_hub(workers=1)
     intake.put_many(posts(3))
     hub.dispatch(0.0)
-    hub.worker_exited(1)  # all three in flight: suspects
-    assert ledger.suspected == [1, 2, 3]
+    hub.worker_exited(1)  # all three in flight: suspects, but no evidence against any one of them
+    assert texts(intake, hub.suspects) == ["article 0", "article 1", "article 2"]
+    assert all(e.kills == 0 for e in hub.suspects) and ledger.suspected == []
     hub.add_worker(WorkerSlot(5, FakeConn(), FakeProcess(), ready=True))
     hub.dispatch(1.0)
     assert hub.workers[5].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
     hub.on_worker_message(5, (wire.DONE, None))  # article 0 is innocent
     hub.dispatch(1.1)
     assert hub.workers[5].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
-    hub.worker_exited(5)  # article 1 killed a worker twice; article 0 (unflushed there) goes back
-    assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
+    hub.worker_exited(5)  # article 1 killed a worker alone: once; article 0 (unflushed there) goes back
+    assert ledger.quarantined == [] and ledger.suspected == [2]
     assert texts(intake, intake.take(10)) == ["article 0"]
-    assert texts(intake, hub.suspects) == ["article 2"]
+    assert texts(intake, hub.suspects) == ["article 2", "article 1"]
+    hub.add_worker(WorkerSlot(6, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(2.0)
+    hub.on_worker_message(6, (wire.DONE, None))  # article 2 is innocent
+    hub.dispatch(2.1)
+    assert hub.workers[6].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
+    hub.worker_exited(6)  # article 1, alone, a second time: quarantined
+    assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
     assert hub.counters.lost == 0 and hub.snapshot()["quarantined"] == 1
     assert MAX_KILLS == 2
+
+
+def test_an_innocent_article_hit_by_two_unrelated_deaths_is_not_quarantined():
+    """The OOM killer or the timeout kill a worker while an innocent article is in a micro-batch, and
+    again while it is retried alone: before, those two deaths quarantined it. Only deaths with the
+    article alone in flight count, and this is its first."""
+    hub, intake, ledger = make_hub(workers=1, batch_size=4)
+    intake.put_many(posts(4))
+    hub.dispatch(0.0)
+    hub.worker_exited(1)  # unrelated death #1: four in flight
+    hub.add_worker(WorkerSlot(7, FakeConn(), FakeProcess(), ready=True))
+    hub.dispatch(1.0)
+    assert hub.workers[7].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
+    hub.worker_exited(7)  # unrelated death #2, article 0 alone
+    assert ledger.quarantined == [] and hub.counters.quarantined_total == 0
+    assert [e.kills for e in hub.suspects] == [0, 0, 0, 1]
 
 
 def test_a_death_while_flushing_makes_no_suspects():
@@ -420,7 +444,7 @@ def test_full_intake_refuses_the_whole_request():
 
 def test_every_counter_is_named_once_for_metrics():
     assert tuple(f.name for f in fields(Counters)) == HUB_COUNTERS
-    assert COUNTERS == set(HUB_COUNTERS) | set(INTAKE_COUNTERS) | {"journal_commits"}
+    assert COUNTERS == set(HUB_COUNTERS) | set(INTAKE_COUNTERS) | {"journal_commits", "client_ids_evicted"}
     hub, intake, _ = make_hub()
     intake.publish(hub.snapshot())
     assert COUNTERS <= set(intake.status())
@@ -447,3 +471,78 @@ def test_an_article_over_the_limit_is_refused_whole():
     with pytest.raises(TooLarge):
         intake.put_many([("P", "ok", None), ("P", "x" * 101, None)])
     assert len(intake) == 0
+
+
+# -- a batch that cannot commit is an alarm, not a loop ------------------------------------------
+
+def _two_batches(hub, intake):
+    """Two batches, one in each of the two savers (numbers 2 and 3)."""
+    intake.put_many(posts(2))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.0)
+    intake.put_many(posts(2, start=2))
+    hub.dispatch(0.0)
+    answer_flush(hub, 1)
+    hub.dispatch(0.0)
+    return hub.savers[2].conn.sent[-1][1], hub.savers[3].conn.sent[-1][1]
+
+
+def test_another_batchs_success_does_not_hide_an_older_failing_batch():
+    hub, intake, _ = make_hub(workers=1, savers=2)
+    first, second = _two_batches(hub, intake)
+    hub.on_saver_message(2, (wire.FAILED, first.batch_id, "rejected"), now=10.0)
+    hub.on_saver_message(3, (wire.SAVED, second.batch_id, 1, 1), now=20.0)
+    assert hub.store_failing_since == 10.0
+    assert not hub.store_healthy(now=41.0, threshold=30.0), "the first batch has failed for 31 s"
+    assert hub.snapshot(41.0)["failing_batches"] == 1 and hub.snapshot(41.0)["store_failing_seconds"] == 31.0
+    hub.dispatch(10.0 + RETRY_DELAY)
+    hub.on_saver_message(2, (wire.FAILED, first.batch_id, "rejected"), now=16.0)
+    assert hub.store_failing_since == 10.0, "the age counts from the batch's first failure"
+    hub.dispatch(16.0 + RETRY_DELAY)
+    hub.on_saver_message(2, (wire.SAVED, first.batch_id, 1, 1), now=50.0)
+    assert hub.store_healthy(now=50.0, threshold=30.0) and hub.snapshot(50.0)["failing_batches"] == 0
+
+
+def test_a_batch_past_its_marker_window_is_never_retried_and_stays_an_alarm():
+    hub, intake, ledger = make_hub(workers=1)
+    hub.marker_window = 100.0
+    delta = _one_batch(hub, intake)  # recorded at 0.0
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=60.0)
+    hub.dispatch(60.0 + RETRY_DELAY)
+    assert hub.savers[2].conn.sent[-1][1].batch_id == delta.batch_id, "retried inside the window"
+    hub.on_saver_message(2, (wire.FAILED, delta.batch_id, "down"), now=99.0)
+    hub.dispatch(200.0)  # its retry is due only past the window: refused
+    assert len(hub.savers[2].conn.sent) == 2
+    snap = hub.snapshot(200.0)
+    assert snap["stuck_batches"] == 1 and snap["stuck_articles"] == 2 and snap["unsaved"] == 2
+    assert snap["retry_batches"] == 0 and not hub.store_healthy(200.0, threshold=30.0)
+    assert ledger.completed == [] and hub.savers_settled(), "kept in the journal; a drain does not wait for it"
+    # a failure answered past the window is parked at once
+    hub2, intake2, _ = make_hub(workers=1)
+    hub2.marker_window = 100.0
+    late = _one_batch(hub2, intake2)
+    hub2.on_saver_message(2, (wire.FAILED, late.batch_id, "down"), now=150.0)
+    assert hub2.snapshot(150.0)["stuck_batches"] == 1 and not hub2.retry
+
+
+def test_a_failed_journal_complete_is_retried_not_left_behind():
+    hub, intake, ledger = make_hub(workers=1)
+    delta = _one_batch(hub, intake)
+    calls = []
+
+    def complete(batch):
+        calls.append(batch.delta.batch_id)
+        if len(calls) < 3:
+            raise OSError("disk full")
+        ledger.completed.append(batch.delta.batch_id)
+
+    ledger.complete = complete
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 1, 1), now=1.0)
+    assert not hub.savers_settled() and hub.snapshot(1.0)["uncompleted_batches"] == 1
+    hub.dispatch(1.5)
+    assert len(calls) == 1, "not before the delay"
+    hub.dispatch(2.0)
+    hub.dispatch(3.0)
+    assert ledger.completed == [delta.batch_id] and hub.savers_settled()
+    assert hub.snapshot(3.0)["uncompleted_batches"] == 0 and hub.counters.store_batches == 1

@@ -156,8 +156,38 @@ def test_a_batch_older_than_the_markers_may_live_is_refused(path):
     j.record_batch(Batch(Delta.of("old", [Aggregate.from_article("P", [])]), seqs))
     j._conn.execute("UPDATE batches SET created_at = ?", (time.time() - MARKER_TTL_SECONDS,))
     try:
-        with pytest.raises(JournalError, match="could count it twice"):
+        with pytest.raises(JournalError, match="could count it twice") as refused:
             j.recover()
+        text = str(refused.value)
+        assert "ingestiond journal drop-batch" in text and "ingestiond journal requeue-batch" in text
+        assert "DELETE FROM" not in text, "deleting the batch alone would strand its articles"
+    finally:
+        j.close()
+
+
+def test_an_operator_drops_or_requeues_a_recorded_batch_with_ingestiond_journal(path, capsys):
+    from ingest.backend.cli import main
+
+    j = open_journal(path)
+    seqs = [s for s, _, _ in j.append([("P", f"text {i}", None) for i in range(5)])["entries"]]
+    j.record_batch(Batch(Delta.of("applied", [Aggregate.from_article("P", [])]), seqs[:2]))
+    j.record_batch(Batch(Delta.of("not-applied", [Aggregate.from_article("P", [])]), seqs[2:4]))
+    assert main(["journal", "--journal", str(path), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "applied\t" in listed and "not-applied\t" in listed and "2 articles" in listed
+    assert main(["journal", "--journal", str(path), "drop-batch", "applied"]) == 2, "the backend holds the lock"
+    assert "stop the backend first" in capsys.readouterr().err
+    j.close()
+
+    assert main(["journal", "--journal", str(path), "drop-batch", "applied"]) == 0
+    assert main(["journal", "--journal", str(path), "requeue-batch", "not-applied"]) == 0
+    assert main(["journal", "--journal", str(path), "drop-batch", "nope"]) == 1
+    j = open_journal(path)
+    try:
+        found = j.recover()
+        assert found.batches == [], "both decided"
+        assert [e.seq for e in found.entries] == seqs[2:], "requeued articles are accepted again; dropped ones gone"
+        assert j.stats()["journal_articles"] == 3
     finally:
         j.close()
 
@@ -213,5 +243,93 @@ def test_the_counts_stay_exact_while_appends_and_completions_interleave(path):
     real = j._conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles").fetchone()
     try:
         assert (j.stats()["journal_articles"], j.stats()["journal_bytes"]) == real
+    finally:
+        j.close()
+
+
+def test_the_quarantine_is_bounded_and_counted_in_the_journals_bounds(path):
+    from ingest.backend.journal import Entry
+
+    j = open_journal(path, max_articles=10, max_bytes=1000, max_quarantine=2)
+    try:
+        entries = [Entry(seq, pub, size) for seq, pub, size in
+                   j.append([("P", "x" * 100, None) for _ in range(3)])["entries"]]
+        j.quarantine(entries[:1])
+        s = j.stats()
+        assert (s["journal_articles"], s["journal_quarantined_articles"], s["journal_quarantined_bytes"]) == (2, 1, 100)
+        assert s["journal_bytes"] == 300 and s["journal_room_bytes"] == 700 and s["journal_room_articles"] == 7
+        with pytest.raises(QueueFull, match="journal full"):
+            j.append([("P", "y" * 701, None)])  # the quarantined bytes are on disk: they count
+        j.quarantine(entries[1:2])
+        assert j.stats()["quarantine_full"]
+        with pytest.raises(QueueFull, match="quarantine is full"):
+            j.append([("P", "z", None)])
+        j.quarantine(entries[2:])  # a third poison article is still kept, never dropped
+        assert j.stats()["journal_quarantined_articles"] == 3
+        j._conn.execute("DELETE FROM articles WHERE seq IN (?, ?)", (entries[0].seq, entries[1].seq))  # `drop`
+        assert j.refresh_quarantine() == 1
+        assert j.append([("P", "z", None)])["accepted"] == 1
+    finally:
+        j.close()
+
+
+def test_the_article_bound_follows_the_byte_bound():
+    from ingest.config import load_backend_settings
+
+    assert load_backend_settings([]).queue_size * 2048 == 1024**3, "1 GiB: 524,288 articles, not 10,000"
+    assert load_backend_settings(["--journal-size", "64MiB"]).queue_size == 32768
+    assert load_backend_settings(["--journal-size", "4KiB"]).queue_size == 10_000, "a small journal's bytes bind"
+    assert load_backend_settings(["--queue-size", "500"]).queue_size == 500
+
+
+def _expired_ids(path, n, age):
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.executemany("INSERT INTO client_ids VALUES (?, ?, ?)", [("p", f"https://example.com/{i}", time.time() - age)
+                                                                 for i in range(n)])
+    conn.close()
+
+
+def test_old_client_ids_are_purged_in_slices_between_appends(path, monkeypatch):
+    import ingest.backend.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "PURGE_SLICE", 100)
+    j = open_journal(path, retention=3600)
+    j.close()
+    _expired_ids(path, 1050, age=7200)
+    j = open_journal(path, retention=3600)
+    slices = []
+    real = j._purge_slice
+    j._purge_slice = lambda: (slices.append(j.client_id_rows), real())[1]
+    try:
+        assert j.stats()["client_id_rows"] == 1050 and j.stats()["client_id_bytes"] > 1050 * 80
+        assert j.append([("P", "x", "https://example.com/new")])["accepted"] == 1
+        wait = time.monotonic() + 30
+        while j.stats()["client_id_rows"] > 1 and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert j.stats()["client_id_rows"] == 1, "only the fresh id is left"
+        sizes = [a - b for a, b in zip(slices, slices[1:]) if a > b]
+        assert sizes and max(sizes) <= 100 and len(sizes) >= 10, "one big DELETE: appends would wait for all of it"
+        assert j.append([("P", "x", "https://example.com/new")])["duplicates"] == 1
+        assert j.stats()["client_ids_evicted"] == 0
+    finally:
+        j.close()
+
+
+def test_the_client_id_table_is_bounded_in_bytes_and_forgets_the_oldest_first(path):
+    j = open_journal(path, max_client_id_bytes=20_000)
+    try:
+        for i in range(200):  # ~100 bytes a row estimated: 20,000 bytes hold ~200
+            j.append([("P", "x", f"https://example.com/{i:04d}")])
+        for i in range(200, 400):
+            j.append([("P", "x", f"https://example.com/{i:04d}")])
+        wait = time.monotonic() + 30
+        while j.stats()["client_id_bytes"] > 20_000 and time.monotonic() < wait:
+            time.sleep(0.01)
+        s = j.stats()
+        assert s["client_id_bytes"] <= 20_000 and s["client_ids_evicted"] > 0 and s["client_id_capacity_bytes"] == 20_000
+        real = j._conn.execute(f"SELECT count(*) FROM client_ids").fetchone()[0]
+        assert s["client_id_rows"] == real
+        assert j.append([("P", "x", "https://example.com/0399")])["duplicates"] == 1, "the newest are remembered"
+        assert j.append([("P", "x", "https://example.com/0000")])["accepted"] == 1, "the oldest were forgotten"
     finally:
         j.close()

@@ -64,7 +64,7 @@ def test_twenty_maximum_size_articles_are_counted_with_worker_rss_under_1_gb(tmp
 
 
 def test_a_backlog_of_10000_maximum_size_articles_waits_on_disk_not_in_memory(tmp_path):
-    """2 GB of accepted text (the default --queue-size of maximum-size articles) is on disk; the
+    """2 GB of accepted text (10,000 maximum-size articles) is on disk; the
     backend's main process, which holds the queue, grows by less than 100 MB."""
     backend = start_backend(tmp_path, "--workers", "1", "--journal-size", "3GiB")
     try:

@@ -292,3 +292,52 @@ def test_the_stack_never_outlives_its_supervisor_even_with_its_output_pipe_close
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         kill_leftovers(tree)
+
+
+def program_state(env: dict, name: str) -> str:
+    out = subprocess.run([str(BIN / "supervisorctl"), "-c", str(ROOT / "supervisord.conf"), "status", f"ingest:{name}"],
+                         env=env, capture_output=True, text=True, timeout=30).stdout
+    match = re.search(rf"ingest:{name}\s+([A-Z]+)", out)
+    return match.group(1) if match else ""
+
+
+def test_a_backend_boot_error_is_not_restarted_by_supervisord(tmp_path):
+    """Exit 3 (boot error) after startsecs: a restart would fail the same way, so supervisord leaves the
+    backend EXITED (autorestart=unexpected, exitcodes=0,2,3), instead of restarting it forever."""
+    import sqlite3
+
+    env = stack_env(tmp_path, INGEST_API_KEYS="stack-key-" + os.urandom(6).hex())
+    log_dir = Path(env["INGEST_LOG_DIR"])
+    log_dir.mkdir(parents=True)
+    # a store another process holds locked: the saver's write check waits out SQLite's 30 s busy
+    # timeout and fails, a boot error that comes well after supervisord's startsecs
+    blocker = sqlite3.connect(tmp_path / "stack.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    with open(tmp_path / "supervisord.out", "wb") as out:
+        proc = subprocess.Popen([str(BIN / "supervisord"), "-n", "-c", str(ROOT / "supervisord.conf")], env=env,
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[psutil.Process] = []
+    supervisord_log = log_dir / "supervisord.log"
+    spawned = lambda: supervisord_log.read_text().count("spawned: 'backend'") if supervisord_log.exists() else 0  # noqa: E731
+    try:
+        wait_for(lambda: program_state(env, "backend") == "RUNNING", 60, 0.5, "the backend to be RUNNING")
+        tree = whole_tree([proc.pid])
+        wait_for(lambda: "exited: backend (exit status 3" in supervisord_log.read_text(), 120, 0.5,
+                 "the backend's boot error")
+        wait_for(lambda: program_state(env, "backend") in ("EXITED", "FATAL") or spawned() > 1, 30, 0.2,
+                 "supervisord to settle the backend")
+        time.sleep(3)  # supervisord restarts on its next tick (1 s) when it is going to
+        assert spawned() == 1, supervisord_log.read_text()
+        assert program_state(env, "backend") == "EXITED"
+        assert "stopping instead of respawning" in (log_dir / "backend.log").read_text()
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        kill_leftovers(tree)

@@ -61,7 +61,9 @@ class Arbiter:
             self.journal, self.intake, self.hub = build(settings, on_put=self.wake)
         else:
             self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
-                                              max_bytes=settings.journal_size, retention=settings.dedup_retention)
+                                              max_bytes=settings.journal_size, retention=settings.dedup_retention,
+                                              max_quarantine=getattr(settings, "quarantine_size", 1000),
+                                              max_client_id_bytes=getattr(settings, "client_ids_size", 2 * 1024**3))
             self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
                                  max_article_chars=getattr(settings, "max_article_chars", 200_000))
             self.hub = Hub(self.intake, settings, ledger=self.journal)
@@ -109,6 +111,7 @@ class Arbiter:
                     log.info("%d quarantined articles sent back by an operator: queued again", len(requeued))
                     self.hub.unquarantine(len(requeued))
                     self.intake.push_back(requeued)
+                self.hub.quarantined_now = self.journal.refresh_quarantine()  # `quarantine drop` too
         except Exception as exc:  # a busy or full disk: try again next time
             log.warning("journal housekeeping failed: %s", exc)
 
@@ -242,7 +245,7 @@ class Arbiter:
         self.next_number += 1
         number = self.next_number
         parent, child = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(target=child_main, args=(cls, child, settings or self.settings, number),
+        process = self.ctx.Process(target=child_main, args=(cls, child, settings or self.settings, number, os.getpid()),
                                    name=f"{cls.role}-{number}")
         process.start()
         child.close()
@@ -341,8 +344,10 @@ class Arbiter:
         """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
         self.journal.claim(store_identity(self.settings.store_url))
         found = self.journal.recover()
-        for batch_id, delta, seqs in found.batches:
-            self.hub.retry.append((0.0, Batch(delta, seqs)))
+        now, wall = time.monotonic(), time.time()
+        for batch_id, delta, seqs in found.batches:  # its age on the hub's clock: the marker window counts
+            recorded_at = now - max(0.0, wall - found.recorded.get(batch_id, wall))
+            self.hub.retry.append((0.0, Batch(delta, seqs, recorded_at=recorded_at)))
             self.hub.recovering.add(batch_id)
         self.hub.suspects.extend(e for e in found.entries if e.kills)
         self.intake.push_back(e for e in found.entries if not e.kills)

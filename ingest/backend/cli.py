@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from .quarantine import main as quarantine_main
 
         return quarantine_main(argv[1:])
+    if argv[:1] == ["journal"]:
+        from .journal_cmd import main as journal_main
+
+        return journal_main(argv[1:])
     try:
         settings = load_backend_settings(argv)
         authkey = ensure_authkey(settings)

@@ -16,14 +16,19 @@ import uuid
 from dataclasses import dataclass, field, fields
 
 from ..core.models import Aggregate, Delta, merge
+from ..core.rules import MARKER_MARGIN_SECONDS, MARKER_TTL_SECONDS
 from ..core.status import HUB_COUNTERS
 from . import wire
 from .intake import Entry, Intake
 
 log = logging.getLogger("ingest.hub")
 
-MAX_KILLS = 2       # an article in the micro-batch of two dying workers is quarantined
+MAX_KILLS = 2       # an article that killed a worker twice while running alone is quarantined
 RETRY_DELAY = 5.0   # seconds before a failed batch is offered to a saver again
+COMPLETE_RETRY_DELAY = 1.0  # seconds before a failed journal `complete` is tried again
+# A batch may be sent to the store only while the store's marker for it (recorded with its first
+# commit) still lives: past this age a retry could apply it a second time.
+MARKER_WINDOW = MARKER_TTL_SECONDS - MARKER_MARGIN_SECONDS
 
 
 @dataclass(slots=True)
@@ -51,6 +56,8 @@ class Batch:
 
     delta: Delta
     seqs: list
+    recorded_at: float | None = None         # when the journal recorded it (the hub's clock, `now`)
+    first_failed_at: float | None = None     # its first failed store write, until it is stored
 
     @property
     def articles(self) -> int:
@@ -107,9 +114,14 @@ class Hub:
         self.pending_seqs: list[int] = []
         self.retry: collections.deque[tuple[float, Batch]] = collections.deque()
         self.given_up: list[Batch] = []  # failed during a drain: left in the journal for the next start
+        self.stuck: list[Batch] = []     # failed past the marker window: never sent again; an operator decides
+        self.uncompleted: collections.deque[Batch] = collections.deque()  # stored, but `complete` failed
+        self.next_complete_at = 0.0
+        self.marker_window = MARKER_WINDOW
         self.recovering: set[str] = set()  # batch ids found in the journal at start: committed before new work
         self.quarantined_now = 0
-        self.store_failing_since: float | None = None
+        self.failing: dict[str, float] = {}       # batch id -> its first failed write, until it is stored
+        self.store_down_since: float | None = None  # a saver cannot reopen the store (no batch involved)
         self.draining = False
         self.counters = Counters()
 
@@ -136,6 +148,14 @@ class Hub:
             self.blame(number, suspects)
 
     def blame(self, number: int, entries: list[Entry]) -> None:
+        """Quarantine on evidence only: a death with several articles in flight proves nothing against
+        any one of them (the OOM killer, the timeout, a bug elsewhere), so each is retried alone and
+        nothing is counted; only a death with one article in flight counts against that article."""
+        if len(entries) > 1:
+            self.suspects.extend(entries)
+            self.counters.suspects += len(entries)
+            log.warning("worker %d died processing %d posts: each is retried alone", number, len(entries))
+            return
         again, poison = [], []
         for entry in entries:
             entry.kills += 1
@@ -144,12 +164,13 @@ class Hub:
             self._durably("suspect", again)
             self.suspects.extend(again)
             self.counters.suspects += len(again)
-            log.warning("worker %d died processing %d posts: each is retried alone", number, len(again))
+            log.warning("worker %d died processing post seq=%d alone (%d of %d deaths before quarantine)",
+                        number, again[0].seq, again[0].kills, MAX_KILLS)
         if poison:
             self._durably("quarantine", poison)
             self.quarantined_now += len(poison)
             self.counters.quarantined_total += len(poison)
-            log.error("worker %d died processing post seq=%s a second time: quarantined (kept; see "
+            log.error("worker %d died processing post seq=%s alone a second time: quarantined (kept; see "
                       "`ingestiond quarantine list`)", number, ",".join(str(e.seq) for e in poison))
 
     def unquarantine(self, n: int) -> None:
@@ -206,16 +227,24 @@ class Hub:
         if batch is None:
             return
         if kind == wire.SAVED:
-            self._durably("complete", batch)
+            if not self._durably("complete", batch):  # stored, still in the journal: try again shortly
+                self.uncompleted.append(batch)
+                self.next_complete_at = now + COMPLETE_RETRY_DELAY
             self.recovering.discard(batch.delta.batch_id)
-            self.store_failing_since = None
+            self.failing.pop(batch.delta.batch_id, None)  # only this batch's failure ends here
+            batch.first_failed_at = None
+            self.store_down_since = None
             self.counters.store_batches += 1
             self.counters.store_writes += message[2]
             self.counters.store_commits += message[3]
         elif kind == wire.FAILED:
             self.counters.store_errors += 1
-            self.store_failed(now)
-            if self.draining:  # its retries are spent and we are stopping: keep it for the next start
+            if batch.first_failed_at is None:
+                batch.first_failed_at = now
+            self.failing.setdefault(batch.delta.batch_id, batch.first_failed_at)
+            if self.past_marker_window(batch, now):
+                self.park_stuck(batch, now, message[2])
+            elif self.draining:  # its retries are spent and we are stopping: keep it for the next start
                 self.given_up.append(batch)
                 self.recovering.discard(batch.delta.batch_id)
                 log.error("batch=%s (%d articles) not stored during the drain: %s",
@@ -225,14 +254,51 @@ class Hub:
                 log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles, message[2])
 
     def store_failed(self, now: float) -> None:
-        if self.store_failing_since is None:
-            self.store_failing_since = now
+        """The store fails outside any batch (a saver cannot reopen it): until a batch is stored."""
+        if self.store_down_since is None:
+            self.store_down_since = now
+
+    @property
+    def store_failing_since(self) -> float | None:
+        """The first failure of the oldest batch still not stored (another batch's success does not
+        clear it), or of a store no saver can reopen."""
+        times = list(self.failing.values())
+        if self.store_down_since is not None:
+            times.append(self.store_down_since)
+        return min(times) if times else None
 
     def store_healthy(self, now: float, threshold: float) -> bool:
-        return self.store_failing_since is None or now - self.store_failing_since < threshold
+        since = self.store_failing_since
+        return since is None or now - since < threshold
+
+    def past_marker_window(self, batch: Batch, now: float) -> bool:
+        return batch.recorded_at is not None and now - batch.recorded_at > self.marker_window
+
+    def park_stuck(self, batch: Batch, now: float, reason: str = "") -> None:
+        """A batch older than its store marker may live is never sent again: it stays in the journal
+        (and keeps /readyz at 503) until an operator checks the store and decides."""
+        self.stuck.append(batch)
+        self.recovering.discard(batch.delta.batch_id)
+        self.failing.setdefault(batch.delta.batch_id, batch.first_failed_at if batch.first_failed_at is not None else now)
+        log.critical(
+            "batch=%s (%d articles) recorded %.1f days ago was not stored%s; it is NOT retried: its store marker "
+            "may have expired, so a retry could count it twice. It stays in the journal. Check the store, stop "
+            "the backend, then `ingestiond journal drop-batch %s` if the store has it, or `ingestiond journal "
+            "requeue-batch %s` if it does not (`ingestiond journal list` shows it)",
+            batch.delta.batch_id, batch.articles, (now - (batch.recorded_at or now)) / 86400,
+            f" ({reason})" if reason else "", batch.delta.batch_id, batch.delta.batch_id)
+
+    def retry_completions(self, now: float) -> None:
+        """Stored batches whose journal `complete` failed: their articles must leave the journal."""
+        while self.uncompleted and now >= self.next_complete_at:
+            if not self._durably("complete", self.uncompleted[0]):
+                self.next_complete_at = now + COMPLETE_RETRY_DELAY
+                return
+            self.uncompleted.popleft()
 
     # -- dispatch ---------------------------------------------------------------
     def dispatch(self, now: float) -> None:
+        self.retry_completions(now)
         self.feed_workers(now)
         self.feed_savers(now)
 
@@ -283,16 +349,21 @@ class Hub:
             batch = self.next_batch(now)
             if batch is None:
                 return
+            if batch.recorded_at is None:
+                batch.recorded_at = now
             slot.batch = batch
             slot.last_batch_at = now
             self.send(slot, (wire.BATCH, batch.delta), now)
 
     def next_batch(self, now: float) -> Batch | None:
-        if self.retry and (self.retry[0][0] <= now or self.draining):
-            return self.retry.popleft()[1]
+        while self.retry and (self.retry[0][0] <= now or self.draining):
+            batch = self.retry.popleft()[1]
+            if not self.past_marker_window(batch, now):
+                return batch
+            self.park_stuck(batch, now)
         if not self.pending:
             return None
-        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs)
+        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, recorded_at=now)
         if not self._durably("record_batch", batch):  # recorded before the store sees it: a crash replays this id
             return None  # kept pending; tried again on the next pass
         self.pending, self.pending_seqs = {}, []
@@ -305,7 +376,9 @@ class Hub:
             s.busy_since is None and not s.unflushed for s in self.workers.values())
 
     def savers_settled(self) -> bool:
-        return not self.pending and not self.retry and all(s.batch is None for s in self.savers.values())
+        """Nothing left to send (a stuck batch waits for an operator, in the journal) or to complete."""
+        return not self.pending and not self.retry and not self.uncompleted \
+            and all(s.batch is None for s in self.savers.values())
 
     def stop_idle(self, slots: dict, now: float) -> None:
         for slot in slots.values():
@@ -324,7 +397,7 @@ class Hub:
             "in_flight": sum(held.values()) + len(self.suspects),
             "in_flight_by_worker": held,
             "unsaved": len(self.pending_seqs) + in_saver + sum(b.articles for _, b in self.retry)
-                       + sum(b.articles for b in self.given_up),
+                       + sum(b.articles for b in self.given_up) + sum(b.articles for b in self.stuck),
             "quarantined": self.quarantined_now,
             "store_failing_seconds": round(now - self.store_failing_since, 1) if self.store_failing_since is not None else 0.0,
             "workers": len(self.workers),
@@ -332,6 +405,10 @@ class Hub:
             "savers": len(self.savers),
             "savers_ready": sum(1 for s in self.savers.values() if s.ready),
             "retry_batches": len(self.retry),
+            "failing_batches": len(self.failing),
+            "stuck_batches": len(self.stuck),
+            "stuck_articles": sum(b.articles for b in self.stuck),
+            "uncompleted_batches": len(self.uncompleted),
             "children": {**{f"worker-{n}": w.process.pid for n, w in self.workers.items()},
                          **{f"saver-{n}": s.process.pid for n, s in self.savers.items()}},
         })

@@ -31,6 +31,14 @@ from ..core.rules import MARKER_MARGIN_SECONDS, MARKER_TTL_SECONDS, publication_
 
 log = logging.getLogger("ingest.journal")
 
+# The client-id table (a post's `id`, remembered for --dedup-retention) is bounded in bytes: a row is
+# estimated at twice its key (the table and its by-age index) plus this much. When over the bound the
+# oldest ids are forgotten first; expired ids and evictions go PURGE_SLICE rows per transaction, one
+# slice between group commits, so a purge never holds up an append for long.
+CLIENT_ID_ROW_OVERHEAD = 40
+PURGE_SLICE = 1000
+PURGE_EVERY = 600.0  # seconds between purges of expired ids
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS articles (
@@ -46,6 +54,7 @@ CREATE TABLE IF NOT EXISTS articles (
 );
 CREATE INDEX IF NOT EXISTS articles_by_batch ON articles (batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS articles_requeued ON articles (seq) WHERE requeued = 1;
+CREATE INDEX IF NOT EXISTS articles_quarantined ON articles (seq) WHERE quarantined_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     delta TEXT NOT NULL,
@@ -80,6 +89,7 @@ class Entry:
 @dataclass(slots=True)
 class Recovered:
     batches: list = field(default_factory=list)   # [(batch_id, Delta, seqs)]
+    recorded: dict = field(default_factory=dict)  # batch_id -> when it was recorded (time.time())
     entries: list = field(default_factory=list)   # [Entry] in acceptance order
     quarantined: int = 0
 
@@ -105,10 +115,12 @@ class Journal:
     arbiter's loop (its own connection)."""
 
     def __init__(self, path: Path, *, max_articles: int, max_bytes: int, retention: float = 7 * 86400,
-                 sync: bool = True):
+                 sync: bool = True, max_quarantine: int = 1000, max_client_id_bytes: int = 2 * 1024**3):
         self.path = Path(path)
         self.max_articles = max_articles
         self.max_bytes = max_bytes
+        self.max_quarantine = max_quarantine  # quarantined articles; at the bound new posts are refused
+        self.max_client_id_bytes = max_client_id_bytes
         self.retention = retention
         self.sync = sync
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +132,16 @@ class Journal:
         self._next_seq, self.articles, self.bytes = self._conn.execute(
             "SELECT coalesce(max(seq), 0) + 1, count(*), coalesce(sum(bytes), 0) FROM articles "
             "WHERE quarantined_at IS NULL").fetchone()
+        # quarantined articles stay on disk: they count against both bounds (see refresh_quarantine)
+        self.quarantined_articles, self.quarantined_bytes = self._conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE quarantined_at IS NOT NULL").fetchone()
+        self.client_id_rows, self.client_id_bytes = self._conn.execute(
+            f"SELECT count(*), coalesce(sum({_ID_BYTES}), 0) FROM client_ids").fetchone()
+        self.client_ids_evicted = 0   # forgotten before their retention ended (the byte bound)
+        self._staged_ids = [0, 0]     # rows, bytes added by the transaction in progress (writer thread)
+        self._purging = False
+        self._evicting = False
+        self._next_purge = 0.0
         self._requests: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -180,11 +202,14 @@ class Journal:
             raise JournalError(
                 f"journal {self.path} holds a store batch recorded {int((time.time() - oldest) // 86400)} days ago: "
                 "the store may have forgotten whether it was applied, so replaying it could count it twice. "
-                "Check the store's counts, then remove the batch (`sqlite3 JOURNAL \"DELETE FROM batches\"` "
-                "after deciding) or move the journal away")
-        for batch_id, text, _articles in self._conn.execute("SELECT batch_id, delta, articles FROM batches ORDER BY created_at"):
+                f"`ingestiond journal --journal {self.path} list` shows it; check the store's counts, then "
+                "`ingestiond journal drop-batch ID` if the store has it (its articles leave the journal), or "
+                "`ingestiond journal requeue-batch ID` if it does not (its articles are counted again)")
+        for batch_id, text, _articles, created in self._conn.execute(
+                "SELECT batch_id, delta, articles, created_at FROM batches ORDER BY created_at"):
             seqs = [s for (s,) in self._conn.execute("SELECT seq FROM articles WHERE batch_id = ?", (batch_id,))]
             out.batches.append((batch_id, delta_from_json(batch_id, text), seqs))
+            out.recorded[batch_id] = created
         rows = self._conn.execute("SELECT seq, publication, bytes, kills FROM articles "
                                   "WHERE batch_id IS NULL AND quarantined_at IS NULL ORDER BY seq")
         out.entries = [Entry(seq, pub, size, kills) for seq, pub, size, kills in rows]
@@ -211,13 +236,14 @@ class Journal:
         self._writer_conn = self._connect()
         while True:
             with self._cond:
-                while not self._requests and not self._closed:
-                    self._cond.wait(timeout=60)
-                    self._maybe_purge()
+                while not self._requests and not self._closed and not self._purge_due():
+                    self._cond.wait(timeout=min(60.0, max(0.01, self._next_purge - time.time())))
                 if not self._requests and self._closed:
                     return
                 requests, self._requests = self._requests, []
-            self._commit(requests)
+            if requests:
+                self._commit(requests)
+            self._purge_slice()  # outside the lock, one slice at most: the next requests wait one slice
 
     def _commit(self, requests: list[_Request]) -> None:
         conn = self._writer_conn
@@ -239,6 +265,7 @@ class Journal:
                 size += added[1]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._staged_ids = [0, 0]
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = QueueFull(_describe_disk_error(exc))
@@ -252,6 +279,9 @@ class Journal:
             self.articles += articles - start_articles
             self.bytes += size - start_size
             self._next_seq = seq
+            self.client_id_rows += self._staged_ids[0]
+            self.client_id_bytes += self._staged_ids[1]
+        self._staged_ids = [0, 0]
         self.commits += 1
         self.fsyncs.append(time.monotonic() - started)
         del self.fsyncs[:-1000]
@@ -273,10 +303,14 @@ class Journal:
                 seen.add(key)
             fresh.append((publication, content, client_id, len(content.encode("utf-8", "surrogatepass"))))
         added_bytes = sum(f[3] for f in fresh)
-        if articles + len(fresh) > self.max_articles:
-            raise QueueFull(f"input queue full ({articles}/{self.max_articles} articles)")
-        if fresh and size + added_bytes > self.max_bytes:
-            raise QueueFull(f"journal full ({size:,} of {self.max_bytes:,} bytes)")
+        q_articles, q_bytes = self.quarantined_articles, self.quarantined_bytes  # held on disk too
+        if fresh and q_articles >= self.max_quarantine:
+            raise QueueFull(f"the quarantine is full ({q_articles} articles that killed workers; "
+                            "`ingestiond quarantine list`, then retry or drop them)")
+        if articles + q_articles + len(fresh) > self.max_articles:
+            raise QueueFull(f"input queue full ({articles + q_articles}/{self.max_articles} articles)")
+        if fresh and size + q_bytes + added_bytes > self.max_bytes:
+            raise QueueFull(f"journal full ({size + q_bytes:,} of {self.max_bytes:,} bytes)")
         seqs = []
         for publication, content, client_id, nbytes in fresh:
             conn.execute("INSERT INTO articles (seq, publication, content, bytes, accepted_at) VALUES (?, ?, ?, ?, ?)",
@@ -284,21 +318,56 @@ class Journal:
             if client_id is not None:
                 conn.execute("INSERT INTO client_ids VALUES (?, ?, ?) ON CONFLICT (pub_key, id) DO UPDATE "
                              "SET accepted_at = excluded.accepted_at", (publication_key(publication), client_id, now))
+                self._stage_id(publication_key(publication), client_id)
             seqs.append((seq, publication, nbytes))
             seq += 1
         result = {"accepted": len(fresh), "duplicates": duplicates, "entries": seqs}
         return result, (len(fresh), added_bytes), seq
 
-    def _maybe_purge(self) -> None:
-        """Forget client ids older than the retention window (at most every 10 minutes)."""
-        now = time.time()
-        if now - self.last_purge < 600 or self._writer_conn is None:
+    def _stage_id(self, pub_key: str, client_id: str) -> None:
+        """Count a client-id row into the transaction in progress (an estimate: see CLIENT_ID_ROW_OVERHEAD)."""
+        self._staged_ids[0] += 1
+        self._staged_ids[1] += 2 * (len(pub_key.encode("utf-8", "surrogatepass"))
+                                    + len(client_id.encode("utf-8", "surrogatepass"))) + CLIENT_ID_ROW_OVERHEAD
+
+    def _purge_due(self) -> bool:
+        return self._purging or time.time() >= self._next_purge or self.client_id_bytes > self.max_client_id_bytes
+
+    def _purge_slice(self) -> None:
+        """Forget up to PURGE_SLICE client ids, oldest first: expired ones, or any while the table is
+        over its byte bound (down to 90% of it). One short transaction; the writer serves appends
+        between slices."""
+        if self._writer_conn is None or not self._purge_due():
             return
-        self.last_purge = now
+        now = time.time()
+        self._purging = True
+        with self._mutex:
+            over = self.client_id_bytes > self.max_client_id_bytes * (0.9 if self._evicting else 1.0)
+        self._evicting = over
+        cutoff = float("inf") if over else now - self.retention
+        conn = self._writer_conn
         try:
-            self._writer_conn.execute("DELETE FROM client_ids WHERE accepted_at < ?", (now - self.retention,))
+            with _transaction(conn):
+                rows = conn.execute(f"SELECT pub_key, id, accepted_at, {_ID_BYTES} FROM client_ids "
+                                    "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?", (cutoff, PURGE_SLICE)).fetchall()
+                conn.executemany("DELETE FROM client_ids WHERE pub_key = ? AND id = ?", [(r[0], r[1]) for r in rows])
         except sqlite3.Error as exc:
             log.warning("journal: purging old client ids failed: %s", exc)
+            self._purging, self._evicting, self._next_purge = False, False, now + 60
+            return
+        evicted = sum(1 for r in rows if r[2] >= now - self.retention)
+        with self._mutex:
+            self.client_id_rows -= len(rows)
+            self.client_id_bytes -= sum(r[3] for r in rows)
+            self.client_ids_evicted += evicted
+        if evicted:
+            log.warning("journal: the client-id table is over --client-ids-size (%d bytes): forgot the %d oldest ids "
+                        "before their retention ended (a retry of those posts would count again)",
+                        self.max_client_id_bytes, evicted)
+        if len(rows) < PURGE_SLICE and not self._evicting:
+            self._purging = False
+            self._next_purge = now + PURGE_EVERY
+        self.last_purge = now
 
     # -- the arbiter's side -------------------------------------------------------
     def contents(self, seqs: list[int]) -> dict[int, str]:
@@ -345,11 +414,56 @@ class Journal:
             self.articles -= removed
             self.bytes -= nbytes
 
+    # -- an operator's decisions on recorded batches (`ingestiond journal`, backend stopped) -----------
+    @staticmethod
+    def describe_batches(conn: sqlite3.Connection) -> list[dict]:
+        """Every recorded batch, oldest first: id, when recorded, its articles and their bytes."""
+        rows = conn.execute(
+            "SELECT b.batch_id, b.created_at, b.articles, count(a.seq), coalesce(sum(a.bytes), 0), b.delta "
+            "FROM batches b LEFT JOIN articles a ON a.batch_id = b.batch_id "
+            "GROUP BY b.batch_id ORDER BY b.created_at").fetchall()
+        out = []
+        for batch_id, created, recorded_articles, articles, nbytes, delta in rows:
+            publications = json.loads(delta)
+            out.append({"batch_id": batch_id, "recorded_at": created, "age_seconds": round(time.time() - created, 1),
+                        "articles": articles, "recorded_articles": recorded_articles, "bytes": nbytes,
+                        "publications": len(publications)})
+        return out
+
+    def drop_batch(self, batch_id: str) -> int:
+        """The operator found the batch applied in the store: it and its articles leave the journal
+        (what `complete` does). Returns the articles removed; KeyError if there is no such batch."""
+        conn = self._conn
+        with _transaction(conn):
+            if not conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone():
+                raise KeyError(batch_id)
+            removed, nbytes = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles WHERE batch_id = ?",
+                                           (batch_id,)).fetchone()
+            conn.execute("DELETE FROM articles WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+        with self._mutex:
+            self.articles -= removed
+            self.bytes -= nbytes
+        return removed
+
+    def requeue_batch(self, batch_id: str) -> int:
+        """The operator found the batch NOT applied: its articles are accepted again (counted anew
+        under a new batch id at the next start) and the batch is forgotten."""
+        conn = self._conn
+        with _transaction(conn):
+            if not conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone():
+                raise KeyError(batch_id)
+            moved = conn.execute("UPDATE articles SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
+            conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+        return moved
+
     def suspect(self, entries: list) -> None:
         with _transaction(self._conn):
             self._conn.executemany("UPDATE articles SET kills = ? WHERE seq = ?", [(e.kills, e.seq) for e in entries])
 
     def quarantine(self, entries: list) -> None:
+        """Never refused: the article is on disk already (quarantining it takes no room); a full
+        quarantine refuses new posts instead (see _stage)."""
         now = time.time()
         with _transaction(self._conn):
             self._conn.executemany("UPDATE articles SET kills = ?, quarantined_at = ? WHERE seq = ?",
@@ -357,6 +471,16 @@ class Journal:
         with self._mutex:
             self.articles -= len(entries)
             self.bytes -= sum(e.bytes for e in entries)
+            self.quarantined_articles += len(entries)
+            self.quarantined_bytes += sum(e.bytes for e in entries)
+
+    def refresh_quarantine(self) -> int:
+        """Recount the quarantine (an operator may drop or retry articles while the backend runs)."""
+        count, nbytes = self._conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM articles "
+                                           "WHERE quarantined_at IS NOT NULL").fetchone()
+        with self._mutex:
+            self.quarantined_articles, self.quarantined_bytes = count, nbytes
+        return count
 
     def requeued(self) -> list[Entry]:
         """Quarantined articles an operator sent back (`ingestiond quarantine retry`)."""
@@ -378,13 +502,27 @@ class Journal:
         return round(time.time() - row[0], 1) if row and row[0] else 0.0
 
     def stats(self) -> dict:
+        """journal_articles: accepted, not yet committed; journal_bytes: all the text held against the
+        bound, the quarantine's included."""
         with self._mutex:
             articles, nbytes = self.articles, self.bytes
+            q_articles, q_bytes = self.quarantined_articles, self.quarantined_bytes
         fsyncs = sorted(self.fsyncs)
         return {
             "journal_articles": articles,
-            "journal_bytes": nbytes,
+            "journal_bytes": nbytes + q_bytes,
             "journal_capacity_bytes": self.max_bytes,
+            "journal_quarantined_articles": q_articles,
+            "journal_quarantined_bytes": q_bytes,
+            "journal_quarantine_capacity_articles": self.max_quarantine,
+            "quarantine_full": q_articles >= self.max_quarantine,
+            "journal_capacity_articles": self.max_articles,
+            "journal_room_bytes": max(0, self.max_bytes - nbytes - q_bytes),   # what a client can still send
+            "journal_room_articles": max(0, self.max_articles - articles - q_articles),
+            "client_id_rows": self.client_id_rows,
+            "client_id_bytes": self.client_id_bytes,
+            "client_id_capacity_bytes": self.max_client_id_bytes,
+            "client_ids_evicted": self.client_ids_evicted,
             "journal_commits": self.commits,
             "journal_fsync_p50_seconds": _quantile(fsyncs, 0.5),
             "journal_fsync_p99_seconds": _quantile(fsyncs, 0.99),
@@ -415,6 +553,9 @@ def _describe_disk_error(exc: sqlite3.Error) -> str:
     if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13 or errno.ENOSPC == getattr(exc, "errno", None):
         return "the disk under the journal is full; retry later"
     return f"the journal cannot be written ({text}); retry later"
+
+
+_ID_BYTES = f"2 * (length(CAST(pub_key AS BLOB)) + length(CAST(id AS BLOB))) + {CLIENT_ID_ROW_OVERHEAD}"
 
 
 class _transaction:

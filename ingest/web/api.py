@@ -294,7 +294,8 @@ def readyz():
     # what a client needs to know whether its articles are counted yet (ingest-load waits on these)
     facts = {"state": state, "depth": depth, "capacity": capacity,
              **{k: status.get(k, 0) for k in ("accepted", "duplicates", "processed", "in_flight", "unsaved",
-                                              "quarantined", "journal_articles")}}
+                                              "quarantined", "journal_articles", "journal_room_bytes",
+                                              "journal_room_articles", "stuck_batches")}}
     if state != "accepting":
         return _not_ready("draining", f"backend is {state}", facts)
     if capacity and depth >= capacity:
@@ -302,6 +303,9 @@ def readyz():
     journal, journal_capacity = status.get("journal_bytes", 0), status.get("journal_capacity_bytes", 0)
     if journal_capacity and journal >= journal_capacity * 0.99:
         return _not_ready("queue_full", f"the journal is full ({journal:,}/{journal_capacity:,} bytes)", facts)
+    if status.get("quarantine_full"):
+        return _not_ready("quarantine_full", f"the quarantine is full ({status.get('quarantined')} articles that killed "
+                                             "workers): `ingestiond quarantine list`, then retry or drop them", facts)
     if status.get("store_healthy") is False:
         return _not_ready("store_unavailable", f"store writes have failed for {status.get('store_failing_seconds')}s; "
                                                "accepted articles wait in the journal", facts)
