@@ -126,7 +126,7 @@ def test_a_backlog_of_50_article_messages_is_never_handed_back_for_want_of_room(
     500 messages x 50 articles was refused whole by the 10,000-article bound and nacked, again and
     again, until the policy dead-lettered healthy, accepted articles."""
     subscription = FakeSubscription(_messages(2000, 50))
-    intake = _intake(tmp_path, subscription)
+    intake = _intake(tmp_path, subscription, queue_size=10_000)
     consumer = Consumer(intake)
     consumer.start()
     zero_rooms = []
