@@ -1,4 +1,5 @@
-"""SQLite store: the laptop default. WAL so the frontend can read while savers write."""
+"""SQLite store: the laptop default. WAL so the frontend can read while savers write; synchronous=FULL
+so a commit survives a power cut before the saver reports it stored (the journal then forgets it)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ class SqliteStore:
         self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
         if not readonly:
             self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk before apply() returns, and the journal forgets the batch right
+            # after (with FULL too). NORMAL in WAL mode may lose the last commits on a power cut.
+            self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.executescript(SCHEMA)
         self._last_expiry = 0.0
 
