@@ -232,3 +232,44 @@ def test_a_database_from_before_layouts_is_read_and_written_as_entities(firestor
     assert db.collection("ingest_meta").document("layout").get().get("layout") == "entities"
     with pytest.raises(PermanentStoreError):
         FirestoreStore(project=firestore_project, layout="packed").apply(delta("q", post("old", ["x"])))
+
+
+@firestore
+def test_a_summary_created_by_a_second_live_process_is_an_error_not_an_applied_batch(firestore_project):
+    """Two live processes under one writer name, both new to a publication: the second's `create` of
+    the summary fails with AlreadyExists. That is not "this batch's marker exists": the batch is
+    not applied, the saver is told to retry (StoreError), and the retry counts it once."""
+    first, second = packed(firestore_project), packed(firestore_project)
+    first.packed.load("pub"), second.packed.load("pub")            # both know of no summary yet
+    first.apply(delta("a", post("Pub", ["x"])))
+    with pytest.raises(StoreError, match="created by someone else"):
+        second.apply(delta("b", post("Pub", ["y"])))
+    from google.cloud import firestore as gfs
+
+    assert not gfs.Client(project=firestore_project).collection("ingest_batches").document("b-0").get().exists
+    assert second.apply(delta("b", post("Pub", ["y"]))) > 0   # the saver's retry
+    assert second.apply(delta("b", post("Pub", ["y"]))) == 0
+    assert counts(second, "pub") == {"x": (1, 1), "y": (1, 1)}
+    assert [(p.articles, p.entities) for p in second.publications()] == [(2, 2)]
+
+
+@firestore
+def test_a_summary_conflict_in_commit_0_never_applies_the_later_commits_under_another_plan(firestore_project):
+    """A multi-commit batch whose commit 0 fails on a summary's AlreadyExists: its marker 0 is missing,
+    so nothing of the batch may be applied (before: the worst-case plan's commits 1.. were applied,
+    and the replay under a fresh plan counted some of them again)."""
+    d = delta("multi", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 2 publications per commit
+    other, writer = packed(firestore_project), packed(firestore_project, max_writes=5)
+    for i in range(4):
+        writer.packed.load(f"pub {i}")                        # new to all four
+    other.apply(delta("o", post("Pub 0", ["zzz"])))    # a second process creates Pub 0's summary
+    with pytest.raises(StoreError):
+        writer.apply(d)
+    from google.cloud import firestore as gfs
+
+    markers = [s.id for s in gfs.Client(project=firestore_project).collection("ingest_batches").stream()]
+    assert sorted(markers) == ["o-0"], "nothing of the batch is stored while its marker 0 is missing"
+    writer.apply(d)
+    assert writer.apply(d) == 0
+    rows = {p.publication: (p.articles, p.entities, p.mentions) for p in writer.publications()}
+    assert rows == {"Pub 0": (2, 301, 301), **{f"Pub {i}": (1, 300, 300) for i in range(1, 4)}}

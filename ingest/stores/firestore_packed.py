@@ -20,7 +20,8 @@ shards, and the first commit's marker records that plan for a retry. Each commit
 marker, as in the entities layout. Each commit updates the writer's summary with an `update_time` precondition, so
 a writer whose picture of its documents is stale (a commit whose outcome it never learnt, a second
 process under its name) fails, forgets that picture, reads it again and retries; a commit whose
-marker exists was applied and is skipped.
+marker exists was applied and is skipped. An AlreadyExists is "applied" only if the marker exists (it
+is read to tell): a summary `create`d by another process meanwhile is a retryable error.
 
 Readers sum the writers: /publications from the summaries (one collection-group query), a
 publication's entities from its shards, re-read only when a summary says a shard changed.
@@ -68,6 +69,14 @@ def slot(entity: str) -> tuple[str, str]:
 def entry_bytes(entity: str) -> int:
     field_name, key = slot(entity)
     return len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
+
+
+class MarkerExists(Exception):
+    """A commit's marker exists: that commit was applied before. `record`: the marker's fields."""
+
+    def __init__(self, record: dict):
+        super().__init__("marker exists")
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -226,8 +235,6 @@ class PackedLayout:
         part really touches), and the plan rides in the first commit's marker. Commits go in
         order, so while that marker is missing nothing of the batch is stored and a retry may plan
         afresh; once it exists, a retry reads the plan from it and finishes the rest."""
-        from google.api_core.exceptions import AlreadyExists
-
         from .firestore import marker_base
 
         parts = units(delta)
@@ -238,10 +245,9 @@ class PackedLayout:
             chunks = chunks_at(parts, starts, delta.batch_id, marker_base)
             try:
                 total = self.commit(delta, chunks[0], len(chunks), plan=starts, quiet=True)
-            except AlreadyExists:  # the first commit was applied before: go on with its plan
-                recorded = self.db.collection("ingest_batches").document(chunks[0].marker_id).get(
-                    retry=self.store.read_retry, timeout=self.store.timeout)
-                starts = recorded.get("plan") if recorded.exists and "plan" in (recorded.to_dict() or {}) else None
+            except MarkerExists as exc:  # the first commit was applied before: go on with its plan
+                recorded = exc.record
+                starts = recorded.get("plan") if "plan" in recorded else None
                 chunks = chunks_at(parts, starts, delta.batch_id, marker_base) if starts \
                     else plan(delta, self.store.max_writes, marker_base)
                 total = 0
@@ -268,7 +274,8 @@ class PackedLayout:
 
     def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
                quiet: bool = False) -> int:
-        """One commit; 0 if its marker exists (`quiet`: raise AlreadyExists instead)."""
+        """One commit; 0 if its marker exists (`quiet`: raise MarkerExists with the marker's fields instead).
+        Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
         db, writer = self.db, self.store.writer
@@ -294,10 +301,17 @@ class PackedLayout:
                                           f"(the limit is {self.store.max_writes})")
             started = time.time()
             results = batch.commit(retry=None, timeout=self.store.timeout)
-        except AlreadyExists:  # the marker: applied before; what we staged is not what is stored
+        except AlreadyExists as exc:  # the marker, or a summary another process created: read the marker
             self.forget(keys)
+            snap = db.collection("ingest_batches").document(chunk.marker_id).get(
+                retry=self.store.read_retry, timeout=self.store.timeout)
+            if not snap.exists:  # not applied: a summary we meant to create exists (a second live process
+                # under this writer name, or a create whose outcome we never learnt); never "skipped"
+                raise StoreError(f"firestore batch={delta.batch_id} chunk={chunk.index + 1}/{chunks}: a summary of "
+                                 f"writer {writer} was created by someone else (a second live process under this "
+                                 f"writer name?); not applied, reloading it ({exc})") from exc
             if quiet:
-                raise
+                raise MarkerExists(snap.to_dict() or {}) from exc
             log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
             return 0
         except FailedPrecondition as exc:  # our picture of our documents is stale: read them again, retry
