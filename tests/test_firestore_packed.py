@@ -78,7 +78,7 @@ def test_a_flush_is_one_write_per_publication_summary_and_touched_shard(firestor
     bbc = docs[doc_id("bbc")]
     assert bbc["sums"]["w1"] | {"first_at": None, "changed_at": None} == {
         "key": "bbc", "name": "BBC", "writer": "w1", "articles": 2, "mentions": 4, "entities": 2, "shards": 1,
-        "sv": {"0": 1}, "version": 1, "first_at": None, "changed_at": None}
+        "sv": {"0": 1}, "version": 1, "first_at": None, "changed_at": None, "clock": "commit"}
     assert bbc["shards"]["w1-0"]["e"] == {"london": {"m": 3, "a": 2}, "may": {"m": 1, "a": 1}}
     assert store.apply(d) == 0, "a batch applied before changes nothing"
     assert stored_packed(firestore_project) == docs

@@ -53,8 +53,9 @@ PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are 
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
 SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
-              "changed_at"]
-LIST_SKEW = 60.0               # seconds: a reader asks for summaries changed since its last look minus this
+              "changed_at", "clock"]
+SHARD_CACHE = 4096             # shards a reader process keeps (least recently used out)
+MERGED_LISTS = 64              # merged, sorted entity lists a reader process keeps
 LIST_FULL_EVERY = 600.0        # seconds between full reads of every summary (anything the skew missed)
 
 
@@ -190,16 +191,36 @@ def _parse_shard(data: dict) -> dict:
 
 class Reads:
     """What a process has read of one database: shared by its threads (the frontend opens a store
-    per app thread), so each summary and shard is read once per process, not once per thread."""
+    per app thread), so each summary and shard is read once per process, not once per thread.
+
+    Every write to it happens under `lock` and only when what it brings is newer (a higher version)
+    than what is there: a thread that read older documents never overwrites newer ones. A thread
+    computes its answer from what it read itself plus what it took from here under the lock, so a
+    trim by another thread cannot take a shard out from under it."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.listing: dict[tuple[str, str], dict] = {}   # (key, writer) -> summary
+        self.since = None                                # latest commit time (changed_at) seen in the listing
         self.listed_at: float | None = None              # when the last look at the summaries started
         self.full_at = 0.0                               # ... and the last full one
         self.incremental = True                          # False: no index on sums.changed_at here
-        self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # (key, writer, n) -> (sv, counts)
+        self.generation = 0                              # bumped whenever the listing changes
+        self.rows: tuple[int, list] | None = None        # (generation, sorted /publications rows)
+        self.shard_cache: OrderedDict[tuple[str, str, int], tuple[int, dict]] = OrderedDict()  # LRU: (key, writer, n) -> (sv, counts)
         self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
+        self.distinct: dict[str, tuple[tuple, int]] = {}  # key -> (signature, size of the writers' union)
+        self.doc_reads = 0                               # documents read (Firestore bills each)
+
+    def counted(self, n: int) -> None:
+        with self.lock:
+            self.doc_reads += n
+
+
+def newer(signature: tuple, than: tuple) -> bool:
+    """A merge signature ((writer, version), ...) at least as new as `than` for every writer."""
+    mine = dict(signature)
+    return signature != than and all(mine.get(w, -1) >= v for w, v in than)
 
 
 _READS: dict[tuple, Reads] = {}
@@ -330,6 +351,8 @@ class PackedLayout:
 
     def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):
         """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails)."""
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
         writer = self.store.writer
         changed: dict[int, dict] = {}
         for part in parts:
@@ -357,7 +380,9 @@ class PackedLayout:
             yield ref.path, False
         data = {"key": key, "name": owned.name, "writer": writer, "articles": owned.articles,
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
-                "sv": dict(owned.sv), "version": owned.version, "changed_at": datetime.now(timezone.utc)}
+                "sv": dict(owned.sv), "version": owned.version,
+                # the commit's own time (readers ask for what was committed after the latest they saw)
+                "changed_at": SERVER_TIMESTAMP, "clock": "commit"}
         ref = pub.collection(SUMS).document(writer)
         if owned.exists:
             batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
@@ -410,8 +435,10 @@ class PackedLayout:
     def sums(self, key: str) -> list[dict]:
         store = self.store
         with store._translated("summary"):
-            return [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
-                                                                                  timeout=store.timeout)]
+            out = [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
+                                                                                 timeout=store.timeout)]
+        self.reads.counted(len(out))
+        return out
 
     def summary(self, publication: str) -> PublicationSummary | None:
         key = publication_key(publication)
@@ -423,49 +450,77 @@ class PackedLayout:
         if len(sums) == 1:
             entities = int(sums[0].get("entities", 0))  # one writer: its own distinct count is exact
         else:
-            entities = len(self.merge(key, sums))       # several: the union of their shards
+            entities = self.distinct(key, sums)          # several: the union of their shards
         return PublicationSummary(publication=first.get("name") or key, articles=sum(int(d.get("articles", 0)) for d in sums),
                                   entities=entities, mentions=sum(int(d.get("mentions", 0)) for d in sums))
 
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
-        """Every publication, from the summaries; a reader re-reads only those changed since it last
-        looked (a query on `changed_at`), and all of them every LIST_FULL_EVERY seconds."""
+        """Every publication, from the summaries; a reader re-reads only those committed after the
+        latest commit it has seen (a query on `changed_at`, the commit time), and all of them every
+        LIST_FULL_EVERY seconds. Nothing changed: no document read, and the sorted rows are reused."""
         from google.api_core.exceptions import FailedPrecondition
 
         store, reads = self.store, self.reads
         with store._translated("publications"):
             started = time.time()
-            full = not reads.incremental or reads.listed_at is None or started - reads.full_at > LIST_FULL_EVERY
+            with reads.lock:
+                since = reads.since
+                full = not reads.incremental or since is None or started - reads.full_at > LIST_FULL_EVERY
             try:
-                fresh = self.read_summaries(None if full else reads.listed_at - LIST_SKEW)
+                fresh = self.read_summaries(None if full else since)
             except FailedPrecondition as exc:  # real Firestore without the index deploy/ creates
                 log.warning("no collection-group index on sums.changed_at (deploy/firestore-indexes.sh): every "
                             "/publications reads every summary (%s)", exc)
-                reads.incremental, full = False, True
+                with reads.lock:
+                    reads.incremental = False
+                full = True
                 fresh = self.read_summaries(None)
             with reads.lock:
+                changed = False
+                for where, d in fresh.items():
+                    old = reads.listing.get(where)
+                    if old is None or int(d.get("version", 0)) > int(old.get("version", 0)):
+                        reads.listing[where] = d
+                        changed = True
                 if full:
-                    reads.listing = fresh
+                    for where in [w for w in reads.listing if w not in fresh]:  # deleted meanwhile
+                        del reads.listing[where]
+                        changed = True
                     reads.full_at = started
-                else:
-                    reads.listing.update(fresh)
+                    reads.since = None
+                reads.since = max([reads.since] + [d.get("changed_at") for d in fresh.values()
+                                                   if d.get("clock") == "commit" and d.get("changed_at")],
+                                  key=lambda t: (t is not None, t))
                 reads.listed_at = started
+                if changed:
+                    reads.generation += 1
+                generation = reads.generation
+                if reads.rows is not None and reads.rows[0] == generation:
+                    everything = reads.rows[1]
+                    return everything[offset:] if limit is None else everything[offset:offset + limit]
                 grouped: dict[str, list[dict]] = {}
                 for (key, _), d in reads.listing.items():
                     grouped.setdefault(key, []).append(d)
             rows = sorted(((key, self.summarize(key, sums)) for key, sums in grouped.items()),
                           key=lambda r: (-r[1].articles, r[0]))
         everything = [summary for _, summary in rows]
+        with reads.lock:
+            if reads.rows is None or reads.rows[0] < generation:
+                reads.rows = (generation, everything)
         return everything[offset:] if limit is None else everything[offset:offset + limit]
 
-    def read_summaries(self, since: float | None) -> dict:
+    def read_summaries(self, since) -> dict:
+        """Summaries committed after `since` (a commit time read from a summary), or all of them.
+        Commit times come from Firestore itself: a query that saw a commit sees every earlier one,
+        so `>` misses nothing and re-reads nothing (no clock skew between machines to allow for)."""
         query = self.db.collection_group(SUMS).select(SUM_FIELDS)
         if since is not None:
-            query = query.where(filter=_field_filter("changed_at", ">=", datetime.fromtimestamp(since, timezone.utc)))
+            query = query.where(filter=_field_filter("changed_at", ">", since))
         fresh = {}
         for snap in query.stream(retry=self.store.read_retry, timeout=self.store.timeout):
             d = snap.to_dict()
             fresh[(d.get("key") or "", d.get("writer") or "")] = d
+        self.reads.counted(len(fresh))
         return fresh
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
@@ -475,48 +530,72 @@ class PackedLayout:
             return None
         return self.merge(key, sums)[offset:offset + limit]
 
+    def distinct(self, key: str, sums: list[dict]) -> int:
+        """The size of the writers' union, computed once per (writers, versions): kept for every
+        publication (an int each), so /publications recomputes nothing that did not change."""
+        reads = self.reads
+        signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
+        with reads.lock:
+            cached = reads.distinct.get(key)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+        return len(self.merge(key, sums))
+
     def merge(self, key: str, sums: list[dict]) -> list[EntityCount]:
         """Every writer's shards of one publication, summed and sorted; re-read only what changed."""
         reads = self.reads
         signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
+        wanted: dict[tuple[str, str, int], int] = {}
+        for d in sums:
+            writer, sv = d.get("writer") or "", d.get("sv") or {}
+            for n in range(int(d.get("shards", 0))):
+                wanted[(key, writer, n)] = int(sv.get(str(n), 0))
+        have: dict[tuple[str, str, int], dict] = {}   # this call's own picture: what it read or took, never trimmed
         with reads.lock:
             cached = reads.merged.get(key)
             if cached is not None and cached[0] == signature:
                 reads.merged.move_to_end(key)
                 return cached[1]
-        store = self.store
-        wanted, stale = [], []
-        for d in sums:
-            writer, sv = d.get("writer") or "", d.get("sv") or {}
-            for n in range(int(d.get("shards", 0))):
-                version = int(sv.get(str(n), 0))
-                wanted.append(((key, writer, n), version))
-                hit = reads.shard_cache.get((key, writer, n))
-                if hit is None or hit[0] != version:
-                    stale.append((key, writer, n))
+            for where, version in wanted.items():
+                hit = reads.shard_cache.get(where)
+                if hit is not None and hit[0] == version:
+                    have[where] = hit[1]
+                    reads.shard_cache.move_to_end(where)
+        stale = [where for where in wanted if where not in have]
         if stale:
+            store = self.store
             pub = self.pub(key)
-            refs = {pub.collection(SHARDS).document(f"{w}-{n}").id: (k, w, n) for k, w, n in stale}
+            refs = {f"{w}-{n}": (k, w, n) for k, w, n in stale}
             with store._translated("entities"):
                 snaps = list(self.db.get_all([pub.collection(SHARDS).document(i) for i in refs],
                                              retry=store.read_retry, timeout=store.timeout))
-            versions = dict(wanted)
+            reads.counted(len(snaps))
             for snap in snaps:
-                where = refs[snap.id]
-                reads.shard_cache[where] = (versions[where], _parse_shard(snap.to_dict() or {}) if snap.exists else {})
+                have[refs[snap.id]] = _parse_shard(snap.to_dict() or {}) if snap.exists else {}
+            with reads.lock:
+                for where in stale:
+                    hit = reads.shard_cache.get(where)
+                    if where in have and (hit is None or hit[0] < wanted[where]):  # never older over newer
+                        reads.shard_cache[where] = (wanted[where], have[where])
+                        reads.shard_cache.move_to_end(where)
+                while len(reads.shard_cache) > SHARD_CACHE:  # a bounded picture, least recently used out
+                    reads.shard_cache.popitem(last=False)
         totals: dict[str, list[int]] = {}
-        for where, _ in wanted:
-            for entity, (m, a) in reads.shard_cache.get(where, (0, {}))[1].items():
+        for where in wanted:
+            for entity, (m, a) in have.get(where, {}).items():
                 t = totals.setdefault(entity, [0, 0])
                 t[0] += m
                 t[1] += a
         rows = [EntityCount(entity=e, mentions=m, articles=a)
                 for e, (m, a) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
         with reads.lock:
-            reads.merged[key] = (signature, rows)
-            while len(reads.merged) > 64:
-                reads.merged.popitem(last=False)
-        if len(reads.shard_cache) > 4096:  # readers keep a bounded picture; it is rebuilt on demand
-            keep = {where for where, _ in wanted}
-            reads.shard_cache = {k: v for k, v in reads.shard_cache.items() if k in keep}
+            cached = reads.merged.get(key)
+            if cached is None or newer(signature, cached[0]):
+                reads.merged[key] = (signature, rows)
+                reads.merged.move_to_end(key)
+                while len(reads.merged) > MERGED_LISTS:
+                    reads.merged.popitem(last=False)
+            cached = reads.distinct.get(key)
+            if cached is None or newer(signature, cached[0]):
+                reads.distinct[key] = (signature, len(rows))
         return rows
