@@ -273,3 +273,77 @@ def test_a_summary_conflict_in_commit_0_never_applies_the_later_commits_under_an
     assert writer.apply(d) == 0
     rows = {p.publication: (p.articles, p.entities, p.mentions) for p in writer.publications()}
     assert rows == {"Pub 0": (2, 301, 301), **{f"Pub {i}": (1, 300, 300) for i in range(1, 4)}}
+
+
+@pytest.fixture
+def commit_limit(monkeypatch):
+    """Firestore refuses a commit of more than 500 writes; the emulator does not: enforce it here
+    (`limit["n"]` lowers it, with the store's max_writes, to build the case with few documents)."""
+    from google.api_core.exceptions import InvalidArgument
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    limit, real = {"n": 500, "largest": 0}, WriteBatch.commit
+
+    def commit(self, *a, **kw):
+        writes = len(self._write_pbs)
+        limit["largest"] = max(limit["largest"], writes)
+        if writes > limit["n"]:
+            raise InvalidArgument(f"maximum {limit['n']} writes allowed per request (got {writes})")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(WriteBatch, "commit", commit)
+    return limit
+
+
+@firestore
+def test_a_replay_whose_shards_changed_stays_within_the_commit_limit(firestore_project, monkeypatch, commit_limit):
+    """Commit 1 was planned to fit 5 writes; before the replay another batch spread its entities over
+    more shards, so the recorded commit now needs 7. The replay splits it (before: 'a commit of 7
+    writes' forever, with commit 0 applied) and counts everything once."""
+    from ingest.stores.firestore_packed import PackedLayout
+
+    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 2)
+    commit_limit["n"] = 5
+    d = delta("spread", post("A", ["x1", "x2", "x3"]), post("P", ["p1", "p2"]), post("Q", ["q1", "q2"]))
+    writer = packed(firestore_project, max_writes=5)
+    real, calls = PackedLayout.commit, []
+
+    def dies_after_one(self, *args, **kw):
+        if calls:
+            raise SystemExit("killed")
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(PackedLayout, "commit", dies_after_one)
+    with pytest.raises(SystemExit):
+        writer.apply(d)
+    monkeypatch.setattr(PackedLayout, "commit", real)
+    from google.cloud import firestore as gfs
+
+    assert gfs.Client(project=firestore_project).collection("ingest_batches").document("spread-0").get().get(
+        "plan") == [0, 1]                                  # A, then P and Q in one commit of 5
+    between = packed(firestore_project, max_writes=5)      # a later batch places p1/p2 and q1/q2 apart
+    between.apply(delta("between", post("P", ["m1", "p1", "p2"]), post("Q", ["m2", "q1", "q2"])))
+    retry = packed(firestore_project, max_writes=5)
+    retry.apply(d)
+    assert retry.apply(d) == 0 and commit_limit["largest"] <= 5
+    assert counts(retry, "p") == {"p1": (2, 2), "p2": (2, 2), "m1": (1, 1)}
+    assert counts(retry, "q") == {"q1": (2, 2), "q2": (2, 2), "m2": (1, 1)}
+    assert counts(retry, "a") == {"x1": (1, 1), "x2": (1, 1), "x3": (1, 1)}
+    assert {p.publication: p.articles for p in retry.publications()} == {"A": 1, "P": 2, "Q": 2}
+
+
+@firestore
+def test_a_publication_past_max_shards_stops_only_itself(firestore_project, monkeypatch, commit_limit):
+    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 1)
+    monkeypatch.setattr("ingest.stores.firestore_packed.MAX_SHARDS", 2)
+    store = packed(firestore_project)
+    d = delta("big", post("Big", ["a", "b", "c"]), post("Small", ["x"]), post("Zed", ["y"]))
+    with pytest.raises(PermanentStoreError, match="'big'") as refused:
+        store.apply(d)
+    assert getattr(refused.value, "keys", None) == ["big"]   # the saver can report which
+    with pytest.raises(PermanentStoreError, match="'big'"):
+        packed(firestore_project).apply(d)                 # a replay: the same answer, nothing counted twice
+    assert {p.publication: (p.articles, p.entities) for p in store.publications()} == {"Small": (1, 1), "Zed": (1, 1)}
+    store.apply(delta("next", post("Big", ["a", "b"])))    # within the limit: stored
+    assert counts(store, "big") == {"a": (1, 1), "b": (1, 1)}

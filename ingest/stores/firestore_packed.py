@@ -72,6 +72,23 @@ def entry_bytes(entity: str) -> int:
     return len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
 
 
+class TooManyWrites(Exception):
+    """A commit staged more than max_writes documents (nothing was sent)."""
+
+
+class PublicationRefused(PermanentStoreError):
+    """Publications of a batch that were not stored (each would pass MAX_SHARDS shards of this writer);
+    every other publication of the batch was, exactly once (a replay changes nothing). The saver
+    should report them and not retry the batch for them."""
+
+    def __init__(self, keys: list[str], writes: int, batch_id: str):
+        self.keys, self.writes, self.batch_id = list(keys), writes, batch_id
+        super().__init__(
+            f"firestore packed layout: batch={batch_id}: publication(s) {', '.join(map(repr, keys))} not stored: "
+            f"more than {MAX_SHARDS * SHARD_ENTITIES:,} distinct entities from one writer (use ?layout=entities "
+            "for such a database); the batch's other publications are stored")
+
+
 class MarkerExists(Exception):
     """A commit's marker exists: that commit was applied before. `record`: the marker's fields."""
 
@@ -94,11 +111,11 @@ class PackedChunk:
     parts: tuple[Part, ...]
 
 
-def units(delta: Delta) -> list[Part]:
+def units(delta: Delta, skip=()) -> list[Part]:
     """A batch's parts in a fixed order (publications sorted; entities in parts of 20,000): from the
-    delta alone, so a retry sees the same ones."""
+    delta alone (less the publications `skip`, as recorded in marker 0), so a retry sees the same ones."""
     out = []
-    for key in sorted(delta.publications):
+    for key in sorted(set(delta.publications) - set(skip)):
         entities = sorted(delta.publications[key].mentions)
         pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
         out.extend(Part(key, i, tuple(piece)) for i, piece in enumerate(pieces))
@@ -126,13 +143,23 @@ def chunks_at(parts: list[Part], starts: list[int], batch_id: str, marker_base) 
     return [PackedChunk(i, f"{base}-{i}", tuple(parts[a:b])) for i, (a, b) in enumerate(zip(starts, ends))]
 
 
+def worst(part: Part) -> tuple[int, int]:
+    """A part's documents and bytes at worst: its summary and a shard per entity, at most MAX_SHARDS."""
+    return 1 + min(len(part.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, part.entities))
+
+
 def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
-    """The commits of a batch from the delta alone, each part counted at its worst (a summary and a
-    shard per entity, at most MAX_SHARDS): the plan of a batch whose first marker has none."""
+    """The commits of a batch from the delta alone, each part counted at its worst: the plan of a
+    batch whose first marker has none."""
     parts = units(delta)
-    starts = pack(parts, lambda p: (1 + min(len(p.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, p.entities))),
-                  max_writes)
-    return chunks_at(parts, starts, delta.batch_id, marker_base)
+    return chunks_at(parts, pack(parts, worst, max_writes), delta.batch_id, marker_base)
+
+
+def sub_chunks(chunk: PackedChunk, split: list[int]) -> list[PackedChunk]:
+    """A chunk split at `split` (indexes into its parts): the first keeps the chunk's marker."""
+    ends = split[1:] + [len(chunk.parts)]
+    return [PackedChunk(chunk.index, chunk.marker_id if j == 0 else f"{chunk.marker_id}.{j}", chunk.parts[a:b])
+            for j, (a, b) in enumerate(zip(split, ends))]
 
 
 @dataclass
@@ -255,27 +282,88 @@ class PackedLayout:
         """The commits are planned from what the writer knows of its documents (how many shards a
         part really touches), and the plan rides in the first commit's marker. Commits go in
         order, so while that marker is missing nothing of the batch is stored and a retry may plan
-        afresh; once it exists, a retry reads the plan from it and finishes the rest."""
+        afresh; once it exists, a retry reads the plan from it and finishes the rest. A commit that
+        no longer fits 500 writes (the shards changed since it was planned) is split (`finish`).
+        A publication that would pass MAX_SHARDS is left out (recorded in marker 0) and reported
+        with PublicationRefused once every other publication of the batch is stored."""
         from .firestore import marker_base
 
-        parts = units(delta)
         with self.store._translated(f"batch={delta.batch_id}"):
-            for key in dict.fromkeys(p.key for p in parts):
+            for key in sorted(delta.publications):
                 self.load(key)
+            refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
+            parts = units(delta, skip=refused)
             starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes)
             chunks = chunks_at(parts, starts, delta.batch_id, marker_base)
-            try:
-                total = self.commit(delta, chunks[0], len(chunks), plan=starts, quiet=True)
-            except MarkerExists as exc:  # the first commit was applied before: go on with its plan
-                recorded = exc.record
-                starts = recorded.get("plan") if "plan" in recorded else None
+
+            def recorded(record):  # the first commit was applied before: its plan, its refusals
+                nonlocal chunks, refused
+                refused = sorted(record.get("refused") or [])
+                parts = units(delta, skip=refused)
+                starts = record.get("plan")
                 chunks = chunks_at(parts, starts, delta.batch_id, marker_base) if starts \
                     else plan(delta, self.store.max_writes, marker_base)
-                total = 0
                 log.info("batch=%s chunk=1/%d already applied; going on with its plan", delta.batch_id, len(chunks))
+                return chunks[0]
+
+            total = 0
+            if chunks:
+                total = self.finish(delta, chunks[0], len(chunks), plan=starts, refused=refused, recorded=recorded)
             for chunk in chunks[1:]:
-                total += self.commit(delta, chunk, len(chunks))
-            return total
+                total += self.finish(delta, chunk, len(chunks))
+        if refused:
+            raise PublicationRefused(refused, total, delta.batch_id)
+        return total
+
+    def finish(self, delta: Delta, chunk: PackedChunk, chunks: int, plan=None, refused=None, recorded=None) -> int:
+        """One planned commit. When it no longer fits `max_writes` (a replay whose shards changed),
+        it is split by the worst case of its parts (at most a summary and MAX_SHARDS shards each): the
+        first part-commit `create`s the chunk's own marker and records the split, the others create
+        `{marker}.{j}`. So the chunk's marker still decides: whole or split, never both."""
+        max_writes = self.store.max_writes
+        subs = None
+        try:
+            try:
+                return self.commit(delta, chunk, chunks, plan=plan, refused=refused, quiet=True)
+            except TooManyWrites as exc:
+                split = pack(list(chunk.parts), worst, max_writes)
+                if len(split) == 1:  # one part alone: only with max_writes < 2 + MAX_SHARDS
+                    raise PermanentStoreError(f"firestore packed layout: {exc}") from None
+                subs = sub_chunks(chunk, split)
+                log.warning("batch=%s chunk=%d/%d: %s; split in %d commits", delta.batch_id, chunk.index + 1,
+                            chunks, exc, len(subs))
+                total = self.commit(delta, subs[0], chunks, plan=plan, refused=refused, split=split, quiet=True)
+        except MarkerExists as exc:
+            if recorded is not None:
+                chunk = recorded(exc.record)
+            split = exc.record.get("split")
+            if not split:
+                log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
+                return 0
+            subs, total = sub_chunks(chunk, split), 0
+        for sub in subs[1:]:
+            try:
+                total += self.commit(delta, sub, chunks, quiet=True)
+            except MarkerExists:
+                log.info("batch=%s %s already applied; skipped", delta.batch_id, sub.marker_id)
+        return total
+
+    def overflows(self, key: str, post) -> bool:
+        """Would this publication's new entities need more than MAX_SHARDS shards of this writer?"""
+        owned = self.owned.get(key) or Owned()
+        new = [e for e in sorted(post.mentions) if e not in owned.counts]
+        if not new:
+            return False
+        last = owned.shards[-1] if owned.shards else None
+        shards, entities, size = (len(owned.shards), last.entities, last.bytes) if last else (0, SHARD_ENTITIES, 0)
+        for e in new:
+            b = entry_bytes(e)
+            if entities >= SHARD_ENTITIES or size + b > SHARD_BYTES:
+                shards, entities, size = shards + 1, 0, 0
+                if shards > MAX_SHARDS:
+                    return True
+            entities, size = entities + 1, size + b
+        return False
 
     def cost(self, part: Part, delta: Delta) -> tuple[int, int]:
         """(documents, bytes) a part writes, given the shards its known entities are in."""
@@ -294,7 +382,7 @@ class PackedLayout:
         return 1 + len(touched), 2000 + sum(map(entry_bytes, part.entities))
 
     def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
-               quiet: bool = False) -> int:
+               quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
         """One commit; 0 if its marker exists (`quiet`: raise MarkerExists with the marker's fields instead).
         Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
@@ -309,6 +397,9 @@ class PackedLayout:
                       "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl}
             if plan is not None:
                 record["plan"] = plan
+                record["refused"] = list(refused or [])
+            if split is not None:
+                record["split"] = split
             batch.create(marker, record)
             written, summaries = [marker.path], {}
             for key in keys:
@@ -318,8 +409,7 @@ class PackedLayout:
                         summaries[len(written)] = key
                     written.append(path)
             if len(written) > self.store.max_writes:
-                raise PermanentStoreError(f"firestore packed layout: a commit of {len(written)} writes "
-                                          f"(the limit is {self.store.max_writes})")
+                raise TooManyWrites(f"a commit of {len(written)} writes (the limit is {self.store.max_writes})")
             started = time.time()
             results = batch.commit(retry=None, timeout=self.store.timeout)
         except AlreadyExists as exc:  # the marker, or a summary another process created: read the marker
