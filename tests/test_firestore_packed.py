@@ -78,7 +78,7 @@ def test_a_flush_is_one_write_per_publication_summary_and_touched_shard(firestor
     bbc = docs[doc_id("bbc")]
     assert bbc["sums"]["w1"] | {"first_at": None, "changed_at": None} == {
         "key": "bbc", "name": "BBC", "writer": "w1", "articles": 2, "mentions": 4, "entities": 2, "shards": 1,
-        "sv": {"0": 1}, "version": 1, "first_at": None, "changed_at": None}
+        "sv": {"0": 1}, "version": 1, "first_at": None, "changed_at": None, "clock": "commit"}
     assert bbc["shards"]["w1-0"]["e"] == {"london": {"m": 3, "a": 2}, "may": {"m": 1, "a": 1}}
     assert store.apply(d) == 0, "a batch applied before changes nothing"
     assert stored_packed(firestore_project) == docs
@@ -232,3 +232,118 @@ def test_a_database_from_before_layouts_is_read_and_written_as_entities(firestor
     assert db.collection("ingest_meta").document("layout").get().get("layout") == "entities"
     with pytest.raises(PermanentStoreError):
         FirestoreStore(project=firestore_project, layout="packed").apply(delta("q", post("old", ["x"])))
+
+
+@firestore
+def test_a_summary_created_by_a_second_live_process_is_an_error_not_an_applied_batch(firestore_project):
+    """Two live processes under one writer name, both new to a publication: the second's `create` of
+    the summary fails with AlreadyExists. That is not "this batch's marker exists": the batch is
+    not applied, the saver is told to retry (StoreError), and the retry counts it once."""
+    first, second = packed(firestore_project), packed(firestore_project)
+    first.packed.load("pub"), second.packed.load("pub")            # both know of no summary yet
+    first.apply(delta("a", post("Pub", ["x"])))
+    with pytest.raises(StoreError, match="created by someone else"):
+        second.apply(delta("b", post("Pub", ["y"])))
+    from google.cloud import firestore as gfs
+
+    assert not gfs.Client(project=firestore_project).collection("ingest_batches").document("b-0").get().exists
+    assert second.apply(delta("b", post("Pub", ["y"]))) > 0   # the saver's retry
+    assert second.apply(delta("b", post("Pub", ["y"]))) == 0
+    assert counts(second, "pub") == {"x": (1, 1), "y": (1, 1)}
+    assert [(p.articles, p.entities) for p in second.publications()] == [(2, 2)]
+
+
+@firestore
+def test_a_summary_conflict_in_commit_0_never_applies_the_later_commits_under_another_plan(firestore_project):
+    """A multi-commit batch whose commit 0 fails on a summary's AlreadyExists: its marker 0 is missing,
+    so nothing of the batch may be applied (before: the worst-case plan's commits 1.. were applied,
+    and the replay under a fresh plan counted some of them again)."""
+    d = delta("multi", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 2 publications per commit
+    other, writer = packed(firestore_project), packed(firestore_project, max_writes=5)
+    for i in range(4):
+        writer.packed.load(f"pub {i}")                        # new to all four
+    other.apply(delta("o", post("Pub 0", ["zzz"])))    # a second process creates Pub 0's summary
+    with pytest.raises(StoreError):
+        writer.apply(d)
+    from google.cloud import firestore as gfs
+
+    markers = [s.id for s in gfs.Client(project=firestore_project).collection("ingest_batches").stream()]
+    assert sorted(markers) == ["o-0"], "nothing of the batch is stored while its marker 0 is missing"
+    writer.apply(d)
+    assert writer.apply(d) == 0
+    rows = {p.publication: (p.articles, p.entities, p.mentions) for p in writer.publications()}
+    assert rows == {"Pub 0": (2, 301, 301), **{f"Pub {i}": (1, 300, 300) for i in range(1, 4)}}
+
+
+@pytest.fixture
+def commit_limit(monkeypatch):
+    """Firestore refuses a commit of more than 500 writes; the emulator does not: enforce it here
+    (`limit["n"]` lowers it, with the store's max_writes, to build the case with few documents)."""
+    from google.api_core.exceptions import InvalidArgument
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    limit, real = {"n": 500, "largest": 0}, WriteBatch.commit
+
+    def commit(self, *a, **kw):
+        writes = len(self._write_pbs)
+        limit["largest"] = max(limit["largest"], writes)
+        if writes > limit["n"]:
+            raise InvalidArgument(f"maximum {limit['n']} writes allowed per request (got {writes})")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(WriteBatch, "commit", commit)
+    return limit
+
+
+@firestore
+def test_a_replay_whose_shards_changed_stays_within_the_commit_limit(firestore_project, monkeypatch, commit_limit):
+    """Commit 1 was planned to fit 5 writes; before the replay another batch spread its entities over
+    more shards, so the recorded commit now needs 7. The replay splits it (before: 'a commit of 7
+    writes' forever, with commit 0 applied) and counts everything once."""
+    from ingest.stores.firestore_packed import PackedLayout
+
+    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 2)
+    commit_limit["n"] = 5
+    d = delta("spread", post("A", ["x1", "x2", "x3"]), post("P", ["p1", "p2"]), post("Q", ["q1", "q2"]))
+    writer = packed(firestore_project, max_writes=5)
+    real, calls = PackedLayout.commit, []
+
+    def dies_after_one(self, *args, **kw):
+        if calls:
+            raise SystemExit("killed")
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(PackedLayout, "commit", dies_after_one)
+    with pytest.raises(SystemExit):
+        writer.apply(d)
+    monkeypatch.setattr(PackedLayout, "commit", real)
+    from google.cloud import firestore as gfs
+
+    assert gfs.Client(project=firestore_project).collection("ingest_batches").document("spread-0").get().get(
+        "plan") == [0, 1]                                  # A, then P and Q in one commit of 5
+    between = packed(firestore_project, max_writes=5)      # a later batch places p1/p2 and q1/q2 apart
+    between.apply(delta("between", post("P", ["m1", "p1", "p2"]), post("Q", ["m2", "q1", "q2"])))
+    retry = packed(firestore_project, max_writes=5)
+    retry.apply(d)
+    assert retry.apply(d) == 0 and commit_limit["largest"] <= 5
+    assert counts(retry, "p") == {"p1": (2, 2), "p2": (2, 2), "m1": (1, 1)}
+    assert counts(retry, "q") == {"q1": (2, 2), "q2": (2, 2), "m2": (1, 1)}
+    assert counts(retry, "a") == {"x1": (1, 1), "x2": (1, 1), "x3": (1, 1)}
+    assert {p.publication: p.articles for p in retry.publications()} == {"A": 1, "P": 2, "Q": 2}
+
+
+@firestore
+def test_a_publication_past_max_shards_stops_only_itself(firestore_project, monkeypatch, commit_limit):
+    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 1)
+    monkeypatch.setattr("ingest.stores.firestore_packed.MAX_SHARDS", 2)
+    store = packed(firestore_project)
+    d = delta("big", post("Big", ["a", "b", "c"]), post("Small", ["x"]), post("Zed", ["y"]))
+    with pytest.raises(PermanentStoreError, match="'big'") as refused:
+        store.apply(d)
+    assert getattr(refused.value, "keys", None) == ["big"]   # the saver can report which
+    with pytest.raises(PermanentStoreError, match="'big'"):
+        packed(firestore_project).apply(d)                 # a replay: the same answer, nothing counted twice
+    assert {p.publication: (p.articles, p.entities) for p in store.publications()} == {"Small": (1, 1), "Zed": (1, 1)}
+    store.apply(delta("next", post("Big", ["a", "b"])))    # within the limit: stored
+    assert counts(store, "big") == {"a": (1, 1), "b": (1, 1)}

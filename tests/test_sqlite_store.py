@@ -80,3 +80,13 @@ def test_markers_expire_only_after_any_journal_entry_could_replay_them(tmp_path)
     store.apply(_delta("new", ("BBC", ["uk"])))
     ids = sorted(r[0] for r in store._conn.execute("SELECT batch_id FROM applied_batches"))
     assert ids == ["new", "recent"]
+
+
+def test_a_commit_is_durable_before_apply_returns(tmp_path):
+    """The journal forgets a batch once apply() returns: the store's commit must survive a power cut
+    (WAL with synchronous=FULL, i.e. 2; NORMAL (1) may lose the last commits)."""
+    store = SqliteStore(tmp_path / "s.db")
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    store.apply(_delta("b1", ("BBC", ["uk"])))
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # still, after a commit

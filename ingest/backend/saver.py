@@ -24,13 +24,16 @@ class Saver(Child):
     def __init__(self, conn, settings, number: int):
         super().__init__(conn, settings, number)
         self.store = None
+        self.lease = None
 
     def boot(self) -> None:
         """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
             self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
             self.store.check()
-        except Exception as exc:  # bad path, missing credentials, unknown URL, read-only
+            # one live process per writer name: a second one fails here, naming both (exit 3)
+            self.lease = self.store.claim_writer(self.settings.writer or "solo")
+        except Exception as exc:  # bad path, missing credentials, unknown URL, read-only, a held lease
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -44,11 +47,15 @@ class Saver(Child):
             log.debug("%s: closing the store failed", self.name, exc_info=True)
         try:
             self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
+            self.store.lease = self.lease  # its commits stop too if the lease is lost
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)
             raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried
 
     def teardown(self) -> None:
+        if self.lease is not None:  # a clean stop frees the name at once (a crash: after the TTL)
+            self.lease.release()
+            self.lease = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -141,6 +141,7 @@ class FirestoreStore:
         self._pool: ThreadPoolExecutor | None = None
         self._retry = None
         self.commits = 0  # commits issued by this instance (the saver reports them)
+        self.lease = None  # set by claim_writer: commits stop once it is lost
 
     @property
     def client(self):
@@ -234,9 +235,27 @@ class FirestoreStore:
                                                             gexc.InternalServerError, gexc.ResourceExhausted))
         return self._retry
 
+    # -- the writer's lease ---------------------------------------------
+    def claim_writer(self, writer: str | None = None, holder=None, *, ttl: float | None = None,
+                     renew_every: float | None = None):
+        """Claim `writer` (default: this store's) for this process: `ingest_writers/{writer}`, claimed
+        in a transaction; LeaseHeld names both when another live process holds it. The heartbeat runs
+        on a thread of its own, on a client of its own."""
+        from .lease import Lease, current_holder
+
+        kw = {} if ttl is None else {"ttl": ttl}
+        with self._translated("writer lease"):
+            self.lease = Lease(writer or self.writer, holder or current_holder(),
+                               FirestoreLeases(self.project, self.database, min(self.timeout, 10.0)), **kw,
+                               renew_every=renew_every).claim()
+        return self.lease
+
     # -- writes ---------------------------------------------------------
     def apply(self, delta: Delta) -> int:
         """Commits every chunk not yet applied; returns the writes issued (0 if all were applied)."""
+        if self.lease is not None:
+            with self._translated("writer lease"):
+                self.lease.ensure()
         with self._translated(f"batch={delta.batch_id}"):
             self.layout(record=True)
         if self.packed is not None:
@@ -409,3 +428,86 @@ class _Translate:
         if isinstance(exc, permanent_auth) or isinstance(exc, gexc.GoogleAPICallError):
             raise PermanentStoreError(f"firestore {self.what}: {type(exc).__name__}: {exc}") from exc
         return False
+
+
+WRITERS = "ingest_writers"
+
+
+class FirestoreLeases:
+    """`ingest_writers/{writer}` {holder, record, expires_at}: each step one transaction (read, then
+    write only if still ours or free), so two claimants cannot both win."""
+
+    def __init__(self, project, database, timeout: float):
+        self.project, self.database, self.timeout = project, database, timeout
+        self._client = None
+        self._pid = None
+
+    @property
+    def db(self):
+        if self._client is None or self._pid != os.getpid():
+            from google.cloud import firestore
+
+            kwargs = {"project": self.project}
+            if self.database:
+                kwargs["database"] = self.database
+            self._client, self._pid = firestore.Client(**kwargs), os.getpid()
+        return self._client
+
+    def ref(self, writer: str):
+        return self.db.collection(WRITERS).document(writer if _SAFE_ID.fullmatch(writer) and not writer.startswith("__")
+                                                     else "w" + doc_id(writer))
+
+    def _run(self, step):
+        from google.cloud import firestore
+
+        with _Translate("writer lease"):
+            return firestore.transactional(step)(self.db.transaction())
+
+    @staticmethod
+    def _read(txn, ref):
+        snap = ref.get(transaction=txn)
+        if not snap.exists:
+            return None
+        d = snap.to_dict() or {}
+        from .lease import Holder
+
+        return d.get("holder"), Holder.from_record(d.get("record") or {}), d.get("expires_at")
+
+    def acquire(self, writer: str, holder, ttl: float) -> None:
+        from .lease import LeaseHeld, holder_is_dead, refusal
+
+        ref = self.ref(writer)
+
+        def claim(txn):
+            now = datetime.now(timezone.utc)
+            row = self._read(txn, ref)
+            if row and row[0] != holder.id and row[2] is not None and row[2] > now:
+                if not holder_is_dead(row[1]):
+                    raise LeaseHeld(refusal(writer, row[1], holder, (row[2] - now).total_seconds()))
+                log.warning("writer %s: taking over the lease of %s (that process is gone)", writer,
+                            row[1].describe())
+            txn.set(ref, {"writer": writer, "holder": holder.id, "record": holder.as_record(),
+                          "claimed_at": now, "expires_at": now + timedelta(seconds=ttl)})
+        self._run(claim)
+
+    def renew(self, writer: str, holder, ttl: float):
+        from .lease import Holder
+
+        ref = self.ref(writer)
+
+        def renew(txn):
+            row = self._read(txn, ref)
+            if row is None or row[0] != holder.id:
+                return row[1] if row else Holder("", "nobody", 0, "-", "")
+            txn.update(ref, {"expires_at": datetime.now(timezone.utc) + timedelta(seconds=ttl)})
+            return None
+        return self._run(renew)
+
+    def release(self, writer: str, holder) -> None:
+        ref = self.ref(writer)
+
+        def release(txn):
+            row = self._read(txn, ref)
+            if row is not None and row[0] == holder.id:
+                txn.delete(ref)
+        self._run(release)

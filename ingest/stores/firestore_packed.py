@@ -20,7 +20,8 @@ shards, and the first commit's marker records that plan for a retry. Each commit
 marker, as in the entities layout. Each commit updates the writer's summary with an `update_time` precondition, so
 a writer whose picture of its documents is stale (a commit whose outcome it never learnt, a second
 process under its name) fails, forgets that picture, reads it again and retries; a commit whose
-marker exists was applied and is skipped.
+marker exists was applied and is skipped. An AlreadyExists is "applied" only if the marker exists (it
+is read to tell): a summary `create`d by another process meanwhile is a retryable error.
 
 Readers sum the writers: /publications from the summaries (one collection-group query), a
 publication's entities from its shards, re-read only when a summary says a shard changed.
@@ -52,8 +53,9 @@ PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are 
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
 SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
-              "changed_at"]
-LIST_SKEW = 60.0               # seconds: a reader asks for summaries changed since its last look minus this
+              "changed_at", "clock"]
+SHARD_CACHE = 4096             # shards a reader process keeps (least recently used out)
+MERGED_LISTS = 64              # merged, sorted entity lists a reader process keeps
 LIST_FULL_EVERY = 600.0        # seconds between full reads of every summary (anything the skew missed)
 
 
@@ -70,6 +72,31 @@ def entry_bytes(entity: str) -> int:
     return len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
 
 
+class TooManyWrites(Exception):
+    """A commit staged more than max_writes documents (nothing was sent)."""
+
+
+class PublicationRefused(PermanentStoreError):
+    """Publications of a batch that were not stored (each would pass MAX_SHARDS shards of this writer);
+    every other publication of the batch was, exactly once (a replay changes nothing). The saver
+    should report them and not retry the batch for them."""
+
+    def __init__(self, keys: list[str], writes: int, batch_id: str):
+        self.keys, self.writes, self.batch_id = list(keys), writes, batch_id
+        super().__init__(
+            f"firestore packed layout: batch={batch_id}: publication(s) {', '.join(map(repr, keys))} not stored: "
+            f"more than {MAX_SHARDS * SHARD_ENTITIES:,} distinct entities from one writer (use ?layout=entities "
+            "for such a database); the batch's other publications are stored")
+
+
+class MarkerExists(Exception):
+    """A commit's marker exists: that commit was applied before. `record`: the marker's fields."""
+
+    def __init__(self, record: dict):
+        super().__init__("marker exists")
+        self.record = record
+
+
 @dataclass(frozen=True)
 class Part:
     key: str
@@ -84,11 +111,11 @@ class PackedChunk:
     parts: tuple[Part, ...]
 
 
-def units(delta: Delta) -> list[Part]:
+def units(delta: Delta, skip=()) -> list[Part]:
     """A batch's parts in a fixed order (publications sorted; entities in parts of 20,000): from the
-    delta alone, so a retry sees the same ones."""
+    delta alone (less the publications `skip`, as recorded in marker 0), so a retry sees the same ones."""
     out = []
-    for key in sorted(delta.publications):
+    for key in sorted(set(delta.publications) - set(skip)):
         entities = sorted(delta.publications[key].mentions)
         pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
         out.extend(Part(key, i, tuple(piece)) for i, piece in enumerate(pieces))
@@ -116,13 +143,23 @@ def chunks_at(parts: list[Part], starts: list[int], batch_id: str, marker_base) 
     return [PackedChunk(i, f"{base}-{i}", tuple(parts[a:b])) for i, (a, b) in enumerate(zip(starts, ends))]
 
 
+def worst(part: Part) -> tuple[int, int]:
+    """A part's documents and bytes at worst: its summary and a shard per entity, at most MAX_SHARDS."""
+    return 1 + min(len(part.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, part.entities))
+
+
 def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
-    """The commits of a batch from the delta alone, each part counted at its worst (a summary and a
-    shard per entity, at most MAX_SHARDS): the plan of a batch whose first marker has none."""
+    """The commits of a batch from the delta alone, each part counted at its worst: the plan of a
+    batch whose first marker has none."""
     parts = units(delta)
-    starts = pack(parts, lambda p: (1 + min(len(p.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, p.entities))),
-                  max_writes)
-    return chunks_at(parts, starts, delta.batch_id, marker_base)
+    return chunks_at(parts, pack(parts, worst, max_writes), delta.batch_id, marker_base)
+
+
+def sub_chunks(chunk: PackedChunk, split: list[int]) -> list[PackedChunk]:
+    """A chunk split at `split` (indexes into its parts): the first keeps the chunk's marker."""
+    ends = split[1:] + [len(chunk.parts)]
+    return [PackedChunk(chunk.index, chunk.marker_id if j == 0 else f"{chunk.marker_id}.{j}", chunk.parts[a:b])
+            for j, (a, b) in enumerate(zip(split, ends))]
 
 
 @dataclass
@@ -181,16 +218,36 @@ def _parse_shard(data: dict) -> dict:
 
 class Reads:
     """What a process has read of one database: shared by its threads (the frontend opens a store
-    per app thread), so each summary and shard is read once per process, not once per thread."""
+    per app thread), so each summary and shard is read once per process, not once per thread.
+
+    Every write to it happens under `lock` and only when what it brings is newer (a higher version)
+    than what is there: a thread that read older documents never overwrites newer ones. A thread
+    computes its answer from what it read itself plus what it took from here under the lock, so a
+    trim by another thread cannot take a shard out from under it."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.listing: dict[tuple[str, str], dict] = {}   # (key, writer) -> summary
+        self.since = None                                # latest commit time (changed_at) seen in the listing
         self.listed_at: float | None = None              # when the last look at the summaries started
         self.full_at = 0.0                               # ... and the last full one
         self.incremental = True                          # False: no index on sums.changed_at here
-        self.shard_cache: dict[tuple[str, str, int], tuple[int, dict]] = {}  # (key, writer, n) -> (sv, counts)
+        self.generation = 0                              # bumped whenever the listing changes
+        self.rows: tuple[int, list] | None = None        # (generation, sorted /publications rows)
+        self.shard_cache: OrderedDict[tuple[str, str, int], tuple[int, dict]] = OrderedDict()  # LRU: (key, writer, n) -> (sv, counts)
         self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
+        self.distinct: dict[str, tuple[tuple, int]] = {}  # key -> (signature, size of the writers' union)
+        self.doc_reads = 0                               # documents read (Firestore bills each)
+
+    def counted(self, n: int) -> None:
+        with self.lock:
+            self.doc_reads += n
+
+
+def newer(signature: tuple, than: tuple) -> bool:
+    """A merge signature ((writer, version), ...) at least as new as `than` for every writer."""
+    mine = dict(signature)
+    return signature != than and all(mine.get(w, -1) >= v for w, v in than)
 
 
 _READS: dict[tuple, Reads] = {}
@@ -225,30 +282,88 @@ class PackedLayout:
         """The commits are planned from what the writer knows of its documents (how many shards a
         part really touches), and the plan rides in the first commit's marker. Commits go in
         order, so while that marker is missing nothing of the batch is stored and a retry may plan
-        afresh; once it exists, a retry reads the plan from it and finishes the rest."""
-        from google.api_core.exceptions import AlreadyExists
-
+        afresh; once it exists, a retry reads the plan from it and finishes the rest. A commit that
+        no longer fits 500 writes (the shards changed since it was planned) is split (`finish`).
+        A publication that would pass MAX_SHARDS is left out (recorded in marker 0) and reported
+        with PublicationRefused once every other publication of the batch is stored."""
         from .firestore import marker_base
 
-        parts = units(delta)
         with self.store._translated(f"batch={delta.batch_id}"):
-            for key in dict.fromkeys(p.key for p in parts):
+            for key in sorted(delta.publications):
                 self.load(key)
+            refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
+            parts = units(delta, skip=refused)
             starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes)
             chunks = chunks_at(parts, starts, delta.batch_id, marker_base)
-            try:
-                total = self.commit(delta, chunks[0], len(chunks), plan=starts, quiet=True)
-            except AlreadyExists:  # the first commit was applied before: go on with its plan
-                recorded = self.db.collection("ingest_batches").document(chunks[0].marker_id).get(
-                    retry=self.store.read_retry, timeout=self.store.timeout)
-                starts = recorded.get("plan") if recorded.exists and "plan" in (recorded.to_dict() or {}) else None
+
+            def recorded(record):  # the first commit was applied before: its plan, its refusals
+                nonlocal chunks, refused
+                refused = sorted(record.get("refused") or [])
+                parts = units(delta, skip=refused)
+                starts = record.get("plan")
                 chunks = chunks_at(parts, starts, delta.batch_id, marker_base) if starts \
                     else plan(delta, self.store.max_writes, marker_base)
-                total = 0
                 log.info("batch=%s chunk=1/%d already applied; going on with its plan", delta.batch_id, len(chunks))
+                return chunks[0]
+
+            total = 0
+            if chunks:
+                total = self.finish(delta, chunks[0], len(chunks), plan=starts, refused=refused, recorded=recorded)
             for chunk in chunks[1:]:
-                total += self.commit(delta, chunk, len(chunks))
-            return total
+                total += self.finish(delta, chunk, len(chunks))
+        if refused:
+            raise PublicationRefused(refused, total, delta.batch_id)
+        return total
+
+    def finish(self, delta: Delta, chunk: PackedChunk, chunks: int, plan=None, refused=None, recorded=None) -> int:
+        """One planned commit. When it no longer fits `max_writes` (a replay whose shards changed),
+        it is split by the worst case of its parts (at most a summary and MAX_SHARDS shards each): the
+        first part-commit `create`s the chunk's own marker and records the split, the others create
+        `{marker}.{j}`. So the chunk's marker still decides: whole or split, never both."""
+        max_writes = self.store.max_writes
+        subs = None
+        try:
+            try:
+                return self.commit(delta, chunk, chunks, plan=plan, refused=refused, quiet=True)
+            except TooManyWrites as exc:
+                split = pack(list(chunk.parts), worst, max_writes)
+                if len(split) == 1:  # one part alone: only with max_writes < 2 + MAX_SHARDS
+                    raise PermanentStoreError(f"firestore packed layout: {exc}") from None
+                subs = sub_chunks(chunk, split)
+                log.warning("batch=%s chunk=%d/%d: %s; split in %d commits", delta.batch_id, chunk.index + 1,
+                            chunks, exc, len(subs))
+                total = self.commit(delta, subs[0], chunks, plan=plan, refused=refused, split=split, quiet=True)
+        except MarkerExists as exc:
+            if recorded is not None:
+                chunk = recorded(exc.record)
+            split = exc.record.get("split")
+            if not split:
+                log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
+                return 0
+            subs, total = sub_chunks(chunk, split), 0
+        for sub in subs[1:]:
+            try:
+                total += self.commit(delta, sub, chunks, quiet=True)
+            except MarkerExists:
+                log.info("batch=%s %s already applied; skipped", delta.batch_id, sub.marker_id)
+        return total
+
+    def overflows(self, key: str, post) -> bool:
+        """Would this publication's new entities need more than MAX_SHARDS shards of this writer?"""
+        owned = self.owned.get(key) or Owned()
+        new = [e for e in sorted(post.mentions) if e not in owned.counts]
+        if not new:
+            return False
+        last = owned.shards[-1] if owned.shards else None
+        shards, entities, size = (len(owned.shards), last.entities, last.bytes) if last else (0, SHARD_ENTITIES, 0)
+        for e in new:
+            b = entry_bytes(e)
+            if entities >= SHARD_ENTITIES or size + b > SHARD_BYTES:
+                shards, entities, size = shards + 1, 0, 0
+                if shards > MAX_SHARDS:
+                    return True
+            entities, size = entities + 1, size + b
+        return False
 
     def cost(self, part: Part, delta: Delta) -> tuple[int, int]:
         """(documents, bytes) a part writes, given the shards its known entities are in."""
@@ -267,8 +382,9 @@ class PackedLayout:
         return 1 + len(touched), 2000 + sum(map(entry_bytes, part.entities))
 
     def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
-               quiet: bool = False) -> int:
-        """One commit; 0 if its marker exists (`quiet`: raise AlreadyExists instead)."""
+               quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
+        """One commit; 0 if its marker exists (`quiet`: raise MarkerExists with the marker's fields instead).
+        Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
         db, writer = self.db, self.store.writer
@@ -281,6 +397,9 @@ class PackedLayout:
                       "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl}
             if plan is not None:
                 record["plan"] = plan
+                record["refused"] = list(refused or [])
+            if split is not None:
+                record["split"] = split
             batch.create(marker, record)
             written, summaries = [marker.path], {}
             for key in keys:
@@ -290,14 +409,20 @@ class PackedLayout:
                         summaries[len(written)] = key
                     written.append(path)
             if len(written) > self.store.max_writes:
-                raise PermanentStoreError(f"firestore packed layout: a commit of {len(written)} writes "
-                                          f"(the limit is {self.store.max_writes})")
+                raise TooManyWrites(f"a commit of {len(written)} writes (the limit is {self.store.max_writes})")
             started = time.time()
             results = batch.commit(retry=None, timeout=self.store.timeout)
-        except AlreadyExists:  # the marker: applied before; what we staged is not what is stored
+        except AlreadyExists as exc:  # the marker, or a summary another process created: read the marker
             self.forget(keys)
+            snap = db.collection("ingest_batches").document(chunk.marker_id).get(
+                retry=self.store.read_retry, timeout=self.store.timeout)
+            if not snap.exists:  # not applied: a summary we meant to create exists (a second live process
+                # under this writer name, or a create whose outcome we never learnt); never "skipped"
+                raise StoreError(f"firestore batch={delta.batch_id} chunk={chunk.index + 1}/{chunks}: a summary of "
+                                 f"writer {writer} was created by someone else (a second live process under this "
+                                 f"writer name?); not applied, reloading it ({exc})") from exc
             if quiet:
-                raise
+                raise MarkerExists(snap.to_dict() or {}) from exc
             log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
             return 0
         except FailedPrecondition as exc:  # our picture of our documents is stale: read them again, retry
@@ -316,6 +441,8 @@ class PackedLayout:
 
     def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):
         """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails)."""
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
         writer = self.store.writer
         changed: dict[int, dict] = {}
         for part in parts:
@@ -343,7 +470,9 @@ class PackedLayout:
             yield ref.path, False
         data = {"key": key, "name": owned.name, "writer": writer, "articles": owned.articles,
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
-                "sv": dict(owned.sv), "version": owned.version, "changed_at": datetime.now(timezone.utc)}
+                "sv": dict(owned.sv), "version": owned.version,
+                # the commit's own time (readers ask for what was committed after the latest they saw)
+                "changed_at": SERVER_TIMESTAMP, "clock": "commit"}
         ref = pub.collection(SUMS).document(writer)
         if owned.exists:
             batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
@@ -396,8 +525,10 @@ class PackedLayout:
     def sums(self, key: str) -> list[dict]:
         store = self.store
         with store._translated("summary"):
-            return [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
-                                                                                  timeout=store.timeout)]
+            out = [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
+                                                                                 timeout=store.timeout)]
+        self.reads.counted(len(out))
+        return out
 
     def summary(self, publication: str) -> PublicationSummary | None:
         key = publication_key(publication)
@@ -409,49 +540,77 @@ class PackedLayout:
         if len(sums) == 1:
             entities = int(sums[0].get("entities", 0))  # one writer: its own distinct count is exact
         else:
-            entities = len(self.merge(key, sums))       # several: the union of their shards
+            entities = self.distinct(key, sums)          # several: the union of their shards
         return PublicationSummary(publication=first.get("name") or key, articles=sum(int(d.get("articles", 0)) for d in sums),
                                   entities=entities, mentions=sum(int(d.get("mentions", 0)) for d in sums))
 
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
-        """Every publication, from the summaries; a reader re-reads only those changed since it last
-        looked (a query on `changed_at`), and all of them every LIST_FULL_EVERY seconds."""
+        """Every publication, from the summaries; a reader re-reads only those committed after the
+        latest commit it has seen (a query on `changed_at`, the commit time), and all of them every
+        LIST_FULL_EVERY seconds. Nothing changed: no document read, and the sorted rows are reused."""
         from google.api_core.exceptions import FailedPrecondition
 
         store, reads = self.store, self.reads
         with store._translated("publications"):
             started = time.time()
-            full = not reads.incremental or reads.listed_at is None or started - reads.full_at > LIST_FULL_EVERY
+            with reads.lock:
+                since = reads.since
+                full = not reads.incremental or since is None or started - reads.full_at > LIST_FULL_EVERY
             try:
-                fresh = self.read_summaries(None if full else reads.listed_at - LIST_SKEW)
+                fresh = self.read_summaries(None if full else since)
             except FailedPrecondition as exc:  # real Firestore without the index deploy/ creates
                 log.warning("no collection-group index on sums.changed_at (deploy/firestore-indexes.sh): every "
                             "/publications reads every summary (%s)", exc)
-                reads.incremental, full = False, True
+                with reads.lock:
+                    reads.incremental = False
+                full = True
                 fresh = self.read_summaries(None)
             with reads.lock:
+                changed = False
+                for where, d in fresh.items():
+                    old = reads.listing.get(where)
+                    if old is None or int(d.get("version", 0)) > int(old.get("version", 0)):
+                        reads.listing[where] = d
+                        changed = True
                 if full:
-                    reads.listing = fresh
+                    for where in [w for w in reads.listing if w not in fresh]:  # deleted meanwhile
+                        del reads.listing[where]
+                        changed = True
                     reads.full_at = started
-                else:
-                    reads.listing.update(fresh)
+                    reads.since = None
+                reads.since = max([reads.since] + [d.get("changed_at") for d in fresh.values()
+                                                   if d.get("clock") == "commit" and d.get("changed_at")],
+                                  key=lambda t: (t is not None, t))
                 reads.listed_at = started
+                if changed:
+                    reads.generation += 1
+                generation = reads.generation
+                if reads.rows is not None and reads.rows[0] == generation:
+                    everything = reads.rows[1]
+                    return everything[offset:] if limit is None else everything[offset:offset + limit]
                 grouped: dict[str, list[dict]] = {}
                 for (key, _), d in reads.listing.items():
                     grouped.setdefault(key, []).append(d)
             rows = sorted(((key, self.summarize(key, sums)) for key, sums in grouped.items()),
                           key=lambda r: (-r[1].articles, r[0]))
         everything = [summary for _, summary in rows]
+        with reads.lock:
+            if reads.rows is None or reads.rows[0] < generation:
+                reads.rows = (generation, everything)
         return everything[offset:] if limit is None else everything[offset:offset + limit]
 
-    def read_summaries(self, since: float | None) -> dict:
+    def read_summaries(self, since) -> dict:
+        """Summaries committed after `since` (a commit time read from a summary), or all of them.
+        Commit times come from Firestore itself: a query that saw a commit sees every earlier one,
+        so `>` misses nothing and re-reads nothing (no clock skew between machines to allow for)."""
         query = self.db.collection_group(SUMS).select(SUM_FIELDS)
         if since is not None:
-            query = query.where(filter=_field_filter("changed_at", ">=", datetime.fromtimestamp(since, timezone.utc)))
+            query = query.where(filter=_field_filter("changed_at", ">", since))
         fresh = {}
         for snap in query.stream(retry=self.store.read_retry, timeout=self.store.timeout):
             d = snap.to_dict()
             fresh[(d.get("key") or "", d.get("writer") or "")] = d
+        self.reads.counted(len(fresh))
         return fresh
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
@@ -461,48 +620,72 @@ class PackedLayout:
             return None
         return self.merge(key, sums)[offset:offset + limit]
 
+    def distinct(self, key: str, sums: list[dict]) -> int:
+        """The size of the writers' union, computed once per (writers, versions): kept for every
+        publication (an int each), so /publications recomputes nothing that did not change."""
+        reads = self.reads
+        signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
+        with reads.lock:
+            cached = reads.distinct.get(key)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+        return len(self.merge(key, sums))
+
     def merge(self, key: str, sums: list[dict]) -> list[EntityCount]:
         """Every writer's shards of one publication, summed and sorted; re-read only what changed."""
         reads = self.reads
         signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
+        wanted: dict[tuple[str, str, int], int] = {}
+        for d in sums:
+            writer, sv = d.get("writer") or "", d.get("sv") or {}
+            for n in range(int(d.get("shards", 0))):
+                wanted[(key, writer, n)] = int(sv.get(str(n), 0))
+        have: dict[tuple[str, str, int], dict] = {}   # this call's own picture: what it read or took, never trimmed
         with reads.lock:
             cached = reads.merged.get(key)
             if cached is not None and cached[0] == signature:
                 reads.merged.move_to_end(key)
                 return cached[1]
-        store = self.store
-        wanted, stale = [], []
-        for d in sums:
-            writer, sv = d.get("writer") or "", d.get("sv") or {}
-            for n in range(int(d.get("shards", 0))):
-                version = int(sv.get(str(n), 0))
-                wanted.append(((key, writer, n), version))
-                hit = reads.shard_cache.get((key, writer, n))
-                if hit is None or hit[0] != version:
-                    stale.append((key, writer, n))
+            for where, version in wanted.items():
+                hit = reads.shard_cache.get(where)
+                if hit is not None and hit[0] == version:
+                    have[where] = hit[1]
+                    reads.shard_cache.move_to_end(where)
+        stale = [where for where in wanted if where not in have]
         if stale:
+            store = self.store
             pub = self.pub(key)
-            refs = {pub.collection(SHARDS).document(f"{w}-{n}").id: (k, w, n) for k, w, n in stale}
+            refs = {f"{w}-{n}": (k, w, n) for k, w, n in stale}
             with store._translated("entities"):
                 snaps = list(self.db.get_all([pub.collection(SHARDS).document(i) for i in refs],
                                              retry=store.read_retry, timeout=store.timeout))
-            versions = dict(wanted)
+            reads.counted(len(snaps))
             for snap in snaps:
-                where = refs[snap.id]
-                reads.shard_cache[where] = (versions[where], _parse_shard(snap.to_dict() or {}) if snap.exists else {})
+                have[refs[snap.id]] = _parse_shard(snap.to_dict() or {}) if snap.exists else {}
+            with reads.lock:
+                for where in stale:
+                    hit = reads.shard_cache.get(where)
+                    if where in have and (hit is None or hit[0] < wanted[where]):  # never older over newer
+                        reads.shard_cache[where] = (wanted[where], have[where])
+                        reads.shard_cache.move_to_end(where)
+                while len(reads.shard_cache) > SHARD_CACHE:  # a bounded picture, least recently used out
+                    reads.shard_cache.popitem(last=False)
         totals: dict[str, list[int]] = {}
-        for where, _ in wanted:
-            for entity, (m, a) in reads.shard_cache.get(where, (0, {}))[1].items():
+        for where in wanted:
+            for entity, (m, a) in have.get(where, {}).items():
                 t = totals.setdefault(entity, [0, 0])
                 t[0] += m
                 t[1] += a
         rows = [EntityCount(entity=e, mentions=m, articles=a)
                 for e, (m, a) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
         with reads.lock:
-            reads.merged[key] = (signature, rows)
-            while len(reads.merged) > 64:
-                reads.merged.popitem(last=False)
-        if len(reads.shard_cache) > 4096:  # readers keep a bounded picture; it is rebuilt on demand
-            keep = {where for where, _ in wanted}
-            reads.shard_cache = {k: v for k, v in reads.shard_cache.items() if k in keep}
+            cached = reads.merged.get(key)
+            if cached is None or newer(signature, cached[0]):
+                reads.merged[key] = (signature, rows)
+                reads.merged.move_to_end(key)
+                while len(reads.merged) > MERGED_LISTS:
+                    reads.merged.popitem(last=False)
+            cached = reads.distinct.get(key)
+            if cached is None or newer(signature, cached[0]):
+                reads.distinct[key] = (signature, len(rows))
         return rows

@@ -25,6 +25,12 @@ class NullStore:
     def check(self) -> None:
         pass
 
+    def claim_writer(self, writer: str | None = None, holder=None, **kw):
+        """Nothing is written, so nothing to claim."""
+        from .lease import NoLease
+
+        return NoLease()
+
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         return []
 

@@ -1,15 +1,19 @@
-"""SQLite store: the laptop default. WAL so the frontend can read while savers write."""
+"""SQLite store: the laptop default. WAL so the frontend can read while savers write; synchronous=FULL
+so a commit survives a power cut before the saver reports it stored (the journal then forgets it)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, publication_key
 from .base import StoreError
+from .lease import Holder, Lease, LeaseHeld, current_holder, holder_is_dead, refusal
 
 log = logging.getLogger("ingest.store.sqlite")
 
@@ -29,6 +33,12 @@ CREATE TABLE IF NOT EXISTS entities (
     PRIMARY KEY (pub_key, entity)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entities_by_mentions ON entities (pub_key, mentions DESC, entity);
+CREATE TABLE IF NOT EXISTS writers (
+    writer TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    record TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied_batches (
     batch_id TEXT PRIMARY KEY,
     applied_at REAL NOT NULL
@@ -46,12 +56,28 @@ class SqliteStore:
         self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
         if not readonly:
             self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk before apply() returns, and the journal forgets the batch right
+            # after (with FULL too). NORMAL in WAL mode may lose the last commits on a power cut.
+            self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.executescript(SCHEMA)
         self._last_expiry = 0.0
+        self.timeout = timeout
+        self.lease: Lease | None = None  # set by claim_writer: commits stop once it is lost
+
+    # -- the writer's lease ---------------------------------------------
+    def claim_writer(self, writer: str, holder: Holder | None = None, *, ttl: float | None = None,
+                     renew_every: float | None = None) -> Lease:
+        """Claim `writer` for this process (a `writers` row); LeaseHeld names both when another live
+        process holds it. The lease's heartbeat runs on a thread of its own with its own connection."""
+        kw = {} if ttl is None else {"ttl": ttl}
+        self.lease = Lease(writer, holder or current_holder(), SqliteLeases(self.path, self.timeout), **kw,
+                           renew_every=renew_every).claim()
+        return self.lease
 
     # -- writes ---------------------------------------------------------
     def apply(self, delta: Delta) -> int:
+        if self.lease is not None:
+            self.lease.ensure()
         try:
             return self._apply(delta)
         except sqlite3.OperationalError as exc:  # locked, busy, disk I/O: worth a retry
@@ -147,3 +173,65 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class SqliteLeases:
+    """Lease rows in the store's own file; one short transaction each, on a connection per thread."""
+
+    def __init__(self, path: Path, timeout: float):
+        self.path, self.timeout = path, timeout
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+        return conn
+
+    def _txn(self, fn):
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+                conn.execute("COMMIT")
+                return out
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"sqlite lease: {exc}") from exc
+
+    @staticmethod
+    def _row(conn, writer):
+        row = conn.execute("SELECT holder, record, expires_at FROM writers WHERE writer = ?", (writer,)).fetchone()
+        return (row[0], Holder.from_record(json.loads(row[1])), row[2]) if row else None
+
+    def acquire(self, writer: str, holder: Holder, ttl: float) -> None:
+        def claim(conn):
+            now = time.time()
+            row = self._row(conn, writer)
+            if row and row[0] != holder.id and row[2] > now:
+                if not holder_is_dead(row[1]):
+                    raise LeaseHeld(refusal(writer, row[1], holder, row[2] - now))
+                log.warning("writer %s: taking over the lease of %s (that process is gone)", writer,
+                            row[1].describe())
+            conn.execute("INSERT INTO writers VALUES (?, ?, ?, ?) ON CONFLICT (writer) DO UPDATE SET "
+                         "holder = excluded.holder, record = excluded.record, expires_at = excluded.expires_at",
+                         (writer, holder.id, json.dumps(holder.as_record()), now + ttl))
+        self._txn(claim)
+
+    def renew(self, writer: str, holder: Holder, ttl: float) -> Holder | None:
+        def renew(conn):
+            row = self._row(conn, writer)
+            if row is None or row[0] != holder.id:
+                return row[1] if row else Holder("", "nobody", 0, "-", "")
+            conn.execute("UPDATE writers SET expires_at = ? WHERE writer = ?", (time.time() + ttl, writer))
+            return None
+        return self._txn(renew)
+
+    def release(self, writer: str, holder: Holder) -> None:
+        self._txn(lambda conn: conn.execute("DELETE FROM writers WHERE writer = ? AND holder = ?", (writer, holder.id)))
