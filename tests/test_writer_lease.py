@@ -3,7 +3,11 @@ file and the real Firestore emulator."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import time
+
+import psutil
 
 import pytest
 
@@ -104,3 +108,35 @@ def test_the_none_store_claims_nothing():
     lease = open_store("none").claim_writer("w1-0")
     lease.ensure()
     lease.release()
+
+
+@pytest.mark.slow
+def test_a_second_backend_under_the_same_writer_name_exits_3_naming_both(tmp_path):
+    """Two live backends given one --writer over one store (a shared flag, a journal copied from a
+    disk image): the second stops at boot, exit 3, one line naming the holder and the claimant;
+    the first goes on counting."""
+    from tests.support import start_backend, stop_process
+
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_backend(tmp_path / "a", "--workers", "1", "--writer", "shared-name", store_url=store)
+    try:
+        second = start_backend(tmp_path / "b", "--workers", "1", "--writer", "shared-name", store_url=store,
+                               wait_ready=False)
+        try:
+            code = second.proc.wait(timeout=120)
+        finally:
+            if second.proc.poll() is None:
+                stop_process(second.proc, signal.SIGKILL)
+        log = second.log()
+        assert code == 3, log[-3000:]
+        line = next(line for line in log.splitlines() if "CRITICAL" in line and "shared-name-0" in line)
+        holders = [c.pid for c in psutil.Process(first.proc.pid).children(recursive=True)]
+        assert any(f"held by {socket.gethostname()}:{pid} " in line for pid in holders), line  # the holder...
+        assert "claimant" in line and "refused" in line, line                              # ...and the claimant
+        assert "Traceback" not in log
+        first.client.put("The Planet", "Ada Lovelace met Charles Babbage.")
+        assert first.wait_idle()["processed"] >= 1
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]

@@ -199,6 +199,8 @@ class Arbiter:
                 if message[0] == wire.BOOT_ERROR:
                     self.boot_error(role, number, message[1])
                     continue
+                if message[0] == wire.FATAL:  # two processes under one writer name: no respawn fixes that
+                    raise BootError(f"{role} {number}: {message[1]}")
                 if role == "worker":
                     self.hub.on_worker_message(number, message)
                 else:

@@ -12,6 +12,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from ..core.models import Delta
 from ..stores import PermanentStoreError, StoreError, open_store
+from ..stores.lease import LeaseHeld, LeaseLost
 from . import wire
 from .child import BootFailure, Child
 
@@ -33,10 +34,12 @@ class Saver(Child):
             self.store.check()
             # one live process per writer name: a second one fails here, naming both (exit 3)
             self.lease = self.store.claim_writer(self.settings.writer or "solo")
+        except LeaseHeld as exc:  # fatal even for a respawned saver: waiting would not free the name
+            self._close_store()
+            self.conn.send((wire.FATAL, str(exc)))
+            raise BootFailure(str(exc)) from None
         except Exception as exc:  # bad path, missing credentials, unknown URL, read-only, a held lease
-            if self.store is not None:
-                self.store.close()
-                self.store = None
+            self._close_store()
             raise BootFailure(f"cannot write to store {self.settings.store_url.split('?', 1)[0]}: {exc}") from None
 
     def reopen(self) -> None:
@@ -52,25 +55,36 @@ class Saver(Child):
             log.error("%s: cannot reopen the store: %s", self.name, exc)
             raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried
 
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
     def teardown(self) -> None:
         if self.lease is not None:  # a clean stop frees the name at once (a crash: after the TTL)
             self.lease.release()
             self.lease = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        self._close_store()
 
     def handle(self, message: tuple) -> bool:
         if message[0] == wire.STOP:
             self.conn.send((wire.DONE, None))
             return False
-        self.conn.send(self.save(message[1]))
+        try:
+            self.conn.send(self.save(message[1]))
+        except LeaseLost as exc:  # another process took our name: commit nothing more, stop the backend
+            log.error("%s: %s", self.name, exc)
+            self.lease = None  # not ours to release
+            self.conn.send((wire.FATAL, str(exc)))
+            return False
         return True
 
     def save(self, delta: Delta) -> tuple:
         commits_before = getattr(self.store, "commits", 0)
         try:
             writes = self.write(delta)
+        except LeaseLost:
+            raise
         except (RetryError, StoreError, PermanentStoreError) as exc:
             reason = str(exc.last_attempt.exception()) if isinstance(exc, RetryError) else str(exc)
             log.error("%s: batch=%s articles=%d not stored: %s", self.name, delta.batch_id, delta.articles, reason)

@@ -17,5 +17,6 @@ BOOT_ERROR = "boot_error"  # (BOOT_ERROR, message)
 DONE = "done"              # worker: (DONE, [Aggregate, ...] or None)
 SAVED = "saved"            # saver: (SAVED, batch_id, writes, commits)
 FAILED = "failed"          # saver: (FAILED, batch_id, reason)
+FATAL = "fatal"            # saver: (FATAL, message): another live process holds our writer name; stop (exit 3)
 
 EXIT_BOOT_ERROR = 3  # a child that cannot boot (model missing, store unreachable): stop, do not respawn
