@@ -14,7 +14,7 @@ import pytest
 from ingest.core.models import Aggregate, Delta
 from ingest.stores import open_store
 from ingest.stores.firestore import FirestoreStore
-from ingest.stores.lease import Holder, LeaseHeld, LeaseLost, current_holder
+from ingest.stores.lease import Holder, LeaseHeld, LeaseLost, current_holder, holder_is_dead
 from ingest.stores.sqlite import SqliteStore
 
 
@@ -140,3 +140,29 @@ def test_a_second_backend_under_the_same_writer_name_exits_3_naming_both(tmp_pat
         assert first.wait_idle()["processed"] >= 1
     finally:
         assert first.stop() == 0, first.log()[-3000:]
+
+
+def test_a_killed_holder_not_yet_reaped_does_not_hold_its_name():
+    """A SIGKILLed saver whose parent died too is a zombie until someone reaps it (in a container,
+    pid 1 may never): its name is free at once, as for a process that is gone."""
+    import multiprocessing
+    import os
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    zombie = ctx.Process(target=ready.set)
+    zombie.start()
+    ready.wait(10)
+    os.kill(zombie.pid, signal.SIGKILL)
+    wait_for_state = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < wait_for_state:
+        time.sleep(0.01)
+    assert psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        from ingest.stores.lease import _proc_start
+
+        held = Holder(id="old", host=socket.gethostname(), pid=zombie.pid, started="2026-01-01T00:00:00Z",
+                      proc_start=_proc_start(zombie.pid) or "")
+        assert holder_is_dead(held)
+    finally:
+        zombie.join()

@@ -77,13 +77,19 @@ def current_holder() -> Holder:
     return _CURRENT[pid]
 
 
-def _proc_start(pid: int) -> str | None:
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, first)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]  # field 22, starttime; fields after the comm start at 3
+    return stat.rpartition(")")[2].split()
+
+
+def _proc_start(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None  # field 22, starttime
 
 
 def holder_is_dead(other: Holder) -> bool:
@@ -98,8 +104,10 @@ def holder_is_dead(other: Holder) -> bool:
         return True
     except PermissionError:
         return False  # someone else's live process
-    started = _proc_start(other.pid)
-    return bool(other.proc_start) and started is not None and started != other.proc_start  # the pid was reused
+    fields = _proc_stat(other.pid)
+    if fields is None or fields[0] in ("Z", "X"):  # a zombie (killed, not yet reaped: a container's pid 1 may never)
+        return True
+    return bool(other.proc_start) and fields[19] != other.proc_start  # the pid was reused
 
 
 def refusal(writer: str, held: Holder, claimant: Holder, expires_in: float) -> str:
