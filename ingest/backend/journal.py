@@ -10,6 +10,9 @@ transactions, concurrent readers, and no server. Each article is in exactly one 
 one (one fsync for many concurrent POSTs). At start `recover()` hands back the recorded batches,
 to be committed again under their own ids (idempotent through the store's markers), and then the
 accepted articles in order. A journal records the store it belongs to and refuses another.
+A request's token (made by the frontend) is recorded with its answer in the commit that holds its
+articles, so a request resent after a broken call gets the first answer and adds nothing; tokens are
+forgotten after the client ids' retention.
 """
 
 from __future__ import annotations
@@ -59,7 +62,16 @@ CREATE TABLE IF NOT EXISTS client_ids (
     PRIMARY KEY (pub_key, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS client_ids_by_age ON client_ids (accepted_at);
+CREATE TABLE IF NOT EXISTS request_tokens (
+    token TEXT PRIMARY KEY,
+    accepted INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    accepted_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS request_tokens_by_age ON request_tokens (accepted_at);
 """
+
+MAX_TOKEN_CHARS = 64  # the frontend's are 32 hex digits: a token row is ~60 bytes, outside the article-byte bound
 
 
 class JournalError(RuntimeError):
@@ -87,6 +99,7 @@ class Recovered:
 @dataclass(slots=True)
 class _Request:
     posts: list
+    token: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: Exception | None = None
@@ -124,6 +137,8 @@ class Journal:
         self._cond = threading.Condition()
         self._closed = False
         self._writer_conn = None
+        self._recall_conn = None
+        self._recall_lock = threading.Lock()
         self.fsyncs: list[float] = []  # seconds per group commit, the whole transaction (the last 1,000)
         self.commits = 0
         self.last_purge = 0.0
@@ -194,9 +209,11 @@ class Journal:
         return out
 
     # -- appends, from the manager's threads -----------------------------------
-    def append(self, posts: list) -> dict:
-        """Durably accept every post or none: {"accepted": n, "duplicates": m, "seqs": [...]}."""
-        request = _Request(posts)
+    def append(self, posts: list, token: str | None = None) -> dict:
+        """Durably accept every post or none: {"accepted": n, "duplicates": m, "seqs": [...]}.
+
+        A request `token` already journaled answers its stored result (`"replayed": True`) and adds nothing."""
+        request = _Request(posts, _check_token(token))
         with self._cond:
             if self._closed:
                 raise JournalError("journal closed")
@@ -230,7 +247,7 @@ class Journal:
             start_articles, start_size = articles, size
             for request in requests:
                 try:
-                    request.result, added, seq = self._stage(conn, request.posts, articles, size, seq)
+                    request.result, added, seq = self._stage(conn, request.posts, articles, size, seq, request.token)
                 except QueueFull as exc:
                     request.error = exc
                     continue
@@ -258,9 +275,13 @@ class Journal:
         for request in requests:
             request.done.set()
 
-    def _stage(self, conn, posts: list, articles: int, size: int, seq: int):
+    def _stage(self, conn, posts: list, articles: int, size: int, seq: int, token: str | None = None):
         """Insert one request's posts (or raise QueueFull); returns (result, (articles, bytes), next seq)."""
         now = time.time()
+        if token is not None:  # a resent request: its first attempt's answer, even inside this same commit
+            row = conn.execute("SELECT accepted, duplicates FROM request_tokens WHERE token = ?", (token,)).fetchone()
+            if row is not None:
+                return {"accepted": row[0], "duplicates": row[1], "entries": [], "replayed": True}, (0, 0), seq
         fresh, duplicates, seen = [], 0, set()
         for post in posts:
             publication, content, client_id = post[0], post[1], (post[2] if len(post) > 2 else None)
@@ -286,6 +307,8 @@ class Journal:
                              "SET accepted_at = excluded.accepted_at", (publication_key(publication), client_id, now))
             seqs.append((seq, publication, nbytes))
             seq += 1
+        if token is not None:
+            conn.execute("INSERT INTO request_tokens VALUES (?, ?, ?, ?)", (token, len(fresh), duplicates, now))
         result = {"accepted": len(fresh), "duplicates": duplicates, "entries": seqs}
         return result, (len(fresh), added_bytes), seq
 
@@ -297,8 +320,22 @@ class Journal:
         self.last_purge = now
         try:
             self._writer_conn.execute("DELETE FROM client_ids WHERE accepted_at < ?", (now - self.retention,))
+            self._writer_conn.execute("DELETE FROM request_tokens WHERE accepted_at < ?", (now - self.retention,))
         except sqlite3.Error as exc:
             log.warning("journal: purging old client ids failed: %s", exc)
+
+    def recall(self, token: str | None) -> dict | None:
+        """The stored answer to a journaled request token, or None (read on a connection of its own:
+        the manager's threads call this while the arbiter uses `_conn`)."""
+        token = _check_token(token)
+        if token is None:
+            return None
+        with self._recall_lock:
+            if self._recall_conn is None:
+                self._recall_conn = self._connect()
+            row = self._recall_conn.execute("SELECT accepted, duplicates FROM request_tokens WHERE token = ?",
+                                            (token,)).fetchone()
+        return None if row is None else {"accepted": row[0], "duplicates": row[1], "entries": [], "replayed": True}
 
     # -- the arbiter's side -------------------------------------------------------
     def contents(self, seqs: list[int]) -> dict[int, str]:
@@ -379,13 +416,21 @@ class Journal:
             self._closed = True
             self._cond.notify_all()
         self._writer.join(10)
-        for conn in (self._writer_conn, self._conn):
+        for conn in (self._writer_conn, self._recall_conn, self._conn):
             try:
                 if conn is not None:
                     conn.close()
             except sqlite3.Error:
                 pass
         os.close(self._lock_fd)
+
+
+def _check_token(token) -> str | None:
+    if token is None:
+        return None
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise ValueError(f"a request token is a string of 1 to {MAX_TOKEN_CHARS} characters")
+    return token
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -74,7 +74,7 @@ def _intake_client(settings: FrontendSettings):
         from .publisher import PubSubPublisher
 
         return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars)
-    return IngestClient(settings.manager_address, settings.authkey_bytes)
+    return IngestClient(settings.manager_address, settings.authkey_bytes, deadline=settings.request_deadline)
 
 
 READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.wordcloud_png")

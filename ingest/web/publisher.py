@@ -54,7 +54,7 @@ class PubSubPublisher:
                     self._pid = os.getpid()
         return self._client
 
-    def put_many(self, posts: list) -> dict:
+    def put_many(self, posts: list, token: str | None = None) -> dict:
         """All the posts of a request, acknowledged by Pub/Sub: {"accepted": n, "duplicates": m}.
 
         `duplicates` counts only ids repeated inside this request; a retry of a whole request is
