@@ -96,3 +96,24 @@ def test_nothing_sent_is_backend_unavailable_at_once_and_an_answer_from_the_back
     with pytest.raises(QueueFull):
         client.put_many([("BBC", "b", None)])
     assert client.status()["depth"] == 1
+
+
+def test_the_api_sends_a_fresh_token_per_write_and_answers_504_outcome_unknown(tmp_path):
+    """In-process app: a 504 with its own code (never a 503) when the outcome is unknown."""
+    from ingest.frontend import create_app
+
+    class Unknown:
+        tokens: list = []
+
+        def put_many(self, posts, token=None):
+            self.tokens.append(token)
+            raise OutcomeUnknown("backend gone after sending")
+
+    fake = Unknown()
+    app = create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'none.db'}", "api_keys": "k", "client": fake})
+    http = app.test_client()
+    for _ in range(2):
+        r = http.post("/post/enqueue", json={"publication": "P", "content": "text"}, headers={"X-API-Key": "k"})
+        assert r.status_code == 504 and r.get_json()["error"] == "outcome_unknown"
+        assert "only if every article has an id" in r.get_json()["detail"]
+    assert len(set(fake.tokens)) == 2 and all(len(t) == 32 for t in fake.tokens)
