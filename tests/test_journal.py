@@ -255,6 +255,10 @@ def test_a_request_token_already_journaled_answers_the_first_result_and_adds_not
         assert j.recall("t1") is None
         with pytest.raises(ValueError):
             j.append([("BBC", "x", None)], token="x" * 65)
+        token = "0123456789abcdef" * 2  # the frontend's: kept as its 16 bytes
+        assert j.append([("BBC", "x", None)], token=token)["accepted"] == 1
+        assert j.recall(token)["accepted"] == 1
+        assert j._conn.execute("SELECT length(token) FROM request_tokens WHERE typeof(token) = 'blob'").fetchall() == [(16,)]
     finally:
         j.close()
 

@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS request_tokens (
 CREATE INDEX IF NOT EXISTS request_tokens_by_age ON request_tokens (accepted_at);
 """
 
-MAX_TOKEN_CHARS = 64  # the frontend's are 32 hex digits: a token row is ~60 bytes, outside the article-byte bound
+MAX_TOKEN_CHARS = 64
+# The frontend's tokens are 32 hex digits, kept as 16 bytes: a token row and its index entry take ~60 bytes
+# (kept out of the article-text bound, --journal-size); at 1,000 requests/s for the 7 days of the default
+# retention that is ~36 GB, so a busy backend wants a shorter --dedup-retention.
 
 
 class JournalError(RuntimeError):
@@ -213,7 +216,7 @@ class Journal:
         """Durably accept every post or none: {"accepted": n, "duplicates": m, "seqs": [...]}.
 
         A request `token` already journaled answers its stored result (`"replayed": True`) and adds nothing."""
-        request = _Request(posts, _check_token(token))
+        request = _Request(posts, _token_key(token))
         with self._cond:
             if self._closed:
                 raise JournalError("journal closed")
@@ -327,7 +330,7 @@ class Journal:
     def recall(self, token: str | None) -> dict | None:
         """The stored answer to a journaled request token, or None (read on a connection of its own:
         the manager's threads call this while the arbiter uses `_conn`)."""
-        token = _check_token(token)
+        token = _token_key(token)
         if token is None:
             return None
         with self._recall_lock:
@@ -425,11 +428,17 @@ class Journal:
         os.close(self._lock_fd)
 
 
-def _check_token(token) -> str | None:
+def _token_key(token) -> str | bytes | None:
+    """The key a request token is kept under: 32 hex digits (the frontend's) as their 16 bytes."""
     if token is None:
         return None
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
         raise ValueError(f"a request token is a string of 1 to {MAX_TOKEN_CHARS} characters")
+    if len(token) == 32:
+        try:
+            return bytes.fromhex(token)
+        except ValueError:
+            pass
     return token
 
 
