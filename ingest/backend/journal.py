@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS client_ids (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS client_ids_by_age ON client_ids (accepted_at);
 CREATE TABLE IF NOT EXISTS request_tokens (
-    token TEXT PRIMARY KEY,
+    token BLOB PRIMARY KEY,
     accepted INTEGER NOT NULL,
     duplicates INTEGER NOT NULL,
     accepted_at REAL NOT NULL
@@ -102,7 +102,7 @@ class Recovered:
 @dataclass(slots=True)
 class _Request:
     posts: list
-    token: str | None = None
+    token: str | bytes | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: Exception | None = None
@@ -278,7 +278,7 @@ class Journal:
         for request in requests:
             request.done.set()
 
-    def _stage(self, conn, posts: list, articles: int, size: int, seq: int, token: str | None = None):
+    def _stage(self, conn, posts: list, articles: int, size: int, seq: int, token: str | bytes | None = None):
         """Insert one request's posts (or raise QueueFull); returns (result, (articles, bytes), next seq)."""
         now = time.time()
         if token is not None:  # a resent request: its first attempt's answer, even inside this same commit
@@ -334,6 +334,8 @@ class Journal:
         if token is None:
             return None
         with self._recall_lock:
+            if self._closed:  # cannot tell now: the client asks again (an OSError is a broken call to it)
+                raise ConnectionAbortedError("journal closed")
             if self._recall_conn is None:
                 self._recall_conn = self._connect()
             row = self._recall_conn.execute("SELECT accepted, duplicates FROM request_tokens WHERE token = ?",
@@ -419,7 +421,9 @@ class Journal:
             self._closed = True
             self._cond.notify_all()
         self._writer.join(10)
-        for conn in (self._writer_conn, self._recall_conn, self._conn):
+        with self._recall_lock:
+            recall_conn, self._recall_conn = self._recall_conn, None
+        for conn in (self._writer_conn, recall_conn, self._conn):
             try:
                 if conn is not None:
                     conn.close()
