@@ -188,7 +188,7 @@ class FrontendSettings(_Common):
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
     request_deadline: float = Field(30.0, gt=0, description="seconds a write waits for a backend that broke off after "
                                     "the request may have reached it (resent under the same token), before 504 "
-                                    "outcome_unknown")
+                                    "outcome_unknown; also how long a publish to Pub/Sub waits for its acknowledgement")
     read_rate_limit: str = Field("20/second;600/minute", description="requests without a key, per client address "
                                                                      "and frontend worker (flask-limiter syntax; empty: none)")
     anon_rate_limit: str = Field("20/10seconds", description="requests without a key from all addresses together, per "

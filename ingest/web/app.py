@@ -73,7 +73,8 @@ def _intake_client(settings: FrontendSettings):
     if settings.intake:
         from .publisher import PubSubPublisher
 
-        return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars)
+        return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars,
+                               timeout=settings.request_deadline)
     return IngestClient(settings.manager_address, settings.authkey_bytes, deadline=settings.request_deadline)
 
 
