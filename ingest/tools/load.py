@@ -83,6 +83,7 @@ SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, ht
 MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
 FAILED = (httpx.TransportError, httpx.DecodingError)  # no usable answer: retried or reported, never raised
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
+DEFAULT_TIMEOUT = 40.0  # seconds per request: the frontend's write deadline (30 s) and some
 CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
 DEFAULT_WAIT_TIMEOUT = 600.0
 WAIT_POLL = 0.25  # seconds between two reads of /readyz while waiting
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default 20); connection errors, and read timeouts or dropped connections of such requests: "
                         f"at most {CONNECT_RETRIES}")
     p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
-    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT:g}: longer than the frontend's 30 s "
+                        "INGEST_REQUEST_DEADLINE, so its 504 outcome_unknown arrives before a read timeout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-wait", action="store_true",
                    help="do not wait for the backend to process what was accepted: the counts may not be final yet")
@@ -604,7 +607,7 @@ class Run:
     max_body_bytes: int = 1024 * 1024
     max_retries: int = 20
     max_retry_time: float = 120.0
-    timeout: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     progress: bool = True
     ids: bool = True  # send the dataset's ids
     wait: bool = True  # after sending, wait until the backend has processed what was accepted
