@@ -205,6 +205,9 @@ class FrontendSettings(_Common):
     read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys (default: reads are public)")
     max_batch: int = Field(1000, ge=1, description="items per POST /posts")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
+    request_deadline: float = Field(30.0, gt=0, description="seconds a write waits for a backend that broke off after "
+                                    "the request may have reached it (resent under the same token), before 504 "
+                                    "outcome_unknown; also how long a publish to Pub/Sub waits for its acknowledgement")
     read_rate_limit: str = Field("20/second;600/minute", description="requests without a key, per client address "
                                                                      "and frontend worker (flask-limiter syntax; empty: none)")
     anon_rate_limit: str = Field("20/10seconds", description="requests without a key from all addresses together, per "

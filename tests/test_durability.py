@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ingest.client import BackendUnavailable, Draining, IngestClient, QueueFull
+from ingest.client import BackendUnavailable, Draining, IngestClient, OutcomeUnknown, QueueFull
 from ingest.core.rules import publication_key
 from tests.corpus import articles
 from tests.support import BIN, expected_counts, free_port, kill_backend_group, start_backend, store_counts, wait_for
@@ -46,7 +46,7 @@ class Streamer(threading.Thread):
             while not self.stop.is_set():
                 try:
                     answer = client.put_many([post])
-                except (BackendUnavailable, Draining, QueueFull):
+                except (BackendUnavailable, Draining, QueueFull, OutcomeUnknown):  # with ids: resending is safe
                     self.retries += 1
                     time.sleep(0.05)
                     continue
@@ -406,3 +406,121 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
         if backend is not None:
             backend.stop(signal.SIGKILL)  # a no-op once stopped; after a failure, nothing is left running
         subprocess.run(["umount", "-l", str(var)], capture_output=True)
+
+
+def _kill_right_after_a_journal_write(backend, wal, timeout: float = 5.0) -> float:
+    """SIGKILL the group the moment the journal's WAL changes: a commit is on its way to disk and its
+    requests are not answered yet (a killed process's writes stay in the page cache: they are durable)."""
+    import psutil
+
+    members = [backend.proc.pid] + [p.pid for p in psutil.Process(backend.proc.pid).children(recursive=True)]
+    before, deadline = wal.stat().st_mtime_ns, time.monotonic() + timeout
+    while wal.stat().st_mtime_ns == before and time.monotonic() < deadline:
+        pass
+    killed = time.monotonic()
+    os.killpg(backend.proc.pid, signal.SIGKILL)
+    backend.proc.wait(30)
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in members), 30, what="the killed group to be gone")
+    return killed
+
+
+def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_path, recount):
+    """Four clients POST single articles WITHOUT ids over HTTP while the backend's process group is
+    SIGKILLed three times and restarted (as supervisord would). A client resends only after a 503 or
+    429 (nothing was enqueued), never after a 504 (outcome unknown). Each attempt is its own
+    publication, so the store says which attempts were counted: every 202 exactly once, no 503 ever,
+    a 504 at most once. Before request tokens, a put the backend had journaled just before dying
+    was answered 503, resent, and counted twice."""
+    import httpx
+
+    from tests.frontend_support import start_frontend
+
+    clients, per_client = 4, 120
+    texts = [content for _, content in articles(clients * per_client, seed=41)]
+    port, authkey = free_port(), "test-" + os.urandom(8).hex()
+    flags = ("--workers", "1", "--cache-size", "16", "--flush-interval", "0.5")
+    lock = threading.Lock()
+    answers: dict[str, int] = {}  # publication of each attempt -> HTTP status
+    posts: dict[str, str] = {}  # publication of each attempt -> content
+    done = [0]
+    stop = threading.Event()
+    spans: list[tuple[float, float]] = []  # (sent, answered) of every attempt
+    kill_times: list[float] = []
+
+    def start(wait_ready=True):
+        return start_backend(tmp_path, *flags, port=port, authkey=authkey, wait_ready=wait_ready)
+
+    def serving():  # the manager answers (the worker may still be loading spaCy): puts are taken again
+        try:
+            return backend.status()
+        except BackendUnavailable:
+            return None
+
+    backend = start()
+    try:  # more threads than clients: a request waiting for the backend to come back holds its thread
+        frontend = start_frontend(tmp_path, backend.env, env={"INGEST_FRONTEND_THREADS": str(clients + 4)})
+    except BaseException:
+        backend.stop(signal.SIGKILL)
+        raise
+    unexpected: list[int] = []
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=frontend.url, timeout=60, headers={"X-API-Key": frontend.api_key}) as http:
+            for i in range(c * per_client, (c + 1) * per_client):
+                attempt = 0
+                while not stop.is_set():
+                    publication = f"Nokey {i:04d} try {attempt}"
+                    with lock:
+                        posts[publication] = texts[i]
+                    sent = time.monotonic()
+                    status = http.post("/post/enqueue", json={"publication": publication, "content": texts[i]}).status_code
+                    with lock:
+                        answers[publication] = status
+                        spans.append((sent, time.monotonic()))
+                    if status in (503, 429):  # nothing was enqueued: resend (as a new attempt, to trace it)
+                        attempt += 1
+                        time.sleep(0.05)
+                        continue
+                    if status not in (202, 504):  # 504 outcome_unknown: no id, so never resent
+                        unexpected.append(status)
+                    break
+                with lock:
+                    done[0] += 1
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        for n in range(3):
+            target = done[0] + 40
+            wait_for(lambda: done[0] >= target, 120, 0.01, "articles streaming in")
+            kill_times.append(_kill_right_after_a_journal_write(backend, tmp_path / "var" / "journal.db-wal"))
+            # supervisord notices the exit and starts it again, once the front door says it is down
+            wait_for(lambda: httpx.get(frontend.url + "/readyz", timeout=10).status_code == 503, 60, 0.05,
+                     "the frontend to see the backend gone")
+            backend = start(wait_ready=False)
+            wait_for(serving, 120, 0.05, "the restarted backend to serve")
+        for t in threads:
+            t.join(180)
+        assert not any(t.is_alive() for t in threads), "the clients did not finish"
+        backend.wait_idle(180)
+    finally:
+        stop.set()
+        code = frontend.stop()
+        assert backend.stop() == 0, backend.log()[-3000:]
+    assert code == 0 and "Traceback" not in frontend.log(), frontend.log()[-3000:]
+    assert not unexpected, unexpected
+    got = store_counts(backend.store_url)
+    status_of = {publication_key(p): s for p, s in answers.items()}
+    lost = sorted(k for k, s in status_of.items() if s == 202 and k not in got)
+    doubled = {k: v[0] for k, v in got.items() if v[0] != 1}
+    untrue = sorted(k for k, s in status_of.items() if s == 503 and k in got)
+    stray = sorted(set(got) - set(status_of))
+    assert not lost and not doubled and not untrue and not stray, \
+        f"lost {lost[:5]} ({len(lost)}), doubled {doubled}, counted after a 503 {untrue[:5]} ({len(untrue)}), {stray[:5]}"
+    assert done[0] == clients * per_client
+    assert all(any(sent < k < answered for sent, answered in spans) for k in kill_times), \
+        "every kill must interrupt requests in flight"
+    counted = [(p, posts[p]) for p in answers if publication_key(p) in got]
+    assert got == expected_counts(recount, counted)

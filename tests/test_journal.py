@@ -333,3 +333,70 @@ def test_the_client_id_table_is_bounded_in_bytes_and_forgets_the_oldest_first(pa
         assert j.append([("P", "x", "https://example.com/0000")])["accepted"] == 1, "the oldest were forgotten"
     finally:
         j.close()
+
+
+def test_a_request_token_already_journaled_answers_the_first_result_and_adds_nothing(path):
+    """A put resent after its answer was lost (the backend died after the commit) is not counted twice."""
+    j = open_journal(path, retention=3600)
+    try:
+        first = j.append([("BBC", "a", "url-1"), ("BBC", "b", None)], token="t1")
+        assert (first["accepted"], first["duplicates"], len(first["entries"])) == (2, 0, 2)
+        again = j.append([("BBC", "a", "url-1"), ("BBC", "b", None)], token="t1")
+        assert (again["accepted"], again["duplicates"], again["entries"], again["replayed"]) == (2, 0, [], True)
+        assert j.recall("t1") == {"accepted": 2, "duplicates": 0, "entries": [], "replayed": True}
+        assert j.recall("t2") is None
+        assert j.stats()["journal_articles"] == 2
+        # the same token twice in one group commit: the second sees the first inside the transaction
+        results = []
+        gate = threading.Barrier(3)
+        def put():
+            gate.wait()
+            results.append(j.append([("CNN", "c", None)], token="t3"))
+        threads = [threading.Thread(target=put) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r["accepted"] for r in results) == [1, 1, 1] and sum(bool(r["entries"]) for r in results) == 1
+        assert j.stats()["journal_articles"] == 3
+    finally:
+        j.close()
+    j = open_journal(path, retention=3600)
+    try:  # durable: a restarted backend answers the resent request too
+        assert len(j.recover().entries) == 3
+        assert j.append([("BBC", "a", "url-1"), ("BBC", "b", None)], token="t1")["replayed"] is True
+        assert j.stats()["journal_articles"] == 3
+        # forgotten with the client ids, after the retention window
+        j._writer_conn.execute("UPDATE request_tokens SET accepted_at = ?", (time.time() - 7200,))
+        j.last_purge = 0.0
+        j._maybe_purge()
+        assert j.recall("t1") is None
+        with pytest.raises(ValueError):
+            j.append([("BBC", "x", None)], token="x" * 65)
+        token = "0123456789abcdef" * 2  # the frontend's: kept as its 16 bytes
+        assert j.append([("BBC", "x", None)], token=token)["accepted"] == 1
+        assert j.recall(token)["accepted"] == 1
+        assert j._conn.execute("SELECT length(token) FROM request_tokens WHERE typeof(token) = 'blob'").fetchall() == [(16,)]
+    finally:
+        j.close()
+
+
+def test_a_resent_token_gets_its_answer_from_an_intake_that_is_full_or_draining_now(path):
+    from ingest.backend.intake import Intake
+    from ingest.core.protocol import Draining
+
+    j = open_journal(path)
+    intake = Intake(j, capacity=2)
+    try:
+        assert intake.put_many([("BBC", "a", None), ("BBC", "b", None)], "t1") == {"accepted": 2, "duplicates": 0}
+        with pytest.raises(QueueFull):
+            intake.put_many([("BBC", "c", None)], "t2")
+        assert intake.put_many([("BBC", "a", None), ("BBC", "b", None)], "t1") == {"accepted": 2, "duplicates": 0}
+        intake.stop_accepting()
+        with pytest.raises(Draining):
+            intake.put_many([("BBC", "c", None)], "t2")
+        assert intake.put_many([("BBC", "a", None), ("BBC", "b", None)], "t1") == {"accepted": 2, "duplicates": 0}
+        status = intake.status()
+        assert (status["accepted"], status["replayed"], status["journal_articles"], len(intake)) == (2, 2, 2, 2)
+    finally:
+        j.close()

@@ -306,7 +306,9 @@ class FakeFrontend:
 
     `misbehave` maps a request number (1-based) to "drop" (read the body, keep its articles, hang up
     without answering), "stall" (keep them, then answer nothing for `stall_seconds`) or "garble" (keep
-    them, answer 202 with a body that cannot be decoded). A dropped or
+    them, answer 202 with a body that cannot be decoded), "unknown" (keep them, answer 504
+    outcome_unknown, as when the backend went away after journaling them) or "busy" (keep nothing,
+    answer 503 queue_full). A dropped or
     stalled request was delivered: its articles count, as they would behind a real front door.
     `readyz(fake, read)` answers the read-th GET /readyz (1-based) with (status, JSON body), or None to
     hang up; the default backend processes everything at once. `reject` answers every POST with that
@@ -361,6 +363,8 @@ class FakeFrontend:
                 with fake.lock:
                     fake.requests.append(posts)
                     number = len(fake.requests)
+                    if fake.misbehave.get(number) == "busy":  # refused: nothing kept
+                        return self._answer(503, {"error": "queue_full", "detail": "no room; retry later"})
                     accepted = duplicates = 0
                     for post in posts:
                         key = (publication_key(post["publication"]), post["id"]) if "id" in post else None
@@ -379,6 +383,9 @@ class FakeFrontend:
                 if action in ("drop", "stall"):
                     self.close_connection = True  # hang up without a response
                     return
+                if action == "unknown":
+                    return self._answer(504, {"error": "outcome_unknown", "detail": "the backend went away; resend "
+                                                                                   "only if every article has an id"})
                 if action == "garble":  # an answer whose body cannot be decoded, as from a broken proxy
                     self.send_response(202)
                     self.send_header("Content-Encoding", "gzip")
@@ -460,6 +467,35 @@ def test_an_answer_that_cannot_be_decoded_is_a_maybe_delivered_failure_not_a_tra
     else:
         assert status == 1 and report["lost_reasons"] == {"DecodingError (outcome unknown)": 1}
         assert len(fake.counted) == 1
+
+
+@pytest.mark.parametrize("batch", [None, "2"])
+def test_a_504_outcome_unknown_is_resent_only_when_every_article_has_an_id_else_reported_unknown(tmp_path, capsys, batch):
+    flags = ["--batch", batch] if batch else []
+    keyed = jsonl(tmp_path / "keyed.jsonl", ["a", "b", "c"])
+    with FakeFrontend({1: "unknown"}) as fake:
+        status, report = fake_load(keyed, fake.url, *flags, report=tmp_path / "r1.json")
+    first = 2 if batch else 1
+    assert status == 0 and (report["accepted"], report["duplicates"], report["unknown"]) == (3 - first, first, 0)
+    assert report["retry_reasons"] == {"504": 1} and len(fake.counted) == 3  # the resend came back a duplicate
+    capsys.readouterr()
+    bare = jsonl(tmp_path / "bare.jsonl", [None, "b", "c"])
+    with FakeFrontend({1: "unknown"}) as fake:
+        status, report = fake_load(bare, fake.url, *flags, report=tmp_path / "r2.json")
+    assert status == 1 and len(fake.requests) == 1, "resending could count its articles twice"
+    assert (report["accepted"], report["rejected"], report["lost"], report["unknown"]) == (0, {}, 0, first)
+    assert report["unknown_reasons"] == {"504 outcome_unknown": first} and report["retries"] == 0
+    assert report["not_sent"] == 3 - first and "not resent" in report["stopped"] and not report["ok"]
+    out = capsys.readouterr().out
+    assert f"unknown      {first}  (504 outcome_unknown: {first})" in out and "INCOMPLETE" in out
+
+
+def test_a_503_is_resent_without_ids_too_nothing_was_queued(tmp_path):
+    dataset = jsonl(tmp_path / "d.jsonl", [None, None])
+    with FakeFrontend({1: "busy", 2: "busy"}) as fake:
+        status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
+    assert status == 0 and (report["accepted"], report["unknown"], report["retry_reasons"]) == (2, 0, {"503": 2})
+    assert len(fake.requests) == 4 and len(fake.counted) == 2
 
 
 def test_read_timeout_is_resent_when_every_article_has_an_id(tmp_path):

@@ -41,23 +41,44 @@ class Intake:
         self.duplicates = 0
         self.rejected_full = 0
         self.rejected_draining = 0
+        self.replayed = 0  # requests resent under a token already journaled: answered, nothing added
+        self._tokens: dict[str, threading.Event] = {}  # tokens of the puts being journaled now
 
     # -- called by the frontend through the manager ---------------------
-    def put_many(self, posts: list) -> dict:
-        """Accept every post or none, durably: {"accepted": n, "duplicates": m}."""
+    def put_many(self, posts: list, token: str | None = None) -> dict:
+        """Accept every post or none, durably: {"accepted": n, "duplicates": m}.
+
+        `token` names the request: a put resent under a token the journal already has (its first
+        attempt was journaled, then the answer was lost) gets the first answer, even from a
+        backend that is draining or full now, and adds nothing."""
         items = [(str(p[0]), str(p[1]), None if len(p) < 3 or p[2] is None else str(p[2])) for p in posts]
-        if any(len(item[1]) > self.max_article_chars for item in items):
-            raise TooLarge(f"an article is longer than {self.max_article_chars:,} characters")
+        rejection, mine, too_large = None, None, any(len(item[1]) > self.max_article_chars for item in items)
         with self._lock:
-            if not self._accepting:
-                self.rejected_draining += len(items)
-                raise Draining("backend is draining")
-            if len(self._items) + len(items) > self.capacity:
-                self.rejected_full += len(items)
-                raise QueueFull(f"input queue full ({len(self._items)}/{self.capacity})")
-            self._appending += 1
+            if too_large:
+                rejection = TooLarge(f"an article is longer than {self.max_article_chars:,} characters")
+            elif not self._accepting:
+                rejection = Draining("backend is draining")
+            elif len(self._items) + len(items) > self.capacity:
+                rejection = QueueFull(f"input queue full ({len(self._items)}/{self.capacity})")
+            else:
+                self._appending += 1
+                if token is not None and token not in self._tokens:
+                    mine = self._tokens[token] = threading.Event()
+            earlier = self._tokens.get(token) if token is not None and rejection is not None else None
+        if rejection is not None:
+            if earlier is not None:  # the same request, still being journaled on another connection
+                earlier.wait()
+            stored = self.journal.recall(token)
+            if stored is not None:
+                return self._replayed(stored)
+            with self._lock:
+                if isinstance(rejection, Draining):
+                    self.rejected_draining += len(items)
+                elif isinstance(rejection, QueueFull):
+                    self.rejected_full += len(items)
+            raise rejection
         try:
-            result = self.journal.append(items)
+            result = self.journal.append(items, token)
         except QueueFull:
             with self._lock:
                 self.rejected_full += len(items)
@@ -65,12 +86,23 @@ class Intake:
         finally:
             with self._lock:
                 self._appending -= 1
+                if mine is not None:
+                    del self._tokens[token]
+            if mine is not None:
+                mine.set()
+        if result.get("replayed"):
+            return self._replayed(result)
         with self._lock:
             self._items.extend(Entry(seq, pub, size) for seq, pub, size in result["entries"])
             self.accepted += result["accepted"]
             self.duplicates += result["duplicates"]
         self._on_put()
         return {"accepted": result["accepted"], "duplicates": result["duplicates"]}
+
+    def _replayed(self, stored: dict) -> dict:
+        with self._lock:
+            self.replayed += 1
+        return {"accepted": stored["accepted"], "duplicates": stored["duplicates"]}
 
     def status(self) -> dict:
         """The intake's own numbers, read under its lock, plus the hub's latest published snapshot."""
@@ -83,6 +115,7 @@ class Intake:
                 "duplicates": self.duplicates,
                 "rejected_full": self.rejected_full,
                 "rejected_draining": self.rejected_draining,
+                "replayed": self.replayed,
             }
         status.update(self.journal.stats())
         status.update(self._status)

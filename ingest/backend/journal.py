@@ -10,6 +10,9 @@ transactions, concurrent readers, and no server. Each article is in exactly one 
 one (one fsync for many concurrent POSTs). At start `recover()` hands back the recorded batches,
 to be committed again under their own ids (idempotent through the store's markers), and then the
 accepted articles in order. A journal records the store it belongs to and refuses another.
+A request's token (made by the frontend) is recorded with its answer in the commit that holds its
+articles, so a request resent after a broken call gets the first answer and adds nothing; tokens are
+forgotten after the client ids' retention.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ log = logging.getLogger("ingest.journal")
 CLIENT_ID_ROW_OVERHEAD = 40
 PURGE_SLICE = 1000
 PURGE_EVERY = 600.0  # seconds between purges of expired ids
+# a request token needs to outlive its request's retries only (INGEST_REQUEST_DEADLINE, 30 s): an
+# hour is ample, and keeps the table small however many id-less requests come (~60 bytes a row)
+TOKEN_RETENTION = 3600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -68,7 +74,19 @@ CREATE TABLE IF NOT EXISTS client_ids (
     PRIMARY KEY (pub_key, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS client_ids_by_age ON client_ids (accepted_at);
+CREATE TABLE IF NOT EXISTS request_tokens (
+    token BLOB PRIMARY KEY,
+    accepted INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    accepted_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS request_tokens_by_age ON request_tokens (accepted_at);
 """
+
+MAX_TOKEN_CHARS = 64
+# The frontend's tokens are 32 hex digits, kept as 16 bytes: a token row and its index entry take ~60 bytes
+# (kept out of the article-text bound, --journal-size); at 1,000 requests/s for the 7 days of the default
+# retention that is ~36 GB, so a busy backend wants a shorter --dedup-retention.
 
 
 class JournalError(RuntimeError):
@@ -97,6 +115,7 @@ class Recovered:
 @dataclass(slots=True)
 class _Request:
     posts: list
+    token: str | bytes | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
     error: Exception | None = None
@@ -146,6 +165,8 @@ class Journal:
         self._cond = threading.Condition()
         self._closed = False
         self._writer_conn = None
+        self._recall_conn = None
+        self._recall_lock = threading.Lock()
         self.fsyncs: list[float] = []  # seconds per group commit, the whole transaction (the last 1,000)
         self.commits = 0
         self.last_purge = 0.0
@@ -219,9 +240,11 @@ class Journal:
         return out
 
     # -- appends, from the manager's threads -----------------------------------
-    def append(self, posts: list) -> dict:
-        """Durably accept every post or none: {"accepted": n, "duplicates": m, "seqs": [...]}."""
-        request = _Request(posts)
+    def append(self, posts: list, token: str | None = None) -> dict:
+        """Durably accept every post or none: {"accepted": n, "duplicates": m, "seqs": [...]}.
+
+        A request `token` already journaled answers its stored result (`"replayed": True`) and adds nothing."""
+        request = _Request(posts, _token_key(token))
         with self._cond:
             if self._closed:
                 raise JournalError("journal closed")
@@ -256,7 +279,7 @@ class Journal:
             start_articles, start_size = articles, size
             for request in requests:
                 try:
-                    request.result, added, seq = self._stage(conn, request.posts, articles, size, seq)
+                    request.result, added, seq = self._stage(conn, request.posts, articles, size, seq, request.token)
                 except QueueFull as exc:
                     request.error = exc
                     continue
@@ -288,9 +311,13 @@ class Journal:
         for request in requests:
             request.done.set()
 
-    def _stage(self, conn, posts: list, articles: int, size: int, seq: int):
+    def _stage(self, conn, posts: list, articles: int, size: int, seq: int, token: str | bytes | None = None):
         """Insert one request's posts (or raise QueueFull); returns (result, (articles, bytes), next seq)."""
         now = time.time()
+        if token is not None:  # a resent request: its first attempt's answer, even inside this same commit
+            row = conn.execute("SELECT accepted, duplicates FROM request_tokens WHERE token = ?", (token,)).fetchone()
+            if row is not None:
+                return {"accepted": row[0], "duplicates": row[1], "entries": [], "replayed": True}, (0, 0), seq
         fresh, duplicates, seen = [], 0, set()
         for post in posts:
             publication, content, client_id = post[0], post[1], (post[2] if len(post) > 2 else None)
@@ -321,6 +348,8 @@ class Journal:
                 self._stage_id(publication_key(publication), client_id)
             seqs.append((seq, publication, nbytes))
             seq += 1
+        if token is not None:
+            conn.execute("INSERT INTO request_tokens VALUES (?, ?, ?, ?)", (token, len(fresh), duplicates, now))
         result = {"accepted": len(fresh), "duplicates": duplicates, "entries": seqs}
         return result, (len(fresh), added_bytes), seq
 
@@ -351,6 +380,9 @@ class Journal:
                 rows = conn.execute(f"SELECT pub_key, id, accepted_at, {_ID_BYTES} FROM client_ids "
                                     "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?", (cutoff, PURGE_SLICE)).fetchall()
                 conn.executemany("DELETE FROM client_ids WHERE pub_key = ? AND id = ?", [(r[0], r[1]) for r in rows])
+                tokens = conn.execute("DELETE FROM request_tokens WHERE token IN (SELECT token FROM request_tokens "
+                                      "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?)",
+                                      (now - TOKEN_RETENTION, PURGE_SLICE)).rowcount
         except sqlite3.Error as exc:
             log.warning("journal: purging old client ids failed: %s", exc)
             self._purging, self._evicting, self._next_purge = False, False, now + 60
@@ -364,10 +396,25 @@ class Journal:
             log.warning("journal: the client-id table is over --client-ids-size (%d bytes): forgot the %d oldest ids "
                         "before their retention ended (a retry of those posts would count again)",
                         self.max_client_id_bytes, evicted)
-        if len(rows) < PURGE_SLICE and not self._evicting:
+        if len(rows) < PURGE_SLICE and tokens < PURGE_SLICE and not self._evicting:
             self._purging = False
             self._next_purge = now + PURGE_EVERY
         self.last_purge = now
+
+    def recall(self, token: str | None) -> dict | None:
+        """The stored answer to a journaled request token, or None (read on a connection of its own:
+        the manager's threads call this while the arbiter uses `_conn`)."""
+        token = _token_key(token)
+        if token is None:
+            return None
+        with self._recall_lock:
+            if self._closed:  # cannot tell now: the client asks again (an OSError is a broken call to it)
+                raise ConnectionAbortedError("journal closed")
+            if self._recall_conn is None:
+                self._recall_conn = self._connect()
+            row = self._recall_conn.execute("SELECT accepted, duplicates FROM request_tokens WHERE token = ?",
+                                            (token,)).fetchone()
+        return None if row is None else {"accepted": row[0], "duplicates": row[1], "entries": [], "replayed": True}
 
     # -- the arbiter's side -------------------------------------------------------
     def contents(self, seqs: list[int]) -> dict[int, str]:
@@ -533,13 +580,29 @@ class Journal:
             self._closed = True
             self._cond.notify_all()
         self._writer.join(10)
-        for conn in (self._writer_conn, self._conn):
+        with self._recall_lock:
+            recall_conn, self._recall_conn = self._recall_conn, None
+        for conn in (self._writer_conn, recall_conn, self._conn):
             try:
                 if conn is not None:
                     conn.close()
             except sqlite3.Error:
                 pass
         os.close(self._lock_fd)
+
+
+def _token_key(token) -> str | bytes | None:
+    """The key a request token is kept under: 32 hex digits (the frontend's) as their 16 bytes."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise ValueError(f"a request token is a string of 1 to {MAX_TOKEN_CHARS} characters")
+    if len(token) == 32:
+        try:
+            return bytes.fromhex(token)
+        except ValueError:
+            pass
+    return token
 
 
 def _quantile(values: list[float], q: float) -> float:

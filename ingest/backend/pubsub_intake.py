@@ -202,7 +202,7 @@ class PubSubIntake(Intake):
                  self.max_messages, self.deadline)
 
     # -- the frontend's path is not this backend's -------------------------------------
-    def put_many(self, posts: list) -> dict:
+    def put_many(self, posts: list, token: str | None = None) -> dict:
         raise RuntimeError(f"this backend takes its articles from Pub/Sub ({self.url}); "
                            "point the frontend at the topic with INGEST_INTAKE")
 

@@ -2,7 +2,9 @@
 
 The backend serves an `intake` object through `multiprocessing.managers`; the frontend calls
 `put_many` and `status` on it. Full, draining and unreachable are distinct exceptions so the
-front door can answer 503 at once with the right code.
+front door can answer 503 at once with the right code; each means nothing was enqueued. A put carries
+the frontend's token for the request: the backend answers a token it already journaled with the
+stored result, so a put resent after a broken call is never counted twice.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ class Draining(Exception):
 
 
 class BackendUnavailable(Exception):
-    """The backend's manager cannot be reached (not started, restarting, wrong authkey)."""
+    """The backend's manager cannot be reached (not started, restarting, wrong authkey): nothing was enqueued."""
+
+
+class OutcomeUnknown(Exception):
+    """A put may have reached the backend (the call broke after sending) and the backend stayed away
+    past the request's deadline: its articles may or may not be in the journal (HTTP 504)."""
 
 
 def nodelay_client(address, family=None, authkey=None):

@@ -4,14 +4,18 @@ what was accepted; report both.
 Threads share one httpx.Client (its connection pool is thread-safe); each takes the next request's
 worth of articles (one, or `--batch N` for POST /posts), sends it and settles it: accepted (202),
 duplicate (202, but the server had already accepted that publication and id: not counted again),
-rejected (any other 4xx/5xx that retrying cannot fix) or lost (gave up after retries).
+rejected (any other 4xx/5xx that retrying cannot fix), lost (gave up after retries) or unknown (a 504
+`outcome_unknown` or a 502 for a request that cannot be resent safely: it may or may not be counted).
 
 Ids: an article's id from the dataset goes into its JSON post as `"id"`. The server answers a
 (publication, id) it accepted within its retention window (7 days) with 202 but counts it once,
 and says so in `"duplicates"`; the report shows those. `--no-ids` leaves ids out.
 
-Retries: 503/429/502/504 wait for `Retry-After` (or an exponential backoff) and try again; so do
-failures before the whole request reached the server (connect and write errors and timeouts).
+Retries: 503/429 (nothing was queued) wait for `Retry-After` (or an exponential backoff) and try
+again; so do failures before the whole request reached the server (connect and write errors and
+timeouts). A 504 (`outcome_unknown`: the backend went away after the request may have reached it) or
+a 502 from a proxy is resent the same way only when every article in the request has an id;
+otherwise its articles are reported "unknown" (neither accepted nor rejected) and the run stops.
 A failure after the request may have been delivered (read timeout, dropped connection) is retried
 the same way only when every article in the request has an id: the server then deduplicates, so a
 retry of a request that did arrive comes back as duplicates, not as articles counted twice. A
@@ -38,8 +42,8 @@ Bad rows: the dataset is read through once before anything is sent, so a malform
 stderr and listed in the report instead.
 
 Exit status (EXIT_STATUS, which the --help epilog lists): 0 every article accepted (duplicates included) and,
-unless --no-wait, processed; 1 anything rejected (a refused API key included), lost, quarantined or
-not processed within --wait-timeout, or the run stopped early; 2 usage or input errors (arguments,
+unless --no-wait, processed; 1 anything rejected (a refused API key included), lost, quarantined, of
+unknown outcome or not processed within --wait-timeout, or the run stopped early; 2 usage or input errors (arguments,
 no API key, a dataset that cannot be read, a bad row without --skip-bad-rows); 130 interrupted.
 """
 
@@ -68,7 +72,8 @@ from ..core.argtypes import non_negative_int, positive_float, positive_int
 from .datasets import FORMATS, Article, BadRow, Dataset, DatasetError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 503})  # the server says nothing was queued: always resent
+MAYBE_QUEUED_STATUSES = frozenset({502, 504})  # it may have been queued: resent only when every article has an id
 AUTH_STATUSES = frozenset({401, 403})
 # Raised before the whole request reached the server, so it cannot have been queued: safe to resend.
 SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
@@ -78,6 +83,7 @@ SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, ht
 MAYBE_DELIVERED = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
 FAILED = (httpx.TransportError, httpx.DecodingError)  # no usable answer: retried or reported, never raised
 MAX_SINGLE_WAIT = 30.0  # never sleep longer than this on one Retry-After
+DEFAULT_TIMEOUT = 40.0  # seconds per request: the frontend's write deadline (30 s) and some
 CONNECT_RETRIES = 5  # about 3 s of backoff: a frontend that is down stays down; say so soon
 DEFAULT_WAIT_TIMEOUT = 600.0
 WAIT_POLL = 0.25  # seconds between two reads of /readyz while waiting
@@ -93,7 +99,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_STATUS = {  # the --help epilog lists these; run() and main() return nothing else
     EXIT_OK: "every article accepted (duplicates included) and, unless --no-wait, processed by the backend",
     EXIT_INCOMPLETE: "something rejected (a refused API key included), lost, quarantined, or not processed within "
-                     "--wait-timeout; or the run stopped early",
+                     "--wait-timeout; or of unknown outcome (504); or the run stopped early",
     EXIT_USAGE: "usage or input error: bad arguments, no API key, a dataset that cannot be read (a directory "
                 "included), a bad row without --skip-bad-rows, a --json file that cannot be written",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -151,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send no ids even where the dataset has them: every run is counted again (e.g. for benchmarks), "
                         "but a request that fails after sending is then never resent")
     p.add_argument("--max-retries", type=non_negative_int, default=20,
-                   help=f"retries per request on 503/429/502/504 (default 20); connection errors, and read timeouts or "
-                        f"dropped connections of requests whose articles all have ids: at most {CONNECT_RETRIES}")
+                   help=f"retries per request on 503/429, and on 504/502 of requests whose articles all have ids "
+                        f"(default 20); connection errors, and read timeouts or dropped connections of such requests: "
+                        f"at most {CONNECT_RETRIES}")
     p.add_argument("--max-retry-time", type=positive_float, default=120.0, help="give a request up after this many seconds of retrying (default 120)")
-    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per HTTP request (default 30)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT:g}: longer than the frontend's 30 s "
+                        "INGEST_REQUEST_DEADLINE, so its 504 outcome_unknown arrives before a read timeout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-wait", action="store_true",
                    help="do not wait for the backend to process what was accepted: the counts may not be final yet")
@@ -225,6 +234,8 @@ class Stats:
     rejected_examples: dict = field(default_factory=dict)  # status -> "where: error detail"
     lost: int = 0
     lost_reasons: Counter = field(default_factory=Counter)
+    unknown: int = 0  # answered 504 outcome_unknown (or 502) and not resendable: maybe counted, maybe not
+    unknown_reasons: Counter = field(default_factory=Counter)
     requests: int = 0
     retries: int = 0
     retry_reasons: Counter = field(default_factory=Counter)
@@ -369,9 +380,13 @@ class Sender:
         if status == 202:
             self._accepted(work, response, latency)
             return None, 0.0, False
-        if status in RETRY_STATUSES:
+        if status in RETRY_STATUSES or (status in MAYBE_QUEUED_STATUSES and work.idempotent):
             wait = retry_after(response)
-            return str(status), (wait + random.uniform(0, 0.2 * wait + 0.05)) if wait is not None else backoff(attempt), False
+            delay = (wait + random.uniform(0, 0.2 * wait + 0.05)) if wait is not None else backoff(attempt)
+            return str(status), delay, status in MAYBE_QUEUED_STATUSES
+        if status in MAYBE_QUEUED_STATUSES:
+            self._unknown(work, response)
+            return None, 0.0, False
         self._rejected(work, response)
         return None, 0.0, False
 
@@ -404,6 +419,17 @@ class Sender:
             self.auth_failed = True
             self._stop_run(f"the frontend refused the API key ({status} {_error_detail(response)}); "
                            "check --api-key / INGEST_API_KEY")
+
+    def _unknown(self, work: Work, response: httpx.Response) -> None:
+        """A 504/502 for a request with an article without an id: resending could count it twice, and
+        the server cannot say whether it was queued. Neither accepted nor rejected; the run stops."""
+        detail = _error_detail(response)
+        with self.stats.lock:
+            self.stats.unknown += work.articles
+            self.stats.settled += work.articles
+            self.stats.unknown_reasons[f"{response.status_code} {detail.split(':', 1)[0]}"] += work.articles
+        self._stop_run(f"{work.where}: {response.status_code} {detail} (not resent: some of its articles have no id, "
+                       "so it may be counted once or not at all); stopped sending")
 
     def _give_up(self, work: Work, reason: str, message: str) -> None:
         """Lost articles stop the run: whatever made us give up would hit every later request too."""
@@ -581,7 +607,7 @@ class Run:
     max_body_bytes: int = 1024 * 1024
     max_retries: int = 20
     max_retry_time: float = 120.0
-    timeout: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     progress: bool = True
     ids: bool = True  # send the dataset's ids
     wait: bool = True  # after sending, wait until the backend has processed what was accepted
@@ -718,9 +744,9 @@ def _watch(stats: Stats, bar, deadline: float | None = None) -> None:
             return
         time.sleep(0.1)
         bar.update(stats.settled - bar.n)
-        if stats.retries or stats.lost or stats.rejected or stats.duplicates:
+        if stats.retries or stats.lost or stats.rejected or stats.duplicates or stats.unknown:
             bar.set_postfix(retries=stats.retries, duplicates=stats.duplicates, rejected=sum(stats.rejected.values()),
-                            lost=stats.lost, refresh=False)
+                            lost=stats.lost, **({"unknown": stats.unknown} if stats.unknown else {}), refresh=False)
 
 
 def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, stopped: str | None, interrupted: bool,
@@ -757,6 +783,8 @@ def make_report(cfg: Run, total: int, skipped: dict, stats: Stats, wall: float, 
         "rejected_examples": dict(sorted(stats.rejected_examples.items())),
         "lost": stats.lost,
         "lost_reasons": dict(stats.lost_reasons),
+        "unknown": stats.unknown,  # answered 504 outcome_unknown (or 502), not resent: counted once or not at all
+        "unknown_reasons": dict(stats.unknown_reasons),
         "not_sent": total - stats.sent,
         "requests": stats.requests,
         "retries": stats.retries,
@@ -798,6 +826,8 @@ def format_report(r: dict) -> str:
         ("duplicates", f"{r['duplicates']}" + ("  (accepted before with the same id: counted once)" if r["duplicates"] else "")),
         ("rejected", f"{sum(r['rejected'].values())}{counts(r['rejected'])}"),
         ("lost", f"{r['lost']}{counts(r['lost_reasons'])}"),
+        *([("unknown", f"{r['unknown']}{counts(r['unknown_reasons'])}  (504/502, not resent without ids: counted once "
+                       "or not at all)")] if r.get("unknown") else []),
         ("not sent", str(r["not_sent"])),
         ("processed", _processed_cell(r)),
     ]

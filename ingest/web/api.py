@@ -3,7 +3,9 @@
 A write is checked in the order a client can fix it: key (401), declared size (413, before a
 byte of the body is read), content type (415), the body itself (413 for an oversized chunked
 body, 400 for anything malformed), then the queue (503 with Retry-After). A rejected request
-enqueues nothing.
+enqueues nothing. Each write goes to the backend under a fresh token, so the client may resend it
+after a broken call without counting it twice; when the backend stays away past the deadline after
+the request may have reached it, the answer is 504 `outcome_unknown`, never a 503.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
 from ..core.models import Post
-from ..core.protocol import BackendUnavailable, Draining, QueueFull, TooLarge
+from ..client import new_token
+from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
 from .auth import require_key
@@ -197,7 +200,7 @@ def _json_type(value) -> str:
 
 def _put(posts: list[Post]):
     try:
-        answer = _client().put_many([p.as_wire() for p in posts])
+        answer = _client().put_many([p.as_wire() for p in posts], token=new_token())
     except TooLarge as exc:
         raise ApiError(413, "article_too_large", str(exc)) from None
     except QueueFull as exc:
@@ -210,6 +213,11 @@ def _put(posts: list[Post]):
         _warn_unavailable(exc)
         raise ApiError(503, "backend_unavailable", "the backend is not reachable; retry later",
                        {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}) from None
+    except OutcomeUnknown as exc:
+        _warn_unavailable(exc)
+        raise ApiError(504, "outcome_unknown", "the backend went away after this request may have reached it and "
+                                               "did not come back in time: its articles may or may not be queued; "
+                                               "resend only if every article has an id") from None
     metrics.ACCEPTED.inc(answer["accepted"])
     response = jsonify(accepted=answer["accepted"], duplicates=answer.get("duplicates", 0))
     response.status_code = 202

@@ -73,8 +73,9 @@ def _intake_client(settings: FrontendSettings):
     if settings.intake:
         from .publisher import PubSubPublisher
 
-        return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars)
-    return IngestClient(settings.manager_address, settings.authkey_bytes)
+        return PubSubPublisher(settings.intake, max_article_chars=settings.max_article_chars,
+                               timeout=settings.request_deadline)
+    return IngestClient(settings.manager_address, settings.authkey_bytes, deadline=settings.request_deadline)
 
 
 READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.wordcloud_png")

@@ -49,7 +49,11 @@ READ_ERRORS = {"400": _error("a parameter out of range"), "401": _error("reads n
                "429": _error("too many reads without a key"), "503": _error("the store cannot be read now")}
 WRITE_ERRORS = {"400": _error("malformed or invalid"), "401": _error("missing or wrong API key"),
                 "413": _error("body, batch or article too large"), "415": _error("not JSON / NDJSON in UTF-8"),
-                "503": _error("queue or journal full, backend unreachable or draining; see Retry-After")}
+                "503": _error("queue or journal full, backend unreachable or draining; see Retry-After. Nothing was "
+                              "enqueued: resending is safe"),
+                "504": _error("`outcome_unknown`: the backend went away after the request may have reached it and "
+                              "did not come back within the deadline (INGEST_REQUEST_DEADLINE, 30 s); the articles may "
+                              "or may not be queued: resend only if every article has an `id`")}
 HTTP_ERRORS = {"408": _error("request not complete in time"), "431": _error("headers too large")}
 
 

@@ -4,7 +4,8 @@ It has the IngestClient's face (`put_many`, `status`), so the API answers the sa
 returns only once Pub/Sub has acknowledged every message of the request, so a 202 means "Pub/Sub
 has it". The client library batches messages of concurrent requests into one publish call and
 bounds what is outstanding (flow control: a request waits while the bound is reached). Any
-failure to publish is `BackendUnavailable` (503 with Retry-After). Honours PUBSUB_EMULATOR_HOST.
+failure to publish is `BackendUnavailable` (503 with Retry-After); no acknowledgement within the
+timeout is `OutcomeUnknown` (504): the library may still deliver the messages. Honours PUBSUB_EMULATOR_HOST.
 One client per process, made after gunicorn's fork (gRPC does not survive a fork).
 """
 
@@ -16,11 +17,11 @@ import threading
 from concurrent import futures
 
 from ..core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, parse_intake_url, split_messages, unique_posts
-from ..core.protocol import BackendUnavailable, TooLarge
+from ..core.protocol import BackendUnavailable, OutcomeUnknown, TooLarge
 
 log = logging.getLogger("ingest.web.publisher")
 
-PUBLISH_TIMEOUT = 30.0       # seconds a request waits for Pub/Sub's acknowledgement before 503
+PUBLISH_TIMEOUT = 30.0       # seconds a request waits for Pub/Sub's acknowledgement before 504 outcome_unknown
 MAX_LATENCY = 0.01           # seconds a message may wait for others to share its publish call
 MAX_OUTSTANDING_MESSAGES = 1000
 MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
@@ -54,7 +55,7 @@ class PubSubPublisher:
                     self._pid = os.getpid()
         return self._client
 
-    def put_many(self, posts: list) -> dict:
+    def put_many(self, posts: list, token: str | None = None) -> dict:
         """All the posts of a request, acknowledged by Pub/Sub: {"accepted": n, "duplicates": m}.
 
         `duplicates` counts only ids repeated inside this request; a retry of a whole request is
@@ -68,11 +69,15 @@ class PubSubPublisher:
                                                                       ARTICLES_ATTRIBUTE: str(n)})
                        for group, data, n in split_messages(posts)]
             done, not_done = futures.wait(pending, timeout=self.timeout)
-            if not_done:
-                raise TimeoutError(f"Pub/Sub did not acknowledge within {self.timeout:.0f}s")
+            if not_done:  # still being published (the library keeps trying): it may yet arrive, so not a 503
+                self.failures += 1
+                raise OutcomeUnknown(f"Pub/Sub did not acknowledge {self.url} within {self.timeout:.0f}s; "
+                                     "the messages may still be delivered")
             for future in done:
                 future.result()
-        except Exception as exc:  # no topic, no credentials, emulator down, timeout: not accepted
+        except OutcomeUnknown:
+            raise
+        except Exception as exc:  # no topic, no credentials, emulator down: not accepted
             self.failures += 1
             raise BackendUnavailable(f"cannot publish to {self.url}: {type(exc).__name__}: {exc}") from None
         self.published += len(pending)
