@@ -20,11 +20,13 @@ import time
 from multiprocessing.managers import BaseManager
 from typing import Callable
 
-from .core.protocol import INTAKE, SERIALIZER, BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
+from .core.protocol import (INTAKE, SERIALIZER, BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge,
+                            set_io_timeout)
 
 __all__ = ["IngestClient", "BackendUnavailable", "Draining", "OutcomeUnknown", "QueueFull", "TooLarge", "new_token"]
 
 DEFAULT_DEADLINE = 30.0   # seconds a put that may have been sent is retried for before OutcomeUnknown
+STATUS_TIMEOUT = 5.0      # seconds a status call (/readyz, /metrics) waits for a backend that stopped answering
 RETRY_PAUSE = (0.05, 0.5)  # first and longest pause between two attempts of such a put
 ANSWERED = (QueueFull, Draining, TooLarge)  # the backend's own answers: nothing was enqueued
 
@@ -80,10 +82,18 @@ class IngestClient:
     def _unreachable(self, exc: BaseException) -> BackendUnavailable:
         return BackendUnavailable(f"backend at {self.address[0]}:{self.address[1]} unreachable: {type(exc).__name__}")
 
+    def _timed(self, proxy, seconds: float):
+        """The proxy, its connection's reads and writes bounded by `seconds`: a backend that is alive
+        but does not answer (stopped, swapping) fails the call instead of holding the thread."""
+        conn = getattr(getattr(proxy, "_tls", None), "connection", None)
+        if conn is not None:
+            set_io_timeout(conn, max(0.001, seconds))
+        return proxy
+
     def _call(self, method: str, *args):
         for attempt in (1, 2):  # a stale connection after a backend restart fails once
             try:
-                return getattr(self._proxy(), method)(*args)
+                return getattr(self._timed(self._connected(), STATUS_TIMEOUT), method)(*args)
             except ANSWERED:
                 raise
             except Exception as exc:  # refused, reset, EOF, auth failure: all mean "not reachable"
@@ -127,7 +137,7 @@ class IngestClient:
                 failure = exc
             else:
                 try:
-                    return proxy.put_many(posts, token)
+                    return self._timed(proxy, max(0.001, give_up - time.monotonic())).put_many(posts, token)
                 except ANSWERED:
                     raise
                 except (EOFError, OSError) as exc:  # broken after sending: it may have been journaled

@@ -117,3 +117,41 @@ def test_the_api_sends_a_fresh_token_per_write_and_answers_504_outcome_unknown(t
         assert r.status_code == 504 and r.get_json()["error"] == "outcome_unknown"
         assert "only if every article has an id" in r.get_json()["detail"]
     assert len(set(fake.tokens)) == 2 and all(len(t) == 32 for t in fake.tokens)
+
+
+@pytest.mark.slow
+def test_a_backend_that_stops_answering_gives_504_and_503_in_bounded_time_not_a_hung_thread(tmp_path):
+    """A backend that is alive but does not answer (SIGSTOP; a VM paused, swapping hard) accepts
+    connections and reads nothing: a put is answered OutcomeUnknown once the deadline passes (it
+    may have been sent), a status call BackendUnavailable. Before, both waited forever, and every
+    frontend thread that called them with it."""
+    import signal
+
+    from tests.support import start_backend
+
+    backend = start_backend(tmp_path, "--workers", "1")
+    client = IngestClient(backend.address, backend.authkey.encode(), deadline=3)
+    try:
+        outcome: dict = {}
+
+        def put():  # a connection per thread: the first put makes this thread's, then the backend stops
+            outcome["first"] = client.put_many([("BBC", "Angela Merkel in Berlin.", None)])
+            os.kill(backend.proc.pid, signal.SIGSTOP)
+            try:
+                client.put_many([("BBC", "Olaf Scholz in Bonn.", None)])
+            except Exception as exc:  # noqa: BLE001 - the test looks at which one
+                outcome["put"] = exc
+
+        caller = threading.Thread(target=put, daemon=True)
+        caller.start()
+        caller.join(60)
+        assert not caller.is_alive(), "the put hung on a stopped backend"
+        assert outcome["first"]["accepted"] == 1
+        assert isinstance(outcome.get("put"), OutcomeUnknown), outcome  # it was sent: it may be journaled
+        with pytest.raises(BackendUnavailable):  # a new connection's handshake: nothing was sent
+            client.put_many([("BBC", "Olaf Scholz in Bonn.", None)])
+        with pytest.raises(BackendUnavailable):
+            client.status()
+    finally:
+        os.kill(backend.proc.pid, signal.SIGCONT)
+        assert backend.stop() == 0, backend.log()[-2000:]

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import socket
-import struct
 import threading
 from multiprocessing import connection
 from multiprocessing.managers import BaseManager, Server
 from traceback import format_exc
 
-from ..core.protocol import INTAKE, SERIALIZER
+from ..core.protocol import INTAKE, SERIALIZER, set_io_timeout
 from .intake import Intake
 
 log = logging.getLogger("ingest.manager")
@@ -32,17 +29,6 @@ HANDSHAKE_THREADS = 32
 HANDSHAKES_WAITING = 1024      # beyond this, the oldest waiting connection is closed
 MAX_CLIENTS = 512           # authenticated connections (frontend threads x workers, with room)
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn; a burst of connects must not drop SYNs
-
-
-def _set_timeouts(conn, seconds: float) -> None:
-    """A deadline on every read and write of the connection's socket (0: none)."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        value = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    finally:
-        sock.close()  # the dup only: the option stays on the shared socket
 
 
 class IntakeServer(Server):
@@ -85,14 +71,14 @@ class IntakeServer(Server):
 
     def _authenticate(self, conn, deadline: float) -> None:
         try:
-            _set_timeouts(conn, deadline)
+            set_io_timeout(conn, deadline)
             connection.deliver_challenge(conn, self.authkey)
             connection.answer_challenge(conn, self.authkey)
             request = conn.recv()
             ignore, funcname, args, kwds = request
             if funcname not in self.public:
                 raise ValueError(funcname)
-            _set_timeouts(conn, 0)
+            set_io_timeout(conn, 0)
         except Exception:  # wrong key, garbage, too slow: close, say nothing
             self.refused += 1
             conn.close()

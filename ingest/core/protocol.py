@@ -9,7 +9,9 @@ stored result, so a put resent after a broken call is never counted twice.
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 from multiprocessing import connection, managers
 
 INTAKE = "intake"
@@ -38,8 +40,22 @@ class OutcomeUnknown(Exception):
     past the request's deadline: its articles may or may not be in the journal (HTTP 504)."""
 
 
+def set_io_timeout(conn, seconds: float) -> None:
+    """A deadline on every read and write of a multiprocessing connection's socket (0: none): a
+    peer that stops answering (SIGSTOP, a hung host) raises OSError instead of holding a thread."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        value = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        sock.close()  # the dup only: the option stays on the shared socket
+
+
 def nodelay_client(address, family=None, authkey=None):
-    """multiprocessing's Client with TCP_NODELAY and a connect timeout.
+    """multiprocessing's Client with TCP_NODELAY and a deadline on the connect, the handshake and
+    every later read and write (CONNECT_TIMEOUT, until a caller sets its own): a backend that
+    accepts connections but does not answer (stopped) cannot hold a frontend thread.
 
     Its handshake ends with two small writes in a row, which Nagle's algorithm and delayed ACKs
     turn into ~40 ms per new connection (~200 ms per proxy).
@@ -48,6 +64,7 @@ def nodelay_client(address, family=None, authkey=None):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
     conn = connection.Connection(sock.detach())
+    set_io_timeout(conn, CONNECT_TIMEOUT)
     if authkey is not None:
         connection.answer_challenge(conn, authkey)
         connection.deliver_challenge(conn, authkey)
