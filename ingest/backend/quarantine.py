@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
 
 def _rows(conn, args, columns: str):
-    query = f"SELECT {columns} FROM articles WHERE quarantined_at IS NOT NULL"
+    query = f"SELECT {columns} FROM articles LEFT JOIN texts USING (seq) WHERE quarantined_at IS NOT NULL"
     if getattr(args, "seqs", None) and not getattr(args, "all", False):
         query += f" AND seq IN ({','.join('?' * len(args.seqs))})"
         return conn.execute(query + " ORDER BY seq", args.seqs).fetchall()
