@@ -98,3 +98,27 @@ def test_make_clean_leaves_keys_and_data_and_clean_data_says_what_it_deletes(tmp
     done = _make(tmp_path, "clean-data")
     assert done.returncode == 0, done.stderr
     assert "deleting var/ (API keys" in done.stdout and not (tmp_path / "var").exists()
+
+
+def test_system_deps_says_which_packages_it_installs_why_and_how_to_skip(tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("scripts/system-deps.sh installs only as root")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path / "apt"}"\n')
+    (bin_dir / "apt-get").chmod(0o755)
+    for name in ("id", "sort"):  # all the script needs: every package it looks for is missing
+        (bin_dir / name).symlink_to(shutil.which(name))
+    env = {**{k: v for k, v in os.environ.items() if k != "INGEST_SKIP_SYSTEM_DEPS"}, "PATH": str(bin_dir)}
+    done = subprocess.run([shutil.which("bash"), str(ROOT / "scripts" / "system-deps.sh")], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "system-deps:   chromium-driver  (for the dashboard's browser tests)" in done.stderr
+    assert "system-deps:   podman  (for the container image's tests)" in done.stderr
+    assert "INGEST_SKIP_SYSTEM_DEPS=1 make test" in done.stderr
+    assert "install -y -qq --no-install-recommends podman" in (tmp_path / "apt").read_text()
+
+    env["INGEST_SKIP_SYSTEM_DEPS"] = "1"
+    done = subprocess.run([shutil.which("bash"), str(ROOT / "scripts" / "system-deps.sh")], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and "installing nothing" in done.stderr
