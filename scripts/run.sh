@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 VENV="${VENV:-$ROOT/.venv}"
+[[ "$VENV" == /* ]] || VENV="$ROOT/$VENV"   # absolute: it goes on supervisord's PATH
 PYTHON="${PYTHON:-python3}"
 
 say() { printf 'run: %s\n' "$*" >&2; }
