@@ -5,7 +5,7 @@
 #   docker build -t ingestiond .                       # or: podman build --format docker ...
 #   docker run --stop-timeout 700 -p 127.0.0.1:8000:8000 -v ingestiond-var:/var/lib/ingestiond ingestiond
 #
-# BASE is any Debian-like image with python3 (>= 3.10) and its venv module: an official
+# BASE is any Debian-like image with python3 (>= 3.11) and its venv module: an official
 # python:3.x-slim tag by default; scripts/container-base.sh builds a stand-in from Debian packages
 # where no registry can be reached.
 ARG BASE=python:3.12-slim

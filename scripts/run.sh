@@ -1,33 +1,25 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # stop_stack (and the say in it) runs from a trap
 # `make run`: the whole stack in the foreground on http://127.0.0.1:8000 with the SQLite store.
-# Creates .venv and installs the project if needed, creates an API key if there is none (and prints
+# Creates .venv and installs the project if needed (scripts/venv.sh run: no test tools), creates an API key if there is none (and prints
 # it with a curl example), then runs supervisord (backend + frontend) in the foreground.
 # Ctrl-C: supervisord stops both programs; the backend drains, so every accepted article is stored.
+# supervisord runs silently (its log is var/log/supervisord.log); scripts/stack_watch.py says on the
+# terminal when the stack is ready, what supervisord did that matters, and the drain's progress.
 # Whatever way this script ends, it stops supervisord first, and nothing outlives supervisord.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 VENV="${VENV:-$ROOT/.venv}"
+[[ "$VENV" == /* ]] || VENV="$ROOT/$VENV"   # absolute: it goes on supervisord's PATH
 PYTHON="${PYTHON:-python3}"
-STAMP="$VENV/.installed"   # the same stamp as the Makefile's install target
 
 say() { printf 'run: %s\n' "$*" >&2; }
 die() { printf 'run: error: %s\n' "$*" >&2; exit 1; }
 
-# -- the virtualenv ---------------------------------------------------------------------
-if [[ ! -x "$VENV/bin/python" ]]; then
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python >= 3.10"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "Python >= 3.10 is required"
-    say "creating $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-if [[ ! -f "$STAMP" || setup.py -nt "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
-    say "installing the project into $VENV (first run: a few minutes)"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
-    touch "$STAMP"
-fi
+# -- the virtualenv: Python >= 3.11 checked first; only what running needs (`make test` adds the test tools)
+VENV="$VENV" PYTHON="$PYTHON" bash "$ROOT/scripts/venv.sh" run
 export PATH="$VENV/bin:$PATH"
 
 # -- settings: defaults for a laptop; anything already set wins ------------------------------
@@ -79,14 +71,15 @@ if [[ -z "$KEY" ]]; then
 fi
 
 URL="http://$INGEST_BIND"
+WORKERS_NOTE="$INGEST_WORKERS NER worker$( [[ "$INGEST_WORKERS" == 1 ]] || echo s)"
 cat <<EOF
 
-  ingestiond: $URL   (store $INGEST_STORE, $INGEST_WORKERS NER workers)
+  ingestiond: $URL   (store $INGEST_STORE, $WORKERS_NOTE)
   API key ($KEY_NOTE):
 
       $KEY
 
-  Try it (ready once $URL/readyz answers 200; the first start loads spaCy for a few seconds):
+  Try it once "run: ready at $URL" appears below (spaCy loads for a few seconds first):
 
       curl -s -X POST $URL/post/enqueue -H "X-API-Key: $KEY" \\
            -H 'Content-Type: application/json' \\
@@ -102,12 +95,30 @@ EOF
 # SIGTERM, a closed terminal. A pipe closed early (`make run | head -c 1`) must not kill this
 # script before the stack is stopped; the programs themselves die with supervisord (PDEATHSIG).
 trap '' PIPE
-supervisord -n -c "$ROOT/supervisord.conf" &
+# -s: supervisord logs to its file only (its "CRIT Supervisor is running as root" and "running
+# without any HTTP authentication checking" are about its own socket, 0700 in $INGEST_VAR_DIR).
+supervisord -n -s -c "$ROOT/supervisord.conf" &
 SUPERVISORD=$!
+"$VENV/bin/python" "$ROOT/scripts/stack_watch.py" "$URL" "$INGEST_LOG_DIR" "$INGEST_MANAGER_ADDRESS" \
+    "${INGEST_AUTHKEY_FILE:-$INGEST_VAR_DIR/authkey}" &
+WATCH=$!
+stop_watch() {
+    kill -TERM "$WATCH" 2>/dev/null || true
+    wait "$WATCH" 2>/dev/null || true
+}
 stop_stack() {
     trap '' INT TERM HUP
+    kill -USR1 "$WATCH" 2>/dev/null || true   # show the drain's progress
     kill -TERM "$SUPERVISORD" 2>/dev/null || true
     wait "$SUPERVISORD"
+    code=$?
+    stop_watch   # after its last look at the logs
+    if [[ $code -eq 0 ]]; then say "stopped"; else say "supervisord exited with $code; see $INGEST_LOG_DIR"; fi
 }
 trap 'stop_stack; exit' INT TERM HUP
+set +e
 wait "$SUPERVISORD"
+code=$?
+set -e
+stop_watch
+exit "$code"

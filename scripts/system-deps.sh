@@ -31,14 +31,27 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+why() {
+    case "$1" in
+        chromium|chromium-driver) echo "the dashboard's browser tests" ;;
+        shellcheck|ruby|vagrant|systemd|curl) echo "the deploy scripts' tests" ;;
+        default-jre-headless|google-cloud-cli-*) echo "the Firestore and Pub/Sub emulator tests" ;;
+        podman|runc|mmdebstrap) echo "the container image's tests" ;;
+        *) echo "tests" ;;
+    esac
+}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "system-deps: installing with apt-get: ${missing[*]} (set INGEST_SKIP_SYSTEM_DEPS=1 to skip; their tests then skip)"
+    {
+        echo "system-deps: installing system packages some tests need, with apt-get (a few minutes the first time):"
+        for pkg in "${missing[@]}"; do echo "system-deps:   $pkg  (for $(why "$pkg"))"; done
+        echo "system-deps: to install nothing, run INGEST_SKIP_SYSTEM_DEPS=1 make test (those tests then skip, saying why)"
+    } >&2
     apt-get update -qq >/dev/null 2>&1 || true
     for pkg in "${missing[@]}"; do
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
             || echo "system-deps: WARNING: could not install $pkg; the tests that need it will skip" >&2
     done
 else
-    echo "system-deps: WARNING: missing ${missing[*]} (install them with apt-get as root); the tests that need them will skip" >&2
+    echo "system-deps: WARNING: missing ${missing[*]} (install them with apt-get as root, or run make test as root); the tests that need them will skip" >&2
 fi
 exit 0

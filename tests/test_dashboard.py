@@ -352,3 +352,44 @@ def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the painter outlived its parent"
+
+
+def test_the_page_hands_its_viewer_a_token_good_for_that_address_and_a_while(db):
+    """The token the page carries (data-viewer-token) is what pacing.py lets past the anonymous
+    lines: valid for the viewer's address only, for VIEWER_TTL seconds, with any worker that has the
+    same API keys (the secret is derived from them), and renewable at /dashboard/viewer-token."""
+    import asyncio
+    import re
+
+    from ingest.web.pacing import VIEWER_TTL, ReadPacer
+
+    app = build_app(db[1], api_keys="k1,k2")
+    with app.test_client() as c:
+        html = c.get("/", environ_base={"REMOTE_ADDR": "10.1.2.3"}).get_data(as_text=True)
+        renewed = c.get("/dashboard/viewer-token", environ_base={"REMOTE_ADDR": "10.1.2.3"}).get_json()
+    token = re.search(r'data-viewer-token="([^"]+)"', html).group(1)
+    assert renewed["expires_in"] == VIEWER_TTL and renewed["token"]
+    assert 'rel="icon"' in html  # no 404 for /favicon.ico on every load
+
+    pacer = app.extensions["ingest.read_pacer"]
+    other_worker = ReadPacer("20/second", ["k2", "k1"], "20/10seconds", "50/second")
+    header = lambda t: [(b"x-viewer-token", t.encode())]  # noqa: E731
+    for p in (pacer, other_worker):
+        assert p.viewer(header(token), "10.1.2.3") and p.viewer(header(renewed["token"]), "10.1.2.3")
+        assert p.viewer(header(token), "10.9.9.9") is None, "another address cannot use it"
+    assert pacer.viewer(header(token.replace(".", ".0", 1)[:len(token)]), "10.1.2.3") is None
+    expired = pacer.viewer_token("10.1.2.3", now=time.time() - VIEWER_TTL - 1)
+    assert pacer.viewer(header(expired), "10.1.2.3") is None
+    assert ReadPacer("20/second", ["another key"]).viewer(header(token), "10.1.2.3") is None
+
+    # a viewer with its token is admitted at once while the anonymous bound is spent
+    spent = ReadPacer("100/second", ["k1", "k2"], "1/minute")
+
+    async def both():
+        assert await spent.admit("10.1.2.3", "/publications") is None  # the minute's one anonymous read
+        refusal = await spent.admit("10.7.7.7", "/publications")
+        viewer = await spent.admit("10.1.2.3", "/publications", header(spent.viewer_token("10.1.2.3")))
+        return refusal, viewer
+
+    refusal, viewer = asyncio.run(both())
+    assert refusal is not None and refusal.limit == "1/minute in all" and viewer is None

@@ -6,7 +6,9 @@ test skips and says why. A screenshot lands in test-artifacts/dashboard.png.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -389,3 +391,68 @@ def test_dashboard_with_10000_publications_pages_its_table(crowded_server, brows
           "the last 50 publications")
     assert driver.find_element("id", "pubs-next").get_attribute("disabled")
     assert console_errors(driver) == []
+
+
+class Crowd:
+    """Sixteen keyless clients from 127.0.0.2-17, each looping on the read API (the next request as
+    soon as the last is answered) until stopped: their statuses."""
+
+    def __init__(self, base: str, paths):
+        import asyncio
+        import threading
+
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+
+        async def client(source: str):
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            async with httpx.AsyncClient(base_url=base, timeout=10, transport=transport) as http:
+                for i in itertools.count():
+                    if self.stop.is_set():
+                        return
+                    self.statuses.append((await http.get(paths[i % len(paths)])).status_code)
+
+        async def all_of_them():
+            await asyncio.gather(*(client(f"127.0.0.{n}") for n in range(2, 18)))
+
+        self.thread = threading.Thread(target=asyncio.run, args=(all_of_them(),), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def server_at_shipped_limits(tmp_path):
+    _need_browser()
+    from tests.test_hostile import shipped_limits
+
+    yield from serve(tmp_path, INGEST_API_KEYS="write-secret", **shipped_limits())
+
+
+def test_the_dashboard_loads_with_no_error_banner_while_16_keyless_clients_hammer_the_read_api(
+        server_at_shipped_limits, browser, tmp_path):
+    """The dashboard's own viewer is not one of the crowd: its page loads in a line of its own, and
+    its reads carry the page's viewer token, so none is refused while sixteen keyless clients loop
+    on the read API and are held and refused by the anonymous bounds (before: a red 429 banner)."""
+    base, _ = server_at_shipped_limits
+    driver = browser
+    crowd = Crowd(base, ("/publications", "/publications/The%20Daily%20Planet/entities?limit=20"))
+    try:
+        wait_for(lambda: crowd.statuses.count(429) >= 16, timeout=30, what="the crowd to be refused")
+        driver.get(base + "/")
+        until(driver, lambda: text(driver, "detail-title") == "The Daily Planet", "the busiest publication")
+        until(driver, lambda: len(shown_entities(driver)) == 20, "its top 20 entities")
+        # the page keeps polling: wait for three more of its reads of /publications to be answered
+        log = tmp_path / "frontend.log"
+        answered = lambda: len(re.findall(r'127\.0\.0\.1 "GET /publications\?\S* HTTP/1\.1" 200 ', log.read_text()))  # noqa: E731
+        seen = answered()
+        until(driver, lambda: answered() >= seen + 3, "three more polls answered", timeout=30)
+        refused_meanwhile = crowd.statuses.count(429)
+    finally:
+        crowd.close()
+    assert driver.find_element("id", "error").get_attribute("hidden") is not None, text(driver, "error")
+    network = [e["message"] for e in driver.get_log("browser") if "status of" in e["message"]]
+    assert not network, network  # no 429 (nor a 404 for /favicon.ico) in the browser's console
+    assert refused_meanwhile > 16, "the crowd was really refused while the page polled"

@@ -221,6 +221,8 @@ def test_a_read_refused_for_a_spent_minute_limit_is_still_held_a_second(limited,
             refused = [http.get("/publications") for _ in range(3)]
             took = time.monotonic() - started
             assert [r.status_code for r in refused] == [429] * 3
+            # the 429 names the one limit that was hit, not every limit there is
+            assert "(over 30/minute per address)" in refused[0].json()["detail"], refused[0].json()
             assert took >= 2.7, f"three refusals in {took:.2f}s: not held"
             # the minute is still running: the client is told to come back in up to a minute, not at once
             assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
@@ -283,6 +285,33 @@ def test_the_overall_bound_holds_for_many_addresses_and_spares_probes(limited, t
     assert statuses.count(429) >= 16, "held requests over the bound are refused"
     assert set(answered) <= {200, 404}
     assert probes.count(200) == len(probes) and len(probes) >= 40, f"probes: {len(probes)}, {set(probes)}"
+
+
+def test_a_429_names_the_one_limit_that_was_hit(limited, tmp_path):
+    """Before: every 429 listed all three bounds ("over 20/second;600/minute per address or
+    20/10seconds in all or 50/second for all probes"), whichever refused it."""
+    import asyncio
+
+    from tests.frontend_support import start_frontend
+
+    backend, _ = limited
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_READ_RATE_LIMIT": "100/second",
+                                                          "INGEST_ANON_RATE_LIMIT": "5/second"})
+
+    async def crowd():
+        async def one(source: str):
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            async with httpx.AsyncClient(base_url=frontend.url, timeout=10, transport=transport) as http:
+                return await asyncio.gather(*(http.get("/publications") for _ in range(4)))
+        return [r for answers in await asyncio.gather(*(one(f"127.0.0.{n}") for n in range(2, 18))) for r in answers]
+
+    try:
+        refused = [r for r in asyncio.run(crowd()) if r.status_code == 429]
+    finally:
+        assert frontend.stop() == 0, frontend.log()[-3000:]
+    assert refused, "64 reads at once from 16 addresses at 5/second in all: some are refused"
+    details = {r.json()["detail"] for r in refused}
+    assert details == {"too many requests without an API key (over 5/second in all); slow down, or send a key"}, details
 
 
 def test_probes_have_a_line_and_a_bound_of_their_own(limited, tmp_path):

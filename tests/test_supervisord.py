@@ -162,7 +162,11 @@ def test_run_script_creates_a_key_prints_a_working_curl_and_ctrl_c_drains(tmp_pa
     try:
         url = "http://" + env["INGEST_BIND"]
         wait_ready(url, proc, Path(env["INGEST_LOG_DIR"]))
+        # the terminal says when the stack is ready
+        wait_for(lambda: f"run: ready at {url} (dashboard" in (tmp_path / "run.out").read_text(), 30, 0.1,
+                 "run.sh to say the stack is ready")
         printed = (tmp_path / "run.out").read_text()
+        assert "1 NER workers" not in printed
         key_file = Path(env["INGEST_VAR_DIR"]) / "api_keys"
         key = key_file.read_text().strip()
         assert len(key) >= 32 and key in printed
@@ -181,6 +185,12 @@ def test_run_script_creates_a_key_prints_a_working_curl_and_ctrl_c_drains(tmp_pa
         assert proc.wait(300) == 0
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert_db_equals_recount(Path(env["INGEST_VAR_DIR"]) / "ingest.db", accepted, recount)
+        # the terminal shows the drain, and none of supervisord's alarming-looking CRIT lines
+        printed = (tmp_path / "run.out").read_text()
+        assert "run: stopping (Ctrl-C)" in printed and "run: backend: draining: queue=" in printed \
+            and "run: backend: drained: accepted=" in printed, printed
+        assert "run: supervisord: stopped: backend (exit status 0)" in printed, printed
+        assert "CRIT" not in printed and "waiting for backend to die" not in printed, printed
         supervisord_log = (Path(env["INGEST_LOG_DIR"]) / "supervisord.log").read_text()
         assert "stopped: backend (exit status 0)" in supervisord_log
         assert "stopped: frontend (exit status 0)" in supervisord_log

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
 from ..core.models import PublicationSummary
 from ..core.rules import publication_key
@@ -234,11 +234,30 @@ def page():
         more=bool(publications) and len(publications) > FIRST_PAINT_ROWS,
         poll_seconds=POLL_SECONDS,
         api_root=request.script_root,
+        viewer_token=_viewer_token(),
+        viewer_renew_url=url_for("dashboard.viewer_token"),
     )
     response = current_app.make_response(html)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["Content-Security-Policy"] = PAGE_CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _viewer_token() -> str:
+    """The page's own reads are not the crowd's: a signed token the HTTP layer's pacing lets through
+    in a line of its own (pacing.py). Empty where nothing paces reads."""
+    pacer = current_app.extensions.get("ingest.read_pacer")
+    return pacer.viewer_token(request.remote_addr or "") if pacer is not None else ""
+
+
+@bp.get("/dashboard/viewer-token")
+def viewer_token():
+    """A fresh viewer token, for a page open longer than a token lasts (dashboard.js asks at half-life)."""
+    from .pacing import VIEWER_TTL
+
+    response = jsonify(token=_viewer_token(), expires_in=VIEWER_TTL)
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -300,7 +300,7 @@ class HttpConnection:
         environ = self.environ(request, body)
         pacer = self.worker.pacer
         if pacer is not None and pacer.applies(request.headers):
-            retry_after = await pacer.admit(self.peer[0], environ["PATH_INFO"])
+            retry_after = await pacer.admit(self.peer[0], environ["PATH_INFO"], request.headers)
             if retry_after is not None:
                 await self.too_many(request, retry_after, started)
                 return True
@@ -328,7 +328,7 @@ class HttpConnection:
     async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
         """A paced request still over its limit: 429, and the connection stays open (its body is read)."""
         body = json.dumps({"error": "too_many_requests", "detail": "too many requests without an API key (over "
-                           f"{self.worker.read_rate_limit}); slow down, or send a key"}).encode()
+                           f"{getattr(retry_after, 'limit', '') or self.worker.read_rate_limit}); slow down, or send a key"}).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                    ("Retry-After", str(retry_after))]
         await self.send(h11.Response(status_code=429, headers=headers), b"" if request.method == b"HEAD" else body)

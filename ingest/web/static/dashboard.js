@@ -11,6 +11,11 @@
   var CLOUD_URL = body.dataset.wordcloudUrl;
   var POLL_MS = Math.max(1, Number(body.dataset.pollSeconds) || 3) * 1000;
   var KEY_STORAGE = "ingest.readKey";
+  // The page's own reads carry this signed token, so the server's pacing of keyless clients never
+  // puts this page behind a crowd of them (pacing.py); it lasts 10 minutes and is renewed every 4.
+  var viewerToken = body.dataset.viewerToken || "";
+  var RENEW_URL = body.dataset.viewerRenewUrl;
+  var RENEW_MS = 4 * 60 * 1000;
   var PUB_PAGE = 100;        // rows of the publications table; a page of the API, never the whole list
   var CLOUD_MIN_MS = 10000;  // while counts climb, re-render the same publication's cloud at most this often
   var fmt = new Intl.NumberFormat("en-US");
@@ -56,7 +61,17 @@
 
   function headers() {
     var key = readKey();
-    return key ? { "X-API-Key": key } : {};
+    var h = key ? { "X-API-Key": key } : {};
+    if (viewerToken) h["X-Viewer-Token"] = viewerToken;
+    return h;
+  }
+
+  function renewViewerToken() {
+    fetch(RENEW_URL, { headers: headers(), cache: "no-store" }).then(function (r) {
+      return r.ok ? r.json() : null;
+    }).then(function (data) {
+      if (data && data.token) viewerToken = data.token;
+    }).catch(function () { /* the next renewal tries again; reads go on meanwhile */ });
   }
 
   function AuthError() { this.message = "unauthorized"; }
@@ -254,11 +269,10 @@
     var img = $("wordcloud");
     var url = CLOUD_URL + "?publication=" + encodeURIComponent(pub.publication) + "&v=" + encodeURIComponent(version);
     img.alt = "Word cloud of the top entities of " + pub.publication;
-    img.dataset.version = version;
     $("cloud-note").textContent = "as of " + fmt.format(pub.articles) + " articles, " + fmt.format(pub.mentions) + " mentions";
     var key = readKey();
-    if (!key) { img.src = url; return; }
-    // An <img> cannot send a header: fetch the picture with the key and show it from a blob.
+    if (!key && !viewerToken) { img.dataset.version = version; img.src = url; return; }
+    // An <img> cannot send a header: fetch the picture with the key (or token) and show it from a blob.
     fetch(url, { headers: headers() }).then(function (r) {
       if (!r.ok) throw new Error("word cloud: HTTP " + r.status);
       return r.blob();
@@ -266,6 +280,7 @@
       if (state.cloudFor !== id) return;
       if (state.cloudObjectURL) URL.revokeObjectURL(state.cloudObjectURL);
       state.cloudObjectURL = URL.createObjectURL(blob);
+      img.dataset.version = version;  // the version on screen, once it is
       img.src = state.cloudObjectURL;
     }).catch(function (e) { state.cloudFor = state.cloudPub = null; showError(e.message); });
   }
@@ -385,5 +400,6 @@
   });
 
   readHash();
+  if (viewerToken && RENEW_URL) setInterval(renewViewerToken, RENEW_MS);
   refresh(true).then(schedule);
 })();
