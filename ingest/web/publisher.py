@@ -3,9 +3,10 @@
 It has the IngestClient's face (`put_many`, `status`), so the API answers the same: `put_many`
 returns only once Pub/Sub has acknowledged every message of the request, so a 202 means "Pub/Sub
 has it". The client library batches messages of concurrent requests into one publish call and
-bounds what is outstanding (flow control: a request waits while the bound is reached). Any
-failure to publish is `BackendUnavailable` (503 with Retry-After); no acknowledgement within the
-timeout is `OutcomeUnknown` (504): the library may still deliver the messages. Honours PUBSUB_EMULATOR_HOST.
+bounds what is outstanding (flow control: a request waits while the bound is reached). A refusal
+(no topic, no permission) is `BackendUnavailable` (503 with Retry-After); a failure that may have
+delivered a message is retried as the same message (its group id: counted once) until the
+deadline, then `OutcomeUnknown` (504), as is no acknowledgement in time. Honours PUBSUB_EMULATOR_HOST.
 One client per process, made after gunicorn's fork (gRPC does not survive a fork).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 
 from ..core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, parse_intake_url, split_messages, unique_posts
@@ -25,6 +27,23 @@ PUBLISH_TIMEOUT = 30.0       # seconds a request waits for Pub/Sub's acknowledge
 MAX_LATENCY = 0.01           # seconds a message may wait for others to share its publish call
 MAX_OUTSTANDING_MESSAGES = 1000
 MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
+
+
+class _Refused(Exception):
+    """The client library would not take the message: nothing was sent."""
+
+
+def _refusals() -> tuple:
+    """Pub/Sub's answers that mean "not published" for certain: retrying the same call cannot help."""
+    try:
+        from google.api_core import exceptions as gexc
+    except ImportError:  # pragma: no cover - google-cloud-pubsub depends on it
+        return (_Refused,)
+    return (_Refused, gexc.NotFound, gexc.PermissionDenied, gexc.Unauthenticated, gexc.InvalidArgument,
+            gexc.FailedPrecondition)
+
+
+REFUSED = _refusals()
 
 
 class PubSubPublisher:
@@ -59,29 +78,59 @@ class PubSubPublisher:
         """All the posts of a request, acknowledged by Pub/Sub: {"accepted": n, "duplicates": m}.
 
         `duplicates` counts only ids repeated inside this request; a retry of a whole request is
-        recognised by the backends' store (the same group id), so it is answered as accepted."""
+        recognised by the backends' store (the same group id), so it is answered as accepted.
+        A message whose publish failed in a way that may have delivered it (a deadline, an
+        unavailable or internal error) is published again as the same message — its group id, so a
+        backend counts it once — until the deadline; then OutcomeUnknown (504). Only when Pub/Sub
+        refused every message outright (no topic, no permission) is it BackendUnavailable (503)."""
         posts, duplicates = unique_posts([tuple(p) for p in posts])
         if any(len(p[1]) > self.max_article_chars for p in posts):
             raise TooLarge(f"an article is longer than {self.max_article_chars:,} characters")
-        try:
-            client = self.client
-            pending = [client.publish(self.url.topic_path, data, **{GROUP_ATTRIBUTE: group,
-                                                                      ARTICLES_ATTRIBUTE: str(n)})
-                       for group, data, n in split_messages(posts)]
-            done, not_done = futures.wait(pending, timeout=self.timeout)
-            if not_done:  # still being published (the library keeps trying): it may yet arrive, so not a 503
+        messages = split_messages(posts)
+        give_up = time.monotonic() + self.timeout
+        pending = {i: self._publish(m) for i, m in enumerate(messages)}
+        delivered, refused, last = set(), [], None
+        while pending:
+            done, _ = futures.wait(list(pending.values()), timeout=max(0.0, give_up - time.monotonic()),
+                                   return_when=futures.FIRST_COMPLETED)
+            if not done:  # still being published (the library keeps trying): it may yet arrive
                 self.failures += 1
                 raise OutcomeUnknown(f"Pub/Sub did not acknowledge {self.url} within {self.timeout:.0f}s; "
                                      "the messages may still be delivered")
-            for future in done:
-                future.result()
-        except OutcomeUnknown:
-            raise
-        except Exception as exc:  # no topic, no credentials, emulator down: not accepted
+            for i, future in [(i, f) for i, f in pending.items() if f in done]:
+                exc = future.exception()
+                if exc is None:
+                    delivered.add(i)
+                    del pending[i]
+                elif isinstance(exc, REFUSED):
+                    refused.append(exc)
+                    del pending[i]
+                else:  # it may have been delivered: the same message again (its group id), within the deadline
+                    last = exc
+                    if time.monotonic() >= give_up:
+                        self.failures += 1
+                        raise OutcomeUnknown(f"publishing to {self.url} failed ({type(exc).__name__}) and no retry "
+                                             f"was acknowledged within {self.timeout:.0f}s") from None
+                    log.warning("publish to %s failed (%s: %s); publishing the same message again",
+                                self.url, type(exc).__name__, exc)
+                    pending[i] = self._publish(messages[i])
+        if refused:
             self.failures += 1
-            raise BackendUnavailable(f"cannot publish to {self.url}: {type(exc).__name__}: {exc}") from None
-        self.published += len(pending)
+            if delivered or last is not None:  # some of the request is in Pub/Sub, or may be
+                raise OutcomeUnknown(f"Pub/Sub refused part of the request ({type(refused[0]).__name__}) after the "
+                                     "rest was published")
+            raise BackendUnavailable(f"cannot publish to {self.url}: {type(refused[0]).__name__}: {refused[0]}")
+        self.published += len(messages)
         return {"accepted": len(posts), "duplicates": duplicates}
+
+    def _publish(self, message: tuple) -> futures.Future:
+        group, data, n = message
+        try:
+            return self.client.publish(self.url.topic_path, data, **{GROUP_ATTRIBUTE: group, ARTICLES_ATTRIBUTE: str(n)})
+        except Exception as exc:  # the client could not even take it (made, flow control): nothing was sent
+            failed: futures.Future = futures.Future()
+            failed.set_exception(_Refused(f"{type(exc).__name__}: {exc}"))
+            return failed
 
     def put(self, publication: str, content: str, id: str | None = None) -> dict:
         return self.put_many([(publication, content, id)])
