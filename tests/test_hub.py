@@ -603,18 +603,67 @@ def test_a_group_becomes_one_batch_under_its_id_once_every_article_of_it_is_flus
     assert hub.savers_settled() and intake.journal.stats()["journal_articles"] == 0
 
 
-def test_two_groups_are_never_mixed_in_one_batch_when_each_is_committed_alone():
-    hub, intake = make_group_hub(workers=1, batch_size=8, savers=2)
-    a, b = "r" + "a" * 32, "r" + "b" * 32
-    hold(intake, a, posts(2))
-    hold(intake, b, posts(2, start=2))
-    hub.dispatch(0.0)  # one micro-batch holds both groups
+def flushed_groups(hub, intake, gids, n=2, now=0.0):
+    """Hold one message of n posts per group id, and have worker 1 process and flush them all."""
+    for i, gid in enumerate(gids):
+        hold(intake, gid, posts(n, start=i * n))
+    hub.dispatch(now)
     hub.on_worker_message(1, (wire.DONE, None))
-    hub.dispatch(0.1)
+    hub.dispatch(now + 0.01)
     answer_flush(hub, 1)
-    hub.dispatch(0.2)
-    deltas = {m[1].batch_id: m[1] for n in (2, 3) for m in hub.savers[n].conn.sent}
-    assert sorted(deltas) == [a, b] and deltas[a].articles == deltas[b].articles == 2
+
+
+def test_ready_groups_merge_into_one_batch_per_saver_per_interval_each_acknowledged_after_its_commit():
+    """Before, every message was a store batch of its own (one commit rewriting the writer's summary
+    and shards per message): 3 messages were 3 commits, within the same interval."""
+    hub, intake = make_group_hub(workers=1, batch_size=16, store_batch_interval=2.0)
+    a, b, c = "r" + "a" * 32, "r" + "b" * 32, "r" + "c" * 32
+    flushed_groups(hub, intake, [a, b])
+    hub.dispatch(0.1)
+    [(kind, delta)] = hub.savers[2].conn.sent
+    assert kind == wire.BATCH and delta.groups == (a, b) and delta.batch_id not in (a, b)
+    assert delta.articles == 4 and delta.publications["pub 0"].articles == 2, "the groups' counts are summed"
+    flushed_groups(hub, intake, [c], now=0.5)
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 3, 1), now=1.0)
+    assert sorted(intake._acks) == [f"ack-{a}", f"ack-{b}"], "both messages acknowledged once committed"
+    hub.dispatch(1.5)
+    assert len(hub.savers[2].conn.sent) == 1, "c waits for the saver's next interval"
+    hub.dispatch(2.1)
+    assert hub.savers[2].conn.sent[-1][1].batch_id == c and hub.savers[2].conn.sent[-1][1].groups == ()
+    assert intake.journal.stats()["journal_articles"] == 2
+
+
+def test_a_merged_batch_the_store_refuses_goes_again_one_group_per_batch_under_their_own_ids():
+    """Another backend committed group a (a redelivery): the store applied nothing of the merged
+    batch; a and b go again alone, and a's own marker makes its batch a no-op there."""
+    hub, intake = make_group_hub(workers=1, batch_size=16)
+    a, b = "r" + "a" * 32, "r" + "b" * 32
+    flushed_groups(hub, intake, [a, b])
+    hub.dispatch(0.1)
+    merged = hub.savers[2].conn.sent[-1][1]
+    hub.on_saver_message(2, (wire.REFUSED, merged.batch_id, [a], "groups already recorded: a"), now=0.2)
+    assert intake._acks == [] and hub.snapshot()["unsaved"] == 4
+    sent = []
+    for t in (0.3, 0.4):
+        hub.dispatch(t)
+        delta = hub.savers[2].conn.sent[-1][1]
+        sent.append((delta.batch_id, delta.groups, delta.articles))
+        hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 0 if delta.batch_id == a else 3, 1), now=t)
+    assert sent == [(a, (), 2), (b, (), 2)]
+    assert sorted(intake._acks) == [f"ack-{a}", f"ack-{b}"] and hub.savers_settled()
+    assert intake.journal.stats()["journal_articles"] == 0
+
+
+def test_a_merged_batch_too_big_for_one_commit_goes_again_one_group_per_batch_and_later_merges_are_smaller():
+    hub, intake = make_group_hub(workers=1, batch_size=32)
+    gids = [f"r{i:032x}" for i in range(8)]
+    flushed_groups(hub, intake, gids, n=1)
+    hub.dispatch(0.1)
+    merged = hub.savers[2].conn.sent[-1][1]
+    assert merged.groups == tuple(gids)
+    hub.on_saver_message(2, (wire.REFUSED, merged.batch_id, [], "needs 2 commits"), now=0.2)
+    assert hub.batcher.max_groups == 4 and len(hub.retry) == 8
+    assert [b.delta.batch_id for _, b in hub.retry] == gids
 
 
 def test_a_poisoned_article_dead_letters_its_whole_group_and_the_others_are_counted():

@@ -128,6 +128,11 @@ class IntervalBatcher:
         self.pending, self.pending_seqs = {}, []
         return batch
 
+    def refused(self, batch: Batch, recorded: list[str], record) -> list[Batch]:
+        """A store refused a batch merging several groups: what to send instead (never here: one
+        machine's batches merge no groups)."""
+        return [batch]
+
     def poisoned(self, entries: list[Entry]):
         """Articles just quarantined; returns a test for suspects to forget with them, or None."""
         return None
@@ -286,6 +291,13 @@ class Hub:
             self.counters.store_batches += 1
             self.counters.store_writes += message[2]
             self.counters.store_commits += message[3]
+        elif kind == wire.REFUSED:  # a merged batch, nothing of it applied: its groups one by one
+            self.recovering.discard(batch.delta.batch_id)
+            self.failing.pop(batch.delta.batch_id, None)
+            again = self.batcher.refused(batch, message[2], lambda b: self._durably("record_batch", b))
+            self.retry.extendleft((0.0, b) for b in reversed(again))
+            log.info("batch=%s of %d groups refused by the store (%s): sent again as %d batches",
+                     batch.delta.batch_id, len(batch.delta.groups), message[3], len(again))
         elif kind == wire.FAILED:
             self.counters.store_errors += 1
             if batch.first_failed_at is None:

@@ -12,7 +12,8 @@ machine's; what differs is chosen here, once (`build`), by job:
 - puller.py: PubSubIntake pulls, bounds what is held, extends leases, acknowledges after the
   commit, hands back what is not committed, dead-letters.
 - batching.py: GroupBatcher, the hub's batcher: each post's publication is tagged with its group,
-  so a worker's aggregates never mix two messages; one batch per complete group.
+  so a worker's aggregates never mix two messages; a saver's batch merges the complete groups
+  (one marker each, in one commit).
 """
 
 from __future__ import annotations
@@ -27,6 +28,5 @@ def build(settings, on_put):
     """(journal, intake, hub) of a Pub/Sub backend."""
     journal = scratch_journal(settings)
     intake = PubSubIntake(journal, settings, on_put=on_put)
-    hub = Hub(intake, settings.model_copy(update={"batch_interval": 0.0}), ledger=PubSubLedger(journal, intake),
-              batcher=GroupBatcher(intake))
+    hub = Hub(intake, settings, ledger=PubSubLedger(journal, intake), batcher=GroupBatcher(intake))
     return journal, intake, hub
