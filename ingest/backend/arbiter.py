@@ -5,7 +5,8 @@ handle what arrived → dispatch → kill the unresponsive → top up the childr
 status snapshot. SIGTERM/SIGINT start an orderly drain: stop accepting → workers finish the queue
 and flush → savers commit everything → exit 0. Every way out (drain, SIGQUIT, a boot error, a
 bug in the loop) goes through `finish`, and whatever is not stored by then stays in the journal,
-which the next start recovers first. Routing state lives in Hub; this module only sequences.
+which the next start recovers first (a fleet's intake hands it back to Pub/Sub instead). The mode
+is chosen once, in intakes.build; routing state lives in Hub; this module only sequences.
 """
 
 from __future__ import annotations
