@@ -347,3 +347,47 @@ def test_a_publication_past_max_shards_stops_only_itself(firestore_project, monk
     assert {p.publication: (p.articles, p.entities) for p in store.publications()} == {"Small": (1, 1), "Zed": (1, 1)}
     store.apply(delta("next", post("Big", ["a", "b"])))    # within the limit: stored
     assert counts(store, "big") == {"a": (1, 1), "b": (1, 1)}
+
+
+# -- a fleet's batches merging several Pub/Sub groups -----------------------------------------
+
+def merged(batch_id: str, groups: tuple, *posts: Aggregate) -> Delta:
+    d = Delta.of(batch_id, posts)
+    d.groups = groups
+    return d
+
+
+@firestore
+@pytest.mark.parametrize("layout", ["packed", "entities"])
+def test_a_batch_merging_groups_is_one_commit_with_a_marker_each_and_refused_whole_on_any_recorded_group(
+        firestore_project, layout):
+    """Each group counts once whether committed merged or alone, by whichever writer: its marker is
+    the one its batch of its own would create first. A merged batch needing two commits is refused
+    before any write (the backend then sends its groups one by one)."""
+    from ingest.stores.base import GroupsRefused
+
+    a = FirestoreStore(project=firestore_project, timeout=10, layout=layout, writer="w1")
+    b = FirestoreStore(project=firestore_project, timeout=10, layout=layout, writer="w2")
+    try:
+        first = merged("m1", ("g1", "g2"), post("BBC", ["uk"]), post("BBC", ["uk", "paris"]))
+        writes = a.apply(first)
+        assert a.commits == 1 and writes >= 3 + 1, "the batch's marker, a marker per group, the counts"
+        assert b.apply(delta("g2", post("BBC", ["uk", "paris"]))) == 0, "g2 alone, elsewhere: already counted"
+        with pytest.raises(GroupsRefused) as refused:
+            b.apply(merged("m2", ("g3", "g1"), post("BBC", ["uk"]), post("BBC", ["rome"])))
+        assert refused.value.groups == ["g1"]
+        assert a.apply(first) == 0, "a retry of the merged batch itself changes nothing"
+        assert b.apply(delta("g3", post("BBC", ["rome"]))) > 0
+        small = FirestoreStore(project=firestore_project, timeout=10, layout=layout, writer="w3", max_writes=4)
+        try:
+            with pytest.raises(GroupsRefused) as too_big:
+                small.apply(merged("m3", ("g4", "g5"), post("CNN", ["usa"]), post("CNN", ["texas"])))
+            assert too_big.value.groups == [] and small.commits == 0
+        finally:
+            small.close()
+        summary = a.summary("bbc")
+        assert (summary.articles, summary.mentions) == (3, 4)
+        assert {e.entity: e.mentions for e in a.entities("bbc")} == {"uk": 2, "paris": 1, "rome": 1}
+    finally:
+        a.close()
+        b.close()

@@ -162,13 +162,13 @@ def test_flushed_aggregates_are_merged_into_one_pending_delta_for_the_saver():
     hub.dispatch(0.0)
     answer_flush(hub, 1)
     answer_flush(hub, 2)
-    assert hub.pending["pub 0"].mentions["x"] == 3  # posts 0, 3, 6
+    assert hub.batcher.pending["pub 0"].mentions["x"] == 3  # posts 0, 3, 6
     hub.dispatch(0.1)
     [message] = hub.savers[3].conn.sent
     delta = message[1]
     assert message[0] == wire.BATCH and sum(a.articles for a in delta.publications.values()) == 8
     assert ledger.recorded == [delta.batch_id], "a batch is recorded before the store sees it"
-    assert hub.pending == {} and hub.snapshot()["unsaved"] == 8
+    assert hub.batcher.pending == {} and hub.snapshot()["unsaved"] == 8
 
 
 def test_a_saver_gets_a_new_batch_at_most_once_per_batch_interval_except_in_a_drain():
@@ -546,3 +546,163 @@ def test_a_failed_journal_complete_is_retried_not_left_behind():
     hub.dispatch(3.0)
     assert ledger.completed == [delta.batch_id] and hub.savers_settled()
     assert hub.snapshot(3.0)["uncompleted_batches"] == 0 and hub.counters.store_batches == 1
+
+
+# -- the fleet's batcher: one batch per message group ------------------------------------------------
+
+def make_group_hub(workers=1, savers=1, **over):
+    """A fleet backend's hub over a PubSubIntake whose subscription is never called (no threads):
+    messages are held with `hold`, acknowledgements are read from intake._acks."""
+    from ingest.backend.fleet.batching import GroupBatcher, PubSubLedger
+    from ingest.backend.fleet.puller import PubSubIntake
+
+    s = settings(workers=workers, savers=savers, intake="pubsub://p/sub", pubsub_max_messages=100,
+                 pubsub_ack_deadline=60, **over)
+    j = journal(max_articles=s.queue_size)
+    intake = PubSubIntake(j, s)
+    hub = Hub(intake, s, PubSubLedger(j, intake), batcher=GroupBatcher(intake))
+    for n in range(1, workers + 1):
+        hub.add_worker(WorkerSlot(n, FakeConn(), FakeProcess(), ready=True))
+    for n in range(workers + 1, workers + savers + 1):
+        hub.add_saver(SaverSlot(n, FakeConn(), FakeProcess(), ready=True))
+    return hub, intake
+
+
+def hold(intake, gid, posts, ack_id=None):
+    """A message pulled and journaled, as PubSubIntake._sort and _admit do it."""
+    from ingest.backend.fleet.puller import Waiting
+
+    message = SimpleNamespace(message=SimpleNamespace(attributes={"group": gid}, message_id=gid))
+    waiting = Waiting(gid, message, list(posts), [ack_id or f"ack-{gid}"])
+    intake.waiting.append(waiting)
+    intake.waiting_by_group[gid] = waiting
+    assert intake._admit()
+
+
+def test_a_group_becomes_one_batch_under_its_id_once_every_article_of_it_is_flushed():
+    hub, intake = make_group_hub(workers=2, batch_size=2)
+    gid = "r" + "a" * 32
+    hold(intake, gid, posts(3))
+    hub.dispatch(0.0)  # worker 1: posts 0, 1; worker 2: post 2
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(0.1)  # worker 1 flushes; worker 2 is still busy
+    answer_flush(hub, 1)
+    hub.dispatch(0.2)
+    assert hub.savers[3].conn.sent == [] and hub.snapshot()["unsaved"] == 2, "no batch before the whole group"
+    hub.on_worker_message(2, (wire.DONE, None))
+    hub.dispatch(0.3)
+    answer_flush(hub, 2)
+    hub.dispatch(0.4)
+    [(kind, delta)] = hub.savers[3].conn.sent
+    assert kind == wire.BATCH and delta.batch_id == gid
+    assert sorted(delta.publications) == ["pub 0", "pub 1", "pub 2"], "the group's tag is stripped"
+    assert delta.articles == 3 and delta.publications["pub 0"].name == "Pub 0"
+    assert intake._acks == []
+    hub.on_saver_message(3, (wire.SAVED, gid, 1, 1), now=0.5)
+    assert intake._acks == [f"ack-{gid}"], "acknowledged once committed"
+    assert hub.savers_settled() and intake.journal.stats()["journal_articles"] == 0
+
+
+def flushed_groups(hub, intake, gids, n=2, now=0.0):
+    """Hold one message of n posts per group id, and have worker 1 process and flush them all."""
+    for i, gid in enumerate(gids):
+        hold(intake, gid, posts(n, start=i * n))
+    hub.dispatch(now)
+    hub.on_worker_message(1, (wire.DONE, None))
+    hub.dispatch(now + 0.01)
+    answer_flush(hub, 1)
+
+
+def test_ready_groups_merge_into_one_batch_per_saver_per_interval_each_acknowledged_after_its_commit():
+    """Before, every message was a store batch of its own (one commit rewriting the writer's summary
+    and shards per message): 3 messages were 3 commits, within the same interval."""
+    hub, intake = make_group_hub(workers=1, batch_size=16, store_batch_interval=2.0)
+    a, b, c = "r" + "a" * 32, "r" + "b" * 32, "r" + "c" * 32
+    flushed_groups(hub, intake, [a, b])
+    hub.dispatch(0.1)
+    [(kind, delta)] = hub.savers[2].conn.sent
+    assert kind == wire.BATCH and delta.groups == (a, b) and delta.batch_id not in (a, b)
+    assert delta.articles == 4 and delta.publications["pub 0"].articles == 2, "the groups' counts are summed"
+    flushed_groups(hub, intake, [c], now=0.5)
+    hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 3, 1), now=1.0)
+    assert sorted(intake._acks) == [f"ack-{a}", f"ack-{b}"], "both messages acknowledged once committed"
+    hub.dispatch(1.5)
+    assert len(hub.savers[2].conn.sent) == 1, "c waits for the saver's next interval"
+    hub.dispatch(2.1)
+    assert hub.savers[2].conn.sent[-1][1].batch_id == c and hub.savers[2].conn.sent[-1][1].groups == ()
+    assert intake.journal.stats()["journal_articles"] == 2
+
+
+def test_a_merged_batch_the_store_refuses_goes_again_one_group_per_batch_under_their_own_ids():
+    """Another backend committed group a (a redelivery): the store applied nothing of the merged
+    batch; a and b go again alone, and a's own marker makes its batch a no-op there."""
+    hub, intake = make_group_hub(workers=1, batch_size=16)
+    a, b = "r" + "a" * 32, "r" + "b" * 32
+    flushed_groups(hub, intake, [a, b])
+    hub.dispatch(0.1)
+    merged = hub.savers[2].conn.sent[-1][1]
+    hub.on_saver_message(2, (wire.REFUSED, merged.batch_id, [a], "groups already recorded: a"), now=0.2)
+    assert intake._acks == [] and hub.snapshot()["unsaved"] == 4
+    sent = []
+    for t in (0.3, 0.4):
+        hub.dispatch(t)
+        delta = hub.savers[2].conn.sent[-1][1]
+        sent.append((delta.batch_id, delta.groups, delta.articles))
+        hub.on_saver_message(2, (wire.SAVED, delta.batch_id, 0 if delta.batch_id == a else 3, 1), now=t)
+    assert sent == [(a, (), 2), (b, (), 2)]
+    assert sorted(intake._acks) == [f"ack-{a}", f"ack-{b}"] and hub.savers_settled()
+    assert intake.journal.stats()["journal_articles"] == 0
+
+
+def test_a_merged_batch_too_big_for_one_commit_goes_again_one_group_per_batch_and_later_merges_are_smaller():
+    hub, intake = make_group_hub(workers=1, batch_size=32)
+    gids = [f"r{i:032x}" for i in range(8)]
+    flushed_groups(hub, intake, gids, n=1)
+    hub.dispatch(0.1)
+    merged = hub.savers[2].conn.sent[-1][1]
+    assert merged.groups == tuple(gids)
+    hub.on_saver_message(2, (wire.REFUSED, merged.batch_id, [], "needs 2 commits"), now=0.2)
+    assert hub.batcher.max_groups == 4 and len(hub.retry) == 8
+    assert [b.delta.batch_id for _, b in hub.retry] == gids
+
+
+def test_a_poisoned_article_dead_letters_its_whole_group_and_the_others_are_counted():
+    hub, intake = make_group_hub(workers=1, batch_size=4)
+    dead_letters = []
+    intake._dead_letter = lambda group, data: dead_letters.append(group.id)
+    bad, good = "r" + "b" * 32, "r" + "c" * 32
+    hold(intake, bad, posts(2))
+    hold(intake, good, posts(2, start=2))
+    hub.dispatch(0.0)
+    hub.worker_exited(1)                 # 4 in flight: each retried alone
+    assert len(hub.suspects) == 4
+    worker, t = 2, 0.1
+    hub.add_worker(WorkerSlot(worker, FakeConn(), FakeProcess(), ready=True))
+    while not dead_letters and t < 2:    # article 0 (of the bad group) kills every worker it is alone in
+        hub.dispatch(t)
+        [(kind, [(pub, text)])] = hub.workers[worker].conn.sent[-1:]
+        if text == "article 0":
+            hub.worker_exited(worker)
+            worker += 1
+            hub.add_worker(WorkerSlot(worker, FakeConn(), FakeProcess(), ready=True))
+        else:
+            hub.on_worker_message(worker, (wire.DONE, None))  # innocent: held unflushed by this worker
+        t += 0.1
+    assert dead_letters == [bad] and intake.groups.keys() == {good}
+    assert all(untag_group(e) == good for e in hub.suspects), "the dead group's other article is forgotten"
+    assert intake.journal.stats()["journal_articles"] == 2
+    for step in range(4):
+        hub.dispatch(3.0 + step)
+        slot = hub.workers[worker]
+        if slot.busy_since is not None:
+            if slot.conn.sent[-1][0] == wire.FLUSH:
+                answer_flush(hub, worker)
+            else:
+                hub.on_worker_message(worker, (wire.DONE, None))
+    [saver] = hub.savers.values()
+    [(kind, delta)] = saver.conn.sent
+    assert delta.batch_id == good and delta.articles == 2 and hub.counters.lost == 0
+
+
+def untag_group(entry):
+    return entry.publication.split("\x00")[0]

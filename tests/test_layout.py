@@ -52,3 +52,73 @@ def test_the_painter_child_imports_neither_flask_nor_the_stores():
     assert "flask" not in painter and not {m for m in painter if m.startswith(("ingest.stores", "ingest.backend"))}
     worker = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
     assert "wordcloud" not in worker and "matplotlib" not in worker
+
+
+def _backend_imports(root=None) -> dict[str, set[str]]:
+    """ingest.backend's modules and the ingest.backend modules each imports, at any depth of its
+    code (an import inside a function makes a cycle too, only a later one)."""
+    import ast
+    from pathlib import Path
+
+    import ingest.backend
+
+    root = Path(root or ingest.backend.__path__[0])
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = ("ingest", "backend", *path.relative_to(root).with_suffix("").parts)
+        package = parts[:-1]
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                module = ".".join(base + (node.module.split(".") if node.module else []))
+                found.add(module)
+                found.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import wire`
+        graph[name] = found
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_the_backend_has_no_import_cycle():
+    """Before: arbiter imported pubsub_intake (to build a fleet) and pubsub_intake the arbiter (for BootError)."""
+    graph = _backend_imports()
+    assert {"ingest.backend.errors", "ingest.backend.intakes", "ingest.backend.fleet.puller",
+            "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch"} <= set(graph)
+    assert _cycles(graph) == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(module, path):
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_a_one_machine_backend_does_not_load_the_fleet():
+    loaded = _loaded_after("import ingest.backend.arbiter, ingest.backend.intakes")
+    assert not {m for m in loaded if m.startswith("ingest.backend.fleet")}
+    assert not {m for m in loaded if m.startswith("google.cloud.pubsub")}
+
+
+def test_the_fleet_is_a_seam_not_a_fork():
+    """The fleet builds on the hub, the intake and the journal; the arbiter knows only intakes.build."""
+    graph = _backend_imports()
+    fleet = {m for m in graph if m.startswith("ingest.backend.fleet")}
+    for module in fleet:
+        assert "ingest.backend.arbiter" not in graph[module], module
+    assert not graph["ingest.backend.arbiter"] & fleet
+    assert not graph["ingest.backend.hub"] & fleet

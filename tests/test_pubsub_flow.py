@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ingest.backend.pubsub_intake import PubSubIntake, scratch_journal
+from ingest.backend.fleet.puller import PubSubIntake
+from ingest.backend.fleet.scratch import scratch_journal
 from ingest.config import BackendSettings
 from ingest.core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, encode, untag
 from tests.support import wait_for

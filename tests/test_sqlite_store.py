@@ -90,3 +90,25 @@ def test_a_commit_is_durable_before_apply_returns(tmp_path):
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     store.apply(_delta("b1", ("BBC", ["uk"])))
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # still, after a commit
+
+
+def test_a_batch_merging_groups_records_each_and_is_refused_whole_when_another_batch_has_one(tmp_path):
+    """A fleet's merged batch: one row per group in the same commit, so each group counts once
+    whether it is committed merged or alone, by whichever backend."""
+    import pytest
+
+    from ingest.stores.base import GroupsRefused
+
+    store = SqliteStore(tmp_path / "s.db")
+    merged = _delta("m1", ("BBC", ["uk"]), ("BBC", ["uk"]))
+    merged.groups = ("g1", "g2")
+    assert store.apply(merged) == 5  # 3 markers, the publication, one entity
+    assert store.apply(_delta("g1", ("BBC", ["uk"]))) == 0, "g1 alone (a redelivery elsewhere): already counted"
+    again = _delta("m2", ("BBC", ["uk"]), ("BBC", ["paris"]))
+    again.groups = ("g3", "g2")
+    with pytest.raises(GroupsRefused) as refused:
+        store.apply(again)
+    assert refused.value.groups == ["g2"]
+    assert store.apply(merged) == 0, "a retry of the merged batch itself changes nothing"
+    assert store.apply(_delta("g3", ("BBC", ["paris"]))) > 0
+    assert [(p.articles, p.mentions) for p in store.publications()] == [(3, 3)]

@@ -5,7 +5,8 @@ handle what arrived → dispatch → kill the unresponsive → top up the childr
 status snapshot. SIGTERM/SIGINT start an orderly drain: stop accepting → workers finish the queue
 and flush → savers commit everything → exit 0. Every way out (drain, SIGQUIT, a boot error, a
 bug in the loop) goes through `finish`, and whatever is not stored by then stays in the journal,
-which the next start recovers first. Routing state lives in Hub; this module only sequences.
+which the next start recovers first (a fleet's intake hands it back to Pub/Sub instead). The mode
+is chosen once, in intakes.build; routing state lives in Hub; this module only sequences.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import time
 from multiprocessing.connection import wait
 
 from ..core.storeurl import store_identity
-from . import wire
+from . import intakes, wire
 from .child import child_main
-from .hub import Batch, Hub, SaverSlot, WorkerSlot
-from .intake import Intake
+from .errors import BootError
+from .hub import SaverSlot, WorkerSlot
 from .manager import serve
 from .journal import Journal, JournalError
 from .saver import Saver
@@ -40,10 +41,6 @@ SAVER_RESPAWN_DELAY = 5.0  # a saver that cannot reopen the store mid-run is ret
 HOUSEKEEPING_EVERY = 1.0   # seconds between journal look-ups (oldest article, requeued quarantine)
 
 
-class BootError(Exception):
-    """A child cannot start: stop everything instead of respawning it in a tight loop."""
-
-
 class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
@@ -54,19 +51,7 @@ class Arbiter:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.fleet = bool(getattr(settings, "intake", None))  # --intake pubsub://...: fed by Pub/Sub
-        if self.fleet:
-            from .pubsub_intake import build
-
-            self.journal, self.intake, self.hub = build(settings, on_put=self.wake)
-        else:
-            self.journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
-                                              max_bytes=settings.journal_size, retention=settings.dedup_retention,
-                                              max_quarantine=getattr(settings, "quarantine_size", 1000),
-                                              max_client_id_bytes=getattr(settings, "client_ids_size", 2 * 1024**3))
-            self.intake = Intake(self.journal, settings.queue_size, on_put=self.wake,
-                                 max_article_chars=getattr(settings, "max_article_chars", 200_000))
-            self.hub = Hub(self.intake, settings, ledger=self.journal)
+        self.journal, self.intake, self.hub = intakes.build(settings, on_put=self.wake, journal=journal)
         self.saver_ever_ready = False
         self.saver_respawn_at = 0.0
         self.next_housekeeping = 0.0
@@ -126,8 +111,7 @@ class Arbiter:
             self.publish()
             serve(self.intake, self.settings.manager_address, self.authkey)  # an address in use fails here
             self.spawn_missing()
-            if self.fleet:
-                self.intake.start()  # pull only once the children are on their way
+            self.intake.start()  # a fleet pulls only once the children are on their way
             log.info("ingestiond started: workers=%d savers=%d store=%s queue=%d cache=%d flush=%.1fs",
                      self.settings.workers, self.settings.savers, _safe_store(self.settings.store_url),
                      self.settings.queue_size, self.settings.cache_size, self.settings.flush_interval)
@@ -328,14 +312,9 @@ class Arbiter:
         self.intake.stop_accepting()
         self.stop_all_now()
         s = self.hub.snapshot(time.monotonic())
-        left = self.journal.stats()["journal_articles"]
-        if self.fleet:  # what is not committed goes back to Pub/Sub, not to a next start
-            left = self.intake.close()
+        left = self.intake.close()  # it says where what is left waits (the journal, or back in Pub/Sub)
         self.journal.close()
         if left:
-            if not self.fleet:  # (a fleet backend's intake said where its articles went)
-                log.warning("%d accepted articles are not stored yet; they stay in the journal %s and are "
-                            "counted at the next start", left, self.settings.journal_path)
             return code or EXIT_UNFINISHED
         log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d lost=%d — exiting",
                  self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"], s["lost"])
@@ -346,14 +325,7 @@ class Arbiter:
         """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
         self.journal.claim(store_identity(self.settings.store_url))
         found = self.journal.recover()
-        now, wall = time.monotonic(), time.time()
-        for batch_id, delta, seqs in found.batches:  # its age on the hub's clock: the marker window counts
-            recorded_at = now - max(0.0, wall - found.recorded.get(batch_id, wall))
-            self.hub.retry.append((0.0, Batch(delta, seqs, recorded_at=recorded_at)))
-            self.hub.recovering.add(batch_id)
-        self.hub.suspects.extend(e for e in found.entries if e.kills)
-        self.intake.push_back(e for e in found.entries if not e.kills)
-        self.hub.quarantined_now = found.quarantined
+        self.hub.recover(found, time.monotonic(), time.time())
         if found.batches or found.entries:
             log.warning("recovering from the journal: %d recorded batches (%d articles) to commit again, "
                         "then %d accepted articles", len(found.batches), sum(len(b[2]) for b in found.batches),

@@ -3,8 +3,8 @@
 The arbiter's loop feeds it events (a child answered, a child exited, time passed) and asks it to
 dispatch; it never blocks and never reads a clock of its own (`now` is passed in), so it is tested
 without processes. It sends only to idle children (see wire.py). Everything accepted is always in
-exactly one place: the intake, the suspects, a worker's unflushed set, the pending delta, a
-saver's batch, the retry list or the quarantine — so a death or a shutdown knows what to give back.
+exactly one place: the intake, the suspects, a worker's unflushed set, the batcher (flushed, not
+yet a batch), a saver's batch, the retry list or the quarantine — so a death or a shutdown knows what to give back.
 Each of those states is mirrored in the journal (the `ledger`), which a restart recovers.
 """
 
@@ -102,16 +102,57 @@ class NullLedger:
     def suspect(self, entries: list) -> None: ...
 
 
+class IntervalBatcher:
+    """One machine's batches: every flush merges into one pending delta, and a saver's next batch
+    takes all of it under a fresh id (the batch interval paces how often a saver takes one).
+
+    A batcher is the hub's policy for turning workers' flushes into store batches: `add` a flush,
+    `take` the next new batch (recorded through `record` before any store sees it), `poisoned`
+    for articles just quarantined, and the counts `unsaved` (articles flushed, not yet in a
+    batch) and `empty`. A fleet's batcher is fleet.batching.GroupBatcher."""
+
+    def __init__(self):
+        self.pending: dict[str, Aggregate] = {}
+        self.pending_seqs: list[int] = []
+
+    def add(self, flushed: list[Aggregate], entries: list[Entry]) -> None:
+        merge(self.pending, flushed)
+        self.pending_seqs.extend(e.seq for e in entries)
+
+    def take(self, now: float, record) -> Batch | None:
+        if not self.pending:
+            return None
+        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, recorded_at=now)
+        if not record(batch):  # recorded before the store sees it: a crash replays this id
+            return None  # kept pending; tried again on the next pass
+        self.pending, self.pending_seqs = {}, []
+        return batch
+
+    def refused(self, batch: Batch, recorded: list[str], record) -> list[Batch]:
+        """A store refused a batch merging several groups: what to send instead (never here: one
+        machine's batches merge no groups)."""
+        return [batch]
+
+    def poisoned(self, entries: list[Entry]):
+        """Articles just quarantined; returns a test for suspects to forget with them, or None."""
+        return None
+
+    def unsaved(self) -> int:
+        return len(self.pending_seqs)
+
+    def empty(self) -> bool:
+        return not self.pending
+
+
 class Hub:
-    def __init__(self, intake: Intake, settings, ledger=None):
+    def __init__(self, intake: Intake, settings, ledger=None, batcher=None):
         self.intake = intake
         self.settings = settings
         self.ledger = ledger or NullLedger()
+        self.batcher = batcher or IntervalBatcher()
         self.workers: dict[int, WorkerSlot] = {}
         self.savers: dict[int, SaverSlot] = {}
         self.suspects: collections.deque[Entry] = collections.deque()
-        self.pending: dict[str, Aggregate] = {}
-        self.pending_seqs: list[int] = []
         self.retry: collections.deque[tuple[float, Batch]] = collections.deque()
         self.given_up: list[Batch] = []  # failed during a drain: left in the journal for the next start
         self.stuck: list[Batch] = []     # failed past the marker window: never sent again; an operator decides
@@ -124,6 +165,17 @@ class Hub:
         self.store_down_since: float | None = None  # a saver cannot reopen the store (no batch involved)
         self.draining = False
         self.counters = Counters()
+
+    def recover(self, found, now: float, wall: float) -> None:
+        """What the journal held at start (journal.Recovered): recorded batches go to the store again
+        first (same ids; their age on the hub's clock, for the marker window), then the articles."""
+        for batch_id, delta, seqs in found.batches:
+            recorded_at = now - max(0.0, wall - found.recorded.get(batch_id, wall))
+            self.retry.append((0.0, Batch(delta, seqs, recorded_at=recorded_at)))
+            self.recovering.add(batch_id)
+        self.suspects.extend(e for e in found.entries if e.kills)
+        self.intake.push_back(e for e in found.entries if not e.kills)
+        self.quarantined_now = found.quarantined
 
     # -- children come and go ------------------------------------------------
     def add_worker(self, slot: WorkerSlot) -> None:
@@ -172,6 +224,9 @@ class Hub:
             self.counters.quarantined_total += len(poison)
             log.error("worker %d died processing post seq=%s alone a second time: quarantined (kept; see "
                       "`ingestiond quarantine list`)", number, ",".join(str(e.seq) for e in poison))
+            forget = self.batcher.poisoned(poison)
+            if forget is not None:
+                self.suspects = collections.deque(e for e in self.suspects if not forget(e))
 
     def unquarantine(self, n: int) -> None:
         self.quarantined_now = max(0, self.quarantined_now - n)
@@ -210,8 +265,7 @@ class Hub:
             self.take_flush(slot, message[1])
 
     def take_flush(self, slot: WorkerSlot, flushed: list[Aggregate]) -> None:
-        merge(self.pending, flushed)
-        self.pending_seqs.extend(e.seq for e in slot.unflushed)
+        self.batcher.add(flushed, slot.unflushed)
         self.counters.processed += len(slot.unflushed)
         self.counters.flushes += 1
         slot.unflushed = []
@@ -237,6 +291,13 @@ class Hub:
             self.counters.store_batches += 1
             self.counters.store_writes += message[2]
             self.counters.store_commits += message[3]
+        elif kind == wire.REFUSED:  # a merged batch, nothing of it applied: its groups one by one
+            self.recovering.discard(batch.delta.batch_id)
+            self.failing.pop(batch.delta.batch_id, None)
+            again = self.batcher.refused(batch, message[2], lambda b: self._durably("record_batch", b))
+            self.retry.extendleft((0.0, b) for b in reversed(again))
+            log.info("batch=%s of %d groups refused by the store (%s): sent again as %d batches",
+                     batch.delta.batch_id, len(batch.delta.groups), message[3], len(again))
         elif kind == wire.FAILED:
             self.counters.store_errors += 1
             if batch.first_failed_at is None:
@@ -361,13 +422,7 @@ class Hub:
             if not self.past_marker_window(batch, now):
                 return batch
             self.park_stuck(batch, now)
-        if not self.pending:
-            return None
-        batch = Batch(Delta(uuid.uuid4().hex, self.pending), self.pending_seqs, recorded_at=now)
-        if not self._durably("record_batch", batch):  # recorded before the store sees it: a crash replays this id
-            return None  # kept pending; tried again on the next pass
-        self.pending, self.pending_seqs = {}, []
-        return batch
+        return self.batcher.take(now, lambda batch: self._durably("record_batch", batch))
 
     # -- drain ------------------------------------------------------------------
     def workers_settled(self) -> bool:
@@ -377,7 +432,7 @@ class Hub:
 
     def savers_settled(self) -> bool:
         """Nothing left to send (a stuck batch waits for an operator, in the journal) or to complete."""
-        return not self.pending and not self.retry and not self.uncompleted \
+        return self.batcher.empty() and not self.retry and not self.uncompleted \
             and all(s.batch is None for s in self.savers.values())
 
     def stop_idle(self, slots: dict, now: float) -> None:
@@ -396,7 +451,7 @@ class Hub:
         snap.update({
             "in_flight": sum(held.values()) + len(self.suspects),
             "in_flight_by_worker": held,
-            "unsaved": len(self.pending_seqs) + in_saver + sum(b.articles for _, b in self.retry)
+            "unsaved": self.batcher.unsaved() + in_saver + sum(b.articles for _, b in self.retry)
                        + sum(b.articles for b in self.given_up) + sum(b.articles for b in self.stuck),
             "quarantined": self.quarantined_now,
             "store_failing_seconds": round(now - self.store_failing_since, 1) if self.store_failing_since is not None else 0.0,

@@ -164,6 +164,18 @@ class Intake:
         """A request is being written: the drain waits for it, so its 202 is processed now."""
         return self._appending > 0
 
+    def start(self) -> None:
+        """Nothing to start: the manager server (started by the arbiter) calls put_many."""
+
+    def close(self) -> int:
+        """The last step of every exit: the accepted articles not stored stay in the journal for the
+        next start. Returns how many."""
+        left = self.journal.stats()["journal_articles"]
+        if left:
+            log.warning("%d accepted articles are not stored yet; they stay in the journal %s and are "
+                        "counted at the next start", left, self.journal.path)
+        return left
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -212,6 +212,30 @@ class Journal:
         self._conn.execute("INSERT INTO meta VALUES ('store', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            (store,))
 
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str, *, replace: bool = True) -> None:
+        """Record a fact about this journal (`replace=False`: only if it has none for `key`)."""
+        self._conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO "
+                           + ("UPDATE SET value = excluded.value" if replace else "NOTHING"), (key, value))
+
+    @staticmethod
+    def peek_meta(path: Path, key: str) -> str | None:
+        """A journal file's fact, read without opening (or locking) it as a Journal; None if unreadable."""
+        if not Path(path).exists():
+            return None
+        try:
+            conn = sqlite3.connect(path, timeout=5)  # not read-only: a WAL left by a SIGKILL is read too
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
+
     def writer_id(self) -> str:
         """A name for this backend that outlives restarts: its documents in Firestore's packed layout."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()
@@ -511,6 +535,25 @@ class Journal:
             moved = conn.execute("UPDATE articles SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
             conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
         return moved
+
+    # -- an operator's decisions on the quarantine (`ingestiond quarantine`, running or not) -----------
+    @staticmethod
+    def quarantined_rows(conn: sqlite3.Connection, columns: str, seqs: list[int] | None = None) -> list[tuple]:
+        """The quarantined articles (those of `seqs` only, if given), by seq."""
+        query = f"SELECT {columns} FROM articles LEFT JOIN texts USING (seq) WHERE quarantined_at IS NOT NULL"
+        if seqs:
+            return conn.execute(query + f" AND seq IN ({','.join('?' * len(seqs))}) ORDER BY seq", seqs).fetchall()
+        return conn.execute(query + " ORDER BY seq").fetchall()
+
+    @staticmethod
+    def retry_quarantined(conn: sqlite3.Connection, seqs: list[int]) -> None:
+        """Send them back to the workers: a running backend takes them (`requeued`) within a second."""
+        conn.executemany("UPDATE articles SET quarantined_at = NULL, kills = 0, requeued = 1 WHERE seq = ?",
+                         [(s,) for s in seqs])
+
+    @staticmethod
+    def drop_quarantined(conn: sqlite3.Connection, seqs: list[int]) -> None:
+        conn.executemany("DELETE FROM articles WHERE seq = ? AND quarantined_at IS NOT NULL", [(s,) for s in seqs])
 
     def suspect(self, entries: list) -> None:
         with _transaction(self._conn):

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..config import BackendSettings, ConfigError
+from .journal import Journal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +53,8 @@ def main(argv: list[str]) -> int:
 
 
 def _rows(conn, args, columns: str):
-    query = f"SELECT {columns} FROM articles LEFT JOIN texts USING (seq) WHERE quarantined_at IS NOT NULL"
-    if getattr(args, "seqs", None) and not getattr(args, "all", False):
-        query += f" AND seq IN ({','.join('?' * len(args.seqs))})"
-        return conn.execute(query + " ORDER BY seq", args.seqs).fetchall()
-    return conn.execute(query + " ORDER BY seq").fetchall()
+    seqs = None if getattr(args, "all", False) else getattr(args, "seqs", None)
+    return Journal.quarantined_rows(conn, columns, seqs)
 
 
 def show(conn, args) -> int:
@@ -76,14 +74,14 @@ def show(conn, args) -> int:
 
 def retry(conn, args) -> int:
     seqs = [r[0] for r in _rows(conn, args, "seq")]
-    conn.executemany("UPDATE articles SET quarantined_at = NULL, kills = 0, requeued = 1 WHERE seq = ?", [(s,) for s in seqs])
+    Journal.retry_quarantined(conn, seqs)
     print(f"{len(seqs)} sent back to the workers (a running backend takes them within a second)", file=sys.stderr)
     return 0 if seqs or args.all else 1
 
 
 def drop(conn, args) -> int:
     seqs = [r[0] for r in _rows(conn, args, "seq")]
-    conn.executemany("DELETE FROM articles WHERE seq = ? AND quarantined_at IS NOT NULL", [(s,) for s in seqs])
+    Journal.drop_quarantined(conn, seqs)
     print(f"{len(seqs)} dropped for good", file=sys.stderr)
     return 0 if seqs or args.all else 1
 

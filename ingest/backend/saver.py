@@ -12,6 +12,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from ..core.models import Delta
 from ..stores import PermanentStoreError, StoreError, open_store
+from ..stores.base import GroupsRefused
 from ..stores.lease import LeaseHeld, LeaseLost
 from . import wire
 from .child import BootFailure, Child
@@ -85,6 +86,9 @@ class Saver(Child):
             writes = self.write(delta)
         except LeaseLost:
             raise
+        except GroupsRefused as exc:  # nothing applied: the hub sends the groups one by one
+            log.info("%s: batch=%s of %d groups refused: %s", self.name, delta.batch_id, len(delta.groups), exc)
+            return (wire.REFUSED, delta.batch_id, exc.groups, str(exc))
         except (RetryError, StoreError, PermanentStoreError) as exc:
             reason = str(exc.last_attempt.exception()) if isinstance(exc, RetryError) else str(exc)
             log.error("%s: batch=%s articles=%d not stored: %s", self.name, delta.batch_id, delta.articles, reason)

@@ -17,6 +17,8 @@ BOOT_ERROR = "boot_error"  # (BOOT_ERROR, message)
 DONE = "done"              # worker: (DONE, [Aggregate, ...] or None)
 SAVED = "saved"            # saver: (SAVED, batch_id, writes, commits)
 FAILED = "failed"          # saver: (FAILED, batch_id, reason)
+REFUSED = "refused"        # saver: (REFUSED, batch_id, [group ids recorded already], reason): a merged batch
+                           # was not applied, nothing of it; send its groups one by one
 FATAL = "fatal"            # saver: (FATAL, message): another live process holds our writer name; stop (exit 3)
 
 EXIT_BOOT_ERROR = 3  # a child that cannot boot (model missing, store unreachable): stop, do not respawn

@@ -113,11 +113,15 @@ class Delta:
     """What a saver writes in one batch: increments for several publications.
 
     `batch_id` is recorded in the same commit as the increments, so a retry of a batch that was
-    in fact applied changes nothing.
+    in fact applied changes nothing. `groups` (a fleet's batch merging several Pub/Sub messages):
+    their ids too, each recorded as if it were a batch of its own, all in one commit; a store
+    refuses the whole batch (GroupsRefused) if any of them is recorded already or it needs more
+    than one commit, and the backend then sends each group as a batch of its own.
     """
 
     batch_id: str
     publications: dict = field(default_factory=dict)  # key -> Aggregate
+    groups: tuple = ()
 
     @classmethod
     def of(cls, batch_id: str, aggregates: Iterable[Aggregate]) -> "Delta":

@@ -15,6 +15,16 @@ class PermanentStoreError(Exception):
     """A store failure that a retry cannot fix (bad configuration, invalid data)."""
 
 
+class GroupsRefused(Exception):
+    """A batch merging several groups (Delta.groups) was not applied, nothing of it: `groups` are
+    recorded already (by another batch, or a part of one); none when it needs more than one commit.
+    Sent again one group per batch, each group's own marker decides."""
+
+    def __init__(self, groups=(), why: str = ""):
+        self.groups = list(groups)
+        super().__init__(why or f"groups already recorded: {', '.join(self.groups)}")
+
+
 @runtime_checkable
 class Store(Protocol):
     def apply(self, delta: Delta) -> int:

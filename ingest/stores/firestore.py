@@ -27,7 +27,7 @@ from typing import Union
 
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, doc_id, publication_key
-from .base import PermanentStoreError, StoreError
+from .base import GroupsRefused, PermanentStoreError, StoreError
 
 log = logging.getLogger("ingest.store.firestore")
 
@@ -90,8 +90,37 @@ def plan_chunks(delta: Delta, max_writes: int = MAX_WRITES) -> list[Chunk]:
         writes.extend(EntityWrite(post.key, e, post.mentions[e], post.entity_articles[e]) for e in sorted(post.mentions))
     size = max_writes - 1
     base = marker_base(delta.batch_id)
+    if delta.groups and len(writes) > size - len(delta.groups):  # a merged batch is one commit or none
+        raise GroupsRefused((), f"a batch of {len(delta.groups)} groups needs {len(writes) + 1 + len(delta.groups)} "
+                                f"writes, more than one commit")
     return [Chunk(i, f"{base}-{i}", tuple(writes[start:start + size]))
             for i, start in enumerate(range(0, len(writes), size))]
+
+
+def group_marker_id(group: str) -> str:
+    """A merged group's marker: the id its first marker would have in a batch of its own."""
+    return f"{marker_base(group)}-0"
+
+
+def create_group_markers(db, batch, delta: Delta, expires_at) -> list[str]:
+    """The `create`s of a merged batch's group markers (in its one commit); their paths."""
+    paths = []
+    for group in delta.groups:
+        ref = db.collection(MARKERS).document(group_marker_id(group))
+        batch.create(ref, {"batch_id": delta.batch_id, "group": group, "chunk": 0, "chunks": 1, "expires_at": expires_at})
+        paths.append(ref.path)
+    return paths
+
+
+def recorded_groups(db, delta: Delta, retry, timeout) -> list[str]:
+    """The groups of a merged batch whose marker exists (another batch recorded them)."""
+    refs = [db.collection(MARKERS).document(group_marker_id(g)) for g in delta.groups]
+    groups = {ref.path: g for ref, g in zip(refs, delta.groups)}
+    return sorted(groups[s.reference.path] for s in db.get_all(refs, retry=retry, timeout=timeout) if s.exists)
+
+
+class AppliedElsewhere(Exception):
+    """A group's first marker was created by a merged batch: the group was applied whole, in that commit."""
 
 
 def _errors():
@@ -264,12 +293,16 @@ class FirestoreStore:
         with self._translated(f"batch={delta.batch_id}"):
             new_names = self._unnamed_publications(delta)
             total = 0
-            for chunk in chunks:
-                total += self._commit_chunk(delta.batch_id, chunk, len(chunks), new_names)
+            try:
+                for chunk in chunks:
+                    total += self._commit_chunk(delta.batch_id, chunk, len(chunks), new_names, delta)
+            except AppliedElsewhere:
+                log.info("batch=%s was applied whole by a batch merging it; skipped", delta.batch_id)
             self._named.update(new_names)
         return total
 
-    def _commit_chunk(self, batch_id: str, chunk: Chunk, chunks: int, new_names: set[str] = frozenset()) -> int:
+    def _commit_chunk(self, batch_id: str, chunk: Chunk, chunks: int, new_names: set[str] = frozenset(),
+                      delta: Delta | None = None) -> int:
         from google.api_core.exceptions import AlreadyExists
         from google.cloud import firestore
 
@@ -277,10 +310,13 @@ class FirestoreStore:
         batch = db.batch()
         marker = db.collection(MARKERS).document(chunk.marker_id)
         written = [marker.path]
+        expires_at = datetime.now(timezone.utc) + self.marker_ttl
         batch.create(marker, {
             "batch_id": batch_id, "chunk": chunk.index, "chunks": chunks, "writes": len(chunk.writes),
-            "expires_at": datetime.now(timezone.utc) + self.marker_ttl,
+            "expires_at": expires_at,
         })
+        if delta is not None and delta.groups:
+            written += create_group_markers(db, batch, delta, expires_at)
         for w in chunk.writes:
             pub = db.collection(PUBLICATIONS).document(doc_id(w.pub_key if isinstance(w, EntityWrite) else w.key))
             if isinstance(w, PublicationWrite):
@@ -297,11 +333,20 @@ class FirestoreStore:
         try:
             batch.commit(retry=None, timeout=self.timeout)
         except AlreadyExists:  # the marker exists; never Conflict: Aborted is a Conflict too, and transient
+            if chunk.index == 0:
+                snap = marker.get(retry=self.read_retry, timeout=self.timeout)
+                if delta is not None and delta.groups and not snap.exists:
+                    taken = recorded_groups(db, delta, self.read_retry, self.timeout)
+                    if taken:
+                        raise GroupsRefused(taken) from None
+                    raise StoreError(f"firestore batch={batch_id}: AlreadyExists, but no marker of it") from None
+                if snap.exists and (snap.to_dict() or {}).get("batch_id", batch_id) != batch_id:
+                    raise AppliedElsewhere() from None
             log.info("batch=%s chunk=%d/%d already applied; skipped", batch_id, chunk.index + 1, chunks)
             return 0
         self.commits += 1
         self.log_commit(written)
-        return len(chunk.writes) + 1
+        return len(written)
 
     def _unnamed_publications(self, delta: Delta) -> set[str]:
         """Keys whose doc has no display name yet, so the first spelling stored wins (one read per key per process)."""

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import doc_id, publication_key
-from .base import PermanentStoreError, StoreError
+from .base import GroupsRefused, PermanentStoreError, StoreError
 
 log = logging.getLogger("ingest.store.firestore.packed")
 
@@ -122,16 +122,18 @@ def units(delta: Delta, skip=()) -> list[Part]:
     return out
 
 
-def pack(parts: list[Part], cost, max_writes: int) -> list[int]:
+def pack(parts: list[Part], cost, max_writes: int, first_extra: int = 0) -> list[int]:
     """Where the commits start in `parts`: as few as fit `max_writes` documents (the marker
-    included) and COMMIT_BYTES each; cost(part) -> (documents, bytes)."""
+    included, and `first_extra` more in the first: a merged batch's group markers) and
+    COMMIT_BYTES each; cost(part) -> (documents, bytes)."""
     starts, docs, size = [0], 0, 0
-    room = max_writes - 1
+    room = max_writes - 1 - first_extra
     for i, part in enumerate(parts):
         d, b = cost(part)
         if i > starts[-1] and (docs + d > room or size + b > COMMIT_BYTES):
             starts.append(i)
             docs = size = 0
+            room = max_writes - 1
         docs += d
         size += b
     return starts
@@ -286,18 +288,23 @@ class PackedLayout:
         no longer fits 500 writes (the shards changed since it was planned) is split (`finish`).
         A publication that would pass MAX_SHARDS is left out (recorded in marker 0) and reported
         with PublicationRefused once every other publication of the batch is stored."""
-        from .firestore import marker_base
+        from .firestore import AppliedElsewhere, marker_base
 
         with self.store._translated(f"batch={delta.batch_id}"):
             for key in sorted(delta.publications):
                 self.load(key)
             refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
             parts = units(delta, skip=refused)
-            starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes)
+            starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes, len(delta.groups))
+            if delta.groups and (len(starts) > 1 or refused):  # a merged batch is one whole commit or none
+                raise GroupsRefused((), f"a batch of {len(delta.groups)} groups needs {len(starts)} commits"
+                                        + (f" and leaves out {refused}" if refused else ""))
             chunks = chunks_at(parts, starts, delta.batch_id, marker_base)
 
             def recorded(record):  # the first commit was applied before: its plan, its refusals
                 nonlocal chunks, refused
+                if record.get("batch_id", delta.batch_id) != delta.batch_id:  # a group, merged in another batch
+                    raise AppliedElsewhere()
                 refused = sorted(record.get("refused") or [])
                 parts = units(delta, skip=refused)
                 starts = record.get("plan")
@@ -307,10 +314,14 @@ class PackedLayout:
                 return chunks[0]
 
             total = 0
-            if chunks:
-                total = self.finish(delta, chunks[0], len(chunks), plan=starts, refused=refused, recorded=recorded)
-            for chunk in chunks[1:]:
-                total += self.finish(delta, chunk, len(chunks))
+            try:
+                if chunks:
+                    total = self.finish(delta, chunks[0], len(chunks), plan=starts, refused=refused, recorded=recorded)
+                for chunk in chunks[1:]:
+                    total += self.finish(delta, chunk, len(chunks))
+            except AppliedElsewhere:
+                log.info("batch=%s was applied whole by a batch merging it; skipped", delta.batch_id)
+                return 0
         if refused:
             raise PublicationRefused(refused, total, delta.batch_id)
         return total
@@ -326,6 +337,8 @@ class PackedLayout:
             try:
                 return self.commit(delta, chunk, chunks, plan=plan, refused=refused, quiet=True)
             except TooManyWrites as exc:
+                if delta.groups:  # never split: the backend sends its groups one by one
+                    raise GroupsRefused((), f"a batch of {len(delta.groups)} groups: {exc}") from None
                 split = pack(list(chunk.parts), worst, max_writes)
                 if len(split) == 1:  # one part alone: only with max_writes < 2 + MAX_SHARDS
                     raise PermanentStoreError(f"firestore packed layout: {exc}") from None
@@ -402,6 +415,10 @@ class PackedLayout:
                 record["split"] = split
             batch.create(marker, record)
             written, summaries = [marker.path], {}
+            if delta.groups:  # a merged batch: one commit (apply), its groups' markers in it
+                from .firestore import create_group_markers
+
+                written += create_group_markers(db, batch, delta, record["expires_at"])
             for key in keys:
                 parts = [p for p in chunk.parts if p.key == key]
                 for path, is_summary in self.stage(batch, key, delta.publications[key], parts, owned[key]):
@@ -416,6 +433,12 @@ class PackedLayout:
             self.forget(keys)
             snap = db.collection("ingest_batches").document(chunk.marker_id).get(
                 retry=self.store.read_retry, timeout=self.store.timeout)
+            if not snap.exists and delta.groups:
+                from .firestore import recorded_groups
+
+                taken = recorded_groups(db, delta, self.store.read_retry, self.store.timeout)
+                if taken:  # another batch recorded some of our groups: nothing of ours was applied
+                    raise GroupsRefused(taken) from None
             if not snap.exists:  # not applied: a summary we meant to create exists (a second live process
                 # under this writer name, or a create whose outcome we never learnt); never "skipped"
                 raise StoreError(f"firestore batch={delta.batch_id} chunk={chunk.index + 1}/{chunks}: a summary of "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, publication_key
-from .base import StoreError
+from .base import GroupsRefused, StoreError
 from .lease import Holder, Lease, LeaseHeld, current_holder, holder_is_dead, refusal
 
 log = logging.getLogger("ingest.store.sqlite")
@@ -87,13 +87,22 @@ class SqliteStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            now = time.time()
             try:
-                conn.execute("INSERT INTO applied_batches VALUES (?, ?)", (delta.batch_id, time.time()))
+                conn.execute("INSERT INTO applied_batches VALUES (?, ?)", (delta.batch_id, now))
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
                 log.info("batch=%s already applied; skipped", delta.batch_id)
                 return 0
-            writes = 1
+            if delta.groups:  # one row per merged group, as if each were a batch: all or none
+                marks = ",".join("?" * len(delta.groups))
+                taken = [g for (g,) in conn.execute(f"SELECT batch_id FROM applied_batches WHERE batch_id IN ({marks})",
+                                                    list(delta.groups))]
+                if taken:
+                    conn.execute("ROLLBACK")
+                    raise GroupsRefused(taken)
+                conn.executemany("INSERT INTO applied_batches VALUES (?, ?)", [(g, now) for g in delta.groups])
+            writes = 1 + len(delta.groups)
             for post in delta.publications.values():
                 conn.execute(
                     "INSERT INTO publications (key, name, articles, mentions) VALUES (?, ?, ?, ?) "

@@ -1,46 +1,28 @@
-"""`ingestiond --intake pubsub://PROJECT/SUBSCRIPTION`: a backend of a fleet, fed by Google Pub/Sub.
+"""The fleet backend's intake: Pub/Sub messages pulled, held, leased, acknowledged, dead-lettered.
 
-The design (docs/pubsub.md): a Pub/Sub message is the articles of one accepted request, with a
-group id. The group id becomes the id of the one store batch that counts those articles, so the
-store's batch marker — created in the same commit as the counts — is what makes a redelivered
-message count once, whichever backend gets it and whenever. A message is acknowledged only after
-that commit; until then its lease is extended. So:
-
-- Pub/Sub, not the journal, is the durable intake here. The journal is a scratch file (no fsync,
-  emptied at every start) that keeps the article text on disk rather than in memory; a message
-  whose batch is not committed when a backend dies is simply delivered again, to any backend.
-- Workers are unchanged: each post's publication is tagged with its group (`GROUP\\x00name`), so a
-  worker's per-publication aggregates never mix two messages; the hub (GroupedHub) untags them and
-  makes one batch per group once all of the group's articles are flushed.
-- Flow control: at most --pubsub-max-messages messages are held (pulled, not yet acknowledged);
-  the rest of a backlog waits in Pub/Sub. Their text waits in the scratch journal on disk.
-- A message one of whose articles kills workers twice is published to the dead-letter topic
-  (`?dead_letter=TOPIC`) and acknowledged; without one it is handed back (nack), and the
-  subscription's dead-letter policy moves it after its maximum delivery attempts.
-- SIGTERM: stop pulling, finish and commit what is held, acknowledge, exit 0. Whatever is not
-  committed at the end is handed back to Pub/Sub at once (nack).
+PubSubIntake is an Intake (the arbiter drives it the same way): one thread pulls while the bounds
+leave room (at most --pubsub-max-messages messages, the article bound, the scratch journal's
+bytes; the rest of a backlog waits in Pub/Sub), journals each message's articles with their
+publication tagged by its group (`GROUP\\x00name`) and queues them for the workers. Another thread
+extends the leases of what is held, acknowledges a message once the hub reports its group
+committed (`committed`), hands back what is not committed at the end (`close`), and publishes a
+message one of whose articles killed workers twice (`kill`) to the dead-letter topic
+(`?dead_letter=TOPIC`; without one it is handed back, and the subscription's own policy moves it).
 """
 
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
-import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag,
-                              untag)
-from ..core.models import Aggregate, Delta, merge
-from ..core.protocol import QueueFull
-from ..core.rules import publication_key
-from .hub import MAX_KILLS, Batch, Hub
-from .intake import Intake
-from .journal import Entry, Journal
+from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag, untag
+from ...core.protocol import QueueFull
+from ..errors import BootError
+from ..intake import Intake
+from ..journal import Entry, Journal
 
 log = logging.getLogger("ingest.pubsub")
 
@@ -79,73 +61,6 @@ class Waiting:
     @property
     def articles(self) -> int:
         return len(self.posts)
-
-
-def scratch_journal(settings) -> Journal:
-    """This backend's scratch journal, emptied first: what it held is still in Pub/Sub, unacknowledged."""
-    base = settings.journal_path
-    path = base.with_name(base.stem + "-pubsub" + (base.suffix or ".db"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another backend on it: leave it, Journal() says so
-        writer = _kept_writer(path)
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-    except BlockingIOError:
-        pass
-    finally:
-        os.close(fd)
-    # the intake bounds the articles it holds (PubSubIntake._admit); the journal only its bytes
-    journal = Journal(path, max_articles=2**62, max_bytes=settings.journal_size,
-                      retention=settings.dedup_retention, sync=False)
-    if writer:  # the packed layout's documents of this backend stay its own across restarts
-        journal._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
-    return journal
-
-
-def _kept_writer(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(path, timeout=5)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
-
-
-def build(settings, on_put):
-    """(journal, intake, hub) of a Pub/Sub backend, for the arbiter."""
-    journal = scratch_journal(settings)
-    intake = PubSubIntake(journal, settings, on_put=on_put)
-    hub = GroupedHub(intake, settings.model_copy(update={"batch_interval": 0.0}), ledger=PubSubLedger(journal, intake))
-    return journal, intake, hub
-
-
-class PubSubLedger:
-    """The journal as the hub's ledger, plus: a committed batch acknowledges its message."""
-
-    def __init__(self, journal: Journal, intake: "PubSubIntake"):
-        self.journal = journal
-        self.intake = intake
-
-    def record_batch(self, batch: Batch) -> None:
-        self.journal.record_batch(batch)
-
-    def complete(self, batch: Batch) -> None:
-        self.journal.complete(batch)
-        self.intake.committed(batch.delta.batch_id)
-
-    def quarantine(self, entries: list) -> None:
-        self.journal.quarantine(entries)
-
-    def suspect(self, entries: list) -> None:
-        self.journal.suspect(entries)
 
 
 class PubSubIntake(Intake):
@@ -190,8 +105,6 @@ class PubSubIntake(Intake):
         try:
             self.subscriber.get_subscription(request={"subscription": self.url.subscription_path}, timeout=30)
         except Exception as exc:  # no such subscription, no permission, nothing listening: a boot error
-            from .arbiter import BootError
-
             raise BootError(f"cannot read the subscription {self.url.subscription_path}: {type(exc).__name__}: "
                             f"{exc}") from None
         self._puller = threading.Thread(target=self._pull_loop, name="pubsub-pull", daemon=True)
@@ -507,73 +420,3 @@ class PubSubIntake(Intake):
             status[f"pubsub_{name}"] = self.counts[name]
         status["intake"] = str(self.url)
         return status
-
-
-class GroupedHub(Hub):
-    """The hub of a fleet backend: one store batch per message group, its id the group id."""
-
-    def __init__(self, intake: PubSubIntake, settings, ledger=None):
-        super().__init__(intake, settings, ledger=ledger)
-        self.ready: collections.deque[str] = collections.deque()  # complete groups waiting for a saver
-
-    def take_flush(self, slot, flushed: list[Aggregate]) -> None:
-        groups = self.intake.groups
-        for agg in flushed:
-            gid, rest = untag(agg.key)
-            group = groups.get(gid)
-            if group is not None and not group.dead:
-                name = untag(agg.name)[1]
-                merge(group.aggregates, [Aggregate(publication_key(rest), name, agg.articles, agg.mentions,
-                                                   agg.entity_articles)])
-        per_group = collections.Counter(untag(e.publication)[0] for e in slot.unflushed)
-        for gid, n in per_group.items():
-            group = groups.get(gid)
-            if group is None or group.dead:
-                continue
-            group.flushed += n
-            if group.flushed >= group.total and not group.batched:
-                self.ready.append(gid)
-        self.counters.processed += len(slot.unflushed)
-        self.counters.flushes += 1
-        slot.unflushed = []
-        slot.unflushed_since = None
-
-    def next_batch(self, now: float) -> Batch | None:
-        if self.retry and (self.retry[0][0] <= now or self.draining):
-            return self.retry.popleft()[1]
-        while self.ready:
-            gid = self.ready.popleft()
-            group = self.intake.groups.get(gid)
-            if group is None or group.dead or group.batched:
-                continue
-            batch = Batch(Delta(gid, group.aggregates), list(group.seqs))
-            if not self._durably("record_batch", batch):
-                self.ready.appendleft(gid)
-                return None
-            group.batched = True
-            return batch
-        return None
-
-    def blame(self, number: int, entries: list[Entry]) -> None:
-        super().blame(number, entries)
-        for gid in {untag(e.publication)[0] for e in entries if e.kills >= MAX_KILLS}:
-            self.kill_group(gid)
-
-    def kill_group(self, gid: str) -> None:
-        group = self.intake.groups.get(gid)
-        if group is None or group.batched:
-            return
-        group.dead = True
-        self.suspects = collections.deque(e for e in self.suspects if untag(e.publication)[0] != gid)
-        texts = self.intake.journal.contents(group.seqs)
-        posts = [(pub, texts[seq], None) for seq, pub in zip(group.seqs, group.publications) if seq in texts]
-        self.intake.kill(group, posts)
-
-    def savers_settled(self) -> bool:
-        return not self.ready and not self.retry and all(s.batch is None for s in self.savers.values())
-
-    def snapshot(self, now: float = 0.0) -> dict:
-        snap = super().snapshot(now)
-        waiting = sum(g.flushed for g in list(self.intake.groups.values()) if not g.batched and not g.dead)
-        snap["unsaved"] += waiting
-        return snap
