@@ -35,15 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def find_journal(given: str | None, prog: str) -> Path | None:
+    """The journal an operator's command works on (--journal, else the backend's setting), or None
+    after saying why there is none."""
+    try:
+        path = Path(given) if given else BackendSettings().journal_path
+    except (ConfigError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    if not path.exists():
+        print(f"{prog}: no journal at {path} (set --journal or INGEST_VAR_DIR)", file=sys.stderr)
+        return None
+    return path
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        path = Path(args.journal) if args.journal else BackendSettings().journal_path
-    except (ConfigError, ValueError) as exc:
-        print(f"ingestiond journal: error: {exc}", file=sys.stderr)
-        return 2
-    if not path.exists():
-        print(f"ingestiond journal: no journal at {path} (set --journal or INGEST_VAR_DIR)", file=sys.stderr)
+    path = find_journal(args.journal, "ingestiond journal")
+    if path is None:
         return 2
     if args.action == "list":
         return show(path, args)

@@ -13,10 +13,9 @@ import datetime
 import json
 import sqlite3
 import sys
-from pathlib import Path
 
-from ..config import BackendSettings, ConfigError
 from .journal import Journal
+from .journal_cmd import find_journal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        path = Path(args.journal) if args.journal else BackendSettings().journal_path
-    except (ConfigError, ValueError) as exc:
-        print(f"ingestiond quarantine: error: {exc}", file=sys.stderr)
-        return 2
-    if not path.exists():
-        print(f"ingestiond quarantine: no journal at {path} (set --journal or INGEST_VAR_DIR)", file=sys.stderr)
+    path = find_journal(args.journal, "ingestiond quarantine")
+    if path is None:
         return 2
     if args.action != "list" and not args.seqs and not args.all:
         print(f"ingestiond quarantine {args.action}: name the SEQs (see `list`) or give --all", file=sys.stderr)
