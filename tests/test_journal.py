@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ingest.backend.hub import Batch
-from ingest.backend.journal import Journal, JournalError
+from ingest.backend.journal import Journal, JournalError, _Request
 from ingest.core.models import Aggregate, Delta
 from ingest.core.protocol import QueueFull
 
@@ -440,5 +440,28 @@ def test_a_journal_of_the_previous_version_keeps_every_text_when_opened(path):
         assert j.stats()["journal_articles"] == 2 and j.stats()["journal_bytes"] == 44
         j.discard([2])
         assert j.contents([1, 2]) == {1: "Angela Merkel in Berlin."}, "a deleted article takes its text along"
+    finally:
+        j.close()
+
+
+def test_a_request_the_journal_cannot_keep_fails_alone_and_the_writer_goes_on(path):
+    """A lone surrogate reached the journal from a fleet's message once: sqlite3 raised inside the
+    group commit, the writer thread died holding the write lock and every later put hung. Now that
+    request alone is refused (the others of its group commit are kept) and the writer goes on."""
+    j = open_journal(path)
+    try:
+        good, bad = _Request([("BBC", "Angela Merkel in Berlin.", None)]), _Request([("BBC", "Ada \ud800", None)])
+        with j._cond:  # one group commit for both, as concurrent puts share one
+            j._requests.extend([good, bad])
+            j._cond.notify()
+        assert good.done.wait(30) and bad.done.wait(30)
+        assert good.error is None and good.result["accepted"] == 1
+        assert isinstance(bad.error, ValueError) and not isinstance(bad.error, QueueFull)
+        with pytest.raises(ValueError):
+            j.append([("BBC", "x \udfff", None)])
+        assert j.append([("BBC", "Olaf Scholz in Bonn.", None)])["accepted"] == 1
+        assert j._writer.is_alive()
+        assert j.stats()["journal_articles"] == 2
+        assert sorted(j.contents([1, 2, 3]).values()) == ["Angela Merkel in Berlin.", "Olaf Scholz in Bonn."]
     finally:
         j.close()

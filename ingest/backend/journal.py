@@ -309,21 +309,32 @@ class Journal:
                 articles, size, seq = self.articles, self.bytes, self._next_seq
             start_articles, start_size = articles, size
             for request in requests:
+                ids_before = list(self._staged_ids)
+                conn.execute("SAVEPOINT request")
                 try:
                     request.result, added, seq = self._stage(conn, request.posts, articles, size, seq, request.token)
-                except QueueFull as exc:
+                except (QueueFull, ValueError, TypeError, UnicodeError) as exc:  # this request alone fails
+                    conn.execute("ROLLBACK TO request")
+                    conn.execute("RELEASE request")
+                    self._staged_ids = ids_before
+                    if not isinstance(exc, QueueFull):
+                        log.error("journal: a request could not be written and was refused: %s: %s",
+                                  type(exc).__name__, exc)
+                        exc = ValueError(f"the journal cannot keep this request: {type(exc).__name__}")
                     request.error = exc
                     continue
+                conn.execute("RELEASE request")
                 staged.append(request)
                 articles += added[0]
                 size += added[1]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the disk, or anything else: nothing of this commit is kept; the writer goes on
             self._staged_ids = [0, 0]
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = QueueFull(_describe_disk_error(exc))
-            log.error("journal write failed: %s", exc)
+            error = QueueFull(_describe_disk_error(exc)) if isinstance(exc, sqlite3.Error) else \
+                QueueFull(f"the journal cannot be written ({type(exc).__name__}); retry later")
+            log.error("journal write failed: %s: %s", type(exc).__name__, exc)
             for request in requests:
                 request.error = request.error or error
             for request in requests:
