@@ -316,8 +316,8 @@ class Arbiter:
         self.journal.close()
         if left:
             return code or EXIT_UNFINISHED
-        log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d lost=%d — exiting",
-                 self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"], s["lost"])
+        log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d — exiting",
+                 self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"])
         return code
 
     # -- recovery ---------------------------------------------------------------------

@@ -79,7 +79,6 @@ class Counters:
     store_writes: int = 0
     store_commits: int = 0
     store_errors: int = 0
-    lost: int = 0
     redelivered: int = 0
     suspects: int = 0
     quarantined_total: int = 0
