@@ -60,6 +60,17 @@ def test_a_request_over_the_message_limit_is_split_and_garbage_is_refused():
     assert intakeurl.untag(publication_key(tagged)) == ("r" + "0" * 32, " the planet")
 
 
+def test_a_request_with_ids_resent_in_another_order_splits_into_the_same_messages():
+    import random
+
+    posts = [(f"Outlet {i % 3}", "word " * 300, f"https://example.test/{i}") for i in range(40)]
+    shuffled = posts[:]
+    random.Random(7).shuffle(shuffled)
+    first, again = intakeurl.split_messages(posts, limit=20_000), intakeurl.split_messages(shuffled, limit=20_000)
+    assert len(first) > 1
+    assert [(g, n) for g, _, n in first] == [(g, n) for g, _, n in again]  # the same groups: counted once
+
+
 @pytest.mark.parametrize("post, why", [
     (["The Planet", "Ada \\ud800 Lovelace", None], "unicode"),                 # a lone surrogate: no store keeps it
     (["The Planet", "Ada", "id-\\udfff"], "unicode"),

@@ -113,12 +113,20 @@ def encode(posts: list[tuple]) -> bytes:
 
 
 def split_messages(posts: list[tuple], limit: int = MESSAGE_BYTES) -> list[tuple[str, bytes, int]]:
-    """[(group id, data, articles)]: one message per request unless it is over `limit` bytes."""
+    """[(group id, data, articles)]: one message per request unless it is over `limit` bytes. A
+    request whose every post has an id is split in the order of its (publication key, id) pairs, so
+    a resend in any order splits the same way and each part has the same group id as before."""
+    if posts and all(len(p) > 2 and p[2] is not None for p in posts):
+        posts = sorted(posts, key=lambda p: (publication_key(p[0]), p[2]))
+    return _split(posts, limit)
+
+
+def _split(posts: list[tuple], limit: int) -> list[tuple[str, bytes, int]]:
     data = encode(posts)
     if len(data) <= limit or len(posts) == 1:
         return [(group_id(posts), data, len(posts))]
     half = len(posts) // 2
-    return split_messages(posts[:half], limit) + split_messages(posts[half:], limit)
+    return _split(posts[:half], limit) + _split(posts[half:], limit)
 
 
 def decode(data: bytes, max_article_chars: int | None = None) -> list[tuple[str, str, str | None]]:
