@@ -540,3 +540,50 @@ def test_a_standalone_frontend_stops_cleanly_20_times_under_load(tmp_path, backe
         log = front.log()
         assert code == 0, log
         assert "Traceback" not in log and "SIGKILL" not in log and "WORKER TIMEOUT" not in log, log
+
+
+def _unread_bytes_at(port: int) -> int:
+    """Bytes received and not yet read on established TCP connections to local `port` (/proc/net/tcp*)."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                total += int(queues.split(":")[1], 16)
+    return total
+
+
+@pytest.mark.slow
+def test_healthz_answers_while_every_app_thread_waits_on_a_stopped_backend(tmp_path):
+    """An autohealing probe must not fail because the writes wait: one app thread, held by a POST to
+    a backend that stopped answering (SIGSTOP) — /healthz is answered meanwhile, by the HTTP layer."""
+    import threading
+
+    backend = start_backend(tmp_path, "--workers", "1")
+    frontend = start_frontend(tmp_path, backend.env, env={"INGEST_FRONTEND_THREADS": "1",
+                                                          "INGEST_REQUEST_DEADLINE": "15"})
+    answers: list = []
+    try:
+        with httpx.Client(base_url=frontend.url, headers={"X-API-Key": frontend.api_key}, timeout=60) as http:
+            assert http.post("/post/enqueue", json={"publication": "P", "content": "Ada Lovelace."}).status_code == 202
+            os.kill(backend.proc.pid, signal.SIGSTOP)
+            writer = threading.Thread(target=lambda: answers.append(
+                http.post("/post/enqueue", json={"publication": "P", "content": "Charles Babbage."}).status_code))
+            writer.start()
+            # the put's bytes wait in the stopped backend's socket: the only app thread is in its call now
+            wait_for(lambda: _unread_bytes_at(backend.address[1]) > 0, 30, what="the put to reach the stopped backend")
+            probe = httpx.get(frontend.url + "/healthz", timeout=10)
+            assert probe.status_code == 200 and probe.json() == {"status": "ok"}
+            assert writer.is_alive(), "the probe was answered while the write still held the only app thread"
+            os.kill(backend.proc.pid, signal.SIGCONT)
+            writer.join(60)
+        assert answers and answers[0] in (202, 504)
+    finally:
+        os.kill(backend.proc.pid, signal.SIGCONT)
+        frontend.stop()
+        assert backend.stop() == 0, backend.log()[-2000:]

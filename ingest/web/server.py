@@ -51,6 +51,9 @@ REASONS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large", 41
            431: "headers_too_large", 501: "not_implemented", 503: "overloaded", 505: "http_version_not_supported"}
 
 
+HEALTHY = json.dumps({"status": "ok"}).encode() + b"\n"
+
+
 def error_body(status: int, detail: str) -> bytes:
     return json.dumps({"error": REASONS.get(status, f"http_{status}"), "detail": detail}).encode()
 
@@ -305,6 +308,9 @@ class HttpConnection:
                 await self.too_many(request, retry_after, started)
                 return True
             environ[PACED] = True
+        if environ["PATH_INFO"] == "/healthz" and request.method in (b"GET", b"HEAD"):
+            await self.alive(request, started)  # from the loop: a probe never waits behind app threads
+            return True
         try:
             status, headers, payload = await asyncio.get_running_loop().run_in_executor(
                 self.worker.pool, self.worker.call_app, environ)
@@ -324,6 +330,15 @@ class HttpConnection:
                         b"" if request.method == b"HEAD" else payload)
         self.log_access(request, code, len(payload), started)
         return not close
+
+    async def alive(self, request: h11.Request, started: float) -> None:
+        """`/healthz`: this worker's loop is up. Answered here, not by the app: an autohealing probe
+        must not fail because every app thread waits on a slow backend or publish (30 s each)."""
+        payload = HEALTHY
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                   ("Cache-Control", "no-store")]
+        await self.send(h11.Response(status_code=200, headers=headers), b"" if request.method == b"HEAD" else payload)
+        self.log_access(request, 200, len(payload), started)
 
     async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
         """A paced request still over its limit: 429, and the connection stays open (its body is read)."""
