@@ -40,10 +40,20 @@ class Streamer(threading.Thread):
         self.retries = 0
         self.acked_at_kills: list[int] = []  # how far the stream was when each kill landed
         self.stop = threading.Event()
+        self.gate = threading.Condition()
+        self.limit = len(posts)
+
+    def allow(self, n: int) -> None:
+        """Post no further than the first `n` articles until allowed more (so a kill lands mid-stream)."""
+        with self.gate:
+            self.limit = n
+            self.gate.notify_all()
 
     def run(self):
         client = IngestClient(self.address, self.authkey)
-        for post in self.posts:
+        for i, post in enumerate(self.posts):
+            with self.gate:
+                self.gate.wait_for(lambda: i < self.limit or self.stop.is_set())
             while not self.stop.is_set():
                 try:
                     answer = client.put_many([post])
@@ -71,17 +81,20 @@ def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     try:
         for _ in range(kills):
-            target = min(len(posts), len(streamer.acked) + rng.randint(5, 40))
+            target = min(len(posts) - 80, len(streamer.acked) + rng.randint(5, 40))
+            streamer.allow(min(len(posts) - 1, target + 60))  # the stream goes on, but cannot finish before the kill
             wait_for(lambda: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
             time.sleep(rng.uniform(0, 1.5))  # anywhere: mid-NER, mid-flush, mid-commit, idle
             kill_backend_group(backend)
             streamer.acked_at_kills.append(len(streamer.acked))
             backend = start()
+        streamer.allow(len(posts))
         streamer.join(300)
         assert not streamer.is_alive(), "the stream did not finish"
         backend.wait_idle(180)
     finally:
         streamer.stop.set()
+        streamer.allow(0)  # wakes it, to stop
         code = backend.stop()
     assert code == 0, backend.log()
     assert len(streamer.acked) == len(posts)
