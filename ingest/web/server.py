@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h11
 from gunicorn.workers.base import Worker
 
+from .auth import key_matches
 from .pacing import PACED
 
 log = logging.getLogger("ingest.web.server")
@@ -47,10 +48,11 @@ LINGER_SECONDS = 5.0           # after a refusal: how long the rest of a request
 LINGER_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = int(os.environ.get("INGEST_FRONTEND_CONNECTIONS", "1000"))  # per worker
 
-REASONS = {400: "bad_request", 408: "request_timeout", 413: "body_too_large", 414: "request_line_too_long",
+REASONS = {400: "bad_request", 401: "unauthorized", 408: "request_timeout", 413: "body_too_large", 414: "request_line_too_long",
            431: "headers_too_large", 501: "not_implemented", 503: "overloaded", 505: "http_version_not_supported"}
 
 
+WRITE_TARGETS = (b"/post/enqueue", b"/posts")
 HEALTHY = json.dumps({"status": "ok"}).encode() + b"\n"
 
 
@@ -268,6 +270,10 @@ class HttpConnection:
         length = _header(request, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self.refuse(413, f"request body of {int(length)} bytes is over the limit of {limit}")
+            return None
+        if self.conn.they_are_waiting_for_100_continue and not self.worker.may_write(request):
+            # its headers do not pass: no 100, so the client sends no body for nothing
+            await self.refuse(401, "missing or invalid API key: send it in the X-API-Key header")
             return None
         check = ChunkCheck() if _header(request, b"transfer-encoding") is not None else None
         if check is not None:
@@ -502,10 +508,19 @@ class BufferingWorker(Worker):
         self.alive = False
         self.quick = True
 
+    def may_write(self, request: h11.Request) -> bool:
+        """False for a write that presents no valid write key (checked before its body is read when
+        the client waits for `100 Continue`; the app checks every write again)."""
+        if request.method != b"POST" or request.target.split(b"?", 1)[0] not in WRITE_TARGETS:
+            return True
+        presented = [(_header(request, name) or "") for name in (b"x-api-key", b"access_token", b"access-token")]
+        return bool(self.write_keys) and key_matches(presented, self.write_keys)
+
     def run(self):
         extensions = getattr(self.wsgi, "extensions", {})
         self.pacer = extensions.get("ingest.read_pacer")
         settings = extensions.get("ingest.settings")
+        self.write_keys = settings.api_keys if settings is not None else ()
         self.read_rate_limit = "" if settings is None else " or ".join(
             f"{limit} {scope}" for limit, scope in ((settings.read_rate_limit, "per address"),
                                                     (settings.anon_rate_limit, "in all"),
