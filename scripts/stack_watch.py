@@ -89,7 +89,9 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGUSR1, on_stop)
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is run.sh's to handle; we follow with SIGUSR1
+    # Ctrl-C reaches the whole foreground group, this process too: it means the same as run.sh's
+    # SIGUSR1 (which covers a SIGTERM or SIGHUP sent to run.sh alone); run.sh does the stopping
+    signal.signal(signal.SIGINT, on_stop)
     supervisord = Follow(os.path.join(log_dir, "supervisord.log"))
     backend = Follow(os.path.join(log_dir, "backend.log"))
     is_ready = announced_stop = False

@@ -52,13 +52,14 @@ def load(*args: str, api_key: str | None, env: dict | None = None, timeout: floa
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def interrupted_load(*args: str, api_key: str, when) -> tuple[int, str]:
-    """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true."""
+def interrupted_load(*args: str, api_key: str, when, interrupted=lambda: None) -> tuple[int, str]:
+    """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true; then `interrupted()`."""
     proc = subprocess.Popen([str(BIN / "ingest-load"), *args], env=_env(api_key, None), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(when, 60, 0.05, "the load to get going")
         proc.send_signal(signal.SIGINT)
+        interrupted()
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -250,13 +251,16 @@ def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_
             return False
         return status["rejected_full"] > refused[0]  # full after the stop, and nothing takes from it now
 
+    def resume() -> None:  # the interrupted load still waits for what it sent to be processed
+        for child in stopped:
+            child.send_signal(signal.SIGCONT)
+
     try:
         status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
                                        "--max-retries", "1000000", "--max-retry-time", "3600",
-                                       api_key=stack.api_key, when=three_in_and_children_stopped)
+                                       api_key=stack.api_key, when=three_in_and_children_stopped, interrupted=resume)
     finally:
-        for child in stopped:
-            child.send_signal(signal.SIGCONT)
+        resume()
     assert status == 130, out
     report = json.loads(report_path.read_text())
     assert report["stopped"] == "interrupted" and "stopped: interrupted" in out
