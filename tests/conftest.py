@@ -1,9 +1,18 @@
 import os
+import signal
 
 import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy/spaCy load in this process
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Tests send Ctrl-C (SIGINT) to programs they start: ingest-load, run.sh's shell. A test run started
+# as a background job inherits SIGINT *ignored*, and an ignored signal stays ignored across exec:
+# Python then installs no KeyboardInterrupt and bash cannot trap INT, so the interrupt did nothing
+# (a clean-clone run in the background saw `ingest-load` finish with 0 instead of 130). A handler
+# (not SIG_IGN) here makes every child start with the default disposition, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Google's Firestore emulator, started once per session (skips loudly without Java or the jar)
 from tests.firestore_emulator import firestore_emulator, firestore_project  # noqa: E402,F401

@@ -55,7 +55,8 @@ def load(*args: str, api_key: str | None, env: dict | None = None, timeout: floa
 def interrupted_load(*args: str, api_key: str, when, interrupted=lambda: None) -> tuple[int, str]:
     """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true; then `interrupted()`."""
     proc = subprocess.Popen([str(BIN / "ingest-load"), *args], env=_env(api_key, None), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         wait_for(when, 60, 0.05, "the load to get going")
         proc.send_signal(signal.SIGINT)

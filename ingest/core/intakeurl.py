@@ -114,9 +114,9 @@ def encode(posts: list[tuple]) -> bytes:
 
 def split_messages(posts: list[tuple], limit: int = MESSAGE_BYTES) -> list[tuple[str, bytes, int]]:
     """[(group id, data, articles)]: one message per request unless it is over `limit` bytes. A
-    request whose every post has an id is split in the order of its (publication key, id) pairs, so
-    a resend in any order splits the same way and each part has the same group id as before."""
-    if posts and all(len(p) > 2 and p[2] is not None for p in posts):
+    request to split whose every post has an id is split in the order of its (publication key, id)
+    pairs, so a resend in any order splits the same way and each part has the same group id."""
+    if len(encode(posts)) > limit and all(len(p) > 2 and p[2] is not None for p in posts):
         posts = sorted(posts, key=lambda p: (publication_key(p[0]), p[2]))
     return _split(posts, limit)
 
