@@ -127,12 +127,8 @@ def test_a_commit_that_applied_chunk_0_then_died_is_finished_once(firestore_proj
 
 
 @firestore
-def test_a_batch_that_died_after_its_first_commit_is_finished_with_the_plan_in_that_commits_marker(
-        firestore_project, monkeypatch):
-    """The plan depends on what the writer knew, so it rides in the first commit's marker; a retry in
-    a fresh process (which knows more: the first commit is stored) follows it."""
-    writer = packed(firestore_project)
-    d = delta("died", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 4 x (1 summary + 1 shard)
+def apply_dying_after_its_first_commit(monkeypatch, writer, d) -> None:
+    """writer.apply(d) in a process that dies (SystemExit) right after the batch's first commit."""
     from ingest.stores.firestore_packed import PackedLayout
 
     real, calls = PackedLayout.commit, []
@@ -143,11 +139,21 @@ def test_a_batch_that_died_after_its_first_commit_is_finished_with_the_plan_in_t
         calls.append(1)
         return real(self, *args, **kw)
 
-    monkeypatch.setattr(writer, "max_writes", 5)  # two publications per commit
     monkeypatch.setattr(PackedLayout, "commit", dies_after_one)
     with pytest.raises(SystemExit):
         writer.apply(d)
     monkeypatch.setattr(PackedLayout, "commit", real)
+
+
+def test_a_batch_that_died_after_its_first_commit_is_finished_with_the_plan_in_that_commits_marker(
+        firestore_project, monkeypatch):
+    """The plan depends on what the writer knew, so it rides in the first commit's marker; a retry in
+    a fresh process (which knows more: the first commit is stored) follows it."""
+    writer = packed(firestore_project)
+    d = delta("died", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 4 x (1 summary + 1 shard)
+
+    monkeypatch.setattr(writer, "max_writes", 5)  # two publications per commit
+    apply_dying_after_its_first_commit(monkeypatch, writer, d)
     retry = packed(firestore_project, max_writes=5)
     from google.cloud import firestore as gfs
 
@@ -300,24 +306,12 @@ def test_a_replay_whose_shards_changed_stays_within_the_commit_limit(firestore_p
     """Commit 1 was planned to fit 5 writes; before the replay another batch spread its entities over
     more shards, so the recorded commit now needs 7. The replay splits it (before: 'a commit of 7
     writes' forever, with commit 0 applied) and counts everything once."""
-    from ingest.stores.firestore_packed import PackedLayout
 
     monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 2)
     commit_limit["n"] = 5
     d = delta("spread", post("A", ["x1", "x2", "x3"]), post("P", ["p1", "p2"]), post("Q", ["q1", "q2"]))
     writer = packed(firestore_project, max_writes=5)
-    real, calls = PackedLayout.commit, []
-
-    def dies_after_one(self, *args, **kw):
-        if calls:
-            raise SystemExit("killed")
-        calls.append(1)
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(PackedLayout, "commit", dies_after_one)
-    with pytest.raises(SystemExit):
-        writer.apply(d)
-    monkeypatch.setattr(PackedLayout, "commit", real)
+    apply_dying_after_its_first_commit(monkeypatch, writer, d)
     from google.cloud import firestore as gfs
 
     assert gfs.Client(project=firestore_project).collection("ingest_batches").document("spread-0").get().get(

@@ -145,6 +145,13 @@ def _errors():
     return gexc, transient, permanent_auth
 
 
+def new_client(project, database):
+    """A Firestore client for `project` (and a named `database`, if any); made per process."""
+    from google.cloud import firestore
+
+    return firestore.Client(project=project, **({"database": database} if database else {}))
+
+
 class FirestoreStore:
     """Store interface on Cloud Firestore. The client is made lazily, in the process that uses it."""
 
@@ -175,13 +182,8 @@ class FirestoreStore:
     @property
     def client(self):
         if self._client is None or self._pid != os.getpid():
-            from google.cloud import firestore
-
-            kwargs = {"project": self.project}
-            if self.database:
-                kwargs["database"] = self.database
             try:
-                self._client = firestore.Client(**kwargs)
+                self._client = new_client(self.project, self.database)
             except Exception as exc:  # no credentials / no project: configuration, not a blip
                 raise PermanentStoreError(
                     f"firestore: cannot create a client (project={self.project or 'default'}): {exc}. "
@@ -490,12 +492,7 @@ class FirestoreLeases:
     @property
     def db(self):
         if self._client is None or self._pid != os.getpid():
-            from google.cloud import firestore
-
-            kwargs = {"project": self.project}
-            if self.database:
-                kwargs["database"] = self.database
-            self._client, self._pid = firestore.Client(**kwargs), os.getpid()
+            self._client, self._pid = new_client(self.project, self.database), os.getpid()
         return self._client
 
     def ref(self, writer: str):
