@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
-from ..core.models import Post
+from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
@@ -185,11 +185,9 @@ def _validate(item, where: str) -> Post:
     if len(post.content) > limit:
         raise ApiError(413, "article_too_large", f"{where}: content is {len(post.content):,} characters; "
                                                  f"the limit is {limit:,} (INGEST_MAX_ARTICLE_CHARS)")
-    for field in ("publication", "content"):
-        try:
-            getattr(post, field).encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes: no store can keep them
-            raise ApiError(400, "invalid_post", f"{where}: {field} holds an unpaired surrogate escape") from None
+    problem = unstorable(post)  # lone surrogates from \ud800-style escapes: no store can keep them
+    if problem:
+        raise ApiError(400, "invalid_post", f"{where}: {problem}")
     return post
 
 
