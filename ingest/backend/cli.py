@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from .journal_cmd import main as journal_main
 
         return journal_main(argv[1:])
+    if argv[:1] == ["dead-letters"]:
+        from .fleet.deadletters import main as dead_letters_main
+
+        return dead_letters_main(argv[1:])
     try:
         settings = load_backend_settings(argv)
         authkey = ensure_authkey(settings)

@@ -23,6 +23,7 @@ from ...core.protocol import QueueFull
 from ..errors import BootError
 from ..intake import Intake
 from ..journal import Entry, Journal
+from .deadletters import DeadLetterCount
 
 log = logging.getLogger("ingest.pubsub")
 
@@ -89,6 +90,7 @@ class PubSubIntake(Intake):
         self._puller: threading.Thread | None = None
         self._acker: threading.Thread | None = None
         self.counts = collections.Counter()        # pulled, acked, nacked, redelivered, dead_lettered, errors
+        self.dead_letters = DeadLetterCount(self.url)  # the dead-letter backlog, counted every 60 s
         self._last_error_log = 0.0
 
     # -- the Google clients, made in this process --------------------------------------
@@ -111,6 +113,7 @@ class PubSubIntake(Intake):
         self._acker = threading.Thread(target=self._ack_loop, name="pubsub-ack", daemon=True)
         self._puller.start()
         self._acker.start()
+        self.dead_letters.start(self.subscriber)
         log.info("pulling from %s: at most %d messages held, leases of %ds", self.url.subscription_path,
                  self.max_messages, self.deadline)
 
@@ -394,6 +397,7 @@ class PubSubIntake(Intake):
             self.waiting.clear()
             self.waiting_by_group.clear()
         self._nack(unfinished)
+        self.dead_letters.stop()
         if self._acker is not None:
             self._closing.set()
             self._wake_acker.set()
@@ -418,5 +422,6 @@ class PubSubIntake(Intake):
             status["pubsub_waiting_messages"] = len(self.waiting)
         for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
             status[f"pubsub_{name}"] = self.counts[name]
+        status.update(self.dead_letters.status())
         status["intake"] = str(self.url)
         return status
