@@ -21,8 +21,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, IntakeURL, IntakeURLError, decode, is_group, \
-    parse_intake_url
+from ...core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, IntakeURL, IntakeURLError, decode, is_group,
+                               parse_intake_url)
 
 log = logging.getLogger("ingest.pubsub")
 
@@ -69,7 +69,7 @@ class Letter:
     publications: list = field(default_factory=list)
 
     @classmethod
-    def of(cls, received) -> "Letter":
+    def of(cls, received) -> Letter:
         m = received.message
         stamp = m.publish_time.isoformat(timespec="seconds") if m.publish_time else ""
         letter = cls(m.message_id, [received.ack_id], bytes(m.data), dict(m.attributes), stamp,
@@ -279,10 +279,11 @@ class DeadLetterCount:
                     log.warning("%d messages wait on the dead-letter subscription %s (`ingestiond dead-letters list`)",
                                 self.value, path)
                 self._said = "waiting" if self.value else ""
-            except DeadLetterError as exc:
-                if str(exc) != self._said:  # once per distinct problem, not every minute
-                    log.warning("dead letters not counted: %s", exc)
-                    self._said = str(exc)
+            except Exception as exc:  # a gauge never stops the backend: say why, once per distinct problem
+                why = str(exc) if isinstance(exc, DeadLetterError) else f"{type(exc).__name__}: {exc}"
+                if why != self._said:
+                    log.warning("dead letters not counted: %s", why)
+                    self._said = why
             self._stop.wait(self.every)
 
 
@@ -291,10 +292,12 @@ class DeadLetterCount:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--intake", default=os.environ.get("INGEST_INTAKE"),
-                        help="the backends' pubsub://PROJECT/SUBSCRIPTION[?dead_letter=TOPIC] (default: INGEST_INTAKE)")
+                        help="the backends' pubsub://PROJECT/SUBSCRIPTION[?dead_letter=TOPIC] "
+                             "(default: INGEST_INTAKE)")
     common.add_argument("--dead-letter-subscription", metavar="NAME",
                         help="the dead-letter topic's subscription (default: TOPIC-keep, as deploy/fleet.sh makes it)")
-    common.add_argument("--limit", type=int, default=COUNT_LIMIT, help=f"messages swept at most (default {COUNT_LIMIT})")
+    common.add_argument("--limit", type=int, default=COUNT_LIMIT,
+                        help=f"messages swept at most (default {COUNT_LIMIT})")
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
     show = sub.add_parser("list", parents=[common], help="one line per dead letter (group, publications, articles, "
