@@ -34,6 +34,13 @@ def to_dead_letter_topic(setup, data: bytes, **attributes: str) -> None:
     publisher.publish(publisher.topic_path(setup.project, setup.dead_letter), data, **attributes).result(timeout=60)
 
 
+def publish_raw(setup, data: bytes, **attributes: str) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    publisher.publish(publisher.topic_path(setup.project, setup.topic), data, **attributes).result(timeout=60)
+
+
 def as_the_policy_would(setup, posts) -> tuple[str, bytes, dict]:
     """A frontend's message as the subscription's policy dead-letters it after 100 delivery attempts."""
     group = intakeurl.group_id(posts)
@@ -113,6 +120,15 @@ def test_a_dead_lettered_message_is_listed_replayed_and_counted_once_however_oft
         assert f"{group}: replayed" in replayed.stdout
         wait_for(lambda: counted(first, 1), 120, 0.2, "the replayed message to be counted and acknowledged")
         assert waiting_now(pubsub_topic) == 0, "acknowledged on the dead-letter subscription after the replay"
+        # a message no store can keep (a lone surrogate), from another publisher: the backend dead-letters it
+        # at once, and `list` says why
+        publish_raw(pubsub_topic, json.dumps({"posts": [["The Planet", "Ada \ud800 Lovelace", None]]}).encode(),
+                    group="r" + "5" * 32, articles="1")
+        wait_for(lambda: first.status()["pubsub_dead_lettered"] == 1, 60, 0.2, "the malformed message dead-lettered")
+        rows = [json.loads(line) for line in dead_letters(pubsub_topic, "list", "--intake", url, "--json").stdout
+                .splitlines()]
+        assert [(r["group"], r["reason"].startswith("not an ingest message: post 0")) for r in rows] == \
+            [("r" + "5" * 32, True)], rows
     finally:
         assert first.stop() == 0, first.log()[-3000:]
     assert store_counts(store_url) == expected_counts(recount, posts)
@@ -122,7 +138,7 @@ def test_a_dead_lettered_message_is_listed_replayed_and_counted_once_however_oft
     to_dead_letter_topic(pubsub_topic, data, **attributes)
     second = backend("b2")
     try:
-        again = dead_letters(pubsub_topic, "replay", "--intake", url, "--all")
+        again = dead_letters(pubsub_topic, "replay", "--intake", url, "--group", group)
         assert again.returncode == 0 and f"{group}: replayed" in again.stdout, again.stderr
         wait_for(lambda: counted(second, 1), 120, 0.2, "the second replay to be acknowledged")
     finally:

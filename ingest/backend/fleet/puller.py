@@ -215,7 +215,8 @@ class PubSubIntake(Intake):
         for m, exc in fresh:
             log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
+            why = {"reason": str(exc)[:500]}  # the reason `ingestiond dead-letters list` shows
+            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, {**m.message.attributes, **why}),
                               bytes(m.message.data))
 
     def _admit(self) -> bool:
@@ -360,7 +361,7 @@ class PubSubIntake(Intake):
 
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
-            attributes.update({"dead_lettered_by": "ingestiond", "reason": "killed workers"})
+            attributes.update({"dead_lettered_by": "ingestiond", "reason": attributes.get("reason", "killed workers")})
             self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
