@@ -271,7 +271,8 @@ def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.Argume
         epilog="Every flag can also be set by an INGEST_* variable named after it "
                "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. "
                "`ingestiond quarantine list|retry|drop` manages articles that killed workers; "
-               "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed.",
+               "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed; "
+               "`ingestiond dead-letters list|replay` a fleet's dead-lettered Pub/Sub messages.",
         argument_default=argparse.SUPPRESS,
     )
     for name, info in model.model_fields.items():
