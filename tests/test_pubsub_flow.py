@@ -1,6 +1,6 @@
 """The fleet intake's flow control against a fake subscription that keeps score: delivery
 attempts per message, nacks, and the dead-letter policy the emulator does not enforce (5 attempts,
-as deploy/fleet.sh sets). No emulator needed: the subscription is the part being faked."""
+stricter than the 100 deploy/fleet.sh sets). No emulator needed: the subscription is the part being faked."""
 
 from __future__ import annotations
 
