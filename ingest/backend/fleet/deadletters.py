@@ -30,7 +30,8 @@ PROG = "ingestiond dead-letters"
 KEEP_SUFFIX = "-keep"       # the dead-letter topic's subscription: TOPIC-keep unless named (deploy/fleet.sh)
 PULL_SIZE = 100             # messages asked for per pull (a dead letter may be 8 MB: a bounded batch in memory)
 PULL_TIMEOUT = 3.0          # seconds a pull waits; an empty pull ends a sweep
-LEASE = 600                 # seconds a swept message is held (the maximum) before it is handed back or acked
+LEASE = 600                 # seconds a listed or replayed message is held (the maximum) until acked or handed back
+COUNT_LEASE = 30            # seconds a counted one is: a backend killed mid-count hides them this long at most
 CALL_TIMEOUT = 30.0         # seconds any other call may take
 PUBLISH_TIMEOUT = 60.0      # seconds a replay waits for Pub/Sub to acknowledge the copy
 COUNT_EVERY = 60.0          # seconds between two counts of the backlog in a backend
@@ -57,23 +58,22 @@ class Place:
 
 @dataclass
 class Letter:
-    """One message on the dead-letter subscription, as pulled (every ack id it came with)."""
+    """One message on the dead-letter subscription, as pulled."""
 
     message_id: str
-    ack_ids: list
     data: bytes
     attributes: dict
     publish_time: str
     delivery_attempt: int = 0
     problem: str | None = None        # why it is not an ingest message, if it is not
     publications: list = field(default_factory=list)
+    posts: int | None = None          # articles in it, when it is an ingest message
 
     @classmethod
     def of(cls, received) -> Letter:
         m = received.message
         stamp = m.publish_time.isoformat(timespec="seconds") if m.publish_time else ""
-        letter = cls(m.message_id, [received.ack_id], bytes(m.data), dict(m.attributes), stamp,
-                     received.delivery_attempt)
+        letter = cls(m.message_id, bytes(m.data), dict(m.attributes), stamp, received.delivery_attempt)
         try:
             if not is_group(letter.group):
                 raise ValueError(f"no valid {GROUP_ATTRIBUTE!r} attribute")
@@ -82,7 +82,7 @@ class Letter:
             letter.problem = str(exc)
         else:
             letter.publications = list(dict.fromkeys(p[0] for p in posts))
-            letter.attributes.setdefault(ARTICLES_ATTRIBUTE, str(len(posts)))
+            letter.posts = len(posts)
         return letter
 
     @property
@@ -91,7 +91,7 @@ class Letter:
 
     @property
     def articles(self) -> str:
-        return self.attributes.get(ARTICLES_ATTRIBUTE, "?")
+        return str(self.posts) if self.posts is not None else self.attributes.get(ARTICLES_ATTRIBUTE, "?")
 
     @property
     def attempts(self) -> str:
@@ -118,8 +118,8 @@ class Letter:
                 "published": self.published}
 
     def line(self) -> str:
-        pubs = ", ".join(self.publications[:3]) + (f" +{len(self.publications) - 3} more"
-                                                   if len(self.publications) > 3 else "")
+        names = [" ".join(p.split()) for p in self.publications]  # one line, whatever a name holds
+        pubs = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
         text = (f"{self.group or '(no group) ' + self.message_id}\t{pubs or '?'}\t{self.articles} articles\t"
                 f"{self.attempts} delivery attempts\tpublished {self.published}")
         return text + (f"\t{self.reason}" if self.reason else "")
@@ -177,16 +177,17 @@ def locate(subscriber, url: IntakeURL, dead_letter_subscription: str | None = No
 class Sweep:
     """Pulls the dead-letter subscription until it is empty (or `limit`), holding what it pulled
     (leases of LEASE s) until it acknowledges it or hands it back. A redelivery of a message it holds
-    rides with the first."""
+    rides with the first. It keeps ids, not messages: memory follows one pull, not the backlog."""
 
-    def __init__(self, subscriber, path: str, limit: int, pull_timeout: float = PULL_TIMEOUT):
+    def __init__(self, subscriber, path: str, limit: int, pull_timeout: float = PULL_TIMEOUT, lease: int = LEASE):
         self.subscriber, self.path, self.limit, self.pull_timeout = subscriber, path, limit, pull_timeout
-        self.seen: dict[str, Letter] = {}
+        self.lease = lease
+        self.seen: dict[str, list] = {}  # message id -> every ack id it came with
         self.held: set[str] = set()     # ack ids pulled and not acknowledged: handed back at the end
         self.done: set[str] = set()     # message ids acknowledged (replayed)
 
     def batches(self):
-        """Lists of letters not seen before, as pulled."""
+        """Lists of the messages (ReceivedMessage) not seen before, as pulled."""
         from google.api_core import exceptions as gexc
 
         while len(self.seen) < self.limit:
@@ -202,20 +203,25 @@ class Sweep:
             if not received:
                 return
             self.held.update(m.ack_id for m in received)
-            self._call("modify_ack_deadline", [m.ack_id for m in received], ack_deadline_seconds=LEASE)
+            self._call("modify_ack_deadline", [m.ack_id for m in received], ack_deadline_seconds=self.lease)
             fresh = []
             for m in received:
                 earlier = self.seen.get(m.message.message_id)
                 if earlier is None:
-                    self.seen[m.message.message_id] = letter = Letter.of(m)
-                    fresh.append(letter)
+                    self.seen[m.message.message_id] = [m.ack_id]
+                    fresh.append(m)
                 elif m.message.message_id in self.done:
-                    self.acknowledge([m.ack_id])
+                    self._acknowledge([m.ack_id])
                 else:
-                    earlier.ack_ids.append(m.ack_id)
+                    earlier.append(m.ack_id)
             yield fresh
 
-    def acknowledge(self, ack_ids: list[str]) -> None:
+    def acknowledge(self, message_id: str) -> None:
+        """Every delivery of this message, and of any later one: it is settled."""
+        self._acknowledge(self.seen[message_id])
+        self.done.add(message_id)
+
+    def _acknowledge(self, ack_ids: list[str]) -> None:
         self._call("acknowledge", ack_ids)
         self.held.difference_update(ack_ids)
 
@@ -237,7 +243,7 @@ class Sweep:
 def waiting(subscriber, path: str, limit: int = COUNT_LIMIT, pull_timeout: float = 1.0) -> int:
     """Messages waiting on the dead-letter subscription `path` (at most `limit`): pulled without
     acknowledgement, counted, handed back at once."""
-    sweep = Sweep(subscriber, path, limit, pull_timeout)
+    sweep = Sweep(subscriber, path, limit, pull_timeout, COUNT_LEASE)
     try:
         for _ in sweep.batches():
             pass
@@ -262,9 +268,10 @@ class DeadLetterCount:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop counting; a count under way is not waited for long (a drain must not wait on a gauge)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(PULL_TIMEOUT + CALL_TIMEOUT)
+            self._thread.join(5)
 
     def status(self) -> dict:
         return {} if self.value is None else {"pubsub_dead_letters_waiting": self.value}
@@ -343,8 +350,8 @@ def main(argv: list[str]) -> int:
 
 def show(sweep: Sweep, args) -> int:
     count = articles = 0
-    for letters in sweep.batches():
-        for letter in letters:
+    for received in sweep.batches():
+        for letter in map(Letter.of, received):
             print(json.dumps(letter.row()) if args.json else letter.line(), flush=True)
             count += 1
             articles += int(letter.articles) if letter.articles.isdigit() else 0
@@ -361,8 +368,8 @@ def replay(sweep: Sweep, place: Place, args) -> int:
     publisher = pubsub_v1.PublisherClient()
     replayed, failed, skipped = 0, 0, 0
     try:
-        for letters in sweep.batches():
-            for letter in letters:
+        for received in sweep.batches():
+            for letter in map(Letter.of, received):
                 if not args.all and letter.group not in wanted:
                     continue
                 found.add(letter.group)
@@ -372,8 +379,7 @@ def replay(sweep: Sweep, place: Place, args) -> int:
                           "left on the dead-letter subscription", file=sys.stderr)
                     continue
                 if publish(publisher, place.topic, letter):
-                    sweep.done.add(letter.message_id)
-                    sweep.acknowledge(letter.ack_ids)
+                    sweep.acknowledge(letter.message_id)
                     replayed += 1
                     print(f"{letter.group}: replayed to {place.topic} ({letter.articles} articles)", flush=True)
                 else:
