@@ -194,3 +194,33 @@ def test_no_subscription_or_no_emulator_is_one_line(pubsub_topic):
         assert result.returncode == 2, (args, result.stderr)
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_a_backend_counts_the_backlog_hands_it_back_and_says_when_dead_letters_would_be_lost(pubsub_topic, caplog):
+    """The backend's gauge (what PubSubIntake.status() reports): the waiting dead letters, every one
+    handed back; a dead-letter topic without a subscription is a warning (what lands there is lost)."""
+    from google.cloud import pubsub_v1
+
+    from ingest.backend.fleet.deadletters import DeadLetterCount
+    from ingest.core.intakeurl import parse_intake_url
+
+    for n in range(3):
+        to_dead_letter_topic(pubsub_topic, intakeurl.encode([("Outlet", f"Story {n}.", None)]),
+                             group=f"r{n:032x}", articles="1", reason="killed workers")
+    subscriber = pubsub_v1.SubscriberClient()
+    counts = [DeadLetterCount(parse_intake_url(pubsub_topic.backend_url)),
+              DeadLetterCount(parse_intake_url(f"pubsub://{pubsub_topic.project}/{pubsub_topic.subscription}"
+                                               "?dead_letter=nobody-keeps-it"))]
+    try:
+        with caplog.at_level("WARNING", logger="ingest.pubsub"):
+            for count in counts:
+                count.start(subscriber)
+            wait_for(lambda: counts[0].status() == {"pubsub_dead_letters_waiting": 3}, 60, 0.1, "the count")
+            wait_for(lambda: "what lands there is lost" in caplog.text, 60, 0.1, "the warning")
+        assert counts[1].status() == {}, "no count is better than a false 0"
+        assert "3 messages wait on the dead-letter subscription" in caplog.text
+    finally:
+        for count in counts:
+            count.stop()
+        subscriber.close()
+    assert waiting_now(pubsub_topic) == 3, "counting took nothing away"
