@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import fields
 from types import SimpleNamespace
 
@@ -418,6 +419,7 @@ def test_status_can_be_read_while_the_loop_mutates_the_hub():
                 intake.status()
             except Exception as exc:  # noqa: BLE001 - any error here is the bug
                 errors.append(exc)
+            time.sleep(0)  # lets the loop run between reads (a reader that holds the GIL only slows the test)
 
     thread = threading.Thread(target=reader)
     thread.start()
