@@ -89,6 +89,7 @@ class PubSubIntake(Intake):
         self._puller: threading.Thread | None = None
         self._acker: threading.Thread | None = None
         self.counts = collections.Counter()        # pulled, acked, nacked, redelivered, dead_lettered, errors
+        self.heartbeat = time.monotonic()          # the pull loop's last turn (backend/health.py reports its age)
         self._last_error_log = 0.0
 
     # -- the Google clients, made in this process --------------------------------------
@@ -150,6 +151,7 @@ class PubSubIntake(Intake):
 
         path = self.url.subscription_path
         while not self._stop_pulling.is_set():
+            self.heartbeat = time.monotonic()
             if not self._admit():
                 self._stop_pulling.wait(0.05)
                 continue
@@ -418,5 +420,7 @@ class PubSubIntake(Intake):
             status["pubsub_waiting_messages"] = len(self.waiting)
         for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
             status[f"pubsub_{name}"] = self.counts[name]
+        pulling = self._puller is not None and self._puller.is_alive() and not self._stop_pulling.is_set()
+        status["pubsub_puller_seconds"] = round(time.monotonic() - self.heartbeat, 1) if pulling else None
         status["intake"] = str(self.url)
         return status
