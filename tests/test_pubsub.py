@@ -355,3 +355,48 @@ def test_a_message_that_keeps_killing_workers_goes_to_the_dead_letter_topic(tmp_
         sub.close()
     assert len(got) == 1 and got[0].message.attributes["group"] == messages[1][0]
     assert sorted(intakeurl.decode(got[0].message.data)) == sorted((p, c, None) for p, c, _ in poisoned)
+
+
+@pytest.mark.slow
+def test_a_lone_surrogate_and_an_over_long_publication_published_raw_are_dead_lettered_at_once(
+        tmp_path, pubsub_topic, recount):
+    """Any publisher may write to the topic. A lone surrogate (no store can keep it; before, it
+    killed the scratch journal's writer thread and wedged the backend, then the next one) and a
+    publication longer than the front door takes, published raw between healthy messages: each is
+    published to the dead-letter topic on its first delivery, and every healthy article is counted."""
+    from google.cloud import pubsub_v1
+
+    store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    good = traced(24, seed=47)
+    messages = [(intakeurl.group_id(good[i:i + 4]), intakeurl.encode(good[i:i + 4])) for i in range(0, 24, 4)]
+    surrogate = ("r" + "a" * 32, b'{"posts":[["The Planet","Ada \\ud800 Lovelace met Charles Babbage.",null]]}')
+    long_name = ("r" + "b" * 32, b'{"posts":[["' + b"P" * 1001 + b'","Ada Lovelace met Charles Babbage.",null]]}')
+    messages[2:2] = [surrogate]
+    messages[5:5] = [long_name]
+    backend = fleet_backend(tmp_path, pubsub_topic, store_url)
+    publisher = pubsub_v1.PublisherClient()
+    try:
+        topic = publisher.topic_path(pubsub_topic.project, pubsub_topic.topic)
+        for group, data in messages:  # in order: healthy ones before, between and after the two
+            publisher.publish(topic, data, group=group, articles="1" if group[1] in "ab" else "4").result(timeout=60)
+        wait_for(lambda: (s := backend.status())["pubsub_dead_lettered"] == 2 and s["pubsub_acked"] == 8
+                 and held_settled([backend]), 120, 0.2, "two dead letters and six healthy messages counted")
+        status = backend.status()
+    finally:
+        code = backend.stop()
+    assert code == 0, backend.log()[-3000:]
+    assert "Traceback" not in backend.log(), backend.log()[-3000:]
+    assert (status["pubsub_nacked"], status["pubsub_redelivered"], status["pubsub_pulled"]) == (0, 0, 8)
+    assert status["processed"] == 24 and status["quarantined"] == 0
+    assert store_counts(store_url) == expected_counts(recount, good)
+    sub = pubsub_v1.SubscriberClient()
+    try:
+        path = sub.subscription_path(pubsub_topic.project, pubsub_topic.dead_letter_subscription)
+        got = sub.pull(request={"subscription": path, "max_messages": 10}, timeout=10, retry=None).received_messages
+    finally:
+        sub.close()
+    dead = {m.message.attributes["group"]: m.message for m in got}
+    assert sorted(dead) == sorted([surrogate[0], long_name[0]])
+    for group, data in (surrogate, long_name):
+        assert dead[group].data == data  # as published, for `dead-letters replay` or a person to read
+        assert dead[group].attributes["reason"].startswith("not an ingest message")

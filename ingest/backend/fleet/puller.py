@@ -47,6 +47,7 @@ class Group:
     aggregates: dict = field(default_factory=dict)   # publication key -> Aggregate (untagged)
     batched: bool = False
     dead: bool = False
+    why: str = "killed workers"                      # the reason a dead letter carries
 
 
 @dataclass(slots=True)
@@ -214,8 +215,8 @@ class PubSubIntake(Intake):
         for m, exc in fresh:
             log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
-                              bytes(m.message.data))
+            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes),
+                                    why=f"not an ingest message: {exc}"), bytes(m.message.data))
 
     def _admit(self) -> bool:
         """Journal (one commit) the waiting messages that fit, oldest first, and queue them for the
@@ -359,7 +360,7 @@ class PubSubIntake(Intake):
 
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
-            attributes.update({"dead_lettered_by": "ingestiond", "reason": "killed workers"})
+            attributes.update({"dead_lettered_by": "ingestiond", "reason": group.why[:1000]})
             self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
