@@ -205,7 +205,10 @@ def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_eac
     env = {"FIRESTORE_EMULATOR_HOST": firestore_emulator}
     posts = [(f"Outlet {i % 100:02d}", content, None if i >= 300 and i % 5 == 0 else f"https://example.test/fleet/{i}")
              for i, (_, content) in enumerate(articles(1000, seed=51))]
-    as_json = lambda chunk: [{"publication": p, "content": c, **({"id": i} if i else {})} for p, c, i in chunk]  # noqa: E731
+
+    def as_json(chunk):
+        return [{"publication": p, "content": c, **({"id": i} if i else {})} for p, c, i in chunk]
+
     singles = [as_json([post]) for post in posts[:300]]
     batches = [as_json(posts[s:s + 50]) for s in range(300, 1000, 50)]
     flags = ("--pubsub-ack-deadline", "10", "--savers", "1")

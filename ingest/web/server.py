@@ -345,7 +345,8 @@ class HttpConnection:
         because every app thread waits on a slow backend or publish (30 s each)."""
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
                    ("Cache-Control", "no-store")]
-        await self.send(h11.Response(status_code=status, headers=headers), b"" if request.method == b"HEAD" else payload)
+        body = b"" if request.method == b"HEAD" else payload
+        await self.send(h11.Response(status_code=status, headers=headers), body)
         self.log_access(request, status, len(payload), started)
 
     async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
