@@ -77,6 +77,9 @@ class _Common(BaseSettings):
     authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     max_article_chars: int = Field(200_000, ge=1, description="longest article content accepted (longer: 413)")
+    backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
+                                           "journal); when set, the frontend's /healthz and /readyz fail (503) while "
+                                           "the backend it names is wedged, nack-looping or not committing")
 
     @field_validator("manager_address", mode="before")
     @classmethod
@@ -216,6 +219,14 @@ class FrontendSettings(_Common):
                                   "addresses together, per frontend worker (flask-limiter syntax; empty: none)")
     intake: Optional[str] = Field(None, description="pubsub://PROJECT/TOPIC: publish accepted articles to Google "
                                   "Pub/Sub (202 once acknowledged) instead of the local manager")
+
+    backend_stall_seconds: float = Field(30.0, gt=0, description="with INGEST_BACKEND_HEALTH: seconds the backend's "
+                                         "loop or its Pub/Sub puller may go without a turn before /healthz says 503")
+    backend_commit_seconds: float = Field(300.0, gt=0, description="with INGEST_BACKEND_HEALTH: seconds work may wait "
+                                          "without a store commit before /healthz says 503 (a store outage longer "
+                                          "than this fails every machine's probe)")
+    backend_nacks_per_minute: int = Field(100, ge=1, description="with INGEST_BACKEND_HEALTH: Pub/Sub messages the "
+                                          "backend may hand back in a minute before /healthz says 503")
 
     @field_validator("intake")
     @classmethod

@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 mkdir -p test-artifacts
+if [ $# -eq 0 ]; then
+    echo "test: the whole suite: real workers, servers, emulators, Chromium (about 13 minutes on 2 cores; make test-fast: the tests that need none)" >&2
+fi
 set +e
 .venv/bin/python -m pytest -ra --durations=15 "$@"
 code=$?

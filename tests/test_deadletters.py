@@ -115,6 +115,8 @@ def test_a_dead_lettered_message_is_listed_replayed_and_counted_once_however_oft
     try:
         wait_for(lambda: first.status().get("pubsub_dead_letters_waiting") == 1, 60, 0.2,
                  "the backend to count the dead letter in its status")
+        health = tmp_path / "b1" / "var" / "backend-health.json"  # what a fleet VM's probe and operator read
+        wait_for(lambda: json.loads(health.read_text()).get("dead_letters_waiting") == 1, 30, 0.2, "the health file")
         replayed = dead_letters(pubsub_topic, "replay", "--intake", url, "--group", group)
         assert replayed.returncode == 0, replayed.stderr
         assert f"{group}: replayed" in replayed.stdout
@@ -127,8 +129,8 @@ def test_a_dead_lettered_message_is_listed_replayed_and_counted_once_however_oft
         wait_for(lambda: first.status()["pubsub_dead_lettered"] == 1, 60, 0.2, "the malformed message dead-lettered")
         rows = [json.loads(line) for line in dead_letters(pubsub_topic, "list", "--intake", url, "--json").stdout
                 .splitlines()]
-        assert [(r["group"], r["reason"].startswith("not an ingest message: post 0")) for r in rows] == \
-            [("r" + "5" * 32, True)], rows
+        assert [(r["group"], r["reason"].startswith("not an ingest message") and "post 0" in r["reason"])
+                for r in rows] == [("r" + "5" * 32, True)], rows
     finally:
         assert first.stop() == 0, first.log()[-3000:]
     assert store_counts(store_url) == expected_counts(recount, posts)

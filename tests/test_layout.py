@@ -122,3 +122,11 @@ def test_the_fleet_is_a_seam_not_a_fork():
         assert "ingest.backend.arbiter" not in graph[module], module
     assert not graph["ingest.backend.arbiter"] & fleet
     assert not graph["ingest.backend.hub"] & fleet
+
+
+def test_the_health_file_is_the_only_link_between_a_backend_and_its_probe():
+    """The backend writes facts (backend/health.py), the frontend judges them (web/backend_health.py)."""
+    web = _loaded_after("import ingest.web.backend_health, ingest.web.server")
+    assert not {m for m in web if m.startswith(("ingest.backend", "ingest.stores"))}
+    backend = _loaded_after("import ingest.backend.health")
+    assert not {m for m in backend if m.startswith("ingest.web")}

@@ -190,3 +190,72 @@ def test_a_dead_lettered_message_releases_its_articles_from_the_bounds(tmp_path,
         intake.stop_accepting()
         intake.close()
         intake.journal.close()
+
+
+# -- what the intake feeds the health file (backend/health.py; judged by web/backend_health.py) ----
+
+def _verdict(intake: PubSubIntake, health_file, **limits):
+    """One arbiter tick's write of the health file, and the frontend's reading of it."""
+    from ingest.backend.health import HealthFile
+    from ingest.web.backend_health import BackendHealth
+
+    if not hasattr(intake, "_health"):
+        intake._health = HealthFile(health_file)
+    intake._health.next_write = 0.0  # due now: the test ticks faster than the arbiter writes
+    intake._health.tick(time.monotonic(), "running", intake.status)
+    return BackendHealth(health_file, **limits).problem()
+
+
+class HangingSubscription(FakeSubscription):
+    """Its second pull never returns until released: a puller blocked (on the network, on the journal)."""
+
+    def __init__(self, messages):
+        super().__init__(messages)
+        self.release = threading.Event()
+
+    def pull(self, request, timeout=None, retry=None):
+        if self.pulls:
+            self.release.wait()
+        return super().pull(request, timeout, retry)
+
+
+def test_a_puller_that_stops_turning_makes_the_backend_unhealthy(tmp_path):
+    subscription = HangingSubscription(_messages(1, 3))
+    intake = _intake(tmp_path, subscription)
+    intake.start()
+    try:
+        wait_for(lambda: subscription.pulls >= 1, 10, 0.01, "the first pull")
+        code, reason = wait_for(lambda: _verdict(intake, tmp_path / "health.json", stall_seconds=0.5), 30, 0.05,
+                                "the health file to show the stopped puller")
+        assert code == "backend_wedged" and "puller" in reason, reason
+        subscription.release.set()
+        wait_for(lambda: _verdict(intake, tmp_path / "health.json", stall_seconds=0.5) is None, 30, 0.01,
+                 "the verdict to clear once the puller turns again")
+    finally:
+        subscription.release.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+
+
+def test_a_backend_that_keeps_handing_a_message_back_is_nack_looping(tmp_path):
+    """A malformed message and no dead-letter topic in the intake URL: it can only be handed back,
+    delivery after delivery (the subscription's policy ends it after 5). Healthy messages are not."""
+    subscription = FakeSubscription([("r" + "f" * 32, b"not json", 1)] + _messages(3, 2))
+    intake = _intake(tmp_path, subscription)
+    consumer = Consumer(intake)
+    consumer.store_up.set()
+    consumer.start()
+    intake.start()
+    try:
+        code, reason = wait_for(lambda: _verdict(intake, tmp_path / "health.json", nacks_per_minute=3), 30, 0.02,
+                                "the health file to show the message handed back again and again")
+        assert code == "backend_nack_looping" and "in the last minute" in reason, reason
+        wait_for(lambda: len(subscription.acked) == 3 and subscription.dead_lettered == {"m0"}, 30, 0.02,
+                 "the healthy messages acknowledged, the other moved by the subscription's policy")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+    assert subscription.nacks == {"m0": MAX_DELIVERIES}

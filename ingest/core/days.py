@@ -128,3 +128,53 @@ def rising_score(now: int, before: int, total_now: int, total_before: int,
     if spread == 0:
         return None
     return round((share_now - share_before) / spread, 6)
+
+
+@dataclass(slots=True)
+class DayCounts:
+    """One publication's counts on one day, as a worker aggregates them and a store adds them."""
+
+    articles: int = 0
+    mentions: int = 0
+    entities: dict = None  # entity -> [mentions, articles]
+
+    def __post_init__(self):
+        if self.entities is None:
+            self.entities = {}
+
+    def add_article(self, mentions: dict) -> None:
+        """One article whose entities occurred `mentions[entity]` times."""
+        self.articles += 1
+        for entity, n in mentions.items():
+            row = self.entities.get(entity)
+            if row is None:
+                self.entities[entity] = [n, 1]
+            else:
+                row[0] += n
+                row[1] += 1
+            self.mentions += n
+
+    def add(self, other: "DayCounts") -> None:
+        self.articles += other.articles
+        self.mentions += other.mentions
+        for entity, (m, a) in other.entities.items():
+            row = self.entities.get(entity)
+            if row is None:
+                self.entities[entity] = [m, a]
+            else:
+                row[0] += m
+                row[1] += a
+
+    def copy(self) -> "DayCounts":
+        return DayCounts(self.articles, self.mentions, {e: list(r) for e, r in self.entities.items()})
+
+
+def merge_days(into: dict, days: dict) -> dict:
+    """Add {day: DayCounts} into `into` (copying what it takes, so the source can be reused)."""
+    for day, counts in days.items():
+        mine = into.get(day)
+        if mine is None:
+            into[day] = counts.copy()
+        else:
+            mine.add(counts)
+    return into

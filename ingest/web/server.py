@@ -33,6 +33,7 @@ import h11
 from gunicorn.workers.base import Worker
 
 from .auth import key_matches
+from .backend_health import BackendHealth, probe_answer
 from .pacing import PACED
 
 log = logging.getLogger("ingest.web.server")
@@ -53,7 +54,6 @@ REASONS = {400: "bad_request", 401: "unauthorized", 408: "request_timeout", 413:
 
 
 WRITE_TARGETS = (b"/post/enqueue", b"/posts")
-HEALTHY = json.dumps({"status": "ok"}).encode() + b"\n"
 
 
 def error_body(status: int, detail: str) -> bytes:
@@ -314,8 +314,10 @@ class HttpConnection:
                 await self.too_many(request, retry_after, started)
                 return True
             environ[PACED] = True
-        if environ["PATH_INFO"] == "/healthz" and request.method in (b"GET", b"HEAD"):
-            await self.alive(request, started)  # from the loop: a probe never waits behind app threads
+        probe = probe_answer(environ["PATH_INFO"], self.worker.backend_health) \
+            if request.method in (b"GET", b"HEAD") else None
+        if probe is not None:
+            await self.alive(request, started, *probe)  # from the loop: a probe never waits behind app threads
             return True
         try:
             status, headers, payload = await asyncio.get_running_loop().run_in_executor(
@@ -337,14 +339,15 @@ class HttpConnection:
         self.log_access(request, code, len(payload), started)
         return not close
 
-    async def alive(self, request: h11.Request, started: float) -> None:
-        """`/healthz`: this worker's loop is up. Answered here, not by the app: an autohealing probe
-        must not fail because every app thread waits on a slow backend or publish (30 s each)."""
-        payload = HEALTHY
+    async def alive(self, request: h11.Request, started: float, status: int, payload: bytes) -> None:
+        """`/healthz`: this worker's loop is up (and, with INGEST_BACKEND_HEALTH, the backend beside it:
+        backend_health.py). Answered here, not by the app: an autohealing probe must not fail
+        because every app thread waits on a slow backend or publish (30 s each)."""
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
                    ("Cache-Control", "no-store")]
-        await self.send(h11.Response(status_code=200, headers=headers), b"" if request.method == b"HEAD" else payload)
-        self.log_access(request, 200, len(payload), started)
+        body = b"" if request.method == b"HEAD" else payload
+        await self.send(h11.Response(status_code=status, headers=headers), body)
+        self.log_access(request, status, len(payload), started)
 
     async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
         """A paced request still over its limit: 429, and the connection stays open (its body is read)."""
@@ -520,6 +523,7 @@ class BufferingWorker(Worker):
         extensions = getattr(self.wsgi, "extensions", {})
         self.pacer = extensions.get("ingest.read_pacer")
         settings = extensions.get("ingest.settings")
+        self.backend_health = BackendHealth.from_settings(settings)
         self.write_keys = settings.api_keys if settings is not None else ()
         self.read_rate_limit = "" if settings is None else " or ".join(
             f"{limit} {scope}" for limit, scope in ((settings.read_rate_limit, "per address"),

@@ -48,6 +48,7 @@ class Group:
     aggregates: dict = field(default_factory=dict)   # publication key -> Aggregate (untagged)
     batched: bool = False
     dead: bool = False
+    why: str = "killed workers"                      # the reason a dead letter carries
 
 
 @dataclass(slots=True)
@@ -91,6 +92,7 @@ class PubSubIntake(Intake):
         self._acker: threading.Thread | None = None
         self.counts = collections.Counter()        # pulled, acked, nacked, redelivered, dead_lettered, errors
         self.dead_letters = DeadLetterCount(self.url)  # the dead-letter backlog, counted every 60 s
+        self.heartbeat = time.monotonic()          # the pull loop's last turn (backend/health.py reports its age)
         self._last_error_log = 0.0
 
     # -- the Google clients, made in this process --------------------------------------
@@ -153,6 +155,7 @@ class PubSubIntake(Intake):
 
         path = self.url.subscription_path
         while not self._stop_pulling.is_set():
+            self.heartbeat = time.monotonic()
             if not self._admit():
                 self._stop_pulling.wait(0.05)
                 continue
@@ -215,9 +218,8 @@ class PubSubIntake(Intake):
         for m, exc in fresh:
             log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-            why = {"reason": str(exc)[:500]}  # the reason `ingestiond dead-letters list` shows
-            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, {**m.message.attributes, **why}),
-                              bytes(m.message.data))
+            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes),
+                                    why=f"not an ingest message: {exc}"), bytes(m.message.data))
 
     def _admit(self) -> bool:
         """Journal (one commit) the waiting messages that fit, oldest first, and queue them for the
@@ -361,7 +363,7 @@ class PubSubIntake(Intake):
 
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
-            attributes.update({"dead_lettered_by": "ingestiond", "reason": attributes.get("reason", "killed workers")})
+            attributes.update({"dead_lettered_by": "ingestiond", "reason": group.why[:1000]})
             self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
@@ -424,5 +426,7 @@ class PubSubIntake(Intake):
         for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
             status[f"pubsub_{name}"] = self.counts[name]
         status.update(self.dead_letters.status())
+        pulling = self._puller is not None and self._puller.is_alive() and not self._stop_pulling.is_set()
+        status["pubsub_puller_seconds"] = round(time.monotonic() - self.heartbeat, 1) if pulling else None
         status["intake"] = str(self.url)
         return status
