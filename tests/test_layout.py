@@ -85,7 +85,8 @@ def test_the_backend_has_no_import_cycle():
     """Before: arbiter imported pubsub_intake (to build a fleet) and pubsub_intake the arbiter (for BootError)."""
     graph = _backend_imports()
     assert {"ingest.backend.errors", "ingest.backend.intakes", "ingest.backend.fleet.puller",
-            "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch"} <= set(graph)
+            "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch", "ingest.backend.fleet.deadletters"} \
+        <= set(graph)
     assert _cycles(graph) == []
 
 
@@ -130,3 +131,9 @@ def test_the_health_file_is_the_only_link_between_a_backend_and_its_probe():
     assert not {m for m in web if m.startswith(("ingest.backend", "ingest.stores"))}
     backend = _loaded_after("import ingest.backend.health")
     assert not {m for m in backend if m.startswith("ingest.web")}
+
+
+def test_the_dead_letters_command_loads_neither_spacy_nor_a_store_nor_the_web():
+    """`ingestiond dead-letters` is an operator's tool: Pub/Sub and the message format, nothing else."""
+    loaded = _loaded_after("import ingest.backend.fleet.deadletters")
+    assert "spacy" not in loaded and not {m for m in loaded if m.startswith(("ingest.stores", "ingest.web"))}
