@@ -192,6 +192,39 @@ def test_a_dead_lettered_message_releases_its_articles_from_the_bounds(tmp_path,
         intake.journal.close()
 
 
+def test_a_message_the_journal_cannot_keep_is_dead_lettered_alone_and_the_others_are_counted(tmp_path):
+    """A message that passes decode but that the scratch journal refuses (ValueError: the journal's
+    'this request alone fails') must not stop the puller nor take the messages pulled with it along."""
+    messages = _messages(3, 4)
+    bad = encode([("Outlet 1", "UNKEEPABLE text", None)])
+    messages[1] = (messages[1][0], bad, 1)
+    subscription = FakeSubscription(messages)
+    intake = _intake(tmp_path, subscription)
+    real_append = intake.journal.append
+
+    def append(posts, token=None):
+        if any("UNKEEPABLE" in p[1] for p in posts):
+            raise ValueError("the journal cannot keep this request: TypeError")
+        return real_append(posts, token)
+    intake.journal.append = append
+    dead = []
+    intake._publish_dead_letter = lambda group, data: dead.append((group.id, group.why, data)) or True
+    consumer = Consumer(intake)
+    consumer.store_up.set()
+    consumer.start()
+    intake.start()
+    try:
+        wait_for(lambda: len(subscription.acked) == 3, 30, 0.01, "every message settled")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+    assert consumer.committed == 2 and subscription.nacks == {}
+    assert [(gid, data) for gid, _, data in dead] == [(messages[1][0], bad)]
+    assert "journal cannot keep" in dead[0][1]
+
+
 # -- what the intake feeds the health file (backend/health.py; judged by web/backend_health.py) ----
 
 def _verdict(intake: PubSubIntake, health_file, **limits):

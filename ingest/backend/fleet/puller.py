@@ -216,10 +216,11 @@ class PubSubIntake(Intake):
                     self.articles_seen += len(posts)
         self._ack(ack_now)
         for m, exc in fresh:
-            log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
+            why = str(exc) if str(exc).startswith("not an ingest message") else f"not an ingest message: {exc}"
+            log.error("message %s dead-lettered: %s", m.message.message_id, why)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
             self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes),
-                                    why=f"not an ingest message: {exc}"), bytes(m.message.data))
+                                    why=why), bytes(m.message.data))
 
     def _admit(self) -> bool:
         """Journal (one commit) the waiting messages that fit, oldest first, and queue them for the
@@ -235,28 +236,54 @@ class PubSubIntake(Intake):
                 admitted.append(waiting)
         if not admitted:
             return not self.waiting
-        items = [(tag(w.group, p[0]), p[1], None) for w in admitted for p in w.posts]
         try:
-            result = self.journal.append(items)
+            self._journal(admitted)
         except QueueFull as exc:  # the scratch journal's bytes or its disk: they wait, their leases extended
             self._error("journal", exc)
             return False
+        except ValueError as exc:  # the journal cannot keep one of them: each alone, the one it refuses dead-lettered
+            if len(admitted) == 1:
+                self._refuse(admitted[0], exc)
+            else:
+                for waiting in admitted:
+                    try:
+                        self._journal([waiting])
+                    except QueueFull as full:
+                        self._error("journal", full)
+                        return False
+                    except ValueError as alone:
+                        self._refuse(waiting, alone)
+        return not self.waiting
+
+    def _journal(self, admitted: list) -> None:
+        """Journal the messages in one commit (QueueFull, ValueError: none of them) and queue their articles."""
+        items = [(tag(w.group, p[0]), p[1], None) for w in admitted for p in w.posts]
+        result = self.journal.append(items)
         entries = iter(result["entries"])
         queued = []
         with self.glock:
             for w in admitted:
-                self.waiting.popleft()
+                self.waiting.remove(w)
                 del self.waiting_by_group[w.group]
                 mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in w.posts)]
                 self.groups[w.group] = Group(w.group, w.ack_ids, [e.seq for e in mine], len(mine),
                                              dict(w.message.message.attributes), [p[0] for p in w.posts])
                 queued.extend(mine)
-            left = not self.waiting
         with self._lock:
             self._items.extend(queued)
             self.accepted += len(queued)
         self._on_put()
-        return left
+
+    def _refuse(self, waiting, exc: Exception) -> None:
+        """A message the journal cannot keep is malformed for this backend: dead-lettered at once."""
+        with self.glock:
+            self.waiting.remove(waiting)
+            self.waiting_by_group.pop(waiting.group, None)
+        m = waiting.message
+        why = f"not an ingest message: the journal cannot keep it ({exc})"
+        log.error("message %s dead-lettered: %s", m.message.message_id, why)
+        self._dead_letter(Group(waiting.group, waiting.ack_ids, [], 0, dict(m.message.attributes), why=why),
+                          bytes(m.message.data))
 
     # -- what the hub reports back ---------------------------------------------------------
     def committed(self, gid: str) -> None:
