@@ -453,8 +453,11 @@ def test_queue_full_and_drain_answer_503_and_lose_nothing(tmp_path):
 # -- the command line ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,env,message", [
-    (["--workers", "0"], {}, "must be at least 1"),
-    ([], {"INGEST_FRONTEND_WORKERS": "many"}, "is not an integer"),
+    (["--workers", "0"], {}, "--workers='0': Input should be greater than or equal to 1"),
+    ([], {"INGEST_FRONTEND_WORKERS": "many"}, "INGEST_FRONTEND_WORKERS='many': Input should be a valid integer"),
+    ([], {"INGEST_FRONTEND_CONNECTIONS": "abc"}, "INGEST_FRONTEND_CONNECTIONS='abc': Input should be a valid integer"),
+    ([], {"INGEST_HEADER_TIMEOUT": "0"}, "INGEST_HEADER_TIMEOUT='0': Input should be greater than 0"),
+    ([], {"INGEST_WORDCLOUD_SHARE": "2"}, "INGEST_WORDCLOUD_SHARE='2'"),
     ([], {"INGEST_MAX_BATCH": "abc"}, "INGEST_MAX_BATCH"),
     ([], {"INGEST_MAX_BODY_BYTES": "-1"}, "INGEST_MAX_BODY_BYTES"),
     ([], {"INGEST_STORE": "mysql://x"}, "unknown store URL"),
@@ -470,13 +473,16 @@ def test_bad_configuration_is_one_clear_line(tmp_path, args, env, message):
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_create_app_takes_overrides_for_fresh_test_apps(tmp_path):
-    """The factory alone, in-process: settings overrides, no server, no backend (writes answer 503)."""
+def test_create_app_takes_settings_for_fresh_test_apps(tmp_path):
+    """The factory alone, in-process: its settings, no server, no backend (writes answer 503)."""
+    from ingest.config import FrontendSettings
     from ingest.frontend import create_app
+    from ingest.web import appstate
 
-    app = create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'none.db'}", "api_keys": "k1,k2",
-                      "manager_address": ("127.0.0.1", free_port()), "authkey_explicit": "x", "max_batch": 2})
-    assert app.extensions["ingest.settings"].api_keys == ("k1", "k2")
+    settings = FrontendSettings(store=f"sqlite:///{tmp_path / 'none.db'}", api_keys="k1,k2",
+                                manager_address=("127.0.0.1", free_port()), authkey="x", max_batch=2)
+    app = create_app(settings)
+    assert appstate.of(app).settings.api_keys == ("k1", "k2")
     client = app.test_client()
     assert client.get("/publications").get_json() == []
     r = client.post("/posts", json=[post("F")] * 3, headers={"X-API-Key": "k2"})
