@@ -360,6 +360,8 @@ OTHER_VARIABLES = {
     "GOOGLE_CLOUD_PROJECT": "the Firestore project when INGEST_STORE is plain `firestore`",
     "FIRESTORE_EMULATOR_HOST": "HOST:PORT of a Firestore emulator to use instead of Google Cloud",
     "PUBSUB_EMULATOR_HOST": "HOST:PORT of a Pub/Sub emulator to use instead of Google Cloud",
+    "INGEST_URL": "ingest-load: the frontend's base URL when --url is not given",
+    "INGEST_API_KEY": "ingest-load: the write key when --api-key is not given (else the first of INGEST_API_KEYS)",
 }
 
 
@@ -400,7 +402,8 @@ def configuration_markdown() -> str:
         lines.append("")
     lines += ["## Other variables", "", "| variable | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {_cell(text)} |" for name, text in OTHER_VARIABLES.items()]
-    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags.", ""]
+    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. Variables named",
+              "`INGEST_TEST_*` are test seams, not configuration.", ""]
     return "\n".join(lines)
 
 

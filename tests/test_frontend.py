@@ -593,3 +593,54 @@ def test_healthz_answers_while_every_app_thread_waits_on_a_stopped_backend(tmp_p
         os.kill(backend.proc.pid, signal.SIGCONT)
         frontend.stop()
         assert backend.stop() == 0, backend.log()[-2000:]
+
+
+# -- the settings' reference and the fork-safe handles ----------------------------------------
+
+def test_docs_configuration_md_is_generated_from_the_settings_declarations():
+    from ingest.config import configuration_markdown
+    from tests.support import ROOT
+
+    committed = (ROOT / "docs" / "configuration.md").read_text()
+    assert committed == configuration_markdown(), \
+        "docs/configuration.md is stale: python -m ingest.config --markdown > docs/configuration.md"
+
+
+def test_every_variable_the_code_reads_is_documented_and_every_flag_is_the_commands():
+    """docs/configuration.md names every INGEST_* variable in ingest/ (test seams aside), and its
+    flags are exactly those `ingestiond --help` and `ingest-frontend --help` offer."""
+    import re
+
+    from ingest.config import BackendSettings, FrontendSettings, build_parser
+    from tests.support import ROOT
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`(INGEST_[A-Z_]+)`", text))
+    in_code = {name for path in (ROOT / "ingest").rglob("*.py")
+               for name in re.findall(r"\bINGEST_[A-Z][A-Z_]*[A-Z]\b", path.read_text())}
+    assert {name for name in in_code if not name.startswith("INGEST_TEST_")} - documented == set()
+    offered = {option for model in (BackendSettings, FrontendSettings)
+               for action in build_parser(model)._actions for option in action.option_strings if option != "-h"}
+    assert set(re.findall(r"^\| `(--[a-z-]+)`", text, flags=re.M)) == offered - {"--help"}
+
+
+def test_a_per_process_handle_is_made_again_in_a_forked_child_and_never_closed_there():
+    """A handle made before gunicorn's fork is the parent's: the child makes its own, and does
+    not close the parent's (a SQLite connection or gRPC channel must never be shared)."""
+    from ingest.core.forksafe import PerProcess
+
+    made, closed = [], []
+    handle = PerProcess(lambda: made.append(os.getpid()) or len(made), close=closed.append)
+    assert handle.get() == handle.get() == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it saw, then leave without running pytest's teardown
+        handle.drop()  # the parent's value: forgotten, not closed
+        os.write(write, json.dumps([handle.get(), closed, made[-1] == os.getpid()]).encode())
+        os._exit(0)
+    os.close(write)
+    report = json.loads(os.read(read, 1000))
+    os.waitpid(pid, 0)
+    assert report == [2, [], True]
+    handle.drop()
+    assert closed == [1] and not handle.made()
