@@ -85,7 +85,7 @@ class Refusal(int):
 
 
 def _spelled(item) -> str:
-    """A `limits` item in flask-limiter's syntax: 20/second, 20/10seconds."""
+    """A `limits` item written as in the settings: 20/second, 20/10seconds."""
     name = item.GRANULARITY.name
     return f"{item.amount}/{item.multiples}{name}s" if item.multiples > 1 else f"{item.amount}/{name}"
 
