@@ -1,10 +1,11 @@
 """All configuration, declared in one place: command-line flags over `INGEST_*` variables over defaults.
 
-Each field of `BackendSettings` is both a flag (`flush_interval` -> `--flush-interval`) and a
-variable (`INGEST_FLUSH_INTERVAL`); pydantic-settings reads the variables and validates both, and
-the flag parser is generated from the same fields, so the two cannot drift apart. A bad value is
-one line (`ConfigError`), never a traceback. Parsing has no side effects: the backend creates its
-authkey file itself (`ensure_authkey`).
+Each field of `BackendSettings` (`ingestiond`) and `FrontendSettings` (`ingest-frontend`) is both a
+flag (`flush_interval` -> `--flush-interval`, unless the field names another) and a variable
+(`INGEST_FLUSH_INTERVAL`); pydantic-settings reads the variables and validates both, and the flag
+parser is generated from the same fields, so the two cannot drift apart; so is docs/configuration.md
+(`python -m ingest.config --markdown`). A bad value is one line (`ConfigError`), never a traceback.
+Parsing has no side effects: the backend creates its authkey file itself (`ensure_authkey`).
 """
 
 from __future__ import annotations

@@ -14,11 +14,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from gunicorn.app.base import BaseApplication
 
 from ..config import ConfigError, FrontendSettings, load_frontend_settings
 from ..lifetime import die_with_parent
+from .gunicorn_conf import options
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 
@@ -26,7 +28,7 @@ METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 class FrontendApplication(BaseApplication):
     """gunicorn driven from code, with the settings the command validated."""
 
-    def __init__(self, settings: FrontendSettings, argv: list[str] | None = None):
+    def __init__(self, settings: FrontendSettings, argv: Sequence[str] = ()):
         self.settings = settings
         self.argv = argv
         self.loaded = False
@@ -41,8 +43,6 @@ class FrontendApplication(BaseApplication):
             except ConfigError as exc:
                 print(f"ingest-frontend: reload kept the running settings: {exc}", file=sys.stderr)
         self.loaded = True
-        from .gunicorn_conf import options
-
         for name, value in options(self.settings).items():
             self.cfg.set(name, value)
 
@@ -50,12 +50,6 @@ class FrontendApplication(BaseApplication):
         from .app import create_app
 
         return create_app(self.settings)
-
-
-def build_parser():
-    from ..config import build_parser as settings_parser
-
-    return settings_parser(FrontendSettings)
 
 
 def metrics_dir() -> tuple[Path, bool]:

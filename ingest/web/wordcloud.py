@@ -76,8 +76,9 @@ class WordcloudRenderer:
 
     Requests never render: they read the cache, ask for a picture and wait a moment for it. Each
     picture's CPU time (this thread's and the child's) is taken from a credit of at most `burst` CPU
-    seconds that refills at `share` of a core; in debt the thread rests until it is paid off. So clients hammering clouds of changing
-    publications cost `share` of one core at most, and nothing for counts already drawn.
+    seconds that refills at `share` of a core; in debt the thread rests until it is paid off. So
+    clients hammering clouds of changing publications cost `share` of one core at most, and nothing
+    for counts already drawn.
     """
 
     MAX_PENDING = 64
