@@ -644,3 +644,15 @@ def test_a_per_process_handle_is_made_again_in_a_forked_child_and_never_closed_t
     assert report == [2, [], True]
     handle.drop()
     assert closed == [1] and not handle.made()
+
+
+def test_gunicorn_is_configured_from_the_frontend_settings(monkeypatch):
+    """gunicorn_conf reads nothing itself: what a worker gets is what FrontendSettings validated."""
+    from ingest.config import FrontendSettings
+    from ingest.web.gunicorn_conf import options
+
+    monkeypatch.setenv("INGEST_FRONTEND_THREADS", "7")
+    made = options(FrontendSettings(bind="127.0.0.1:9", frontend_workers=3, frontend_timeout=45, log_level="debug"))
+    assert (made["bind"], made["workers"], made["threads"], made["timeout"], made["loglevel"]) == \
+        (["127.0.0.1:9"], 3, 7, 45, "debug")
+    assert made["worker_class"] == "ingest.web.server.BufferingWorker" and made["header_map"] == "dangerous"
