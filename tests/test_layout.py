@@ -29,7 +29,8 @@ def test_every_module_imports_on_its_own():
 
 
 def test_a_gunicorn_worker_does_not_import_the_backend():
-    loaded = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
+    loaded = _loaded_after("from ingest.config import FrontendSettings; from ingest.web.app import create_app; "
+                           "create_app(FrontendSettings(api_keys='k'))")
     assert not {m for m in loaded if m.startswith("ingest.backend")}, "the web side imports the backend"
     assert "spacy" not in loaded and "ingest.tools.load" not in loaded
 
@@ -50,7 +51,8 @@ def test_the_painter_child_imports_neither_flask_nor_the_stores():
     """`python -m ingest.web.painter` draws pictures only; the gunicorn worker never draws them."""
     painter = _loaded_after("import ingest.web.painter")
     assert "flask" not in painter and not {m for m in painter if m.startswith(("ingest.stores", "ingest.backend"))}
-    worker = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
+    worker = _loaded_after("from ingest.config import FrontendSettings; from ingest.web.app import create_app; "
+                           "create_app(FrontendSettings(api_keys='k'))")
     assert "wordcloud" not in worker and "matplotlib" not in worker
 
 

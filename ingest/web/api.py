@@ -15,7 +15,7 @@ import logging
 import re
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
@@ -24,6 +24,9 @@ from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
+from .appstate import client as _client
+from .appstate import settings as _settings
+from .appstate import store as _store
 from .auth import require_key
 from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
@@ -50,18 +53,6 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 2**31 - 1
 READ_ENDPOINTS = frozenset({"api.publications", "api.entities"})
 _DIGITS = re.compile(r"[0-9]{1,12}")
-
-
-def _settings():
-    return current_app.extensions["ingest.settings"]
-
-
-def _client():
-    return current_app.extensions["ingest.client"]
-
-
-def _store():
-    return current_app.extensions["ingest.store"]
 
 
 @bp.before_request

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..core.models import EntityCount, Post, PublicationSummary
+from .appstate import settings
 
 bp = Blueprint("docs", __name__, static_folder="static", static_url_path="/docs/static")
 
@@ -113,7 +114,7 @@ def document(max_batch: int = 1000) -> dict:
 
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(document(current_app.extensions["ingest.settings"].max_batch))
+    return jsonify(document(settings().max_batch))
 
 
 PAGE = """<!doctype html>

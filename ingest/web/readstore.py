@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
+from ..core.forksafe import PerProcess
 from ..stores import PermanentStoreError, open_store
 
 
@@ -17,31 +15,20 @@ class ProcessLocalStore:
 
     def __init__(self, url: str):
         self.url = url
-        self._local = threading.local()
-
-    def _store(self):
-        store = getattr(self._local, "store", None)
-        if store is None or self._local.pid != os.getpid():
-            store = open_store(self.url, readonly=True)
-            self._local.store, self._local.pid = store, os.getpid()
-        return store
+        self._stores = PerProcess(lambda: open_store(url, readonly=True), per_thread=True,
+                                  close=lambda store: store.close())
 
     def publications(self, limit=None, offset=0):
-        return self._store().publications(limit, offset)
+        return self._stores.get().publications(limit, offset)
 
     def summary(self, publication: str):
-        return self._store().summary(publication)
+        return self._stores.get().summary(publication)
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0):
-        return self._store().entities(publication, limit, offset)
+        return self._stores.get().entities(publication, limit, offset)
 
     def apply(self, delta):
         raise PermanentStoreError("the frontend's store handle is read-only")
 
     def close(self) -> None:
-        store = getattr(self._local, "store", None)
-        if store is not None and self._local.pid == os.getpid():
-            store.close()
-        self._local.store = None
-
-
+        self._stores.drop()
