@@ -7,7 +7,7 @@ face (apply, check, publications, summary, entities, close); `FirestoreStore` re
 once, in the process that uses it, and hands every call to it.
 
 Modules: common.py (collections, client, retries, errors, markers, the layout record), entities.py,
-packed.py, leases.py (the writer lease's documents).
+packed.py, leases.py (the writer lease's documents), compaction.py (idle writers folded into archives).
 """
 
 from __future__ import annotations

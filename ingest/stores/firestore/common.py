@@ -26,6 +26,8 @@ PUBS, SUMS, SHARDS = "pubs", "sums", "shards"    # the packed layout: pubs/{pub}
 MARKERS = "ingest_batches"                        # one per commit: exactly once
 META = "ingest_meta"    # `layout`: the database's layout; `health-{writer}`: written at each saver start
 WRITERS = "ingest_writers"                        # the writer leases
+ARCHIVE = "archive"      # the packed layout's writer that retired writers are folded into (compaction.py)
+COMPACTOR = "compactor"  # the lease one compaction at a time holds
 
 LAYOUTS = ("packed", "entities")
 MAX_WRITES = 500  # per commit, marker included; the emulator accepts more, real Firestore may not

@@ -40,8 +40,8 @@ from typing import Any
 from ...core.models import Delta, EntityCount, PublicationSummary
 from ...core.rules import doc_id, publication_key
 from ..base import GroupsRefused, PermanentStoreError, StoreError
-from .common import (MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers, marker_base,
-                     recorded_groups, translated)
+from .common import (ARCHIVE, MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers,
+                     marker_base, recorded_groups, translated)
 
 log = logging.getLogger("ingest.store.firestore.packed")
 
@@ -54,7 +54,7 @@ PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are 
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
 SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
-              "changed_at", "clock"]
+              "changed_at", "clock", "absorbed"]
 SHARD_CACHE = 4096             # shards a reader process keeps (least recently used out)
 MERGED_LISTS = 64              # merged, sorted entity lists a reader process keeps
 LIST_FULL_EVERY = 600.0        # seconds between full reads of every summary (anything the skew missed)
@@ -242,6 +242,7 @@ class Reads:
         self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
         self.distinct: dict[str, tuple[tuple, int]] = {}  # key -> (signature, size of the writers' union)
         self.doc_reads = 0                               # documents read (Firestore bills each)
+        self.retired: dict[tuple[str, str], Any] = {}    # (key, writer) -> changed_at of what an archive absorbed
 
     def counted(self, n: int) -> None:
         with self.lock:
@@ -249,9 +250,34 @@ class Reads:
 
 
 def newer(signature: tuple, than: tuple) -> bool:
-    """A merge signature ((writer, version), ...) at least as new as `than` for every writer."""
-    mine = dict(signature)
+    """A merge signature ((writer, version), ...) at least as new as `than` for every writer, or read
+    after a later compaction (the archive's version grows; the writers it absorbed are gone)."""
+    mine, theirs = dict(signature), dict(than)
+    if mine.get(ARCHIVE, -1) != theirs.get(ARCHIVE, -1):
+        return mine.get(ARCHIVE, -1) > theirs.get(ARCHIVE, -1)
     return signature != than and all(mine.get(w, -1) >= v for w, v in than)
+
+
+def later(a, b) -> bool:
+    """A commit time after another (a missing one is never later)."""
+    return a is not None and (b is None or a > b)
+
+
+def retire(reads: Reads, fresh: dict) -> bool:
+    """Takes out of the listing the writers an archive summary in `fresh` says it absorbed (their
+    summaries are deleted; an incremental read never sees a deletion); True if any was there."""
+    changed = False
+    for (key, writer), d in fresh.items():
+        if writer != ARCHIVE:
+            continue
+        for gone, record in (d.get("absorbed") or {}).items():
+            absorbed_at = (record or {}).get("changed_at")
+            reads.retired[(key, gone)] = absorbed_at
+            old = reads.listing.get((key, gone))
+            if old is not None and not later(old.get("changed_at"), absorbed_at):
+                del reads.listing[(key, gone)]
+                changed = True
+    return changed
 
 
 _READS: dict[tuple, Reads] = {}
@@ -465,8 +491,9 @@ class PackedLayout:
         self.conn.committed(written, started)
         return len(written)
 
-    def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):
-        """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails)."""
+    def stage(self, batch, key: str, post, parts: list[Part], owned: Owned, extra: dict | None = None):
+        """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails);
+        `extra`: more fields of the summary (the archive's record of what it absorbed)."""
         from google.cloud.firestore import SERVER_TIMESTAMP
 
         writer = self.conn.writer
@@ -498,12 +525,12 @@ class PackedLayout:
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
                 "sv": dict(owned.sv), "version": owned.version,
                 # the commit's own time (readers ask for what was committed after the latest they saw)
-                "changed_at": SERVER_TIMESTAMP, "clock": "commit"}
+                "changed_at": SERVER_TIMESTAMP, "clock": "commit", **(extra or {})}
         ref = pub.collection(SUMS).document(writer)
         if owned.exists:
             batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
         else:
-            owned.first_at = datetime.now(timezone.utc)
+            owned.first_at = owned.first_at or datetime.now(timezone.utc)
             batch.create(ref, {**data, "first_at": owned.first_at})
         yield ref.path, True
 
@@ -593,13 +620,16 @@ class PackedLayout:
                 full = True
                 fresh = self.read_summaries(None)
             with reads.lock:
-                changed = False
+                changed = retire(reads, fresh)
                 for where, d in fresh.items():
                     old = reads.listing.get(where)
+                    if where in reads.retired and not later(d.get("changed_at"), reads.retired[where]):
+                        continue  # read before an archive absorbed it
                     if old is None or int(d.get("version", 0)) > int(old.get("version", 0)):
                         reads.listing[where] = d
                         changed = True
                 if full:
+                    reads.retired.clear()
                     for where in [w for w in reads.listing if w not in fresh]:  # deleted meanwhile
                         del reads.listing[where]
                         changed = True
