@@ -182,6 +182,7 @@ def test_compact_refuses_what_is_not_a_firestore_store_in_one_line(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("ingestiond compact: error:"), done.stderr
+    assert not (tmp_path / "x.db").exists(), "a refused store URL creates nothing"
 
 
 @firestore

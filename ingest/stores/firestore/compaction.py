@@ -261,7 +261,7 @@ class Compaction:
 def main(argv: list[str] | None = None) -> int:
     """`ingestiond compact --store URL [--older-than SECONDS]`: one line out, exit 0; 2 bad usage;
     3 another compaction holds the lease; 1 the store failed."""
-    from .. import StoreURLError, open_store
+    from .. import StoreURLError, open_store, parse_store_url
 
     parser = argparse.ArgumentParser(prog="ingestiond compact",
                                      description="Fold idle writers of a Firestore packed database into archives.")
@@ -272,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.older_than < 0:
         parser.error("--older-than must be 0 or more")
     try:
+        if parse_store_url(args.store)[0] != "firestore":
+            parser.error(f"--store {args.store}: compaction is for a Firestore store (firestore://PROJECT)")
         store = open_store(args.store)
     except (StoreURLError, ValueError) as exc:
         parser.error(str(exc))
-    if not hasattr(store, "layout_name"):
-        parser.error(f"--store {args.store}: compaction is for a Firestore store (firestore://PROJECT)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = compact(store, args.older_than)
