@@ -94,6 +94,29 @@ def test_the_backend_has_no_import_cycle():
     assert _cycles(graph) == []
 
 
+def test_the_firestore_store_is_a_package_without_cycles_or_private_calls():
+    """Before: firestore.py and firestore_packed.py imported each other, the packed layout called the
+    store's private `_translated`, and "ingest_batches" was written in both."""
+    import ast
+    from pathlib import Path
+
+    import ingest.stores.firestore as package
+
+    graph = _package_imports(package)
+    assert {"ingest.stores.firestore.common", "ingest.stores.firestore.entities",
+            "ingest.stores.firestore.packed"} <= set(graph)
+    assert _cycles(graph) == []
+    for path in Path(package.__path__[0]).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        private = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_")]
+        assert private == [], f"{path.name} imports private names {private}"
+        if path.name != "common.py":
+            names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+            assert not names & {"ingest_batches", "ingest_meta", "ingest_writers", "pubs", "ent"}, \
+                f"{path.name} names a collection itself"
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles = []
@@ -127,26 +150,3 @@ def test_the_fleet_is_a_seam_not_a_fork():
         assert "ingest.backend.arbiter" not in graph[module], module
     assert not graph["ingest.backend.arbiter"] & fleet
     assert not graph["ingest.backend.hub"] & fleet
-
-
-def test_the_firestore_store_is_a_package_without_cycles_or_private_calls():
-    """Before: firestore.py and firestore_packed.py imported each other, the packed layout called the
-    store's private `_translated`, and "ingest_batches" was written in both."""
-    import ast
-    from pathlib import Path
-
-    import ingest.stores.firestore as package
-
-    graph = _package_imports(package)
-    assert {"ingest.stores.firestore.common", "ingest.stores.firestore.entities",
-            "ingest.stores.firestore.packed"} <= set(graph)
-    assert _cycles(graph) == []
-    for path in Path(package.__path__[0]).glob("*.py"):
-        tree = ast.parse(path.read_text())
-        private = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                   for alias in node.names if alias.name.startswith("_")]
-        assert private == [], f"{path.name} imports private names {private}"
-        if path.name != "common.py":
-            names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
-            assert not names & {"ingest_batches", "ingest_meta", "ingest_writers", "pubs", "ent"}, \
-                f"{path.name} names a collection itself"
