@@ -59,23 +59,28 @@ def test_the_painter_child_imports_neither_flask_nor_the_stores():
 def _backend_imports(root=None) -> dict[str, set[str]]:
     """ingest.backend's modules and the ingest.backend modules each imports, at any depth of its
     code (an import inside a function makes a cycle too, only a later one)."""
+    import ingest.backend
+
+    return _package_imports(ingest.backend, root)
+
+
+def _package_imports(package, root=None) -> dict[str, set[str]]:
+    """`package`'s modules and the modules of that package each imports, at any depth of its code."""
     import ast
     from pathlib import Path
 
-    import ingest.backend
-
-    root = Path(root or ingest.backend.__path__[0])
+    root = Path(root or package.__path__[0])
     graph = {}
     for path in root.rglob("*.py"):
-        parts = ("ingest", "backend", *path.relative_to(root).with_suffix("").parts)
-        package = parts[:-1]
+        parts = (*package.__name__.split("."), *path.relative_to(root).with_suffix("").parts)
+        parent = parts[:-1]
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                base = list(parent[:len(parent) - node.level + 1]) if node.level else []
                 module = ".".join(base + (node.module.split(".") if node.module else []))
                 found.add(module)
                 found.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import wire`
@@ -90,6 +95,29 @@ def test_the_backend_has_no_import_cycle():
             "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch", "ingest.backend.fleet.deadletters"} \
         <= set(graph)
     assert _cycles(graph) == []
+
+
+def test_the_firestore_store_is_a_package_without_cycles_or_private_calls():
+    """Before: firestore.py and firestore_packed.py imported each other, the packed layout called the
+    store's private `_translated`, and "ingest_batches" was written in both."""
+    import ast
+    from pathlib import Path
+
+    import ingest.stores.firestore as package
+
+    graph = _package_imports(package)
+    assert {"ingest.stores.firestore.common", "ingest.stores.firestore.entities",
+            "ingest.stores.firestore.packed"} <= set(graph)
+    assert _cycles(graph) == []
+    for path in Path(package.__path__[0]).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        private = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_")]
+        assert private == [], f"{path.name} imports private names {private}"
+        if path.name != "common.py":
+            names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+            assert not names & {"ingest_batches", "ingest_meta", "ingest_writers", "pubs", "ent"}, \
+                f"{path.name} names a collection itself"
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
