@@ -21,9 +21,9 @@ class RulesRefused(PermanentStoreError):
 
 
 def rules_refusal(store: str, recorded: str, rules: str) -> str:
+    way_back = "" if recorded == "v1" else "start with the settings it was written with (the same --aliases), or "
     return (f"{store}: its counts were made under counting rules {recorded}, this backend counts under {rules}; "
-            f"counts are never mixed: start with the settings it was written with (the same --aliases), or "
-            f"give this backend a fresh store (README, \"Counting rules\")")
+            f"counts are never mixed: {way_back}give this backend a fresh store (README, \"Counting rules\")")
 
 
 class GroupsRefused(Exception):
