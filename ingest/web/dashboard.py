@@ -27,6 +27,7 @@ from collections import OrderedDict
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
 from ..core.models import PublicationSummary
+from ..core.naming import LABELS
 from ..core.rules import publication_key
 from .painter import WORDCLOUD_SIZE, WORDCLOUD_TOP_N, Painter, render_wordcloud, shared_painter  # noqa: F401 (tests read them here)
 
@@ -236,6 +237,7 @@ def page():
         api_root=request.script_root,
         viewer_token=_viewer_token(),
         viewer_renew_url=url_for("dashboard.viewer_token"),
+        labels=LABELS,
     )
     response = current_app.make_response(html)
     response.headers["Cache-Control"] = "no-cache"
