@@ -41,8 +41,9 @@ def v1_mentions(spans) -> list[tuple[str, str]]:
 
 def duplicate_pairs(top: list[str], labels: dict[str, str]) -> list[tuple[str, str]]:
     """Pairs of the top list that name one thing: equal once possessives, "the" and edge punctuation are
-    gone, or a one-word PERSON and the one multi-word PERSON of the list that ends with it (`labels`: each
-    key's majority label; `africa` / `south africa` is no pair)."""
+    gone, or a one-word name and the one multi-word PERSON of the list that ends with it (`labels`: each
+    key's majority label; `trump` is a pair with `donald trump` whatever spaCy called it, `africa` /
+    `south africa` is none)."""
     bare = {key: text_key(key) for key in top}
     pairs = set()
     by_bare = collections.defaultdict(list)
@@ -52,7 +53,7 @@ def duplicate_pairs(top: list[str], labels: dict[str, str]) -> list[tuple[str, s
         keys = sorted(keys)
         pairs.update((a, b) for i, a in enumerate(keys) for b in keys[i + 1:])
     people = [k for k in top if labels[k] == PERSON]
-    for key in people:
+    for key in top:
         b = bare[key]
         if " " in b:
             continue
