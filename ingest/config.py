@@ -17,10 +17,11 @@ import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.intakeurl import IntakeURLError, parse_intake_url
+from .core.naming import AliasError, Aliases, rules_record
 from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
@@ -173,6 +174,37 @@ class BackendSettings(_Common):
                                      "control: the rest of a backlog waits in Pub/Sub)")
     pubsub_ack_deadline: int = Field(60, ge=10, le=600, description="seconds of each lease extension of a held "
                                      "Pub/Sub message (extended until its batch is committed)")
+    aliases: Optional[Path] = Field(None, description="CSV file of `alias,canonical` entity names, applied last by "
+                                    "the counting rules (read once at start; the store records its digest and "
+                                    "refuses a backend with other aliases)")
+    _alias_table: Aliases = PrivateAttr(default_factory=Aliases)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_readable(cls, value: Optional[Path]):
+        try:
+            Aliases.load(value)  # a bad file is named by its flag or variable, in one line
+        except AliasError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _read_aliases(self):
+        """The table kept: every child gets it with the settings, whatever the file becomes later."""
+        try:
+            self._alias_table = Aliases.load(self.aliases)
+        except AliasError as exc:
+            raise ValueError(f"--aliases: {exc}") from None
+        return self
+
+    @property
+    def alias_table(self) -> Aliases:
+        return self._alias_table
+
+    @property
+    def counting_rules(self) -> str:
+        """What the store records and compares: the rules version and the aliases' digest."""
+        return rules_record(self._alias_table)
 
     @field_validator("intake")
     @classmethod

@@ -391,3 +391,37 @@ def test_the_page_hands_its_viewer_a_token_good_for_that_address_and_a_while(db)
 
     refusal, viewer = asyncio.run(both())
     assert refusal is not None and refusal.limit == "1/minute in all" and viewer is None
+
+
+def test_entities_carry_their_type_and_filter_by_it_over_http(db):
+    """Rows carry `label` (the majority of the mentions' labels); ?label= keeps those types, repeated or
+    comma-separated, any case; an unknown label is a 400 in the API's JSON error shape."""
+    store, path = db
+    store.apply(Delta.of("typed", [Aggregate.from_article("Typed Times", [
+        ("washington", "GPE"), ("washington", "GPE"), ("washington", "PERSON"), ("nato", "ORG"),
+        ("angela merkel", "PERSON"), ("paris", "GPE"), ("paris", "PERSON")])]))
+    with build_app(path).test_client() as c:
+        everything = c.get("/publications/typed times/entities").get_json()
+        assert [(e["entity"], e["label"], e["mentions"]) for e in everything] == [
+            ("washington", "GPE", 3), ("paris", "GPE", 2), ("angela merkel", "PERSON", 1), ("nato", "ORG", 1)]
+        people = c.get("/publications/Typed Times/entities?label=PERSON").get_json()
+        assert [e["entity"] for e in people] == ["angela merkel"]
+        for query in ("label=PERSON&label=ORG", "label=person,org", "label=ORG, PERSON"):
+            rows = c.get(f"/publications/typed times/entities?{query}").get_json()
+            assert [e["entity"] for e in rows] == ["angela merkel", "nato"], query
+        assert c.get("/publications/typed times/entities?label=LAW").get_json() == []
+        for bad in ("label=PEOPLE", "label=PERSON,", "label="):
+            resp = c.get(f"/publications/typed times/entities?{bad}")
+            assert resp.status_code == 400, bad
+            assert resp.get_json()["error"] == "invalid_parameter" and "PERSON" in resp.get_json()["detail"]
+        assert c.get("/publications/nobody/entities?label=PERSON").status_code == 404
+        spec = c.get("/openapi.json").get_json()
+        [label] = [p for p in spec["paths"]["/publications/{publication}/entities"]["get"]["parameters"]
+                   if p["name"] == "label"]
+        assert "PERSON" in label["schema"]["items"]["enum"] and "label" in spec["components"]["schemas"][
+            "EntityCount"]["properties"]
+
+
+def test_the_dashboard_offers_a_type_filter_and_shows_each_entity_type(client):
+    html = client.get("/").get_data(as_text=True)
+    assert '<select id="label-filter">' in html and '<option value="PERSON">PERSON</option>' in html

@@ -268,6 +268,8 @@ def test_unknown_publication_is_404(http):
 
 
 def test_reads_after_writes_equal_an_independent_recount(http, key, backend, recount):
+    from ingest.core.naming import majority_label
+
     posts = [(f"Recount {pub}", content) for pub, content in corpus.articles(60, seed=11)]
     posts += [("  recount   THE daily planet ", "Angela Merkel visited Paris."), ("Recount 🚀 Ünïcode", "NATO met in Oslo.")]
     for i in range(0, len(posts), 25):
@@ -284,8 +286,10 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
             counts.articles, len(counts.mentions), counts.total_mentions), pub_key
         name = quote(row["publication"], safe="")
         entities = http.get(f"/publications/{name}/entities?limit=1000").json()
-        assert {e["entity"]: (e["mentions"], e["articles"]) for e in entities} == {
-            e: (m, counts.entity_articles[e]) for e, m in counts.mentions.items()}
+        assert {e["entity"]: (e["mentions"], e["articles"], e["label"]) for e in entities} == {
+            e: (m, counts.entity_articles[e], majority_label(counts.labels[e])) for e, m in counts.mentions.items()}
+        people = http.get(f"/publications/{name}/entities?limit=1000&label=PERSON").json()
+        assert people == [e for e in entities if e["label"] == "PERSON"]
         assert entities == sorted(entities, key=lambda e: (-e["mentions"], e["entity"]))
         # paging walks the same list; the key matches case- and whitespace-insensitively
         upper = quote("  " + row["publication"].upper() + " ", safe="")

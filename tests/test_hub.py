@@ -67,7 +67,7 @@ class FakeSettings(SimpleNamespace):
 def settings(**over):
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
                 drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
-                store_batch_interval=0.0, writer="", backend_health=None)
+                store_batch_interval=0.0, writer="", backend_health=None, counting_rules="v2")
     base.update(over)
     return FakeSettings(**base)
 

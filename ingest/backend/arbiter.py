@@ -328,7 +328,7 @@ class Arbiter:
     def recover(self) -> None:
         """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
         self.journal.claim(store_identity(self.settings.store_url))
-        found = self.journal.recover()
+        found = self.journal.recover(self.settings.counting_rules)
         self.hub.recover(found, time.monotonic(), time.time())
         if found.batches or found.entries:
             log.warning("recovering from the journal: %d recorded batches (%d articles) to commit again, "

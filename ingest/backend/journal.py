@@ -127,11 +127,16 @@ class _Request:
 
 
 def delta_to_json(delta: Delta) -> str:
-    return json.dumps([[a.key, a.name, a.articles, a.mentions, a.entity_articles] for a in delta.publications.values()])
+    """{"rules": ..., "publications": [[key, name, articles, mentions, entity_articles, labels], ...]}."""
+    return json.dumps({"rules": delta.rules, "publications": [
+        [a.key, a.name, a.articles, a.mentions, a.entity_articles, a.labels] for a in delta.publications.values()]})
 
 
 def delta_from_json(batch_id: str, text: str) -> Delta:
-    return Delta(batch_id, {row[0]: Aggregate(*row) for row in json.loads(text)})
+    """A journal written before counting rules v2 holds a bare list of rows: rules "v1", no labels."""
+    data = json.loads(text)
+    rules, rows = ("v1", data) if isinstance(data, list) else (data["rules"], data["publications"])
+    return Delta(batch_id, {row[0]: Aggregate(*row) for row in rows}, rules=rules)
 
 
 class Journal:
@@ -247,7 +252,9 @@ class Journal:
         self._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
         return self._conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()[0]
 
-    def recover(self) -> Recovered:
+    def recover(self, rules: str | None = None) -> Recovered:
+        """What the journal holds; with `rules`, a recorded batch counted under other rules (another
+        alias file, an older version) is refused: applying it would mix two ways of counting."""
         out = Recovered()
         oldest = self._conn.execute("SELECT min(created_at) FROM batches").fetchone()[0]
         if oldest is not None and time.time() - oldest > MARKER_TTL_SECONDS - MARKER_MARGIN_SECONDS:
@@ -260,7 +267,13 @@ class Journal:
         for batch_id, text, _articles, created in self._conn.execute(
                 "SELECT batch_id, delta, articles, created_at FROM batches ORDER BY created_at"):
             seqs = [s for (s,) in self._conn.execute("SELECT seq FROM articles WHERE batch_id = ?", (batch_id,))]
-            out.batches.append((batch_id, delta_from_json(batch_id, text), seqs))
+            delta = delta_from_json(batch_id, text)
+            if rules is not None and delta.rules != rules:
+                raise JournalError(
+                    f"journal {self.path} holds store batch {batch_id} counted under rules {delta.rules}, but this "
+                    f"backend counts under {rules}: start once with the settings it was counted with (the same "
+                    f"--aliases) to commit it, or move the journal away to discard it")
+            out.batches.append((batch_id, delta, seqs))
             out.recorded[batch_id] = created
         rows = self._conn.execute("SELECT seq, publication, bytes, kills FROM articles "
                                   "WHERE batch_id IS NULL AND quarantined_at IS NULL ORDER BY seq")
@@ -514,7 +527,7 @@ class Journal:
             "GROUP BY b.batch_id ORDER BY b.created_at").fetchall()
         out = []
         for batch_id, created, recorded_articles, articles, nbytes, delta in rows:
-            publications = json.loads(delta)
+            publications = delta_from_json(batch_id, delta).publications
             out.append({"batch_id": batch_id, "recorded_at": created, "age_seconds": round(time.time() - created, 1),
                         "articles": articles, "recorded_articles": recorded_articles, "bytes": nbytes,
                         "publications": len(publications)})

@@ -73,20 +73,29 @@ class Aggregate:
     articles: int = 0
     mentions: dict = field(default_factory=dict)          # entity -> occurrences
     entity_articles: dict = field(default_factory=dict)   # entity -> articles that mention it
+    labels: dict = field(default_factory=dict)           # entity -> {spaCy label -> occurrences}
 
     @classmethod
-    def from_article(cls, publication: str, entities: Iterable[str]) -> "Aggregate":
+    def from_article(cls, publication: str, entities: Iterable) -> "Aggregate":
+        """One article's counts from its mentions: (key, label) pairs (counting rules v2), or bare
+        keys, which count without a label (tests of stores that keep none)."""
         mentions: dict[str, int] = {}
+        labels: dict[str, dict[str, int]] = {}
         for entity in entities:
+            if isinstance(entity, tuple):
+                entity, label = entity
+                per_label = labels.setdefault(entity, {})
+                per_label[label] = per_label.get(label, 0) + 1
             mentions[entity] = mentions.get(entity, 0) + 1
-        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1))
+        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1), labels)
 
     @property
     def total_mentions(self) -> int:
         return sum(self.mentions.values())
 
     def copy(self) -> "Aggregate":
-        return Aggregate(self.key, self.name, self.articles, dict(self.mentions), dict(self.entity_articles))
+        return Aggregate(self.key, self.name, self.articles, dict(self.mentions), dict(self.entity_articles),
+                         {e: dict(per_label) for e, per_label in self.labels.items()})
 
 
 def merge(into: dict[str, Aggregate], items: Iterable[Aggregate]) -> dict[str, Aggregate]:
@@ -105,6 +114,13 @@ def merge(into: dict[str, Aggregate], items: Iterable[Aggregate]) -> dict[str, A
             mentions[entity] = mentions.get(entity, 0) + n
         for entity, n in item.entity_articles.items():
             entity_articles[entity] = entity_articles.get(entity, 0) + n
+        for entity, per_label in item.labels.items():
+            mine = current.labels.get(entity)
+            if mine is None:
+                current.labels[entity] = dict(per_label)
+                continue
+            for label, n in per_label.items():
+                mine[label] = mine.get(label, 0) + n
     return into
 
 
@@ -116,12 +132,15 @@ class Delta:
     in fact applied changes nothing. `groups` (a fleet's batch merging several Pub/Sub messages):
     their ids too, each recorded as if it were a batch of its own, all in one commit; a store
     refuses the whole batch (GroupsRefused) if any of them is recorded already or it needs more
-    than one commit, and the backend then sends each group as a batch of its own.
+    than one commit, and the backend then sends each group as a batch of its own. `rules`: the
+    counting rules its keys were made with (naming.rules_record), kept with it in the journal so
+    a replay is never applied under other rules.
     """
 
     batch_id: str
     publications: dict = field(default_factory=dict)  # key -> Aggregate
     groups: tuple = ()
+    rules: str = ""
 
     @classmethod
     def of(cls, batch_id: str, aggregates: Iterable[Aggregate]) -> "Delta":
@@ -145,5 +164,6 @@ class PublicationSummary(BaseModel):
 
 class EntityCount(BaseModel):
     entity: str
+    label: str = ""  # the label with most mentions (ties: alphabetically first); "" where a store keeps none
     mentions: int
     articles: int

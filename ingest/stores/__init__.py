@@ -75,9 +75,9 @@ class _MissingSqlite:
         inner = self._inner()
         return inner.summary(publication) if inner else None
 
-    def entities(self, publication, limit=20, offset=0):
+    def entities(self, publication, limit=20, offset=0, labels=None):
         inner = self._inner()
-        return inner.entities(publication, limit, offset) if inner else None
+        return inner.entities(publication, limit, offset, labels) if inner else None
 
     def close(self):
         if self._store is not None:

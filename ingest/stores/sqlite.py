@@ -1,5 +1,7 @@
 """SQLite store: the laptop default. WAL so the frontend can read while savers write; synchronous=FULL
-so a commit survives a power cut before the saver reports it stored (the journal then forgets it)."""
+so a commit survives a power cut before the saver reports it stored (the journal then forgets it).
+Mentions per (entity, label) sit in `entity_labels`; the `meta` row `rules` names the counting rules
+the counts were made with (a database with counts and no such row was made under v1)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, publication_key
-from .base import GroupsRefused, StoreError
+from .base import GroupsRefused, RulesRefused, StoreError, rules_refusal
 from .lease import Holder, Lease, LeaseHeld, current_holder, holder_is_dead, refusal
 
 log = logging.getLogger("ingest.store.sqlite")
@@ -33,6 +35,14 @@ CREATE TABLE IF NOT EXISTS entities (
     PRIMARY KEY (pub_key, entity)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entities_by_mentions ON entities (pub_key, mentions DESC, entity);
+CREATE TABLE IF NOT EXISTS entity_labels (
+    pub_key TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    label TEXT NOT NULL,
+    mentions INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pub_key, entity, label)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS writers (
     writer TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -44,6 +54,11 @@ CREATE TABLE IF NOT EXISTS applied_batches (
     applied_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+# An entity's label: the one with most mentions, ties to the alphabetically first (naming.majority_label).
+MAJORITY_LABEL = ("(SELECT l.label FROM entity_labels l WHERE l.pub_key = e.pub_key AND l.entity = e.entity "
+                  "ORDER BY l.mentions DESC, l.label ASC LIMIT 1)")
 
 
 class SqliteStore:
@@ -116,7 +131,11 @@ class SqliteStore:
                     "articles = articles + excluded.articles",
                     [(post.key, e, m, post.entity_articles[e]) for e, m in post.mentions.items()],
                 )
-                writes += 1 + len(post.mentions)
+                rows = [(post.key, e, label, n) for e, per_label in post.labels.items() for label, n in per_label.items()]
+                conn.executemany(
+                    "INSERT INTO entity_labels (pub_key, entity, label, mentions) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pub_key, entity, label) DO UPDATE SET mentions = mentions + excluded.mentions", rows)
+                writes += 1 + len(post.mentions) + len(rows)
             self._expire_markers()
             conn.execute("COMMIT")
             return writes
@@ -142,6 +161,25 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
+    def claim_rules(self, rules: str) -> None:
+        """Record the counting rules in a new database; refuse other rules, or counts without a record (v1)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'rules'").fetchone()
+                recorded = row[0] if row else ("v1" if conn.execute("SELECT 1 FROM publications").fetchone() else None)
+                if recorded is None:
+                    conn.execute("INSERT INTO meta VALUES ('rules', ?)", (rules,))
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+        if recorded is not None and recorded != rules:
+            raise RulesRefused(rules_refusal(f"sqlite {self.path}", recorded, rules))
+
     # -- reads ----------------------------------------------------------
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         if not self._has_schema():
@@ -161,18 +199,30 @@ class SqliteStore:
             "FROM publications p WHERE p.key = ?", (publication_key(publication),)).fetchone()
         return PublicationSummary(publication=row[0], articles=row[1], entities=row[2], mentions=row[3]) if row else None
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         if not self._has_schema():
             return None
         key = publication_key(publication)
         if self._conn.execute("SELECT 1 FROM publications WHERE key = ?", (key,)).fetchone() is None:
             return None
+        if not self._has_labels():  # a v1 database, read by a frontend: no labels to show or match
+            label, where, args = "''", "", []
+        else:
+            label = MAJORITY_LABEL
+            where = f" AND {MAJORITY_LABEL} IN ({','.join('?' * len(labels))})" if labels else ""
+            args = sorted(labels or ())
+        if labels and not args:
+            return []
         rows = self._conn.execute(
-            "SELECT entity, mentions, articles FROM entities WHERE pub_key = ? "
-            "ORDER BY mentions DESC, entity ASC LIMIT ? OFFSET ?",
-            (key, limit, offset),
+            f"SELECT e.entity, {label}, e.mentions, e.articles FROM entities e WHERE e.pub_key = ?{where} "
+            "ORDER BY e.mentions DESC, e.entity ASC LIMIT ? OFFSET ?",
+            (key, *args, limit, offset),
         ).fetchall()
-        return [EntityCount(entity=e, mentions=m, articles=a) for e, m, a in rows]
+        return [EntityCount(entity=e, label=lb or "", mentions=m, articles=a) for e, lb, m, a in rows]
+
+    def _has_labels(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_labels'").fetchone() is not None
 
     def _has_schema(self) -> bool:
         if not self.readonly:

@@ -22,6 +22,7 @@ from werkzeug.routing import PathConverter
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
+from ..core.naming import LABELS
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
 from .appstate import client as _client
@@ -247,10 +248,11 @@ def publications():
 def entities(publication: str):
     limit = _int_arg("limit", 20, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    labels = _labels_arg()
     key = publication_key(publication)
     rows = None
     if key and len(key) <= MAX_PUBLICATION_KEY:
-        rows = _read(lambda store: store.entities(publication, limit, offset))
+        rows = _read(lambda store: store.entities(publication, limit, offset, labels))
     if rows is None:
         raise ApiError(404, "not_found", "no such publication")
     return jsonify([row.model_dump() for row in rows])
@@ -263,6 +265,19 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
     return int(text)
+
+
+def _labels_arg() -> frozenset[str] | None:
+    """?label=PERSON&label=ORG or ?label=PERSON,ORG (any case): entities whose label is one of them."""
+    values = request.args.getlist("label")
+    if not values:
+        return None
+    labels = frozenset(part.strip().upper() for value in values for part in value.split(","))
+    unknown = sorted(labels - set(LABELS))
+    if unknown:
+        raise ApiError(400, "invalid_parameter", f"label must be one or more of {', '.join(LABELS)}; "
+                                                 f"unknown: {', '.join(repr(u) for u in unknown)[:200]}")
+    return labels
 
 
 def _read(query):

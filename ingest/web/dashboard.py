@@ -14,6 +14,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
 from ..core.models import PublicationSummary
+from ..core.naming import LABELS
 from ..core.rules import publication_key
 from .appstate import current as _state
 from .appstate import settings as _settings
@@ -61,6 +62,7 @@ def page():
         api_root=request.script_root,
         viewer_token=_viewer_token(),
         viewer_renew_url=url_for("dashboard.viewer_token"),
+        labels=LABELS,
     )
     response = current_app.make_response(html)
     response.headers["Cache-Control"] = "no-cache"

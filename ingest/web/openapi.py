@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..core.models import EntityCount, Post, PublicationSummary
+from ..core.naming import LABELS
 from .appstate import settings
 
 bp = Blueprint("docs", __name__, static_folder="static", static_url_path="/docs/static")
@@ -65,6 +66,11 @@ def document(max_batch: int = 1000) -> dict:
     post["properties"]["content"].update({"pattern": r"\S"})
     limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
     offset = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
+    label = {"name": "label", "in": "query", "required": False, "style": "form", "explode": True,
+             "schema": {"type": "array", "items": {"type": "string", "enum": list(LABELS)}},
+             "description": "only entities whose label (the label of most of their mentions; ties: the "
+                            "alphabetically first) is one of these: `label=PERSON&label=ORG`, or comma-separated "
+                            "`label=PERSON,ORG`; any case. An unknown label is 400."}
     ok_text = {"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}
     return {
         "openapi": "3.1.0",
@@ -100,7 +106,7 @@ def document(max_batch: int = 1000) -> dict:
             "/publications/{publication}/entities": {"get": {
                 "summary": "A publication's entities by mentions desc, entity asc",
                 "parameters": [{"name": "publication", "in": "path", "required": True, "schema": {"type": "string"}},
-                               limit, offset],
+                               limit, offset, label],
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/EntityCount"}},
                                            "entities"), "404": _error("no such publication"), **READ_ERRORS}}},
             "/healthz": {"get": {"summary": "The frontend is up", "responses": {

@@ -47,7 +47,7 @@ class GroupBatcher:
             if group is not None and not group.dead:
                 name = untag(agg.name)[1]
                 merge(group.aggregates, [Aggregate(publication_key(rest), name, agg.articles, agg.mentions,
-                                                   agg.entity_articles)])
+                                                   agg.entity_articles, agg.labels)])
         for gid, n in collections.Counter(untag(e.publication)[0] for e in entries).items():
             group = groups.get(gid)
             if group is None or group.dead:
