@@ -173,20 +173,29 @@ def stored_packed(project: str) -> dict:
 
 
 def firestore_counts(project: str) -> dict:
-    """{publication key: (articles, {entity: (mentions, articles)})} summed from the documents
-    themselves, in whichever layout they are (independent of the store's read code)."""
+    """{publication key: (articles, {entity: (mentions, articles, label)})} summed from the documents
+    themselves, in whichever layout they are (independent of the store's read code); label: the
+    majority of the entity's mentions per label (ties: alphabetically first)."""
+    def majority(labels: dict) -> str:
+        return sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if labels else ""
+
     out: dict = {}
     for doc in stored(project).values():
-        out[doc["doc"]["key"]] = (doc["doc"]["count"], {e["word"]: (e["count"], e["articles"]) for e in doc["ent"].values()})
+        out[doc["doc"]["key"]] = (doc["doc"]["count"], {e["word"]: (e["count"], e["articles"],
+                                                                    majority(e.get("labels") or {}))
+                                                        for e in doc["ent"].values()})
     for docs in stored_packed(project).values():
         sums = list(docs["sums"].values())
         entities: dict = {}
         for shard in docs["shards"].values():
             items = [(k, v) for k, v in (shard.get("e") or {}).items()] + [(v["w"], v) for v in (shard.get("h") or {}).values()]
             for entity, v in items:
-                m, a = entities.get(entity, (0, 0))
-                entities[entity] = (m + v["m"], a + v["a"])
-        out[sums[0]["key"]] = (sum(s["articles"] for s in sums), entities)
+                m, a, labels = entities.get(entity, (0, 0, {}))
+                for label, n in (v.get("l") or {}).items():
+                    labels[label] = labels.get(label, 0) + n
+                entities[entity] = (m + v["m"], a + v["a"], labels)
+        out[sums[0]["key"]] = (sum(s["articles"] for s in sums),
+                               {e: (m, a, majority(labels)) for e, (m, a, labels) in entities.items()})
     return out
 
 

@@ -150,7 +150,17 @@ def test_counts_over_http_and_straight_from_firestore_equal_a_recount(tmp_path, 
                     assert len(entities) == row["entities"]
                     assert entities == sorted(entities, key=lambda e: (-e["mentions"], e["entity"]))
                     over_http[publication_key(row["publication"])] = (
-                        row["articles"], {e["entity"]: (e["mentions"], e["articles"]) for e in entities})
+                        row["articles"], {e["entity"]: (e["mentions"], e["articles"], e["label"]) for e in entities})
+                    people = http.get(f"/publications/{name}/entities?label=person&limit=1000").json()
+                    assert people == [e for e in entities if e["label"] == "PERSON"]
+                    places = [e for off in range(0, row["entities"], 3)
+                              for e in http.get(f"/publications/{name}/entities?label=GPE,LOC&limit=3&offset={off}")
+                              .json()]
+                    assert places == [e for e in entities if e["label"] in ("GPE", "LOC")]
+                people_anywhere = sum(len(e) for e in (http.get(f"/publications/{quote(r['publication'], safe='')}"
+                                                                "/entities?label=PERSON").json()
+                                                       for r in http.get("/publications").json()))
+                assert people_anywhere > 0, "no PERSON at all: the label filter proves nothing"
         finally:
             assert frontend.stop() == 0
     finally:
@@ -158,3 +168,24 @@ def test_counts_over_http_and_straight_from_firestore_equal_a_recount(tmp_path, 
     expected = expected_counts(recount, posts)
     assert over_http == expected
     assert firestore_counts(firestore_project) == expected
+
+
+@pytest.mark.parametrize("layout", ["entities", "packed"])
+def test_a_database_written_under_rules_v1_is_refused_with_one_line(tmp_path, firestore_emulator, firestore_project,
+                                                                    layout):
+    """Counts and no rules record (a database from before rules v2): the backend stops at boot, exit 3,
+    one line naming both rules, and writes nothing."""
+    from ingest.core.models import Aggregate, Delta
+    from tests.firestore_emulator import firestore_counts
+
+    old = FirestoreStore(project=firestore_project, layout=layout)
+    old.apply(Delta.of("v1", [Aggregate.from_article("BBC", ["donald trump's"])]))  # as a v1 saver did
+    old.close()
+    before = firestore_counts(firestore_project)
+    backend = start_backend(tmp_path, "--workers", "1", store_url=f"firestore://{firestore_project}",
+                            env={"FIRESTORE_EMULATOR_HOST": firestore_emulator}, wait_ready=False)
+    assert backend.proc.wait(120) == 3
+    lines = [line for line in backend.log().splitlines() if "counting rules v1" in line]
+    assert lines and "this backend counts under v2;" in lines[0] and "Traceback" not in backend.log()
+    assert f"firestore://{firestore_project}" in lines[0]
+    assert firestore_counts(firestore_project) == before

@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from ingest.core.models import Aggregate, Delta, EntityCount, PublicationSummary, merge
+from ingest.core.naming import majority_label
 from ingest.stores.base import StoreError
 from ingest.stores.firestore import FirestoreStore
 from ingest.stores.firestore import packed as packed_layout
@@ -21,6 +22,7 @@ from ingest.stores.firestore.compaction import Compaction, compact
 
 firestore = pytest.mark.firestore
 PUBS = ["Daily Planet", "Gotham Gazette", "Metro News"]
+LABELS = ["GPE", "ORG", "PERSON"]  # each churned mention gets one: the archive must fold the label counts too
 
 
 def post(publication: str, *entity_lists: list[str]) -> Aggregate:
@@ -49,7 +51,8 @@ class Recount:
 
     def entities(self, publication: str) -> list[EntityCount]:
         a = next(a for a in self.totals.values() if a.name == publication)
-        return [EntityCount(entity=e, mentions=a.mentions[e], articles=a.entity_articles[e])
+        return [EntityCount(entity=e, label=majority_label(a.labels.get(e, {})), mentions=a.mentions[e],
+                            articles=a.entity_articles[e])
                 for e in sorted(a.mentions, key=lambda e: (-a.mentions[e], e))]
 
     def check(self, reader: FirestoreStore) -> None:
@@ -66,7 +69,8 @@ def churn(project: str, recount: Recount, names: list[str], rng: random.Random, 
         lease = store.claim_writer(name)
         touched = rng.sample(pubs, min(2, len(pubs)))
         for b in range(2):
-            posts = [post(p, *[[f"e{rng.randrange(60)}" for _ in range(4)] for _ in range(3)]) for p in touched]
+            posts = [post(p, *[[(f"e{rng.randrange(60)}", rng.choice(LABELS)) for _ in range(4)] for _ in range(3)])
+                     for p in touched]
             recount.apply(store, f"{name}-b{b}", *posts)
         lease.release()
         store.close()

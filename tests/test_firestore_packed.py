@@ -386,3 +386,92 @@ def test_a_batch_merging_groups_is_one_commit_with_a_marker_each_and_refused_who
     finally:
         a.close()
         b.close()
+
+
+# -- Firestore's limits, which the emulator does not enforce --------------------------------------
+
+MIB = 1024 * 1024
+INDEX_ENTRIES = 40_000
+EXEMPT = {"shards": {"e", "h"}, "sums": {"sv"}}  # deploy/firestore-indexes.sh: no index on these maps
+
+
+def value_bytes(value) -> int:
+    """A value's size in Firestore's storage accounting (cloud.google.com/firestore/docs/storage-size)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8")) + 1
+    if isinstance(value, dict):
+        return sum(len(k.encode("utf-8")) + 1 + value_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(value_bytes(v) for v in value)
+    if value is None or isinstance(value, bool):
+        return 1
+    return 8  # integers, floats, timestamps
+
+
+def document_bytes(path: str, data: dict) -> int:
+    return sum(len(part.encode("utf-8")) + 1 for part in path.split("/")) + 16 + value_bytes(data) + 32
+
+
+def index_entries(data: dict, exempt: set) -> int:
+    """Single-field index entries: two (ascending, descending) per indexed leaf, a map's leaves included."""
+    def leaves(value):
+        return sum(leaves(v) for v in value.values()) if isinstance(value, dict) and value else 1
+    return sum(2 * leaves(v) for k, v in data.items() if k not in exempt)
+
+
+def assert_within_firestore_limits(project: str) -> int:
+    """Every document of the packed layout under 1 MiB and 40,000 index entries; the largest's size."""
+    from google.cloud import firestore as gfs
+
+    db, largest = gfs.Client(project=project), 0
+    for group, exempt in EXEMPT.items():
+        for snap in db.collection_group(group).stream():
+            data = snap.to_dict()
+            size = document_bytes(snap.reference.path, data)
+            assert size <= MIB, f"{snap.reference.path}: {size:,} bytes, over Firestore's 1 MiB"
+            assert index_entries(data, exempt) <= INDEX_ENTRIES, snap.reference.path
+            largest = max(largest, size)
+    db.close()
+    return largest
+
+
+def test_the_size_accounting_of_the_limit_check():
+    assert value_bytes({"m": 3, "a": 1, "l": {"PERSON": 3}}) == (2 + 8) * 2 + 2 + 7 + 8
+    assert document_bytes("pubs/p/shards/w-0", {}) == 5 + 2 + 7 + 4 + 16 + 32
+    assert index_entries({"writer": "w", "e": {"x": {"m": 1, "a": 1}}, "n": 0}, {"e"}) == 4
+    assert index_entries({"e": {"x": {"m": 1, "a": 1}}}, set()) == 4
+
+
+@firestore
+def test_labels_that_grow_after_an_entity_was_placed_never_take_a_shard_past_1_mib(firestore_project):
+    """Long names fill a shard to its byte budget with one label each; then every entity gets twelve more
+    labels. Without moving entities out, shard 0 would be ~1.04 MB (checked below); with it, every
+    document stays under 1 MiB and the counts and labels still equal the sum of what was written."""
+    names = [f"{i:05d} " + "x" * 134 for i in range(3000)]
+    first = post("Wide", [(n, "PERSON") for n in names])
+    more = post("Wide", [(n, f"LABEL_{j:02d}") for n in names for j in range(12)], [(n, "PERSON") for n in names[:5]])
+    store = packed(firestore_project)
+    store.apply(delta("b1", first))
+    assert len(stored_packed(firestore_project)[doc_id("wide")]["shards"]) == 2  # 600 KB budget: the rest in 1
+    unmoved = document_bytes("pubs/x/shards/w1-0", {"e": {n: {"m": 1, "a": 1, "l": {"PERSON": 1, **{
+        f"LABEL_{j:02d}": 1 for j in range(12)}}} for n in names[:2970]}})
+    assert unmoved > MIB, "the test would prove nothing: shard 0 would fit anyway"
+    store.apply(delta("b2", more))
+    assert assert_within_firestore_limits(firestore_project) <= MIB
+    total = merge({}, [first.copy(), more.copy()])["wide"]
+    want = {e: (total.mentions[e], total.entity_articles[e]) for e in total.mentions}
+    assert counts(store, "wide") == want
+    rows = store.entities("wide", limit=10**6)
+    assert {r.entity for r in rows if r.label == "PERSON"} == set(names[:5])  # 2 PERSON against 1 of each
+    assert {r.label for r in rows if r.entity not in names[:5]} == {"LABEL_00"}  # ties: the first name
+    again = packed(firestore_project)  # a restarted writer reads its shards back (entities in one place each)
+    again.apply(delta("b3", post("Wide", [(n, "ORG") for n in names[-3:]])))
+    assert assert_within_firestore_limits(firestore_project) <= MIB
+    assert sum(e[0] for e in counts(again, "wide").values()) == total.total_mentions + 3
+    assert len(counts(again, "wide")) == 3000
+    from tests.firestore_emulator import firestore_counts
+
+    assert firestore_counts(firestore_project)["wide"][1] == {r.entity: (r.mentions, r.articles, r.label)
+                                                              for r in again.entities("wide", limit=10**6)}
+    again.close()
+    store.close()

@@ -261,3 +261,90 @@ def test_a_full_500_write_delta_is_one_commit(store, firestore_project):
     assert store.commits == 1
     docs = stored(firestore_project)
     assert len(docs[doc_id("full")]["ent"]) == MAX_WRITES - 2
+
+
+# -- counting rules v2: labels and the rules record -------------------------
+
+@firestore
+def test_labels_are_kept_per_entity_and_read_as_the_majority(any_store):
+    """Mentions per (entity, label) summed over batches; the row's label is the majority (ties: the
+    alphabetically first), and `labels=` keeps only the entities whose majority label is one of them."""
+    store = any_store
+    store.apply(delta("b1", post("BBC", [("washington", "GPE"), ("washington", "PERSON"), ("nato", "ORG")]),
+                      post("BBC", [("washington", "GPE"), ("paris", "GPE"), ("paris", "PERSON")])))
+    rows = store.entities("bbc")
+    assert [(r.entity, r.label, r.mentions, r.articles) for r in rows] == [
+        ("washington", "GPE", 3, 2), ("paris", "GPE", 2, 1), ("nato", "ORG", 1, 1)]  # paris: a tie, GPE < PERSON
+    store.apply(delta("b2", post("BBC", [("paris", "PERSON"), ("washington", "PERSON"), ("washington", "PERSON")])))
+    assert {r.entity: r.label for r in store.entities("bbc")} == {"washington": "PERSON", "paris": "PERSON",
+                                                                  "nato": "ORG"}
+    assert [r.entity for r in store.entities("bbc", labels=frozenset({"ORG"}))] == ["nato"]
+    assert [r.entity for r in store.entities("bbc", labels=frozenset({"ORG", "PERSON"}), limit=2)] == \
+        ["washington", "paris"]
+    assert [r.entity for r in store.entities("bbc", labels=frozenset({"ORG", "PERSON"}), limit=2, offset=1)] == \
+        ["paris", "nato"]
+    assert store.entities("bbc", labels=frozenset({"LAW"})) == []
+    assert store.entities("nobody", labels=frozenset({"ORG"})) is None
+    reader = FirestoreStore(project=store.project, writer="reader")  # another process: the layout recorded
+    assert [(r.entity, r.label) for r in reader.entities("BBC", labels=frozenset({"ORG"}))] == [("nato", "ORG")]
+    reader.close()
+
+
+@firestore
+def test_the_label_filter_pages_through_a_long_ranking(any_store):
+    """A rare label far down a ranking of 1,500 entities: the filter reads on until the page is full."""
+    store = any_store
+    mentions = [(f"org {i:04d}", "ORG") for i in range(1500)] + [("rare law", "LAW")] * 1 + [("top law", "LAW")] * 3
+    mentions += [(f"org {i:04d}", "ORG") for i in range(10)]  # the first ten rank above the rest
+    store.apply(delta("b1", post("Gazette", mentions)))
+    assert [(r.entity, r.mentions) for r in store.entities("gazette", labels=frozenset({"LAW"}))] == [
+        ("top law", 3), ("rare law", 1)]
+    assert [r.entity for r in store.entities("gazette", labels=frozenset({"LAW"}), offset=1)] == ["rare law"]
+    orgs = store.entities("gazette", labels=frozenset({"ORG"}), limit=5, offset=1200)
+    assert [r.entity for r in orgs] == [f"org {i:04d}" for i in range(1200, 1205)]
+    everything = store.entities("gazette", limit=2000)
+    assert [r for r in everything if r.label == "ORG"][1200:1205] == orgs
+
+
+@firestore
+def test_the_database_records_its_counting_rules_and_refuses_others(any_store):
+    from ingest.stores.base import RulesRefused
+
+    store = any_store
+    store.check()
+    store.claim_rules("v2+aliases:aaaa")
+    store.claim_rules("v2+aliases:aaaa")  # the same rules again: fine
+    store.apply(delta("b1", post("BBC", [("uk", "GPE")])))
+    other = FirestoreStore(project=store.project, writer="other")
+    with pytest.raises(RulesRefused, match=r"counting rules v2\+aliases:aaaa, this backend counts under v2;") as exc:
+        other.claim_rules("v2")
+    assert "\n" not in str(exc.value) and f"firestore://{store.project}" in str(exc.value)
+    other.close()
+
+
+@firestore
+@pytest.mark.parametrize("layout", ["entities", "packed"])
+def test_a_database_with_counts_and_no_rules_record_was_made_under_v1_and_is_refused(firestore_project, layout):
+    """A database written before rules v2 (counts, no `ingest_meta/rules`): refused, in one line; a
+    frontend still reads it (no labels to show or match); an empty database takes the first rules."""
+    from ingest.stores.base import RulesRefused
+
+    old = FirestoreStore(project=firestore_project, layout=layout)
+    old.apply(delta("v1-batch", post("BBC", ["donald trump's", "donald trump's"])))  # v1 keys, no labels
+    old.close()
+    reader = FirestoreStore(project=firestore_project)
+    assert [(r.entity, r.label, r.mentions) for r in reader.entities("bbc")] == [("donald trump's", "", 2)]
+    assert reader.entities("bbc", labels=frozenset({"PERSON"})) == []
+    with pytest.raises(RulesRefused, match="counting rules v1, this backend counts under v2") as exc:
+        reader.claim_rules("v2")
+    assert "\n" not in str(exc.value)
+    reader.close()
+
+    from google.cloud import firestore as gfs
+
+    assert not gfs.Client(project=firestore_project).collection("ingest_meta").document("rules").get().exists
+    fresh = FirestoreStore(project=firestore_project + "-new", layout=layout)
+    fresh.claim_rules("v2")  # nothing stored yet: it takes the rules it is first written with
+    assert gfs.Client(project=firestore_project + "-new").collection("ingest_meta").document("rules").get() \
+        .get("rules") == "v2"
+    fresh.close()

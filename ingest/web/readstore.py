@@ -25,8 +25,6 @@ class ProcessLocalStore:
         return self._stores.get().summary(publication)
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0, labels=None):
-        if labels is None:  # a store that keeps no labels yet (Firestore) takes no such argument
-            return self._stores.get().entities(publication, limit, offset)
         return self._stores.get().entities(publication, limit, offset, labels)
 
     def apply(self, delta):

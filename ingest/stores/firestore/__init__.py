@@ -16,7 +16,7 @@ import os
 from datetime import timedelta
 
 from ...core.models import Delta, EntityCount, PublicationSummary
-from .common import LAYOUTS, MARKER_TTL, MAX_WRITES, Connection, read_layout, translated
+from .common import LAYOUTS, MARKER_TTL, MAX_WRITES, Connection, claim_rules, read_layout, translated
 
 __all__ = ["FirestoreStore", "LAYOUTS", "MAX_WRITES"]
 
@@ -101,14 +101,19 @@ class FirestoreStore:
             layout = self.layout(record=True)
         layout.check()
 
+    def claim_rules(self, rules: str) -> None:
+        """`ingest_meta/rules` (common.claim_rules): a database keeps the counting rules it was first written with."""
+        claim_rules(self.conn, rules)
+
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         return self.layout().publications(limit, offset)
 
     def summary(self, publication: str) -> PublicationSummary | None:
         return self.layout().summary(publication)
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
-        return self.layout().entities(publication, limit, offset)
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
+        return self.layout().entities(publication, limit, offset, labels)
 
     def close(self) -> None:
         if self._layout is not None and self._layout_pid == os.getpid():

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from ...core.models import Delta
 from ...core.rules import MARKER_TTL_SECONDS, doc_id
-from ..base import PermanentStoreError, StoreError
+from ..base import PermanentStoreError, RulesRefused, StoreError, rules_refusal
 
 log = logging.getLogger("ingest.store.firestore")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("ingest.store.firestore")
 PUBLICATIONS, ENTITIES = "publications", "ent"   # the entities layout: publications/{pub}/ent/{entity}
 PUBS, SUMS, SHARDS = "pubs", "sums", "shards"    # the packed layout: pubs/{pub}/sums/{writer}, .../shards/{writer}-{n}
 MARKERS = "ingest_batches"                        # one per commit: exactly once
-META = "ingest_meta"    # `layout`: the database's layout; `health-{writer}`: written at each saver start
+META = "ingest_meta"  # `layout`, `rules`: the database's layout and counting rules; `health-{writer}`: per saver
 WRITERS = "ingest_writers"                        # the writer leases
 ARCHIVE = "archive"      # the packed layout's writer that retired writers are folded into (compaction.py)
 COMPACTOR = "compactor"  # the lease one compaction at a time holds
@@ -244,3 +244,31 @@ def read_layout(conn: Connection, requested: str | None, record: bool) -> tuple[
                 return read_layout(conn, requested, record)
             recorded = chosen
     return chosen, recorded is not None
+
+
+# -- the counting rules record ----------------------------------------------------
+
+def claim_rules(conn: Connection, rules: str) -> None:
+    """Record `rules` (naming.rules_record) in `ingest_meta/rules` of a new database, in a transaction
+    that also looks for counts: a database with publications (either layout) and no record was made
+    under v1. Other rules than `rules`: RulesRefused, one line (the saver exits 3)."""
+    from google.cloud import firestore
+
+    db = conn.client
+    ref = db.collection(META).document("rules")
+
+    def claim(txn) -> str | None:
+        snap = ref.get(transaction=txn)
+        if snap.exists:
+            return (snap.to_dict() or {}).get("rules") or "v1"
+        for query in (db.collection(PUBLICATIONS).limit(1), db.collection_group(SUMS).limit(1)):
+            if any(True for _ in txn.get(query)):
+                return "v1"
+        txn.create(ref, {"rules": rules, "recorded_at": datetime.now(timezone.utc)})
+        return None
+
+    with translated("rules"):
+        recorded = firestore.transactional(claim)(db.transaction())
+    if recorded is not None and recorded != rules:
+        where = f"firestore://{conn.project}" + (f" (database {conn.database})" if conn.database else "")
+        raise RulesRefused(rules_refusal(where, recorded, rules))

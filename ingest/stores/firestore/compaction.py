@@ -56,7 +56,7 @@ class Idle:
 
     writer: str
     snap: object                                  # its summary (the delete's precondition: its update_time)
-    counts: dict                                  # entity -> (mentions, articles)
+    counts: dict                                  # entity -> (mentions, articles, {label: mentions})
 
     @property
     def data(self) -> dict:
@@ -77,13 +77,17 @@ class Folded:
     total_mentions: int = 0
     mentions: dict = field(default_factory=dict)
     entity_articles: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)   # entity -> {label: mentions}
 
     def add(self, idle: Idle) -> None:
         self.articles += int(idle.data.get("articles", 0))
         self.total_mentions += int(idle.data.get("mentions", 0))
-        for entity, (m, a) in idle.counts.items():
+        for entity, (m, a, labels) in idle.counts.items():
             self.mentions[entity] = self.mentions.get(entity, 0) + m
             self.entity_articles[entity] = self.entity_articles.get(entity, 0) + a
+            mine = self.labels.setdefault(entity, {})
+            for label, n in labels.items():
+                mine[label] = mine.get(label, 0) + n
 
 
 def compact(store, older_than: float = RETIRE_AFTER, *, lease_ttl: float | None = None) -> Report:
@@ -184,7 +188,8 @@ class Compaction:
         """A commit's writes: its marker, the archive's summary and shards, the writers' deletes."""
         self.layout.load(key)
         entities = sorted({e for idle in group for e in idle.counts})
-        archive, _ = self.layout.cost(Part(key, 0, tuple(entities)), None)
+        labels = {e: labels for idle in group for e, (_, _, labels) in idle.counts.items()}
+        archive, _ = self.layout.cost(Part(key, 0, tuple(entities)), labels)
         return 1 + archive + sum(1 + idle.shards for idle in group)
 
     def commit(self, key: str, group: list[Idle]) -> None:

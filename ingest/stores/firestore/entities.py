@@ -1,8 +1,10 @@
 """Firestore's `entities` layout, the course's: one document per publication and per (publication, entity).
 
 `publications/{doc_id(key)}` {name, key, count, mentions} and
-`publications/{pub_id}/ent/{doc_id(entity)}` {word, count, articles}, all bumped with
-`firestore.Increment` under `set(merge=True)`.
+`publications/{pub_id}/ent/{doc_id(entity)}` {word, count, articles, labels {label: mentions}}, all
+bumped with `firestore.Increment` under `set(merge=True)`. An entity's `label` is read as the majority
+of its `labels` (naming.majority_label); a `labels=` filter is applied while paging (no index can
+order by a majority), so a rare label reads more of the ranking than a common one.
 
 Exactly once: a delta becomes a deterministic list of chunks (publication docs first, then
 entities, each sorted by key) of at most MAX_WRITES - 1 increments plus one marker `create` of
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ...core.models import Delta, EntityCount, PublicationSummary
+from ...core.naming import majority_label
 from ...core.rules import doc_id, publication_key
 from ..base import GroupsRefused, StoreError
 from .common import (ENTITIES, MARKERS, MAX_WRITES, PUBLICATIONS, AppliedElsewhere, Connection, create_group_markers,
@@ -40,6 +43,7 @@ class EntityWrite:
     entity: str
     mentions: int
     articles: int
+    labels: tuple = ()  # ((label, mentions), ...) sorted
 
 
 Write = Union[PublicationWrite, EntityWrite]
@@ -65,7 +69,8 @@ def plan_chunks(delta: Delta, max_writes: int = MAX_WRITES) -> list[Chunk]:
     posts = [delta.publications[k] for k in sorted(delta.publications)]
     writes: list[Write] = [PublicationWrite(p.key, p.name, p.articles, p.total_mentions) for p in posts]
     for post in posts:
-        writes.extend(EntityWrite(post.key, e, post.mentions[e], post.entity_articles[e])
+        writes.extend(EntityWrite(post.key, e, post.mentions[e], post.entity_articles[e],
+                                  tuple(sorted(post.labels.get(e, {}).items())))
                       for e in sorted(post.mentions))
     size = max_writes - 1
     base = marker_base(delta.batch_id)
@@ -74,6 +79,13 @@ def plan_chunks(delta: Delta, max_writes: int = MAX_WRITES) -> list[Chunk]:
                                 f"writes, more than one commit")
     return [Chunk(i, f"{base}-{i}", tuple(writes[start:start + size]))
             for i, start in enumerate(range(0, len(writes), size))]
+
+
+def entity_row(d: dict) -> EntityCount:
+    """An entity document as a row: its label is the majority of its `labels` ("" where none are kept: v1)."""
+    labels = {label: int(n) for label, n in (d.get("labels") or {}).items()}
+    return EntityCount(entity=d.get("word"), label=majority_label(labels), mentions=int(d.get("count")),
+                       articles=int(d.get("articles")))
 
 
 def _has_name(snap) -> bool:
@@ -142,8 +154,11 @@ class EntitiesLayout:
                 written.append(pub.path)
             else:
                 ref = pub.collection(ENTITIES).document(doc_id(w.entity))
-                batch.set(ref, {"word": w.entity, "count": firestore.Increment(w.mentions),
-                                "articles": firestore.Increment(w.articles)}, merge=True)
+                data = {"word": w.entity, "count": firestore.Increment(w.mentions),
+                        "articles": firestore.Increment(w.articles)}
+                if w.labels:
+                    data["labels"] = {label: firestore.Increment(n) for label, n in w.labels}
+                batch.set(ref, data, merge=True)
                 written.append(ref.path)
         try:
             batch.commit(retry=None, timeout=conn.timeout)
@@ -213,24 +228,46 @@ class EntitiesLayout:
         result = pub_ref.collection(ENTITIES).count(alias="n").get(retry=conn.read_retry, timeout=conn.timeout)
         return int(result[0][0].value) if result and result[0] else 0
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
-        from google.cloud import firestore
-
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         conn = self.conn
         with translated("entities"):
             pub = self.pub(publication_key(publication))
             if not pub.get(field_paths=["key"], retry=conn.read_retry, timeout=conn.timeout).exists:
                 return None
+            if labels is not None:
+                return self.labelled(pub, limit, offset, labels)
             # Firestore bills every document an offset skips: past the end, a count (one read per
             # 1,000 entities) answers instead of a query that would skip them all
             if offset >= 1000 and offset >= self.distinct_entities(pub):
                 return []
-            query = (pub.collection(ENTITIES)
-                     .order_by("count", direction=firestore.Query.DESCENDING)
-                     .order_by("word", direction=firestore.Query.ASCENDING)
-                     .offset(offset).limit(limit))
-            return [EntityCount(entity=d.get("word"), mentions=int(d.get("count")), articles=int(d.get("articles")))
-                    for d in (s.to_dict() for s in query.stream(retry=conn.read_retry, timeout=conn.timeout))]
+            query = self.ranking(pub).offset(offset).limit(limit)
+            return [entity_row(s.to_dict()) for s in query.stream(retry=conn.read_retry, timeout=conn.timeout)]
+
+    def ranking(self, pub):
+        from google.cloud import firestore
+
+        return (pub.collection(ENTITIES)
+                .order_by("count", direction=firestore.Query.DESCENDING)
+                .order_by("word", direction=firestore.Query.ASCENDING))
+
+    def labelled(self, pub, limit: int, offset: int, labels: frozenset[str]) -> list[EntityCount]:
+        """The page [offset, offset + limit) of the entities whose majority label is in `labels`: the
+        ranking read in pages (each from where the last ended) until the page is full or it ends."""
+        conn, rows, last = self.conn, [], None
+        if not labels:
+            return []
+        page = min(max(2 * (offset + limit), 100), 1000)
+        while len(rows) < offset + limit:
+            query = self.ranking(pub)
+            if last is not None:
+                query = query.start_after(last)
+            snaps = list(query.limit(page).stream(retry=conn.read_retry, timeout=conn.timeout))
+            rows += [row for row in map(entity_row, (s.to_dict() for s in snaps)) if row.label in labels]
+            if len(snaps) < page:
+                break
+            last = snaps[-1]
+        return rows[offset:offset + limit]
 
     def executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -5,14 +5,19 @@ writer W (a saver of one backend; names kept in its journal):
 
     pubs/{doc_id(K)}/sums/{W}          key, name, writer, first_at, changed_at, articles, mentions, entities,
                                        shards, sv {shard: version}, version
-    pubs/{doc_id(K)}/shards/{W}-{n}    writer, key, n, e {entity: {m, a}}, h {digest: {w, m, a}}
+    pubs/{doc_id(K)}/shards/{W}-{n}    writer, key, n, e {entity: {m, a, l}}, h {digest: {w, m, a, l}}
+
+(m: mentions, a: articles, l: {label: mentions}, the entity's mentions per spaCy label; its `label` in
+a read is the majority of l summed over the writers, naming.majority_label.)
 
 Only W writes its documents, so it knows their values: it writes absolute numbers, not
 increments (a document may take only 500 field transforms per commit; a flush of one publication
 changes thousands of entities). Entities fill shard 0, then 1, ...: each shard stays under 4,000
 entities and ~600 KB (Firestore: 1 MiB and 40,000 index entries; the maps are exempt from
-indexing, deploy/firestore-indexes.sh). A publication's flush is one write of its summary plus
-one per shard it touches.
+indexing, deploy/firestore-indexes.sh). An entity's label map grows after it is placed: a shard
+that new labels would take past SHARD_LIMIT bytes moves that entity to a shard with room, in the
+same commit (its old entry deleted). A publication's flush is one write of its summary plus one
+per shard it touches.
 
 Exactly once: a batch's parts come from the delta alone (publications sorted; a publication's
 entities in parts of 20,000); how many go in one commit follows what the writer knows of its
@@ -38,6 +43,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ...core.models import Delta, EntityCount, PublicationSummary
+from ...core.naming import majority_label
 from ...core.rules import doc_id, publication_key
 from ..base import GroupsRefused, PermanentStoreError, StoreError
 from .common import (ARCHIVE, MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers,
@@ -47,11 +53,13 @@ log = logging.getLogger("ingest.store.firestore.packed")
 
 SHARD_ENTITIES = 4000          # entities per shard document
 SHARD_BYTES = 600_000          # estimated bytes per shard document (Firestore's limit: 1 MiB)
+SHARD_LIMIT = 900_000          # ... that labels added later may grow it to (an entity then moves out)
 MAX_SHARDS = 400               # per writer and publication: 1.6 million distinct entities
 PART_ENTITIES = 20_000         # a publication's entities per commit
 COMMIT_BYTES = 6 * 1024 * 1024  # estimated payload per commit (Firestore takes 10 MiB)
 PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are keyed by their digest
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
+LABEL_BYTES = 16               # ... and one label's in it (besides the label's name)
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
 SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
               "changed_at", "clock", "absorbed"]
@@ -68,9 +76,25 @@ def slot(entity: str) -> tuple[str, str]:
     return "h", doc_id(entity)
 
 
-def entry_bytes(entity: str) -> int:
+def label_bytes(labels) -> int:
+    return sum(len(label.encode("utf-8")) + LABEL_BYTES for label in labels)
+
+
+def entry_bytes(entity: str, labels=()) -> int:
+    """An entity's entry in a shard, estimated on the generous side of Firestore's size accounting."""
     field_name, key = slot(entity)
-    return len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
+    return (len(key.encode("utf-8")) + (len(entity.encode("utf-8")) if field_name == "h" else 0) + ENTRY_BYTES
+            + label_bytes(labels))
+
+
+def entry_updates(maps: dict) -> dict:
+    """A stored shard's update: each changed entry whole (its value replaces the old one, labels and all),
+    one field path per entity. `set(merge=True)` would mask every leaf, repeating each entity's name once
+    per label (a request several times the document's size); `merge=[paths]` costs the client O(n^2)."""
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    return {FieldPath(map_name, map_key).to_api_repr(): value
+            for map_name, entries in maps.items() for map_key, value in entries.items()}
 
 
 class TooManyWrites(Exception):
@@ -170,6 +194,7 @@ class Shard:
     n: int
     entities: int = 0
     bytes: int = 0
+    stored: bool = False  # its document exists (updated in place), else it is written whole
 
 
 @dataclass
@@ -182,14 +207,14 @@ class Owned:
     first_at: Any = None
     articles: int = 0
     mentions: int = 0
-    counts: dict = field(default_factory=dict)   # entity -> [mentions, articles, shard]
+    counts: dict = field(default_factory=dict)   # entity -> [mentions, articles, shard, {label: mentions}]
     shards: list = field(default_factory=list)   # Shard, by n
     sv: dict = field(default_factory=dict)       # str(shard) -> version when last written
     version: int = 0
 
-    def place(self, entity: str, key: str) -> int:
+    def place(self, entity: str, key: str, labels=()) -> int:
         """The shard of a new entity: the last one while it has room, else a new one."""
-        size = entry_bytes(entity)
+        size = entry_bytes(entity, labels)
         last = self.shards[-1] if self.shards else None
         if last is None or last.entities >= SHARD_ENTITIES or last.bytes + size > SHARD_BYTES:
             if len(self.shards) >= MAX_SHARDS:
@@ -202,6 +227,19 @@ class Owned:
         last.bytes += size
         return last.n
 
+    def relabel(self, entity: str, key: str, record: list, added: list) -> int | None:
+        """A stored entity gets `added` labels: its shard grows by them, unless that takes it past
+        SHARD_LIMIT: then the entity moves to a shard with room (Owned.place); the shard it left, or None."""
+        shard = self.shards[record[2]]
+        if shard.bytes + label_bytes(added) <= SHARD_LIMIT:
+            shard.bytes += label_bytes(added)
+            return None
+        left = record[2]
+        shard.entities -= 1
+        shard.bytes -= entry_bytes(entity, record[3])
+        record[2] = self.place(entity, key, [*record[3], *added])
+        return None if record[2] == left else left
+
 
 def _field_filter(path: str, op: str, value):
     from google.cloud.firestore_v1.base_query import FieldFilter
@@ -210,12 +248,12 @@ def _field_filter(path: str, op: str, value):
 
 
 def parse_shard(data: dict) -> dict:
-    """entity -> (mentions, articles) of one shard document."""
+    """entity -> (mentions, articles, {label: mentions}) of one shard document."""
     out = {}
     for entity, v in (data.get("e") or {}).items():
-        out[entity] = (int(v.get("m", 0)), int(v.get("a", 0)))
+        out[entity] = (int(v.get("m", 0)), int(v.get("a", 0)), {k: int(n) for k, n in (v.get("l") or {}).items()})
     for _, v in (data.get("h") or {}).items():
-        out[v["w"]] = (int(v.get("m", 0)), int(v.get("a", 0)))
+        out[v["w"]] = (int(v.get("m", 0)), int(v.get("a", 0)), {k: int(n) for k, n in (v.get("l") or {}).items()})
     return out
 
 
@@ -329,7 +367,8 @@ class PackedLayout:
                 self.load(key)
             refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
             parts = units(delta, skip=refused)
-            starts = pack(parts, lambda p: self.cost(p, delta), self.conn.max_writes, len(delta.groups))
+            starts = pack(parts, lambda p: self.cost(p, delta.publications[p.key].labels), self.conn.max_writes,
+                          len(delta.groups))
             if delta.groups and (len(starts) > 1 or refused):  # a merged batch is one whole commit or none
                 raise GroupsRefused((), f"a batch of {len(delta.groups)} groups needs {len(starts)} commits"
                                         + (f" and leaves out {refused}" if refused else ""))
@@ -404,7 +443,7 @@ class PackedLayout:
         last = owned.shards[-1] if owned.shards else None
         shards, entities, size = (len(owned.shards), last.entities, last.bytes) if last else (0, SHARD_ENTITIES, 0)
         for e in new:
-            b = entry_bytes(e)
+            b = entry_bytes(e, post.labels.get(e, ()))
             if entities >= SHARD_ENTITIES or size + b > SHARD_BYTES:
                 shards, entities, size = shards + 1, 0, 0
                 if shards > MAX_SHARDS:
@@ -412,8 +451,9 @@ class PackedLayout:
             entities, size = entities + 1, size + b
         return False
 
-    def cost(self, part: Part, delta: Delta) -> tuple[int, int]:
-        """(documents, bytes) a part writes, given the shards its known entities are in."""
+    def cost(self, part: Part, labels: dict) -> tuple[int, int]:
+        """(documents, bytes) a part writes, given the shards its known entities are in; `labels`:
+        entity -> {label: mentions} of what it adds (a new entity's size)."""
         owned = self.owned.get(part.key) or Owned()
         touched = {owned.counts[e][2] for e in part.entities if e in owned.counts}
         last = owned.shards[-1] if owned.shards else None
@@ -421,18 +461,18 @@ class PackedLayout:
         for e in part.entities:  # where Owned.place would put the new ones
             if e in owned.counts:
                 continue
-            b = entry_bytes(e)
+            b = entry_bytes(e, labels.get(e, ()))
             if entities >= SHARD_ENTITIES or size + b > SHARD_BYTES:
                 n, entities, size = n + 1, 0, 0
             entities, size = entities + 1, size + b
             touched.add(n)
-        return 1 + len(touched), 2000 + sum(map(entry_bytes, part.entities))
+        return 1 + len(touched), 2000 + sum(entry_bytes(e, labels.get(e, ())) for e in part.entities)
 
     def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
                quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
         """One commit; 0 if its marker exists (`quiet`: raise MarkerExists with the marker's fields instead).
         Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
         db, writer = self.db, self.conn.writer
         keys = list(dict.fromkeys(p.key for p in chunk.parts))
@@ -478,7 +518,8 @@ class PackedLayout:
                 raise MarkerExists(snap.to_dict() or {}) from exc
             log.info("batch=%s chunk=%d/%d already applied; skipped", delta.batch_id, chunk.index + 1, chunks)
             return 0
-        except FailedPrecondition as exc:  # our picture of our documents is stale: read them again, retry
+        except (FailedPrecondition, NotFound) as exc:  # our picture of our documents is stale (a summary
+            # changed, a shard it updates was folded away): read them again, retry
             self.forget(keys)
             raise StoreError(f"firestore batch={delta.batch_id}: a summary changed under writer {writer}; "
                              f"reloading it ({exc})") from exc
@@ -494,19 +535,28 @@ class PackedLayout:
     def stage(self, batch, key: str, post, parts: list[Part], owned: Owned, extra: dict | None = None):
         """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails);
         `extra`: more fields of the summary (the archive's record of what it absorbed)."""
-        from google.cloud.firestore import SERVER_TIMESTAMP
+        from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP
 
         writer = self.conn.writer
         changed: dict[int, dict] = {}
         for part in parts:
             for entity in part.entities:
+                labels = post.labels.get(entity) or {}
+                map_name, map_key = slot(entity)
                 record = owned.counts.get(entity)
                 if record is None:
-                    record = owned.counts[entity] = [0, 0, owned.place(entity, key)]
+                    record = owned.counts[entity] = [0, 0, owned.place(entity, key, labels), {}]
+                else:
+                    left = owned.relabel(entity, key, record, [label for label in labels if label not in record[3]])
+                    if left is not None:  # moved out of a shard that would grow too big: its old entry goes
+                        changed.setdefault(left, {}).setdefault(map_name, {})[map_key] = DELETE_FIELD
                 record[0] += post.mentions[entity]
                 record[1] += post.entity_articles[entity]
-                map_name, map_key = slot(entity)
+                for label, n in labels.items():
+                    record[3][label] = record[3].get(label, 0) + n
                 value = {"m": record[0], "a": record[1]}
+                if record[3]:
+                    value["l"] = dict(record[3])
                 if map_name == "h":
                     value["w"] = entity
                 changed.setdefault(record[2], {}).setdefault(map_name, {})[map_key] = value
@@ -519,7 +569,11 @@ class PackedLayout:
         for n in sorted(changed):
             owned.sv[str(n)] = owned.version
             ref = pub.collection(SHARDS).document(f"{writer}-{n}")
-            batch.set(ref, {"writer": writer, "key": key, "n": n, **changed[n]}, merge=True)
+            if owned.shards[n].stored:
+                batch.update(ref, entry_updates(changed[n]))
+            else:  # a new shard: every entry in it is new in this commit
+                batch.set(ref, {"writer": writer, "key": key, "n": n, **changed[n]})
+                owned.shards[n].stored = True  # forgotten with the rest of `owned` if the commit fails
             yield ref.path, False
         data = {"key": key, "name": owned.name, "writer": writer, "articles": owned.articles,
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
@@ -552,13 +606,13 @@ class PackedLayout:
             refs = [pub.collection(SHARDS).document(f"{writer}-{n}") for n in range(int(d.get("shards", 0)))]
             shards = {s.id: s for s in self.db.get_all(refs, retry=conn.read_retry, timeout=conn.timeout)}
             for n, ref in enumerate(refs):
-                shard = Shard(n)
+                shard = Shard(n, stored=True)
                 shard_snap = shards.get(ref.id)
-                for entity, (m, a) in (parse_shard(shard_snap.to_dict()) if shard_snap and shard_snap.exists
-                                       else {}).items():
-                    owned.counts[entity] = [m, a, n]
+                for entity, (m, a, labels) in (parse_shard(shard_snap.to_dict()) if shard_snap and shard_snap.exists
+                                               else {}).items():
+                    owned.counts[entity] = [m, a, n, labels]
                     shard.entities += 1
-                    shard.bytes += entry_bytes(entity)
+                    shard.bytes += entry_bytes(entity, labels)
                 owned.shards.append(shard)
         self.owned[key] = owned
         self.evict()
@@ -670,12 +724,16 @@ class PackedLayout:
         self.reads.counted(len(fresh))
         return fresh
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         key = publication_key(publication)
         sums = self.sums(key)
         if not sums:
             return None
-        return self.merge(key, sums)[offset:offset + limit]
+        rows = self.merge(key, sums)
+        if labels is not None:
+            rows = [row for row in rows if row.label in labels]
+        return rows[offset:offset + limit]
 
     def distinct(self, key: str, sums: list[dict]) -> int:
         """The size of the writers' union, computed once per (writers, versions): kept for every
@@ -727,14 +785,16 @@ class PackedLayout:
                         reads.shard_cache.move_to_end(where)
                 while len(reads.shard_cache) > SHARD_CACHE:  # a bounded picture, least recently used out
                     reads.shard_cache.popitem(last=False)
-        totals: dict[str, list[int]] = {}
+        totals: dict[str, list] = {}
         for where in wanted:
-            for entity, (m, a) in have.get(where, {}).items():
-                t = totals.setdefault(entity, [0, 0])
+            for entity, (m, a, labels) in have.get(where, {}).items():
+                t = totals.setdefault(entity, [0, 0, {}])
                 t[0] += m
                 t[1] += a
-        rows = [EntityCount(entity=e, mentions=m, articles=a)
-                for e, (m, a) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+                for label, n in labels.items():
+                    t[2][label] = t[2].get(label, 0) + n
+        rows = [EntityCount(entity=e, label=majority_label(lb), mentions=m, articles=a)
+                for e, (m, a, lb) in sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
         with reads.lock:
             cached = reads.merged.get(key)
             if cached is None or newer(signature, cached[0]):
