@@ -157,6 +157,8 @@ class BackendSettings(_Common):
     quarantine_size: int = Field(1000, ge=1, description="articles the quarantine may hold (they count in the journal's "
                                  "bounds too); when full, new posts are refused (503) until an operator retries or "
                                  "drops them (`ingestiond quarantine`)")
+    days_kept: Optional[int] = Field(None, ge=1, description="days of per-day entity counts kept (older ones are "
+                                     "dropped; per-day article totals and all-time counts stay); default: all")
     batch_interval: Optional[float] = Field(None, ge=0, description="seconds between one saver's store batches (default: "
                                             "the flush interval for Firestore, which sustains about one write a second "
                                             "per document; 0 for SQLite)")

@@ -31,7 +31,8 @@ class Saver(Child):
     def boot(self) -> None:
         """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
-            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
+                                    days_kept=getattr(self.settings, "days_kept", None))
             self.store.check()
             # one live process per writer name: a second one fails here, naming both (exit 3)
             self.lease = self.store.claim_writer(self.settings.writer or "solo")
@@ -50,7 +51,8 @@ class Saver(Child):
         except Exception:  # closing a broken handle may fail too
             log.debug("%s: closing the store failed", self.name, exc_info=True)
         try:
-            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
+                                    days_kept=getattr(self.settings, "days_kept", None))
             self.store.lease = self.lease  # its commits stop too if the lease is lost
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)

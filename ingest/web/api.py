@@ -19,6 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
+from ..core.days import DayError, day_of_post
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
@@ -173,7 +174,8 @@ def _check_batch_size(n: int) -> None:
         raise ApiError(413, "batch_too_large", f"the batch holds {n} posts; the limit is {limit}")
 
 
-def _validate(item, where: str) -> Post:
+def _validate(item, where: str) -> tuple:
+    """The post as the wire carries it, with its day settled now (a `published` checked against the clock)."""
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_post", f"{where}: expected a JSON object, got {_json_type(item)}")
     try:
@@ -188,7 +190,11 @@ def _validate(item, where: str) -> Post:
     problem = unstorable(post)  # lone surrogates from \ud800-style escapes: no store can keep them
     if problem:
         raise ApiError(400, "invalid_post", f"{where}: {problem}")
-    return post
+    try:
+        day = day_of_post(post.published, time.time())
+    except DayError as exc:
+        raise ApiError(400, "invalid_post", f"{where}: {exc}") from None
+    return post.as_wire(day)
 
 
 def _json_type(value) -> str:
@@ -196,9 +202,9 @@ def _json_type(value) -> str:
         type(value), "a number")
 
 
-def _put(posts: list[Post]):
+def _put(posts: list[tuple]):
     try:
-        answer = _client().put_many([p.as_wire() for p in posts], token=new_token())
+        answer = _client().put_many(posts, token=new_token())
     except TooLarge as exc:
         raise ApiError(413, "article_too_large", str(exc)) from None
     except QueueFull as exc:

@@ -16,6 +16,7 @@ import collections
 import logging
 import threading
 import time
+from datetime import timezone
 from dataclasses import dataclass, field
 
 from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag, untag
@@ -229,7 +230,8 @@ class PubSubIntake(Intake):
                 admitted.append(waiting)
         if not admitted:
             return not self.waiting
-        items = [(tag(w.group, p[0]), p[1], None) for w in admitted for p in w.posts]
+        items = [(tag(w.group, p[0]), p[1], None, (p[3] if len(p) > 3 else None) or _published_day(w))
+                 for w in admitted for p in w.posts]
         try:
             result = self.journal.append(items)
         except QueueFull as exc:  # the scratch journal's bytes or its disk: they wait, their leases extended
@@ -277,10 +279,15 @@ class PubSubIntake(Intake):
         with self.glock:
             return [e for e in taken if untag(e.publication)[0] in self.groups]  # a dead group's: dropped
 
-    def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
-        """As the journal has them; an article of a group dead-lettered meanwhile reads as a blank."""
-        texts = self.journal.contents([e.seq for e in entries])
-        return [(e.publication, texts.get(e.seq, " ")) for e in entries]
+    def contents(self, entries: list[Entry]) -> list[tuple]:
+        """As the journal has them (publication, text, None, day); an article of a group dead-lettered
+        meanwhile reads as a blank."""
+        texts = self.journal.texts_and_days([e.seq for e in entries])
+        out = []
+        for e in entries:
+            text, day = texts.get(e.seq, (" ", None))
+            out.append((e.publication, text, None, day))
+        return out
 
     # -- acknowledgements, leases, dead letters: one thread ------------------------------------
     def _ack(self, ack_ids: list[str]) -> None:
@@ -420,3 +427,13 @@ class PubSubIntake(Intake):
             status[f"pubsub_{name}"] = self.counts[name]
         status["intake"] = str(self.url)
         return status
+
+
+def _published_day(waiting) -> str | None:
+    """A post without a day (a publisher other than our frontend) counts on the UTC day Pub/Sub accepted
+    its message: the same on every redelivery, to whichever backend."""
+    published = getattr(waiting.message.message, "publish_time", None)
+    try:
+        return published.astimezone(timezone.utc).date().isoformat() if published else None
+    except (AttributeError, ValueError, TypeError):
+        return None
