@@ -15,6 +15,10 @@ class PermanentStoreError(Exception):
     """A store failure that a retry cannot fix (bad configuration, invalid data)."""
 
 
+class NotInThisLayout(Exception):
+    """A read this store's layout does not keep (per-day counts in Firestore's entities layout)."""
+
+
 class GroupsRefused(Exception):
     """A batch merging several groups (Delta.groups) was not applied, nothing of it: `groups` are
     recorded already (by another batch, or a part of one); none when it needs more than one commit.

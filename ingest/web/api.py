@@ -25,6 +25,7 @@ from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
+from .attention import read_over_time, respond, window_args
 from .auth import require_key
 from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
@@ -255,20 +256,27 @@ def publications():
         rows = [found][offset:offset + limit] if found is not None else []
     else:
         rows = _read(lambda store: store.publications(limit, offset))
-    return jsonify([row.model_dump() for row in rows])
+    return respond([row.model_dump() for row in rows], ["publication", "articles", "entities", "mentions"])
 
 
 @bp.get("/publications/<publication:publication>/entities", merge_slashes=False)
 def entities(publication: str):
+    """All-time counts; with `since`/`until`, the counts summed over that window of days."""
     limit = _int_arg("limit", 20, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    window = window_args()
     key = publication_key(publication)
     rows = None
     if key and len(key) <= MAX_PUBLICATION_KEY:
-        rows = _read(lambda store: store.entities(publication, limit, offset))
+        if window.all_time:
+            rows = _read(lambda store: store.entities(publication, limit, offset))
+            rows = None if rows is None else [row.model_dump() for row in rows]
+        else:
+            rows = read_over_time(lambda store: store.entities_in(publication, window, limit, offset))
+            rows = None if rows is None else [{k: r[k] for k in ("entity", "mentions", "articles")} for r in rows]
     if rows is None:
         raise ApiError(404, "not_found", "no such publication")
-    return jsonify([row.model_dump() for row in rows])
+    return respond(rows, ["entity", "mentions", "articles"])
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -56,10 +56,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         log.warning("no API keys configured (INGEST_API_KEYS or the key file): every write will get 401")
 
     from .api import bp as api_bp
+    from .attention import bp as attention_bp
     from .dashboard import bp as dashboard_bp
     from .openapi import bp as docs_bp
 
     app.register_blueprint(api_bp)
+    app.register_blueprint(attention_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(docs_bp)
     _limit_anonymous_reads(app, settings)
@@ -78,7 +80,9 @@ def _intake_client(settings: FrontendSettings):
     return IngestClient(settings.manager_address, settings.authkey_bytes, deadline=settings.request_deadline)
 
 
-READ_VIEWS = ("api.publications", "api.entities", "dashboard.page", "dashboard.wordcloud_png")
+READ_VIEWS = ("api.publications", "api.entities", "attention.publication_days", "attention.entity_days",
+              "attention.top_entities", "attention.publication_rising", "attention.rising", "dashboard.page",
+              "dashboard.wordcloud_png")
 
 
 def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
