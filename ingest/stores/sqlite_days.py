@@ -97,8 +97,9 @@ def window_entities(conn: sqlite3.Connection, pub_key: str | None, window: Windo
     `entity_filter` is an SQL condition on `entity` and its parameters (the store's label filter)."""
     extra, extra_params = entity_filter or ("", [])
     where, params = _where(window, pub_key, extra)
+    publications = "1" if pub_key is not None else "count(DISTINCT pub_key)"  # one publication: no distinct to count
     return conn.execute(
-        f"SELECT entity, sum(mentions) AS m, sum(articles), count(DISTINCT pub_key) FROM entity_days{where} "
+        f"SELECT entity, sum(mentions) AS m, sum(articles), {publications} FROM entity_days{where} "
         "GROUP BY entity ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?",
         [*params, *extra_params, limit, offset]).fetchall()
 
