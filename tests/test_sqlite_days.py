@@ -61,3 +61,21 @@ def test_retention_drops_old_entity_rows_and_keeps_day_totals(conn):
     assert sqlite_days.window_entities(conn, "p", Window(), 10, 0) == [("a", 1, 1, 1)]
     assert sqlite_days.day_series(conn, "p", Window("2017-01-01", "2017-01-02")) == [
         ("2017-01-01", 1, 1), ("2017-01-02", 1, 1)]
+
+
+def test_a_store_with_days_kept_drops_old_entity_days_and_keeps_the_totals(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from ingest.core.models import Aggregate, Delta
+    from ingest.stores.sqlite import SqliteStore
+
+    today = datetime.now(timezone.utc).date()
+    old, recent = (today - timedelta(days=40)).isoformat(), (today - timedelta(days=1)).isoformat()
+    store = SqliteStore(tmp_path / "s.db", days_kept=30)
+    store.apply(Delta.of("b1", [Aggregate.from_article("P", ["merkel"], old),
+                                Aggregate.from_article("P", ["merkel", "obama"], recent)]))
+    assert store.entities_in("P", Window(old, old)) == []
+    assert [r["entity"] for r in store.entities_in("P", Window(recent, recent))] == ["merkel", "obama"]
+    assert [r["articles"] for r in store.days("P", Window(old, recent))[1] if r["articles"]] == [1, 1]
+    assert {e.entity: e.mentions for e in store.entities("P", 10)} == {"merkel": 2, "obama": 1}, "all time stays"
+    store.close()
