@@ -16,8 +16,7 @@ setup(
         "google-cloud-firestore>=2.16,<3",
         "google-cloud-pubsub>=2.20,<3",  # INGEST_INTAKE / --intake pubsub://... (a fleet, docs/pubsub.md)
         "flask>=3.0,<4",
-        "flask-limiter>=3.5,<5",
-        "limits>=3.13,<6",  # ingest/web/pacing.py counts with it directly (flask-limiter's own counter)
+        "limits>=3.13,<6",  # ingest/web/pacing.py counts requests without a key with it
         "h11>=0.16,<1",  # ingest/web/server.py parses HTTP/1.1 with it (0.16: CVE-2025-43859)
         "swagger-ui-bundle-v2>=5.31,<6",
         "gunicorn>=22,<24",

@@ -483,7 +483,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             "articles_per_s": round(len(posts) / wall, 2),
             "words_per_s": round(sum(len(c.split()) for _, c in posts) / wall, 1),
             "status": {k: s[k] for k in ("accepted", "processed", "flushes", "store_batches", "store_writes",
-                                         "store_commits", "store_errors", "lost", "redelivered",
+                                         "store_commits", "store_errors", "redelivered",
                                          "worker_deaths", *JOURNAL_KEYS, *PUBSUB_KEYS) if k in s},
             "journal": journal.result(s, t_done - t0),
             "cpu_seconds": cpu, "cpu_seconds_other_processes": round(max(0.0, busy1 - busy0 - ours), 2),

@@ -50,7 +50,7 @@ def main() -> int:
             store.close()
         built = time.time() - t0
         reader = FirestoreStore(project=project, timeout=60)
-        reads = reader.packed.reads
+        reads = reader.layout().reads
 
         def measure():
             before = reads.doc_reads

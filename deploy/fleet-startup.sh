@@ -59,6 +59,7 @@ cat >/etc/ingestiond/frontend.env <<EOF
 INGEST_VAR_DIR=/var/lib/ingestiond
 INGEST_STORE=$STORE
 INGEST_INTAKE=$TOPIC_URL
+INGEST_BACKEND_HEALTH=/var/lib/ingestiond/backend-health.json
 INGEST_API_KEYS_FILE=/etc/ingestiond/api_keys
 INGEST_BIND=0.0.0.0:$PORT
 INGEST_FRONTEND_WORKERS=$((cpus / 4 > 1 ? cpus / 4 : 1))

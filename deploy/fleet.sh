@@ -13,9 +13,10 @@ usage() {
 Usage: $PROG [create|teardown] --project ID --region REGION --wheel-url gs://BUCKET/ingestiond.whl [options]
 
 create (the default) makes, in this order: the topic NAME, the dead-letter topic NAME-dead (with a
-subscription NAME-dead-keep that keeps what lands there), the subscription NAME-backends (ack
-deadline 60 s, dead-letter policy of 5 delivery attempts), the Pub/Sub service agent's rights on
-them, an instance template, a regional managed instance group autoscaled on
+subscription NAME-dead-keep that keeps what lands there 7 days: \`ingestiond dead-letters list|replay\`
+reads it), the subscription NAME-backends (ack deadline 60 s, dead-letter policy of 100 delivery
+attempts: only a message that kills backends), the Pub/Sub service agent's rights on them, an
+instance template, a regional managed instance group autoscaled on
 pubsub.googleapis.com/subscription/num_undelivered_messages, a health check and an HTTP load
 balancer in front of the frontend port of every VM. Each VM runs both programs: the frontend
 publishes to the topic, the backend pulls from the subscription and stores in Firestore.
@@ -34,8 +35,9 @@ Options:
   --min N / --max N       instances (default 1 / 10)
   --backlog-per-vm N      undelivered messages per instance the autoscaler aims at (default 5000)
   --layout LAYOUT         Firestore layout: packed (default) or entities
-  --service-account EMAIL the VMs' service account (needs roles/datastore.user,
-                          roles/pubsub.publisher, roles/pubsub.subscriber, roles/secretmanager.secretAccessor)
+  --service-account EMAIL the VMs' service account (needs roles/datastore.user, roles/pubsub.publisher,
+                          roles/pubsub.subscriber, roles/pubsub.viewer (a backend reads its subscriptions'
+                          settings at start), roles/secretmanager.secretAccessor)
   --port N                frontend port (default 8000)
   --dry-run               print every command instead of running it
   -h, --help              this text
@@ -122,10 +124,18 @@ project_number() {
 create_pubsub() {
     run_quiet gcloud pubsub topics create "$TOPIC" "${P[@]}"
     run_quiet gcloud pubsub topics create "$DEAD" "${P[@]}"
-    run_quiet gcloud pubsub subscriptions create "$DEAD-keep" "${P[@]}" --topic="$DEAD" --message-retention-duration=7d
+    # what lands on the dead-letter topic is lost unless a subscription keeps it: NAME-dead-keep (the name
+    # `ingestiond dead-letters` looks for), never expiring however long nobody reads it
+    run_quiet gcloud pubsub subscriptions create "$DEAD-keep" "${P[@]}" --topic="$DEAD" --ack-deadline=60 \
+        --message-retention-duration=7d --expiration-period=never
+    # The policy is only for a message that kills backends (100 attempts, the most Pub/Sub allows). A backend
+    # never hands a message back for want of room; it hands back what it held when it stops (a drain, an
+    # autoscaler's scale-in, a recreated VM) and a killed backend's leases expire, and each counts as an
+    # attempt: a healthy message can meet several in a churning fleet, and 5 would dead-letter it. A message
+    # that kills workers, or that no backend can read, a backend dead-letters itself at once (?dead_letter=).
     run_quiet gcloud pubsub subscriptions create "$SUB" "${P[@]}" --topic="$TOPIC" --ack-deadline=60 \
         --message-retention-duration=7d --expiration-period=never \
-        --dead-letter-topic="$DEAD" --max-delivery-attempts=5
+        --dead-letter-topic="$DEAD" --max-delivery-attempts=100
     # dead-lettering is done by Pub/Sub's own service agent: it must publish there and ack here
     local agent
     agent="serviceAccount:service-$(project_number)@gcp-sa-pubsub.iam.gserviceaccount.com"
@@ -187,7 +197,8 @@ if [[ "$ACTION" == create ]]; then
     create_group
     create_balancer
     finish "fleet $NAME created: topic $TOPIC, subscription $SUB, group $GROUP ($MIN-$MAX VMs in $REGION);" \
-        "the load balancer's address: gcloud compute forwarding-rules describe $NAME-lb --global --project=$PROJECT"
+        "the load balancer's address: gcloud compute forwarding-rules describe $NAME-lb --global --project=$PROJECT;" \
+        "dead letters: ingestiond dead-letters list --intake 'pubsub://$PROJECT/$SUB?dead_letter=$DEAD'"
 else
     teardown
     finish "fleet $NAME removed; the topic, the subscription and the Firestore data stay"

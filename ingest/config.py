@@ -1,10 +1,11 @@
 """All configuration, declared in one place: command-line flags over `INGEST_*` variables over defaults.
 
-Each field of `BackendSettings` is both a flag (`flush_interval` -> `--flush-interval`) and a
-variable (`INGEST_FLUSH_INTERVAL`); pydantic-settings reads the variables and validates both, and
-the flag parser is generated from the same fields, so the two cannot drift apart. A bad value is
-one line (`ConfigError`), never a traceback. Parsing has no side effects: the backend creates its
-authkey file itself (`ensure_authkey`).
+Each field of `BackendSettings` (`ingestiond`) and `FrontendSettings` (`ingest-frontend`) is both a
+flag (`flush_interval` -> `--flush-interval`, unless the field names another) and a variable
+(`INGEST_FLUSH_INTERVAL`); pydantic-settings reads the variables and validates both, and the flag
+parser is generated from the same fields, so the two cannot drift apart; so is docs/configuration.md
+(`python -m ingest.config --markdown`). A bad value is one line (`ConfigError`), never a traceback.
+Parsing has no side effects: the backend creates its authkey file itself (`ensure_authkey`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.intakeurl import IntakeURLError, parse_intake_url
+from .core.naming import AliasError, Aliases, rules_record
 from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
@@ -77,6 +79,9 @@ class _Common(BaseSettings):
     authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     max_article_chars: int = Field(200_000, ge=1, description="longest article content accepted (longer: 413)")
+    backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
+                                           "journal); when set, the frontend's /healthz and /readyz fail (503) while "
+                                           "the backend it names is wedged, nack-looping or not committing")
 
     @field_validator("manager_address", mode="before")
     @classmethod
@@ -171,6 +176,37 @@ class BackendSettings(_Common):
                                      "control: the rest of a backlog waits in Pub/Sub)")
     pubsub_ack_deadline: int = Field(60, ge=10, le=600, description="seconds of each lease extension of a held "
                                      "Pub/Sub message (extended until its batch is committed)")
+    aliases: Optional[Path] = Field(None, description="CSV file of `alias,canonical` entity names, applied last by "
+                                    "the counting rules (read once at start; the store records its digest and "
+                                    "refuses a backend with other aliases)")
+    _alias_table: Aliases = PrivateAttr(default_factory=Aliases)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_readable(cls, value: Optional[Path]):
+        try:
+            Aliases.load(value)  # a bad file is named by its flag or variable, in one line
+        except AliasError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _read_aliases(self):
+        """The table kept: every child gets it with the settings, whatever the file becomes later."""
+        try:
+            self._alias_table = Aliases.load(self.aliases)
+        except AliasError as exc:
+            raise ValueError(f"--aliases: {exc}") from None
+        return self
+
+    @property
+    def alias_table(self) -> Aliases:
+        return self._alias_table
+
+    @property
+    def counting_rules(self) -> str:
+        """What the store records and compares: the rules version and the aliases' digest."""
+        return rules_record(self._alias_table)
 
     @field_validator("intake")
     @classmethod
@@ -200,24 +236,56 @@ class BackendSettings(_Common):
 
 
 class FrontendSettings(_Common):
-    """What the web side reads (it has no flags of its own beyond gunicorn's)."""
+    """`ingest-frontend`'s settings; every field is a flag and an INGEST_* variable, read once by the
+    command (before gunicorn starts) and handed to gunicorn, its workers and the app."""
 
+    bind: str = Field("127.0.0.1:8000", description="HOST:PORT the frontend listens on (loopback unless told "
+                      "otherwise)")
+    frontend_workers: int = Field(2, ge=1, json_schema_extra={"flag": "workers"},
+                                  description="gunicorn worker processes")
+    frontend_threads: int = Field(4, ge=1, json_schema_extra={"flag": "threads"},
+                                  description="app threads per worker: only complete requests reach them "
+                                  "(a request mostly waits on the backend or the store)")
+    frontend_timeout: int = Field(30, ge=1, json_schema_extra={"flag": "timeout"},
+                                  description="seconds a worker may stay silent before gunicorn restarts it")
+    frontend_connections: int = Field(1000, ge=1, json_schema_extra={"flag": "connections"},
+                                      description="open connections per worker; the next one is answered 503 "
+                                      "and closed")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client may take to send the request line and "
+                                  "headers (else 408)")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a client may take to send the whole body (else 408)")
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="write keys, comma-separated")
     api_keys_file: Optional[Path] = Field(None, description="file of write keys, one a line (default VAR_DIR/api_keys)")
-    read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys (default: reads are public)")
+    read_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False, description="read keys, "
+                                                                "comma-separated (default: reads are public)")
     max_batch: int = Field(1000, ge=1, description="items per POST /posts")
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="bytes per request body")
     request_deadline: float = Field(30.0, gt=0, description="seconds a write waits for a backend that broke off after "
                                     "the request may have reached it (resent under the same token), before 504 "
                                     "outcome_unknown; also how long a publish to Pub/Sub waits for its acknowledgement")
     read_rate_limit: str = Field("20/second;600/minute", description="requests without a key, per client address "
-                                                                     "and frontend worker (flask-limiter syntax; empty: none)")
+                                 "and frontend worker (limits syntax: 20/second;600/minute; empty: none)")
     anon_rate_limit: str = Field("20/10seconds", description="requests without a key from all addresses together, per "
-                                 "frontend worker, probes aside: the cost bound (flask-limiter syntax; empty: none)")
-    probe_rate_limit: str = Field("50/second", description="probes (/healthz, /readyz, /metrics) without a key from all "
-                                  "addresses together, per frontend worker (flask-limiter syntax; empty: none)")
+                                 "frontend worker, probes aside: the cost bound (empty: none)")
+    probe_rate_limit: str = Field("50/second", description="probes (/healthz, /readyz, /metrics) without a key "
+                                  "from all addresses together, per frontend worker (empty: none)")
+    wordcloud_refresh: float = Field(30.0, ge=0, description="seconds a word cloud is served after its publication's "
+                                     "counts moved on, to a request that does not name the new counts")
+    wordcloud_share: float = Field(0.05, gt=0, le=1, description="of one core per worker, sustained, that drawing word "
+                                   "clouds may take")
+    wordcloud_burst: float = Field(4.0, ge=0, description="CPU seconds of word clouds drawn at once before the share "
+                                   "applies (about ten pictures)")
+    wordcloud_cache: int = Field(64, ge=1, description="word-cloud pictures kept per worker")
     intake: Optional[str] = Field(None, description="pubsub://PROJECT/TOPIC: publish accepted articles to Google "
                                   "Pub/Sub (202 once acknowledged) instead of the local manager")
+
+    backend_stall_seconds: float = Field(30.0, gt=0, description="with INGEST_BACKEND_HEALTH: seconds the backend's "
+                                         "loop or its Pub/Sub puller may go without a turn before /healthz says 503")
+    backend_commit_seconds: float = Field(300.0, gt=0, description="with INGEST_BACKEND_HEALTH: seconds work may wait "
+                                          "without a store commit before /healthz says 503 (a store outage longer "
+                                          "than this fails every machine's probe)")
+    backend_nacks_per_minute: int = Field(100, ge=1, description="with INGEST_BACKEND_HEALTH: Pub/Sub messages the "
+                                          "backend may hand back in a minute before /healthz says 503")
 
     @field_validator("intake")
     @classmethod
@@ -253,52 +321,137 @@ class FrontendSettings(_Common):
         return self
 
 
-def _one_line(exc: ValidationError, flags: frozenset[str] = frozenset()) -> str:
+def flag(model: type[BaseSettings], name: str) -> str:
+    """The command-line flag of a field: its name with dashes, unless it declares another
+    (`frontend_workers` is `ingest-frontend --workers`; its variable keeps the full name)."""
+    extra = model.model_fields[name].json_schema_extra
+    return "--" + str((extra or {}).get("flag") or name).replace("_", "-")
+
+
+def variable(name: str) -> str:
+    return f"INGEST_{name.upper()}"
+
+
+def _one_line(exc: ValidationError, model: type[BaseSettings], flags: frozenset[str] = frozenset()) -> str:
     """Each problem named the way the user set it: `--flag` if given as one, else its variable."""
     problems = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "setting"
-        label = f"--{name.replace('_', '-')}" if name in flags else f"INGEST_{name.upper()}"
+        label = flag(model, name) if name in flags else variable(name)
         given = error.get("input")
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{label}={given!r}: {message}" if isinstance(given, (str, int, float)) else f"{label}: {message}")
+        shown = f"{label}={given!r}" if isinstance(given, (str, int, float)) else label
+        problems.append(f"{shown}: {message}")
     return "invalid setting: " + "; ".join(problems)
+
+
+PROGRAMS = {
+    "ingestiond": "The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
+    "ingest-frontend": "The ingestiond HTTP front door: the Flask app under gunicorn, behind an asyncio HTTP layer.",
+}
+_EPILOGS = {
+    "ingestiond": "`ingestiond quarantine list|retry|drop` manages articles that killed workers; "
+                  "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed; "
+                  "`ingestiond dead-letters list|replay` a fleet's dead-lettered Pub/Sub messages.",
+    "ingest-frontend": "The app is also `ingest.frontend:create_app()` for any WSGI server (then without this "
+                       "command's HTTP layer: no pacing of requests without a key, no header or body deadlines).",
+}
+
+
+def _program(model: type[BaseSettings]) -> str:
+    return "ingest-frontend" if issubclass(model, FrontendSettings) else "ingestiond"
 
 
 def build_parser(model: type[BaseSettings] = BackendSettings) -> argparse.ArgumentParser:
     """Flags generated from the settings' fields: names, help and the variable each one mirrors."""
+    prog = _program(model)
     p = argparse.ArgumentParser(
-        prog="ingestiond",
-        description="The ingestiond backend: NER workers and savers behind a durable, bounded intake.",
-        epilog="Every flag can also be set by an INGEST_* variable named after it "
-               "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. "
-               "`ingestiond quarantine list|retry|drop` manages articles that killed workers; "
-               "`ingestiond journal list|drop-batch|requeue-batch` store batches that could not be committed.",
+        prog=prog,
+        description=PROGRAMS[prog],
+        epilog="Every flag can also be set by the INGEST_* variable named after its setting "
+               "(--flush-interval <-> INGEST_FLUSH_INTERVAL); a flag beats the variable. " + _EPILOGS[prog],
         argument_default=argparse.SUPPRESS,
     )
     for name, info in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        text = f"{info.description or ''} [INGEST_{name.upper()}]"
+        text = f"{info.description or ''} [{variable(name)}]"
         if info.annotation is bool:
-            p.add_argument(flag, action="store_const", const=True, help=text)
+            p.add_argument(flag(model, name), dest=name, action="store_const", const=True, help=text)
         else:
-            p.add_argument(flag, metavar=name.upper(), help=text)
+            p.add_argument(flag(model, name), dest=name, metavar=name.upper(), help=text)
     return p
 
 
+def _load(model: type[BaseSettings], argv: Sequence[str] | None):
+    given = vars(build_parser(model).parse_args(argv))
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, model, frozenset(given))) from None
+
+
 def load_backend_settings(argv: Sequence[str] | None = None) -> BackendSettings:
-    given = vars(build_parser().parse_args(argv))
-    try:
-        return BackendSettings(**given)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc, frozenset(given))) from None
+    return _load(BackendSettings, argv)
 
 
-def load_frontend_settings() -> FrontendSettings:
-    try:
-        return FrontendSettings()
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+def load_frontend_settings(argv: Sequence[str] = ()) -> FrontendSettings:
+    """Flags (none unless given: `create_app()` under another server reads only the variables) over variables."""
+    return _load(FrontendSettings, argv)
+
+
+# Variables read outside the settings (by libraries, supervisord, the emulators): listed so that
+# docs/configuration.md names every variable that changes what ingestiond does.
+OTHER_VARIABLES = {
+    "PROMETHEUS_MULTIPROC_DIR": "ingest-frontend: where the workers' metrics files live (default: a fresh "
+                                "temporary directory, removed at exit)",
+    "SUPERVISOR_ENABLED": "set by supervisord: both commands then exit when supervisord dies",
+    "GOOGLE_CLOUD_PROJECT": "the Firestore project when INGEST_STORE is plain `firestore`",
+    "FIRESTORE_EMULATOR_HOST": "HOST:PORT of a Firestore emulator to use instead of Google Cloud",
+    "PUBSUB_EMULATOR_HOST": "HOST:PORT of a Pub/Sub emulator to use instead of Google Cloud",
+    "INGEST_URL": "ingest-load: the frontend's base URL when --url is not given",
+    "INGEST_API_KEY": "ingest-load: the write key when --api-key is not given (else the first of INGEST_API_KEYS)",
+}
+
+
+def _default(model: type[BaseSettings], name: str) -> str:
+    info = model.model_fields[name]
+    if info.default_factory is not None:
+        return "computed"
+    value = info.default
+    if value is None or value == () or value == "":
+        return ""
+    if isinstance(value, tuple) and len(value) == 2 and name.endswith("address"):
+        return f"{value[0]}:{value[1]}"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md, generated from the declarations above (`python -m ingest.config --markdown`)."""
+    lines = ["# Configuration", "",
+             "<!-- Generated by `python -m ingest.config --markdown > docs/configuration.md` from the settings'",
+             "     declarations in ingest/config.py; edit those, not this file (a test fails when it is stale). -->",
+             "", "Every setting is a command-line flag and an `INGEST_*` variable named after it; a flag beats the",
+             "variable, the variable beats the default. A bad value is one line on stderr and exit status 2.",
+             "Settings marked in both tables are read by both commands alike (give them the same values).", ""]
+    shared = set(_Common.model_fields)
+    for model in (BackendSettings, FrontendSettings):
+        prog = _program(model)
+        lines += [f"## `{prog}`", "", PROGRAMS[prog], "", "| flag | variable | default | meaning |",
+                  "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            both = " (both)" if name in shared else ""
+            default = _default(model, name)
+            lines.append(f"| `{flag(model, name)}` | `{variable(name)}`{both} | {f'`{default}`' if default else ''} | "
+                         f"{_cell(info.description or '')} |")
+        lines.append("")
+    lines += ["## Other variables", "", "| variable | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {_cell(text)} |" for name, text in OTHER_VARIABLES.items()]
+    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. Variables named",
+              "`INGEST_TEST_*` are test seams, not configuration.", ""]
+    return "\n".join(lines)
 
 
 def ensure_authkey(settings: _Common) -> bytes:
@@ -314,3 +467,11 @@ def ensure_authkey(settings: _Common) -> bytes:
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key.encode("utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m ingest.config --markdown  (prints docs/configuration.md)")
+    sys.stdout.write(configuration_markdown())

@@ -28,10 +28,11 @@ def nlp():
 
 @pytest.fixture(scope="session")
 def recount(nlp):
-    """recount(posts) -> {publication key: Aggregate}: the independent reference count."""
+    """recount(posts, aliases=None) -> {publication key: Aggregate}: the independent reference count,
+    under counting rules v2 (labels per entity in each Aggregate's `labels`)."""
     from ingest.backend.nlp import recount as _recount
 
-    return lambda posts: _recount(posts, nlp=nlp)
+    return lambda posts, aliases=None: _recount(posts, nlp=nlp, aliases=aliases)
 
 
 def pytest_collection_modifyitems(config, items):

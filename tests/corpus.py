@@ -17,6 +17,8 @@ TEMPLATES = [
     "{p2} criticised {o2} after a summit in {pl2} attended by {p1}.",
     "In {pl1}, {o1} and {o2} announced a partnership; {p1} welcomed it.",
     "Thousands gathered in {pl2} as {p2} spoke about {o2} and {pl1}.",
+    # counting rules v2: a possessive, a leading "the", and a surname alone after the full name
+    "{p1}'s aides said {o1}'s office in {pl1} was ready. Later {last1} said so again.",
 ]
 
 
@@ -27,7 +29,8 @@ def articles(n: int, seed: int = 7) -> list[tuple[str, str]]:
         sentences = []
         for _ in range(rng.randint(2, 5)):
             t = rng.choice(TEMPLATES)
-            sentences.append(t.format(p1=rng.choice(PEOPLE), p2=rng.choice(PEOPLE), pl1=rng.choice(PLACES),
+            p1 = rng.choice(PEOPLE)
+            sentences.append(t.format(p1=p1, p2=rng.choice(PEOPLE), pl1=rng.choice(PLACES), last1=p1.split()[-1],
                                       pl2=rng.choice(PLACES), o1=rng.choice(ORGS), o2=rng.choice(ORGS)))
         out.append((rng.choice(PUBLICATIONS), f"Report {i}. " + " ".join(sentences)))
     return out

@@ -40,8 +40,9 @@ def frontend_command() -> list[str]:
 
 
 def start_frontend(tmp_path: Path, backend_env: dict, *, workers: int = 1, api_key: str = API_KEY,
-                   env: dict | None = None, ready_timeout: float = 60.0) -> Frontend:
-    """Start the frontend against a backend (its `Backend.env`) and wait until /healthz answers."""
+                   env: dict | None = None, args: tuple[str, ...] = (), ready_timeout: float = 60.0) -> Frontend:
+    """Start the frontend against a backend (its `Backend.env`) and wait until /healthz answers;
+    `args` are more flags of ingest-frontend."""
     port = free_port()
     child_env = dict(os.environ)
     child_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the CLI makes its own temporary one
@@ -59,7 +60,7 @@ def start_frontend(tmp_path: Path, backend_env: dict, *, workers: int = 1, api_k
     log_path = tmp_path / f"frontend-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*frontend_command(), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+            [*frontend_command(), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *args],
             env=child_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

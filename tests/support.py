@@ -152,7 +152,7 @@ def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env:
 # -- the one "store equals recount" helper ------------------------------------------------------
 
 def store_counts(url: str) -> dict:
-    """{publication key: (articles, {entity: (mentions, articles)})} read back through the store's API."""
+    """{publication key: (articles, {entity: (mentions, articles, label)})} read back through the store's API."""
     from ingest.core.rules import publication_key
     from ingest.stores import open_store
 
@@ -163,15 +163,18 @@ def store_counts(url: str) -> dict:
             rows = store.entities(summary.publication, limit=1000) or []
             assert len(rows) == summary.entities, "the maintained distinct-entity count is off"
             out[publication_key(summary.publication)] = (
-                summary.articles, {r.entity: (r.mentions, r.articles) for r in rows})
+                summary.articles, {r.entity: (r.mentions, r.articles, r.label) for r in rows})
         return out
     finally:
         store.close()
 
 
 def expected_counts(recount, posts) -> dict:
-    """The same shape from an independent recount of (publication, content[, id]) posts."""
-    return {k: (p.articles, {e: (m, p.entity_articles[e]) for e, m in p.mentions.items()})
+    """The same shape from an independent recount of (publication, content[, id]) posts, under
+    counting rules v2: each entity's label is the majority of its mentions' labels."""
+    from ingest.core.naming import majority_label
+
+    return {k: (p.articles, {e: (m, p.entity_articles[e], majority_label(p.labels[e])) for e, m in p.mentions.items()})
             for k, p in recount([(p[0], p[1]) for p in posts]).items()}
 
 

@@ -118,6 +118,51 @@ def test_restart_keeps_counting_into_the_same_store(tmp_path, recount):
     assert store_counts(backend.store_url) == expected_counts(recount, first + second)
 
 
+def test_aliases_count_as_their_canonical_name_and_a_store_refuses_other_rules(tmp_path, recount):
+    """Counts under rules v2 with an alias file equal a recount with the same aliases (labels too); the
+    store records the rules, so a start without the aliases (or with an edited file) is refused: exit 3,
+    one line, and nothing of the new start is counted."""
+    from ingest.core.naming import Aliases
+
+    aliases = tmp_path / "aliases.csv"
+    aliases.write_text("alias,canonical\nMerkel,Angela Merkel\nthe U.N.,United Nations\nNATO,North Atlantic Treaty Organization\n")
+    posts = articles(30, seed=3) + [("Al Jazeera", "Merkel met NATO's chief in Berlin; Merkel's aides and the U.N. agreed.")]
+    backend = start_backend(tmp_path, "--workers", "1", "--aliases", str(aliases))
+    try:
+        backend.client.put_many(posts)
+        backend.wait_idle()
+    finally:
+        assert backend.stop() == 0
+    expected = expected_counts(lambda p: recount(p, Aliases.load(aliases)), posts)
+    assert store_counts(backend.store_url) == expected
+    jazeera = store_counts(backend.store_url)["al jazeera"][1]
+    assert jazeera["angela merkel"][2] == "PERSON" and "merkel" not in jazeera and "nato" not in jazeera
+    assert expected != expected_counts(recount, posts), "the aliases changed nothing: the test proves nothing"
+
+    for args in ([], ["--aliases", str(aliases)]):
+        if args:
+            aliases.write_text("Merkel,Angela Dorothea Merkel\n")
+        again = start_backend(tmp_path, "--workers", "1", *args, wait_ready=False)
+        assert again.proc.wait(120) == 3
+        assert "its counts were made under counting rules v2+aliases:" in again.log()
+        assert "Traceback" not in again.log()
+    assert store_counts(backend.store_url) == expected
+
+
+def test_a_store_written_under_rules_v1_is_refused_with_one_line(tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "ingest.db")
+    conn.executescript("CREATE TABLE publications (key TEXT PRIMARY KEY, name TEXT NOT NULL, articles INTEGER NOT NULL "
+                       "DEFAULT 0, mentions INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                       "INSERT INTO publications VALUES ('bbc', 'BBC', 1, 0);")
+    conn.close()
+    backend = start_backend(tmp_path, "--workers", "1", wait_ready=False)
+    assert backend.proc.wait(120) == 3
+    lines = [line for line in backend.log().splitlines() if "counting rules v1" in line]
+    assert lines and "this backend counts under v2;" in lines[0] and "Traceback" not in backend.log()
+
+
 def test_idle_daemon_flushes_within_the_interval(tmp_path, recount):
     posts = articles(3, seed=4)
     backend = start_backend(tmp_path, "--workers", "1", "--cache-size", "1000", "--flush-interval", "1")
@@ -178,6 +223,8 @@ def test_unloadable_model_is_a_boot_error_not_a_respawn_loop(tmp_path):
     (["--store", "mysql://x"], "unknown store URL"),
     (["--manager-address", "nohost"], "is not HOST:PORT"),
     (["--log-level", "trace"], "--log-level='TRACE': Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    (["--aliases", "no-such-aliases.csv"], "--aliases='no-such-aliases.csv': no-such-aliases.csv: cannot read"),
+    (["--aliases", "/dev/null/x"], "cannot read the alias file"),
 ])
 def test_bad_configuration_is_one_clear_line(tmp_path, flags, message):
     result = subprocess.run([str(BIN / "ingestiond"), *flags], capture_output=True, text=True, timeout=60,

@@ -100,6 +100,7 @@ def test_nothing_sent_is_backend_unavailable_at_once_and_an_answer_from_the_back
 
 def test_the_api_sends_a_fresh_token_per_write_and_answers_504_outcome_unknown(tmp_path):
     """In-process app: a 504 with its own code (never a 503) when the outcome is unknown."""
+    from ingest.config import FrontendSettings
     from ingest.frontend import create_app
 
     class Unknown:
@@ -110,7 +111,7 @@ def test_the_api_sends_a_fresh_token_per_write_and_answers_504_outcome_unknown(t
             raise OutcomeUnknown("backend gone after sending")
 
     fake = Unknown()
-    app = create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'none.db'}", "api_keys": "k", "client": fake})
+    app = create_app(FrontendSettings(store=f"sqlite:///{tmp_path / 'none.db'}", api_keys="k"), client=fake)
     http = app.test_client()
     for _ in range(2):
         r = http.post("/post/enqueue", json={"publication": "P", "content": "text"}, headers={"X-API-Key": "k"})

@@ -9,7 +9,9 @@ import uuid
 import pytest
 from PIL import Image
 
-from ingest.web import dashboard
+from ingest.config import FrontendSettings
+from ingest.web import appstate, wordcloud
+from ingest.web.painter import WORDCLOUD_SIZE, WORDCLOUD_TOP_N, render_wordcloud
 from ingest.core.models import Delta, Aggregate
 from ingest.stores.sqlite import SqliteStore
 
@@ -40,13 +42,17 @@ def populate(store: SqliteStore) -> None:
     publish(store, "Silent Times", [{}])
 
 
-def build_app(db_path, **config):
+def build_app(db_path, **settings):
     """The real app (ingest.frontend.create_app) reading this SQLite file."""
     from ingest.frontend import create_app
 
     # no render budget unless a test asks for one: these tests count renders, not CPU
-    config = {"DASHBOARD_WORDCLOUD_REFRESH": 0, "DASHBOARD_RENDER_SHARE": 1.0, **config}
-    return create_app({"TESTING": True, "store": f"sqlite:///{db_path}", **config})
+    settings = {"wordcloud_refresh": 0, "wordcloud_share": 1.0, **settings}
+    return create_app(FrontendSettings(store=f"sqlite:///{db_path}", **settings))
+
+
+def renders(app) -> int:
+    return appstate.of(app).wordclouds.cache.renders
 
 
 @pytest.fixture
@@ -120,15 +126,12 @@ def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
     store, _ = db
     first = cloud(client, "The Daily Planet")
     assert first.status_code == 200 and first.mimetype == "image/png"
-    assert png_size(first.data) == dashboard.WORDCLOUD_SIZE
-    with client.application.app_context():
-        renders = dashboard.wordcloud_cache().renders
-    assert renders == 1
+    assert png_size(first.data) == WORDCLOUD_SIZE
+    assert renders(client.application) == 1
 
     again = cloud(client, "the   DAILY planet")  # same key, other spelling
     assert again.data == first.data and again.headers["ETag"] == first.headers["ETag"]
-    with client.application.app_context():
-        assert dashboard.wordcloud_cache().renders == 1  # served from the cache
+    assert renders(client.application) == 1  # served from the cache
 
     not_modified = client.get(
         "/dashboard/wordcloud.png",
@@ -142,10 +145,9 @@ def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
     assert changed.status_code == 200
     assert changed.headers["ETag"] != first.headers["ETag"]
     assert changed.data != first.data
-    with client.application.app_context():
-        cache = dashboard.wordcloud_cache()
-        assert cache.renders == 2
-        assert len(cache) == 1  # the stale picture was dropped, not kept beside the new one
+    cache = appstate.of(client.application).wordclouds.cache
+    assert cache.renders == 2
+    assert len(cache) == 1  # the stale picture was dropped, not kept beside the new one
 
 
 def test_a_cloud_drawn_a_moment_ago_is_served_while_the_counts_move_on(db):
@@ -153,32 +155,29 @@ def test_a_cloud_drawn_a_moment_ago_is_served_while_the_counts_move_on(db):
     the refresh interval, marked as not current (no ETag, no-cache), and then it is redrawn. A request
     that names the current counts (the dashboard's) gets them drawn at once."""
     store, path = db
-    app = build_app(path, DASHBOARD_WORDCLOUD_REFRESH=1.5)
+    app = build_app(path, wordcloud_refresh=1.5)
     with app.test_client() as c:
         first = cloud(c, "The Daily Planet")
         publish(store, "The Daily Planet", [{"Brand New Entity": 5000}])
         stale = cloud(c, "The Daily Planet")
         assert stale.status_code == 200 and stale.data == first.data
         assert "ETag" not in stale.headers and "no-cache" in stale.headers["Cache-Control"]
-        with app.app_context():
-            assert dashboard.wordcloud_cache().renders == 1
+        assert renders(app) == 1
         time.sleep(1.6)
         redrawn = cloud(c, "The Daily Planet")
         assert redrawn.data != first.data and "ETag" in redrawn.headers
-        with app.app_context():
-            assert dashboard.wordcloud_cache().renders == 2
+        assert renders(app) == 2
         publish(store, "The Daily Planet", [{"Another Entity": 9000}])
         planet = next(p for p in store.publications() if p.publication == "The Daily Planet")
         named = cloud(c, "The Daily Planet", v=f"{planet.articles}-{planet.mentions}")
         assert named.data != redrawn.data and "ETag" in named.headers
-        with app.app_context():
-            assert dashboard.wordcloud_cache().renders == 3
+        assert renders(app) == 3
 
 
 def test_the_renderer_rests_so_drawing_takes_its_share_of_a_core():
     """Without credit, after a picture of t CPU seconds the renderer rests about t * (1/share - 1):
     with share 0.25, two pictures of ~0.2 s each are at least ~0.6 s apart, whoever asks for them."""
-    renderer = dashboard.WordcloudRenderer(dashboard.WordcloudCache(8), share=0.25, burst=0)
+    renderer = wordcloud.WordcloudRenderer(wordcloud.WordcloudCache(8), share=0.25, burst=0)
     finished = []
 
     def burn():
@@ -216,27 +215,25 @@ def test_wordcloud_unknown_publication_is_404(client):
 def test_wordcloud_for_odd_names_and_empty_publications(client, name):
     resp = cloud(client, name)
     assert resp.status_code == 200
-    assert png_size(resp.data) == dashboard.WORDCLOUD_SIZE
+    assert png_size(resp.data) == WORDCLOUD_SIZE
 
 
 def test_wordcloud_cache_is_capped(db):
-    app = build_app(db[1], DASHBOARD_WORDCLOUD_CACHE=2)
+    app = build_app(db[1], wordcloud_cache=2)
     with app.test_client() as c:
         for name in ODD_NAMES[:3]:
             assert cloud(c, name).status_code == 200
-        with app.app_context():
-            cache = dashboard.wordcloud_cache()
-            assert (len(cache), cache.renders) == (2, 3)
+        cache = appstate.of(app).wordclouds.cache
+        assert (len(cache), cache.renders) == (2, 3)
         assert cloud(c, ODD_NAMES[0]).status_code == 200  # evicted first: rendered again
-        with app.app_context():
-            assert dashboard.wordcloud_cache().renders == 4
+        assert renders(app) == 4
 
 
 def test_wordcloud_renders_top_entities_only(db, monkeypatch):
     """Thousands of entities: the render reads one page of WORDCLOUD_TOP_N, not everything."""
     store, path = db
     app = build_app(path)
-    real = app.extensions["ingest.store"]
+    real = appstate.of(app).store
     seen = []
 
     class Recording:
@@ -247,19 +244,19 @@ def test_wordcloud_renders_top_entities_only(db, monkeypatch):
             seen.append((limit, offset))
             return real.entities(publication, limit, offset)
 
-    app.extensions["ingest.store"] = Recording()
+    appstate.of(app).store = Recording()
     with app.test_client() as c:
         assert cloud(c, "The Daily Planet").status_code == 200
-    assert seen == [(dashboard.WORDCLOUD_TOP_N, 0)]
+    assert seen == [(WORDCLOUD_TOP_N, 0)]
 
 
 def test_render_wordcloud_draws_words():
     """A real cloud has ink; the placeholder for a publication without entities has almost none."""
-    png = dashboard.render_wordcloud({"alpha": 1000})
+    png = render_wordcloud({"alpha": 1000})
     image = Image.open(io.BytesIO(png)).convert("L")
     inked = sum(1 for px in image.get_flattened_data() if px < 200)
     assert inked > 0.05 * image.width * image.height
-    blank = Image.open(io.BytesIO(dashboard.render_wordcloud({}))).convert("L")
+    blank = Image.open(io.BytesIO(render_wordcloud({}))).convert("L")
     assert sum(1 for px in blank.get_flattened_data() if px < 200) < inked / 10
 
 
@@ -282,7 +279,7 @@ def test_protected_reads_keep_counts_off_the_page_and_the_cloud(db):
 
 
 def test_the_renderers_credit_lets_a_few_pictures_through_then_charges_the_rest():
-    renderer = dashboard.WordcloudRenderer(dashboard.WordcloudCache(8), share=0.25, burst=0.3)
+    renderer = wordcloud.WordcloudRenderer(wordcloud.WordcloudCache(8), share=0.25, burst=0.3)
     assert renderer._charge(0.2) == 0.0  # a user clicking through publications: no wait
     assert renderer._charge(0.2) == pytest.approx(0.4, abs=0.05)  # 0.1 s in debt at 0.25 of a core
 
@@ -305,11 +302,11 @@ def test_clouds_are_drawn_by_a_low_priority_child_of_the_app_process(db):
     with app.test_client() as c:
         resp = cloud(c, "The Daily Planet")
     assert resp.status_code == 200
-    child = shared_painter()._child
-    assert child is not None and _alive(child.pid)
-    assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + NICENESS, 19)
-    top = {e.entity: e.mentions for e in db[0].entities("The Daily Planet", limit=dashboard.WORDCLOUD_TOP_N)}
-    assert resp.data == dashboard.render_wordcloud(top)
+    child = shared_painter().child_pid
+    assert child is not None and _alive(child)
+    assert os.getpriority(os.PRIO_PROCESS, child) == min(os.getpriority(os.PRIO_PROCESS, 0) + NICENESS, 19)
+    top = {e.entity: e.mentions for e in db[0].entities("The Daily Planet", limit=WORDCLOUD_TOP_N)}
+    assert resp.data == render_wordcloud(top)
 
 
 def test_the_painter_reports_its_cpu_survives_errors_and_a_killed_child():
@@ -320,19 +317,20 @@ def test_the_painter_reports_its_cpu_survives_errors_and_a_killed_child():
 
     painter = Painter()
     try:
-        assert png_size(painter.draw({"alpha": 3, "beta": 1})) == dashboard.WORDCLOUD_SIZE
+        assert png_size(painter.draw({"alpha": 3, "beta": 1})) == WORDCLOUD_SIZE
         assert painter.cpu_spent() > 0.01, "the child's CPU counts against this thread's render budget"
         with pytest.raises(PainterError, match="TypeError|ValueError"):
             painter.draw({"alpha": "many"})  # the child's error, as a message; the child goes on
-        first = painter._child.pid
-        assert png_size(painter.draw({"gamma": 2})) == dashboard.WORDCLOUD_SIZE and painter._child.pid == first
+        first = painter.child_pid
+        assert png_size(painter.draw({"gamma": 2})) == WORDCLOUD_SIZE and painter.child_pid == first
         os.kill(first, signal.SIGKILL)
-        painter._child.wait(5)
-        assert png_size(painter.draw({"delta": 2})) == dashboard.WORDCLOUD_SIZE  # a new child
-        assert painter._child.pid != first
+        while _alive(first):  # until it is a zombie: the painter has not reaped it yet
+            time.sleep(0.01)
+        assert png_size(painter.draw({"delta": 2})) == WORDCLOUD_SIZE  # a new child
+        assert painter.child_pid not in (first, None)
     finally:
         painter.close()
-    assert painter._child is None
+    assert painter.child_pid is None
 
 
 def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path):
@@ -343,7 +341,7 @@ def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path
     script = ("import os, signal, sys\n"
               "from ingest.web.painter import Painter\n"
               "p = Painter(); p.draw({'alpha': 1})\n"
-              "print(p._child.pid, flush=True)\n"
+              "print(p.child_pid, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert parent.returncode == -9, parent.stderr
@@ -371,7 +369,7 @@ def test_the_page_hands_its_viewer_a_token_good_for_that_address_and_a_while(db)
     assert renewed["expires_in"] == VIEWER_TTL and renewed["token"]
     assert 'rel="icon"' in html  # no 404 for /favicon.ico on every load
 
-    pacer = app.extensions["ingest.read_pacer"]
+    pacer = appstate.of(app).pacer
     other_worker = ReadPacer("20/second", ["k2", "k1"], "20/10seconds", "50/second")
     header = lambda t: [(b"x-viewer-token", t.encode())]  # noqa: E731
     for p in (pacer, other_worker):
@@ -393,3 +391,37 @@ def test_the_page_hands_its_viewer_a_token_good_for_that_address_and_a_while(db)
 
     refusal, viewer = asyncio.run(both())
     assert refusal is not None and refusal.limit == "1/minute in all" and viewer is None
+
+
+def test_entities_carry_their_type_and_filter_by_it_over_http(db):
+    """Rows carry `label` (the majority of the mentions' labels); ?label= keeps those types, repeated or
+    comma-separated, any case; an unknown label is a 400 in the API's JSON error shape."""
+    store, path = db
+    store.apply(Delta.of("typed", [Aggregate.from_article("Typed Times", [
+        ("washington", "GPE"), ("washington", "GPE"), ("washington", "PERSON"), ("nato", "ORG"),
+        ("angela merkel", "PERSON"), ("paris", "GPE"), ("paris", "PERSON")])]))
+    with build_app(path).test_client() as c:
+        everything = c.get("/publications/typed times/entities").get_json()
+        assert [(e["entity"], e["label"], e["mentions"]) for e in everything] == [
+            ("washington", "GPE", 3), ("paris", "GPE", 2), ("angela merkel", "PERSON", 1), ("nato", "ORG", 1)]
+        people = c.get("/publications/Typed Times/entities?label=PERSON").get_json()
+        assert [e["entity"] for e in people] == ["angela merkel"]
+        for query in ("label=PERSON&label=ORG", "label=person,org", "label=ORG, PERSON"):
+            rows = c.get(f"/publications/typed times/entities?{query}").get_json()
+            assert [e["entity"] for e in rows] == ["angela merkel", "nato"], query
+        assert c.get("/publications/typed times/entities?label=LAW").get_json() == []
+        for bad in ("label=PEOPLE", "label=PERSON,", "label="):
+            resp = c.get(f"/publications/typed times/entities?{bad}")
+            assert resp.status_code == 400, bad
+            assert resp.get_json()["error"] == "invalid_parameter" and "PERSON" in resp.get_json()["detail"]
+        assert c.get("/publications/nobody/entities?label=PERSON").status_code == 404
+        spec = c.get("/openapi.json").get_json()
+        [label] = [p for p in spec["paths"]["/publications/{publication}/entities"]["get"]["parameters"]
+                   if p["name"] == "label"]
+        assert "PERSON" in label["schema"]["items"]["enum"] and "label" in spec["components"]["schemas"][
+            "EntityCount"]["properties"]
+
+
+def test_the_dashboard_offers_a_type_filter_and_shows_each_entity_type(client):
+    html = client.get("/").get_data(as_text=True)
+    assert '<select id="label-filter">' in html and '<option value="PERSON">PERSON</option>' in html

@@ -456,3 +456,50 @@ def test_the_dashboard_loads_with_no_error_banner_while_16_keyless_clients_hamme
     network = [e["message"] for e in driver.get_log("browser") if "status of" in e["message"]]
     assert not network, network  # no 429 (nor a 404 for /favicon.ico) in the browser's console
     assert refused_meanwhile > 16, "the crowd was really refused while the page polled"
+
+
+def typed(store: SqliteStore) -> None:
+    """One publication whose entities have types: 25 people, 5 organisations, one place named like a person."""
+    mentions = [(f"person {i:02d}", "PERSON") for i in range(25) for _ in range(1 + i % 4)]
+    mentions += [(f"org {i}", "ORG") for i in range(5) for _ in range(3)]
+    mentions += [("washington", "GPE")] * 9 + [("washington", "PERSON")] * 2
+    store.apply(Delta.of(uuid.uuid4().hex, [Aggregate.from_article("Typed Times", mentions)]))
+
+
+@pytest.fixture
+def typed_server(tmp_path):
+    _need_browser()
+    yield from serve(tmp_path, fill=typed)
+
+
+def test_the_dashboard_shows_each_entity_type_and_filters_by_it(typed_server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    base, _ = typed_server
+    driver = browser
+    driver.get(base + "/")
+
+    def rows():
+        return driver.execute_script(
+            "return Array.from(document.querySelectorAll('#chart .bar-row')).map(function (r) {"
+            " var t = r.querySelector('.type'); return [r.querySelector('.name').textContent,"
+            " t ? t.textContent : '', +r.dataset.mentions]; })")
+
+    every = api(base, "/publications/Typed%20Times/entities?limit=20")
+    until(driver, lambda: rows() == [[e["entity"], e["label"], e["mentions"]] for e in every], "the entities with types")
+    assert rows()[0] == ["washington", "GPE", 11]
+
+    Select(driver.find_element("id", "label-filter")).select_by_visible_text("PERSON")
+    people = api(base, "/publications/Typed%20Times/entities?limit=20&label=PERSON")
+    assert len(people) == 20 and {e["label"] for e in people} == {"PERSON"}
+    until(driver, lambda: rows() == [[e["entity"], "PERSON", e["mentions"]] for e in people], "only people")
+    assert text(driver, "range") == "1–20" and not driver.find_element("id", "next").get_attribute("disabled")
+    driver.find_element("id", "next").click()
+    rest = api(base, "/publications/Typed%20Times/entities?limit=20&offset=20&label=PERSON")
+    until(driver, lambda: rows() == [[e["entity"], "PERSON", e["mentions"]] for e in rest], "the other people")
+    assert len(rest) == 5 and driver.find_element("id", "next").get_attribute("disabled")
+    assert "label=PERSON" in driver.current_url  # a reload keeps the filter
+
+    Select(driver.find_element("id", "label-filter")).select_by_visible_text("ORG")
+    until(driver, lambda: [r[1] for r in rows()] == ["ORG"] * 5, "the organisations")
+    assert console_errors(driver) == []

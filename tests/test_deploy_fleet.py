@@ -1,5 +1,6 @@
 """deploy/fleet.sh under the fake gcloud (tests/fakebin): the topic, subscription and dead-letter
-topic, the instance template, the regional group autoscaled on the backlog, the load balancer;
+topic (a policy of 100 attempts, a subscription that keeps its messages), the instance template,
+the regional group autoscaled on the backlog, the load balancer;
 --dry-run runs nothing; bad arguments are refused before any call; no secret on a command line."""
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ def test_create_makes_pubsub_then_the_group_then_the_balancer(tmp_path):
     positions = [next(i for i, c in enumerate(made) if key in c) for key in order]
     assert positions == sorted(positions), made
     sub = next(c for c in made if "subscriptions create ingest-backends" in c)
-    assert "--dead-letter-topic=ingest-dead" in sub and "--max-delivery-attempts=5" in sub and "--ack-deadline=60" in sub
+    # the policy only for what kills backends: a healthy message handed back by draining VMs is never dead-lettered
+    assert "--dead-letter-topic=ingest-dead" in sub and "--max-delivery-attempts=100" in sub
+    assert "--ack-deadline=60" in sub
+    keep = next(c for c in made if "subscriptions create ingest-dead-keep" in c)  # what `ingestiond dead-letters` reads
+    assert "--topic=ingest-dead" in keep and "--message-retention-duration=7d" in keep
+    assert "--expiration-period=never" in keep, "an unread dead-letter subscription must not expire after 31 days"
+    assert made.index(keep) < made.index(sub), "the dead letters' keeper exists before anything can be dead-lettered"
+    assert "ingestiond dead-letters list --intake 'pubsub://ingest-test-123/ingest-backends?dead_letter=ingest-dead'" \
+        in result.stderr
     agent = "service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert any(agent in c and "roles/pubsub.publisher" in c and "ingest-dead" in c for c in made)
     scaling = next(c for c in made if "set-autoscaling" in c)

@@ -9,8 +9,9 @@ from ingest.core.models import Aggregate, Delta, EntityCount, merge
 from ingest.core.rules import doc_id
 from ingest.stores import open_store
 from ingest.stores.base import PermanentStoreError, StoreError
-from ingest.stores.firestore import FirestoreStore, marker_base
-from ingest.stores.firestore_packed import MAX_SHARDS, PART_ENTITIES, SHARD_ENTITIES, plan, slot
+from ingest.stores.firestore import FirestoreStore
+from ingest.stores.firestore.common import marker_base
+from ingest.stores.firestore.packed import MAX_SHARDS, PART_ENTITIES, SHARD_ENTITIES, plan, slot
 from tests.firestore_emulator import stored_packed
 
 firestore = pytest.mark.firestore
@@ -117,7 +118,7 @@ def test_a_commit_that_applied_chunk_0_then_died_is_finished_once(firestore_proj
     d = delta("part", wide("Alpha", 2 * PART_ENTITIES + 3), post("Beta", ["x"]))
     chunks = plan(d, 500, marker_base)
     assert len(chunks) == 2
-    store.packed.commit(d, chunks[0], len(chunks))  # the first attempt died after its first commit
+    store.layout(record=True).commit(d, chunks[0], len(chunks))  # the first attempt died after its first commit
     fresh = packed(firestore_project)                 # the retry, from another process
     fresh.apply(d)
     assert fresh.apply(d) == 0
@@ -129,7 +130,7 @@ def test_a_commit_that_applied_chunk_0_then_died_is_finished_once(firestore_proj
 @firestore
 def apply_dying_after_its_first_commit(monkeypatch, writer, d) -> None:
     """writer.apply(d) in a process that dies (SystemExit) right after the batch's first commit."""
-    from ingest.stores.firestore_packed import PackedLayout
+    from ingest.stores.firestore.packed import PackedLayout
 
     real, calls = PackedLayout.commit, []
 
@@ -152,7 +153,7 @@ def test_a_batch_that_died_after_its_first_commit_is_finished_with_the_plan_in_t
     writer = packed(firestore_project)
     d = delta("died", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 4 x (1 summary + 1 shard)
 
-    monkeypatch.setattr(writer, "max_writes", 5)  # two publications per commit
+    monkeypatch.setattr(writer.conn, "max_writes", 5)  # two publications per commit
     apply_dying_after_its_first_commit(monkeypatch, writer, d)
     retry = packed(firestore_project, max_writes=5)
     from google.cloud import firestore as gfs
@@ -199,7 +200,7 @@ def test_several_writers_are_summed_and_their_entities_merged_exactly(firestore_
     stores[1].apply(delta("3", post("Shared", ["c"])))  # the reader re-reads only what changed
     assert counts(reader, "shared")["c"] == (3, 3)
     # the listing is re-read incrementally (summaries changed since the last look): it sees the change
-    assert reader.packed.reads.listed_at is not None
+    assert reader.layout().reads.listed_at is not None
     rows = {p.publication: (p.articles, p.entities, p.mentions) for p in reader.publications()}
     assert rows == {"Shared": (5, 3, 7), "Only Zero": (1, 1, 1)}
     import json
@@ -232,7 +233,7 @@ def test_a_database_from_before_layouts_is_read_and_written_as_entities(firestor
     db.collection("publications").document(doc_id("old")).collection("ent").document(doc_id("x")).set(
         {"word": "x", "count": 1, "articles": 1})
     store = FirestoreStore(project=firestore_project)
-    assert store.layout() == "entities"
+    assert store.layout_name() == "entities"
     store.apply(delta("n", post("old", ["x"])))
     assert store.entities("old") == [EntityCount(entity="x", mentions=2, articles=2)]
     assert db.collection("ingest_meta").document("layout").get().get("layout") == "entities"
@@ -246,7 +247,7 @@ def test_a_summary_created_by_a_second_live_process_is_an_error_not_an_applied_b
     the summary fails with AlreadyExists. That is not "this batch's marker exists": the batch is
     not applied, the saver is told to retry (StoreError), and the retry counts it once."""
     first, second = packed(firestore_project), packed(firestore_project)
-    first.packed.load("pub"), second.packed.load("pub")            # both know of no summary yet
+    first.layout(record=True).load("pub"), second.layout(record=True).load("pub")  # both know of no summary yet
     first.apply(delta("a", post("Pub", ["x"])))
     with pytest.raises(StoreError, match="created by someone else"):
         second.apply(delta("b", post("Pub", ["y"])))
@@ -267,7 +268,7 @@ def test_a_summary_conflict_in_commit_0_never_applies_the_later_commits_under_an
     d = delta("multi", *(wide(f"Pub {i}", 300, start=i) for i in range(4)))   # 2 publications per commit
     other, writer = packed(firestore_project), packed(firestore_project, max_writes=5)
     for i in range(4):
-        writer.packed.load(f"pub {i}")                        # new to all four
+        writer.layout(record=True).load(f"pub {i}")  # new to all four
     other.apply(delta("o", post("Pub 0", ["zzz"])))    # a second process creates Pub 0's summary
     with pytest.raises(StoreError):
         writer.apply(d)
@@ -307,7 +308,7 @@ def test_a_replay_whose_shards_changed_stays_within_the_commit_limit(firestore_p
     more shards, so the recorded commit now needs 7. The replay splits it (before: 'a commit of 7
     writes' forever, with commit 0 applied) and counts everything once."""
 
-    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 2)
+    monkeypatch.setattr("ingest.stores.firestore.packed.SHARD_ENTITIES", 2)
     commit_limit["n"] = 5
     d = delta("spread", post("A", ["x1", "x2", "x3"]), post("P", ["p1", "p2"]), post("Q", ["q1", "q2"]))
     writer = packed(firestore_project, max_writes=5)
@@ -329,8 +330,8 @@ def test_a_replay_whose_shards_changed_stays_within_the_commit_limit(firestore_p
 
 @firestore
 def test_a_publication_past_max_shards_stops_only_itself(firestore_project, monkeypatch, commit_limit):
-    monkeypatch.setattr("ingest.stores.firestore_packed.SHARD_ENTITIES", 1)
-    monkeypatch.setattr("ingest.stores.firestore_packed.MAX_SHARDS", 2)
+    monkeypatch.setattr("ingest.stores.firestore.packed.SHARD_ENTITIES", 1)
+    monkeypatch.setattr("ingest.stores.firestore.packed.MAX_SHARDS", 2)
     store = packed(firestore_project)
     d = delta("big", post("Big", ["a", "b", "c"]), post("Small", ["x"]), post("Zed", ["y"]))
     with pytest.raises(PermanentStoreError, match="'big'") as refused:

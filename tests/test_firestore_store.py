@@ -11,8 +11,9 @@ from ingest.core.models import Aggregate, Delta, EntityCount, merge
 from ingest.core.rules import doc_id
 from ingest.stores import open_store
 from ingest.stores.base import PermanentStoreError, StoreError
-from ingest.stores.firestore import (MAX_WRITES, EntityWrite, FirestoreStore, PublicationWrite, _Translate,
-                                     marker_base, plan_chunks)
+from ingest.stores.firestore import FirestoreStore
+from ingest.stores.firestore.common import MAX_WRITES, marker_base, translated
+from ingest.stores.firestore.entities import EntityWrite, PublicationWrite, plan_chunks
 from tests.firestore_emulator import stored
 from tests.support import free_port
 
@@ -94,10 +95,10 @@ def test_google_errors_map_to_store_errors():
                           (gexc.InvalidArgument("x"), PermanentStoreError),
                           (gexc.PermissionDenied("x"), PermanentStoreError)]:
         with pytest.raises(expected):
-            with _Translate("test"):
+            with translated("test"):
                 raise exc
     with pytest.raises(KeyError):  # our own bugs are not disguised as store errors
-        with _Translate("test"):
+        with translated("test"):
             raise KeyError("x")
 
 
@@ -106,7 +107,7 @@ def test_open_store_and_pickle_make_no_client(monkeypatch):
 
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     s = open_store("firestore://my-proj")
-    assert isinstance(s, FirestoreStore) and s.project == "my-proj" and s._client is None
+    assert isinstance(s, FirestoreStore) and s.project == "my-proj" and s.conn.pid is None
     assert pickle.loads(pickle.dumps(s)).project == "my-proj"
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "env-proj")
     assert open_store("firestore").project == "env-proj"
@@ -166,7 +167,8 @@ def test_partial_failure_then_retry_counts_everything_once(store, firestore_proj
     chunks = plan_chunks(d)
     assert len(chunks) == 2
     # the first attempt committed chunk 0 and died before chunk 1
-    assert store._commit_chunk(d.batch_id, chunks[0], len(chunks), {"alpha", "beta"}) == len(chunks[0].writes) + 1
+    first = store.layout(record=True).commit_chunk(d.batch_id, chunks[0], len(chunks), {"alpha", "beta"})
+    assert first == len(chunks[0].writes) + 1
     assert store.apply(d) == len(chunks[1].writes) + 1
     assert store.apply(d) == 0
     docs = stored(firestore_project)

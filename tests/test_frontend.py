@@ -268,6 +268,8 @@ def test_unknown_publication_is_404(http):
 
 
 def test_reads_after_writes_equal_an_independent_recount(http, key, backend, recount):
+    from ingest.core.naming import majority_label
+
     posts = [(f"Recount {pub}", content) for pub, content in corpus.articles(60, seed=11)]
     posts += [("  recount   THE daily planet ", "Angela Merkel visited Paris."), ("Recount 🚀 Ünïcode", "NATO met in Oslo.")]
     for i in range(0, len(posts), 25):
@@ -284,8 +286,10 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
             counts.articles, len(counts.mentions), counts.total_mentions), pub_key
         name = quote(row["publication"], safe="")
         entities = http.get(f"/publications/{name}/entities?limit=1000").json()
-        assert {e["entity"]: (e["mentions"], e["articles"]) for e in entities} == {
-            e: (m, counts.entity_articles[e]) for e, m in counts.mentions.items()}
+        assert {e["entity"]: (e["mentions"], e["articles"], e["label"]) for e in entities} == {
+            e: (m, counts.entity_articles[e], majority_label(counts.labels[e])) for e, m in counts.mentions.items()}
+        people = http.get(f"/publications/{name}/entities?limit=1000&label=PERSON").json()
+        assert people == [e for e in entities if e["label"] == "PERSON"]
         assert entities == sorted(entities, key=lambda e: (-e["mentions"], e["entity"]))
         # paging walks the same list; the key matches case- and whitespace-insensitively
         upper = quote("  " + row["publication"].upper() + " ", safe="")
@@ -453,8 +457,11 @@ def test_queue_full_and_drain_answer_503_and_lose_nothing(tmp_path):
 # -- the command line ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,env,message", [
-    (["--workers", "0"], {}, "must be at least 1"),
-    ([], {"INGEST_FRONTEND_WORKERS": "many"}, "is not an integer"),
+    (["--workers", "0"], {}, "--workers='0': Input should be greater than or equal to 1"),
+    ([], {"INGEST_FRONTEND_WORKERS": "many"}, "INGEST_FRONTEND_WORKERS='many': Input should be a valid integer"),
+    ([], {"INGEST_FRONTEND_CONNECTIONS": "abc"}, "INGEST_FRONTEND_CONNECTIONS='abc': Input should be a valid integer"),
+    ([], {"INGEST_HEADER_TIMEOUT": "0"}, "INGEST_HEADER_TIMEOUT='0': Input should be greater than 0"),
+    ([], {"INGEST_WORDCLOUD_SHARE": "2"}, "INGEST_WORDCLOUD_SHARE='2'"),
     ([], {"INGEST_MAX_BATCH": "abc"}, "INGEST_MAX_BATCH"),
     ([], {"INGEST_MAX_BODY_BYTES": "-1"}, "INGEST_MAX_BODY_BYTES"),
     ([], {"INGEST_STORE": "mysql://x"}, "unknown store URL"),
@@ -470,13 +477,16 @@ def test_bad_configuration_is_one_clear_line(tmp_path, args, env, message):
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_create_app_takes_overrides_for_fresh_test_apps(tmp_path):
-    """The factory alone, in-process: settings overrides, no server, no backend (writes answer 503)."""
+def test_create_app_takes_settings_for_fresh_test_apps(tmp_path):
+    """The factory alone, in-process: its settings, no server, no backend (writes answer 503)."""
+    from ingest.config import FrontendSettings
     from ingest.frontend import create_app
+    from ingest.web import appstate
 
-    app = create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'none.db'}", "api_keys": "k1,k2",
-                      "manager_address": ("127.0.0.1", free_port()), "authkey_explicit": "x", "max_batch": 2})
-    assert app.extensions["ingest.settings"].api_keys == ("k1", "k2")
+    settings = FrontendSettings(store=f"sqlite:///{tmp_path / 'none.db'}", api_keys="k1,k2",
+                                manager_address=("127.0.0.1", free_port()), authkey="x", max_batch=2)
+    app = create_app(settings)
+    assert appstate.of(app).settings.api_keys == ("k1", "k2")
     client = app.test_client()
     assert client.get("/publications").get_json() == []
     r = client.post("/posts", json=[post("F")] * 3, headers={"X-API-Key": "k2"})
@@ -587,3 +597,66 @@ def test_healthz_answers_while_every_app_thread_waits_on_a_stopped_backend(tmp_p
         os.kill(backend.proc.pid, signal.SIGCONT)
         frontend.stop()
         assert backend.stop() == 0, backend.log()[-2000:]
+
+
+# -- the settings' reference and the fork-safe handles ----------------------------------------
+
+def test_docs_configuration_md_is_generated_from_the_settings_declarations():
+    from ingest.config import configuration_markdown
+    from tests.support import ROOT
+
+    committed = (ROOT / "docs" / "configuration.md").read_text()
+    assert committed == configuration_markdown(), \
+        "docs/configuration.md is stale: python -m ingest.config --markdown > docs/configuration.md"
+
+
+def test_every_variable_the_code_reads_is_documented_and_every_flag_is_the_commands():
+    """docs/configuration.md names every INGEST_* variable in ingest/ (test seams aside), and its
+    flags are exactly those `ingestiond --help` and `ingest-frontend --help` offer."""
+    import re
+
+    from ingest.config import BackendSettings, FrontendSettings, build_parser
+    from tests.support import ROOT
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`(INGEST_[A-Z_]+)`", text))
+    in_code = {name for path in (ROOT / "ingest").rglob("*.py")
+               for name in re.findall(r"\bINGEST_[A-Z][A-Z_]*[A-Z]\b", path.read_text())}
+    assert {name for name in in_code if not name.startswith("INGEST_TEST_")} - documented == set()
+    offered = {option for model in (BackendSettings, FrontendSettings)
+               for action in build_parser(model)._actions for option in action.option_strings if option != "-h"}
+    assert set(re.findall(r"^\| `(--[a-z-]+)`", text, flags=re.M)) == offered - {"--help"}
+
+
+def test_a_per_process_handle_is_made_again_in_a_forked_child_and_never_closed_there():
+    """A handle made before gunicorn's fork is the parent's: the child makes its own, and does
+    not close the parent's (a SQLite connection or gRPC channel must never be shared)."""
+    from ingest.core.forksafe import PerProcess
+
+    made, closed = [], []
+    handle = PerProcess(lambda: made.append(os.getpid()) or len(made), close=closed.append)
+    assert handle.get() == handle.get() == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it saw, then leave without running pytest's teardown
+        handle.drop()  # the parent's value: forgotten, not closed
+        os.write(write, json.dumps([handle.get(), closed, made[-1] == os.getpid()]).encode())
+        os._exit(0)
+    os.close(write)
+    report = json.loads(os.read(read, 1000))
+    os.waitpid(pid, 0)
+    assert report == [2, [], True]
+    handle.drop()
+    assert closed == [1] and not handle.made()
+
+
+def test_gunicorn_is_configured_from_the_frontend_settings(monkeypatch):
+    """gunicorn_conf reads nothing itself: what a worker gets is what FrontendSettings validated."""
+    from ingest.config import FrontendSettings
+    from ingest.web.gunicorn_conf import options
+
+    monkeypatch.setenv("INGEST_FRONTEND_THREADS", "7")
+    made = options(FrontendSettings(bind="127.0.0.1:9", frontend_workers=3, frontend_timeout=45, log_level="debug"))
+    assert (made["bind"], made["workers"], made["threads"], made["timeout"], made["loglevel"]) == \
+        (["127.0.0.1:9"], 3, 7, 45, "debug")
+    assert made["worker_class"] == "ingest.web.server.BufferingWorker" and made["header_map"] == "dangerous"

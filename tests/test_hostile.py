@@ -13,6 +13,7 @@ import pytest
 
 from tests.crowd import OTHER_MIX, READ_MIX, READERS, fill, hammer
 from tests.frontend_support import running_stack
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,31 @@ def test_an_unfinished_request_is_answered_408_json_after_the_deadline(stack):
     [(status, body)] = responses(answer)
     assert status == 408 and json.loads(body)["error"] == "request_timeout"
     assert time.monotonic() - started < 6
+
+
+def test_connections_over_the_bound_get_503_json_and_the_bound_is_the_flag_given(tmp_path):
+    """`--connections 3` (a flag: settings reach the worker from the command): three open keep-alive
+    connections are held, the fourth is answered 503 `overloaded` and closed; once they go, it serves."""
+    import http.client
+
+    from tests.frontend_support import start_frontend
+
+    no_backend = {"INGEST_AUTHKEY": "x", "INGEST_MANAGER_ADDRESS": "127.0.0.1:1", "INGEST_VAR_DIR": str(tmp_path)}
+    frontend = start_frontend(tmp_path, no_backend, args=("--connections", "3"))
+    try:
+        held = [http.client.HTTPConnection(*address(frontend), timeout=10) for _ in range(3)]
+        for conn in held:  # answered, so the worker holds it (idle for up to its 5 s keep-alive)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() == b'{"status": "ok"}\n'
+        answer = responses(raw(frontend, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        assert [status for status, _ in answer] == [503], answer
+        assert json.loads(answer[0][1]) == {"error": "overloaded", "detail": "more than 3 connections to this worker"}
+        for conn in held:
+            conn.close()
+        wait_for(lambda: httpx.get(frontend.url + "/healthz", timeout=10).status_code == 200, 10, 0.05,
+                 "a place once the held connections closed")
+    finally:
+        assert frontend.stop() == 0, frontend.log()[-3000:]
 
 
 def test_pipelined_requests_are_all_answered_in_order_and_counted(stack):

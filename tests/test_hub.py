@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import fields
 from types import SimpleNamespace
 
@@ -66,7 +67,7 @@ class FakeSettings(SimpleNamespace):
 def settings(**over):
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
                 drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
-                store_batch_interval=0.0, writer="")
+                store_batch_interval=0.0, writer="", backend_health=None, counting_rules="v2")
     base.update(over)
     return FakeSettings(**base)
 
@@ -425,6 +426,7 @@ def test_status_can_be_read_while_the_loop_mutates_the_hub():
                 intake.status()
             except Exception as exc:  # noqa: BLE001 - any error here is the bug
                 errors.append(exc)
+            time.sleep(0)  # lets the loop run between reads (a reader that holds the GIL only slows the test)
 
     thread = threading.Thread(target=reader)
     thread.start()

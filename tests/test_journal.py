@@ -465,3 +465,37 @@ def test_a_request_the_journal_cannot_keep_fails_alone_and_the_writer_goes_on(pa
         assert sorted(j.contents([1, 2, 3]).values()) == ["Angela Merkel in Berlin.", "Olaf Scholz in Bonn."]
     finally:
         j.close()
+
+
+def test_a_batch_keeps_its_labels_and_rules_and_is_replayed_only_under_the_same_rules(path):
+    """A recorded batch was counted under some rules (an alias file's digest among them): a start under
+    other rules refuses to commit it, in one line, rather than mix two ways of counting in the store."""
+    j = open_journal(path)
+    seqs = [seq for seq, _, _ in j.append([("P", "text", None)])["entries"]]
+    delta = Delta.of("b1", [Aggregate.from_article("P", [("donald trump", "PERSON"), ("donald trump", "ORG")])])
+    delta.rules = "v2+aliases:0123456789abcdef"
+    j.record_batch(Batch(delta, seqs))
+    j.close()
+    j = open_journal(path)
+    try:
+        [(_, replayed, _)] = j.recover("v2+aliases:0123456789abcdef").batches
+        assert replayed.rules == delta.rules
+        assert replayed.publications["p"].labels == {"donald trump": {"PERSON": 1, "ORG": 1}}
+        with pytest.raises(JournalError, match=r"counted under rules v2\+aliases:0123456789abcdef, but this "
+                                               r"backend counts under v2: .*same --aliases"):
+            j.recover("v2")
+    finally:
+        j.close()
+
+
+def test_a_batch_recorded_before_rules_v2_is_read_as_v1(path):
+    j = open_journal(path)
+    j._conn.execute("INSERT INTO batches VALUES ('old', ?, 0, ?)",
+                    ('[["p", "P", 1, {"x": 1}, {"x": 1}]]', time.time()))
+    try:
+        [(_, replayed, _)] = j.recover().batches
+        assert replayed.rules == "v1" and replayed.publications["p"].mentions == {"x": 1}
+        with pytest.raises(JournalError, match="counted under rules v1"):
+            j.recover("v2")
+    finally:
+        j.close()

@@ -29,7 +29,8 @@ def test_every_module_imports_on_its_own():
 
 
 def test_a_gunicorn_worker_does_not_import_the_backend():
-    loaded = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
+    loaded = _loaded_after("from ingest.config import FrontendSettings; from ingest.web.app import create_app; "
+                           "create_app(FrontendSettings(api_keys='k'))")
     assert not {m for m in loaded if m.startswith("ingest.backend")}, "the web side imports the backend"
     assert "spacy" not in loaded and "ingest.tools.load" not in loaded
 
@@ -50,30 +51,36 @@ def test_the_painter_child_imports_neither_flask_nor_the_stores():
     """`python -m ingest.web.painter` draws pictures only; the gunicorn worker never draws them."""
     painter = _loaded_after("import ingest.web.painter")
     assert "flask" not in painter and not {m for m in painter if m.startswith(("ingest.stores", "ingest.backend"))}
-    worker = _loaded_after("from ingest.web.app import create_app; create_app({'api_keys': 'k'})")
+    worker = _loaded_after("from ingest.config import FrontendSettings; from ingest.web.app import create_app; "
+                           "create_app(FrontendSettings(api_keys='k'))")
     assert "wordcloud" not in worker and "matplotlib" not in worker
 
 
 def _backend_imports(root=None) -> dict[str, set[str]]:
     """ingest.backend's modules and the ingest.backend modules each imports, at any depth of its
     code (an import inside a function makes a cycle too, only a later one)."""
+    import ingest.backend
+
+    return _package_imports(ingest.backend, root)
+
+
+def _package_imports(package, root=None) -> dict[str, set[str]]:
+    """`package`'s modules and the modules of that package each imports, at any depth of its code."""
     import ast
     from pathlib import Path
 
-    import ingest.backend
-
-    root = Path(root or ingest.backend.__path__[0])
+    root = Path(root or package.__path__[0])
     graph = {}
     for path in root.rglob("*.py"):
-        parts = ("ingest", "backend", *path.relative_to(root).with_suffix("").parts)
-        package = parts[:-1]
+        parts = (*package.__name__.split("."), *path.relative_to(root).with_suffix("").parts)
+        parent = parts[:-1]
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                base = list(parent[:len(parent) - node.level + 1]) if node.level else []
                 module = ".".join(base + (node.module.split(".") if node.module else []))
                 found.add(module)
                 found.update(f"{module}.{alias.name}" for alias in node.names)  # `from . import wire`
@@ -85,8 +92,32 @@ def test_the_backend_has_no_import_cycle():
     """Before: arbiter imported pubsub_intake (to build a fleet) and pubsub_intake the arbiter (for BootError)."""
     graph = _backend_imports()
     assert {"ingest.backend.errors", "ingest.backend.intakes", "ingest.backend.fleet.puller",
-            "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch"} <= set(graph)
+            "ingest.backend.fleet.batching", "ingest.backend.fleet.scratch", "ingest.backend.fleet.deadletters"} \
+        <= set(graph)
     assert _cycles(graph) == []
+
+
+def test_the_firestore_store_is_a_package_without_cycles_or_private_calls():
+    """Before: firestore.py and firestore_packed.py imported each other, the packed layout called the
+    store's private `_translated`, and "ingest_batches" was written in both."""
+    import ast
+    from pathlib import Path
+
+    import ingest.stores.firestore as package
+
+    graph = _package_imports(package)
+    assert {"ingest.stores.firestore.common", "ingest.stores.firestore.entities",
+            "ingest.stores.firestore.packed"} <= set(graph)
+    assert _cycles(graph) == []
+    for path in Path(package.__path__[0]).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        private = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_")]
+        assert private == [], f"{path.name} imports private names {private}"
+        if path.name != "common.py":
+            names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+            assert not names & {"ingest_batches", "ingest_meta", "ingest_writers", "pubs", "ent"}, \
+                f"{path.name} names a collection itself"
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -122,3 +153,17 @@ def test_the_fleet_is_a_seam_not_a_fork():
         assert "ingest.backend.arbiter" not in graph[module], module
     assert not graph["ingest.backend.arbiter"] & fleet
     assert not graph["ingest.backend.hub"] & fleet
+
+
+def test_the_health_file_is_the_only_link_between_a_backend_and_its_probe():
+    """The backend writes facts (backend/health.py), the frontend judges them (web/backend_health.py)."""
+    web = _loaded_after("import ingest.web.backend_health, ingest.web.server")
+    assert not {m for m in web if m.startswith(("ingest.backend", "ingest.stores"))}
+    backend = _loaded_after("import ingest.backend.health")
+    assert not {m for m in backend if m.startswith("ingest.web")}
+
+
+def test_the_dead_letters_command_loads_neither_spacy_nor_a_store_nor_the_web():
+    """`ingestiond dead-letters` is an operator's tool: Pub/Sub and the message format, nothing else."""
+    loaded = _loaded_after("import ingest.backend.fleet.deadletters")
+    assert "spacy" not in loaded and not {m for m in loaded if m.startswith(("ingest.stores", "ingest.web"))}

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from ingest.core.models import Aggregate, Delta, merge
-from ingest.stores import firestore_packed
+from ingest.stores.firestore import packed as firestore_packed
 from ingest.stores.firestore import FirestoreStore
 
 pytestmark = pytest.mark.firestore
@@ -64,11 +64,11 @@ def test_a_trim_by_another_thread_never_takes_shards_out_of_an_answer(firestore_
     w = writer(firestore_project)
     w.apply(Delta.of("a", [post("Three", ["x", "y", "z"]), post("Other", ["o"])]))
     a, b = reader(firestore_project), reader(firestore_project)
-    reads = a.packed.reads
-    assert reads is b.packed.reads, "one process's readers share what they read"
+    reads = a.layout().reads
+    assert reads is b.layout().reads, "one process's readers share what they read"
     for i in range(5000):  # a cache past its bound: the next read trims it
         reads.shard_cache[("filler", "w", i)] = (1, {})
-    real, parsed = firestore_packed._parse_shard, []
+    real, parsed = firestore_packed.parse_shard, []
 
     def parse(data):
         parsed.append(data)
@@ -76,9 +76,9 @@ def test_a_trim_by_another_thread_never_takes_shards_out_of_an_answer(firestore_
             b.entities("other")
         return real(data)
 
-    monkeypatch.setattr(firestore_packed, "_parse_shard", parse)
+    monkeypatch.setattr(firestore_packed, "parse_shard", parse)
     assert counts(a.entities("three")) == {"x": (1, 1), "y": (1, 1), "z": (1, 1)}
-    monkeypatch.setattr(firestore_packed, "_parse_shard", real)
+    monkeypatch.setattr(firestore_packed, "parse_shard", real)
     assert counts(a.entities("three")) == {"x": (1, 1), "y": (1, 1), "z": (1, 1)}
     assert a.summary("three").entities == 3
 
@@ -91,10 +91,10 @@ def test_a_reader_of_older_documents_never_overwrites_newer_ones(firestore_proje
     w = writer(firestore_project)
     w.apply(Delta.of("v1", [post("Pub", ["x", "y"])]))
     a, b = reader(firestore_project), reader(firestore_project)
-    b_sums = b.packed.sums("pub")                      # B saw version 1
+    b_sums = b.layout().sums("pub")                      # B saw version 1
     assert b_sums[0]["version"] == 1
     go_b, b_done = threading.Event(), threading.Event()
-    real, calls = firestore_packed._parse_shard, {"a": 0, "b": 0}
+    real, calls = firestore_packed.parse_shard, {"a": 0, "b": 0}
 
     def parse(data):
         if threading.current_thread().name == "reader-b":
@@ -108,8 +108,8 @@ def test_a_reader_of_older_documents_never_overwrites_newer_ones(firestore_proje
                 assert b_done.wait(20)
         return real(data)
 
-    monkeypatch.setattr(firestore_packed, "_parse_shard", parse)
-    b_thread = threading.Thread(target=lambda: (b.packed.merge("pub", b_sums), b_done.set()), name="reader-b")
+    monkeypatch.setattr(firestore_packed, "parse_shard", parse)
+    b_thread = threading.Thread(target=lambda: (b.layout().merge("pub", b_sums), b_done.set()), name="reader-b")
     b_thread.start()
     w.apply(Delta.of("v2", [post("Pub", ["x", "y"])]))     # version 2: both shards change
     try:
@@ -117,7 +117,7 @@ def test_a_reader_of_older_documents_never_overwrites_newer_ones(firestore_proje
     finally:
         go_b.set()
         b_thread.join(20)
-    monkeypatch.setattr(firestore_packed, "_parse_shard", real)
+    monkeypatch.setattr(firestore_packed, "parse_shard", real)
     assert got == {"x": (2, 2), "y": (2, 2)}
     assert counts(a.entities("pub")) == {"x": (2, 2), "y": (2, 2)}
     assert counts(reader(firestore_project).entities("pub")) == {"x": (2, 2), "y": (2, 2)}
@@ -136,12 +136,12 @@ def test_publications_with_nothing_changed_reads_no_document(firestore_project, 
     assert len(first) == pubs and {(p.articles, p.entities, p.mentions) for p in first} == {(4, 5, 8)}
     before = dict(document_reads)
     merged = []
-    real_merge = type(r.packed).merge
-    type(r.packed).merge = lambda self, *a: merged.append(1) or real_merge(self, *a)
+    real_merge = type(r.layout()).merge
+    type(r.layout()).merge = lambda self, *a: merged.append(1) or real_merge(self, *a)
     try:
         again = r.publications()
     finally:
-        type(r.packed).merge = real_merge
+        type(r.layout()).merge = real_merge
     assert again == first
     assert document_reads["docs"] - before["docs"] == 0, "no document read when nothing changed"
     assert document_reads["get_all"] == before["get_all"] and not merged

@@ -4,7 +4,6 @@ backends count it once) until the deadline, then 504; only an outright refusal i
 
 from __future__ import annotations
 
-import os
 from concurrent import futures
 
 import pytest
@@ -33,9 +32,7 @@ class FakeClient:
 
 
 def publisher(client: FakeClient, timeout: float = 5.0) -> PubSubPublisher:
-    p = PubSubPublisher("pubsub://test-project/articles", timeout=timeout)
-    p._client, p._pid = client, os.getpid()
-    return p
+    return PubSubPublisher("pubsub://test-project/articles", timeout=timeout, make_client=lambda: client)
 
 
 POSTS = [("The Planet", "Ada Lovelace met Charles Babbage.", None)]

@@ -1,6 +1,6 @@
 """The fleet intake's flow control against a fake subscription that keeps score: delivery
 attempts per message, nacks, and the dead-letter policy the emulator does not enforce (5 attempts,
-as deploy/fleet.sh sets). No emulator needed: the subscription is the part being faked."""
+stricter than the 100 deploy/fleet.sh sets). No emulator needed: the subscription is the part being faked."""
 
 from __future__ import annotations
 
@@ -190,3 +190,105 @@ def test_a_dead_lettered_message_releases_its_articles_from_the_bounds(tmp_path,
         intake.stop_accepting()
         intake.close()
         intake.journal.close()
+
+
+def test_a_message_the_journal_cannot_keep_is_dead_lettered_alone_and_the_others_are_counted(tmp_path):
+    """A message that passes decode but that the scratch journal refuses (ValueError: the journal's
+    'this request alone fails') must not stop the puller nor take the messages pulled with it along."""
+    messages = _messages(3, 4)
+    bad = encode([("Outlet 1", "UNKEEPABLE text", None)])
+    messages[1] = (messages[1][0], bad, 1)
+    subscription = FakeSubscription(messages)
+    intake = _intake(tmp_path, subscription)
+    real_append = intake.journal.append
+
+    def append(posts, token=None):
+        if any("UNKEEPABLE" in p[1] for p in posts):
+            raise ValueError("the journal cannot keep this request: TypeError")
+        return real_append(posts, token)
+    intake.journal.append = append
+    dead = []
+    intake._publish_dead_letter = lambda group, data: dead.append((group.id, group.why, data)) or True
+    consumer = Consumer(intake)
+    consumer.store_up.set()
+    consumer.start()
+    intake.start()
+    try:
+        wait_for(lambda: len(subscription.acked) == 3, 30, 0.01, "every message settled")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+    assert consumer.committed == 2 and subscription.nacks == {}
+    assert [(gid, data) for gid, _, data in dead] == [(messages[1][0], bad)]
+    assert "journal cannot keep" in dead[0][1]
+
+
+# -- what the intake feeds the health file (backend/health.py; judged by web/backend_health.py) ----
+
+def _verdict(intake: PubSubIntake, health_file, **limits):
+    """One arbiter tick's write of the health file, and the frontend's reading of it."""
+    from ingest.backend.health import HealthFile
+    from ingest.web.backend_health import BackendHealth
+
+    if not hasattr(intake, "_health"):
+        intake._health = HealthFile(health_file)
+    intake._health.next_write = 0.0  # due now: the test ticks faster than the arbiter writes
+    intake._health.tick(time.monotonic(), "running", intake.status)
+    return BackendHealth(health_file, **limits).problem()
+
+
+class HangingSubscription(FakeSubscription):
+    """Its second pull never returns until released: a puller blocked (on the network, on the journal)."""
+
+    def __init__(self, messages):
+        super().__init__(messages)
+        self.release = threading.Event()
+
+    def pull(self, request, timeout=None, retry=None):
+        if self.pulls:
+            self.release.wait()
+        return super().pull(request, timeout, retry)
+
+
+def test_a_puller_that_stops_turning_makes_the_backend_unhealthy(tmp_path):
+    subscription = HangingSubscription(_messages(1, 3))
+    intake = _intake(tmp_path, subscription)
+    intake.start()
+    try:
+        wait_for(lambda: subscription.pulls >= 1, 10, 0.01, "the first pull")
+        code, reason = wait_for(lambda: _verdict(intake, tmp_path / "health.json", stall_seconds=0.5), 30, 0.05,
+                                "the health file to show the stopped puller")
+        assert code == "backend_wedged" and "puller" in reason, reason
+        subscription.release.set()
+        wait_for(lambda: _verdict(intake, tmp_path / "health.json", stall_seconds=0.5) is None, 30, 0.01,
+                 "the verdict to clear once the puller turns again")
+    finally:
+        subscription.release.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+
+
+def test_a_backend_that_keeps_handing_a_message_back_is_nack_looping(tmp_path):
+    """A malformed message and no dead-letter topic in the intake URL: it can only be handed back,
+    delivery after delivery (the subscription's policy ends it after 5). Healthy messages are not."""
+    subscription = FakeSubscription([("r" + "f" * 32, b"not json", 1)] + _messages(3, 2))
+    intake = _intake(tmp_path, subscription)
+    consumer = Consumer(intake)
+    consumer.store_up.set()
+    consumer.start()
+    intake.start()
+    try:
+        code, reason = wait_for(lambda: _verdict(intake, tmp_path / "health.json", nacks_per_minute=3), 30, 0.02,
+                                "the health file to show the message handed back again and again")
+        assert code == "backend_nack_looping" and "in the last minute" in reason, reason
+        wait_for(lambda: len(subscription.acked) == 3 and subscription.dead_lettered == {"m0"}, 30, 0.02,
+                 "the healthy messages acknowledged, the other moved by the subscription's policy")
+    finally:
+        consumer.stop.set()
+        intake.stop_accepting()
+        intake.close()
+        intake.journal.close()
+    assert subscription.nacks == {"m0": MAX_DELIVERIES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ingest.config import FrontendSettings
 from ingest.web.app import create_app
 
 BASE = {"state": "accepting", "depth": 0, "capacity": 524288, "accepted": 5, "duplicates": 0, "processed": 5,
@@ -22,7 +23,7 @@ class FakeClient:
 
 
 def readyz(**over):
-    app = create_app({"client": FakeClient(**over), "store": object(), "api_keys": ("k" * 32,), "TESTING": True})
+    app = create_app(FrontendSettings(api_keys=("k" * 32,)), client=FakeClient(**over), store=object())
     return app.test_client().get("/readyz")
 
 

@@ -71,10 +71,19 @@ def test_ner_skips_numeric_labels_and_counts_every_occurrence(nlp):
     processor = Processor(nlp=nlp)
     [post] = processor.process([("BBC", "Barack Obama met Angela Merkel in Berlin on Monday. "
                                         "Obama paid $5 million for 3 books. Obama left at 5 pm.")])
-    assert post.mentions["obama"] == 2
+    assert post.mentions["barack obama"] == 3  # v2: "Obama" alone counts as the article's one "... Obama"
+    assert post.labels["barack obama"] == {"PERSON": 3}
     assert post.mentions["angela merkel"] == 1 and post.mentions["berlin"] == 1
-    assert post.entity_articles["obama"] == 1
+    assert post.entity_articles["barack obama"] == 1 and "obama" not in post.mentions
     assert not {"monday", "$5 million", "3", "5 pm"} & set(post.mentions)
+
+
+def test_labels_are_kept_per_entity_and_merged_by_publication():
+    a = Aggregate.from_article("BBC", [("uk", "GPE"), ("uk", "GPE"), ("uk", "ORG")])
+    b = Aggregate.from_article("bbc", [("uk", "ORG"), ("paris", "GPE")])
+    merged = merge({}, [a.copy(), b])
+    assert merged["bbc"].labels == {"uk": {"GPE": 2, "ORG": 2}, "paris": {"GPE": 1}}
+    assert merged["bbc"].mentions == {"uk": 4, "paris": 1} and a.labels["uk"] == {"GPE": 2, "ORG": 1}
 
 
 def test_overlong_content_is_counted_not_crashed(nlp):
@@ -84,6 +93,16 @@ def test_overlong_content_is_counted_not_crashed(nlp):
     [post] = processor.process([("BBC", text)])
     assert post.articles == 1
     assert post.mentions["angela merkel"] >= 290
+
+
+def test_a_surname_in_one_piece_of_an_overlong_article_folds_into_a_full_name_of_another(nlp):
+    """Rule 4 looks across the whole article, even when spaCy sees it in pieces."""
+    processor = Processor(nlp=nlp)
+    processor.max_length = 200
+    text = "Angela Merkel visited Paris on a sunny day. " + "The weather was fine and calm. " * 10 \
+        + "Later Merkel said she was pleased with the talks in Berlin."
+    [post] = processor.process([("BBC", text)])
+    assert post.mentions.get("angela merkel") == 2 and "merkel" not in post.mentions
 
 
 def test_split_long_keeps_every_character():

@@ -3,6 +3,8 @@
 import sqlite3
 import time
 
+import pytest
+
 from ingest.core.models import Delta, Aggregate
 from ingest.stores import open_store, parse_store_url
 from ingest.stores.sqlite import SqliteStore
@@ -112,3 +114,53 @@ def test_a_batch_merging_groups_records_each_and_is_refused_whole_when_another_b
     assert store.apply(merged) == 0, "a retry of the merged batch itself changes nothing"
     assert store.apply(_delta("g3", ("BBC", ["paris"]))) > 0
     assert [(p.articles, p.mentions) for p in store.publications()] == [(3, 3)]
+
+
+def test_mentions_are_kept_per_label_and_reads_give_the_majority_label(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    store.apply(_delta("b1", ("BBC", [("washington", "GPE"), ("washington", "PERSON"), ("nato", "ORG")]),
+                       ("BBC", [("washington", "GPE"), ("paris", "GPE"), ("paris", "PERSON")])))
+    rows = store.entities("bbc")
+    assert [(r.entity, r.label, r.mentions, r.articles) for r in rows] == [
+        ("washington", "GPE", 3, 2), ("paris", "GPE", 2, 1), ("nato", "ORG", 1, 1)]  # paris: a tie, GPE < PERSON
+    store.apply(_delta("b2", ("BBC", [("paris", "PERSON"), ("washington", "PERSON"), ("washington", "PERSON")])))
+    assert {r.entity: r.label for r in store.entities("bbc")} == {"washington": "PERSON", "paris": "PERSON",
+                                                                  "nato": "ORG"}
+    assert [r.entity for r in store.entities("bbc", labels=frozenset({"ORG"}))] == ["nato"]
+    assert [r.entity for r in store.entities("bbc", labels=frozenset({"ORG", "PERSON"}), limit=2)] == \
+        ["washington", "paris"]
+    assert store.entities("bbc", labels=frozenset({"LAW"})) == []
+    reader = open_store(f"sqlite:///{tmp_path / 's.db'}", readonly=True)
+    assert [(r.entity, r.label) for r in reader.entities("bbc", labels=frozenset({"ORG"}))] == [("nato", "ORG")]
+
+
+def test_the_store_records_its_counting_rules_and_refuses_others(tmp_path):
+    from ingest.stores.base import RulesRefused
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim_rules("v2+aliases:aaaa")
+    store.claim_rules("v2+aliases:aaaa")  # the same rules again: fine
+    store.apply(_delta("b1", ("BBC", [("uk", "GPE")])))
+    with pytest.raises(RulesRefused, match=r"counting rules v2\+aliases:aaaa, this backend counts under v2;"):
+        SqliteStore(tmp_path / "s.db").claim_rules("v2")
+
+
+def test_a_store_with_counts_and_no_rules_record_was_made_under_v1_and_is_refused(tmp_path):
+    """A database from before rules v2: its schema had no labels and no record; a frontend still reads it."""
+    from ingest.stores.base import RulesRefused
+
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.executescript("CREATE TABLE publications (key TEXT PRIMARY KEY, name TEXT, articles INT, mentions INT);"
+                       "CREATE TABLE entities (pub_key TEXT, entity TEXT, mentions INT, articles INT);"
+                       "INSERT INTO publications VALUES ('bbc', 'BBC', 1, 2);"
+                       "INSERT INTO entities VALUES ('bbc', 'donald trump''s', 2, 1);")
+    conn.commit()
+    conn.close()
+    reader = open_store(f"sqlite:///{tmp_path / 'old.db'}", readonly=True)
+    assert [(r.entity, r.label) for r in reader.entities("bbc")] == [("donald trump's", "")]
+    assert reader.entities("bbc", labels=frozenset({"PERSON"})) == []
+    reader.close()
+    with pytest.raises(RulesRefused, match="counting rules v1, this backend counts under v2"):
+        SqliteStore(tmp_path / "old.db").claim_rules("v2")
+    fresh = SqliteStore(tmp_path / "new.db")
+    fresh.claim_rules("v2")  # an empty database takes the rules it is first written with

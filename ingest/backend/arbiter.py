@@ -24,6 +24,7 @@ from ..core.storeurl import store_identity
 from . import intakes, wire
 from .child import child_main
 from .errors import BootError
+from .health import HealthFile, health_path
 from .hub import SaverSlot, WorkerSlot
 from .manager import serve
 from .journal import Journal, JournalError
@@ -52,6 +53,7 @@ class Arbiter:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.journal, self.intake, self.hub = intakes.build(settings, on_put=self.wake, journal=journal)
+        self.health = HealthFile(health_path(settings, self.journal.path))
         self.saver_ever_ready = False
         self.saver_respawn_at = 0.0
         self.next_housekeeping = 0.0
@@ -82,6 +84,7 @@ class Arbiter:
         snapshot["oldest_uncommitted_seconds"] = self.oldest_age
         snapshot["store_healthy"] = self.hub.store_healthy(now, self.settings.store_unhealthy_after)
         self.intake.publish(snapshot)
+        self.health.tick(now, "draining" if self.draining else "running", self.intake.status)
 
     def housekeeping(self, now: float) -> None:
         """Once a second: the oldest article's age, and quarantined articles an operator sent back."""
@@ -313,6 +316,7 @@ class Arbiter:
         self.stop_all_now()
         s = self.hub.snapshot(time.monotonic())
         left = self.intake.close()  # it says where what is left waits (the journal, or back in Pub/Sub)
+        self.health.stopped()
         self.journal.close()
         if left:
             return code or EXIT_UNFINISHED
@@ -324,7 +328,7 @@ class Arbiter:
     def recover(self) -> None:
         """After any stop: recorded batches are committed again first (same ids), then the rest is fed."""
         self.journal.claim(store_identity(self.settings.store_url))
-        found = self.journal.recover()
+        found = self.journal.recover(self.settings.counting_rules)
         self.hub.recover(found, time.monotonic(), time.time())
         if found.batches or found.entries:
             log.warning("recovering from the journal: %d recorded batches (%d articles) to commit again, "

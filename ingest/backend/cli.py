@@ -22,10 +22,18 @@ def main(argv: list[str] | None = None) -> int:
         from .quarantine import main as quarantine_main
 
         return quarantine_main(argv[1:])
+    if argv[:1] == ["compact"]:  # Firestore's packed layout: fold idle writers into archives
+        from ..stores.firestore.compaction import main as compact_main
+
+        return compact_main(argv[1:])
     if argv[:1] == ["journal"]:
         from .journal_cmd import main as journal_main
 
         return journal_main(argv[1:])
+    if argv[:1] == ["dead-letters"]:
+        from .fleet.deadletters import main as dead_letters_main
+
+        return dead_letters_main(argv[1:])
     try:
         settings = load_backend_settings(argv)
         authkey = ensure_authkey(settings)

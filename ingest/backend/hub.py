@@ -164,6 +164,7 @@ class Hub:
         self.store_down_since: float | None = None  # a saver cannot reopen the store (no batch involved)
         self.draining = False
         self.counters = Counters()
+        self.rules = settings.counting_rules  # naming.rules_record: what every new batch is stamped with
 
     def recover(self, found, now: float, wall: float) -> None:
         """What the journal held at start (journal.Recovered): recorded batches go to the store again
@@ -293,7 +294,7 @@ class Hub:
         elif kind == wire.REFUSED:  # a merged batch, nothing of it applied: its groups one by one
             self.recovering.discard(batch.delta.batch_id)
             self.failing.pop(batch.delta.batch_id, None)
-            again = self.batcher.refused(batch, message[2], lambda b: self._durably("record_batch", b))
+            again = self.batcher.refused(batch, message[2], self._record)
             self.retry.extendleft((0.0, b) for b in reversed(again))
             log.info("batch=%s of %d groups refused by the store (%s): sent again as %d batches",
                      batch.delta.batch_id, len(batch.delta.groups), message[3], len(again))
@@ -421,7 +422,12 @@ class Hub:
             if not self.past_marker_window(batch, now):
                 return batch
             self.park_stuck(batch, now)
-        return self.batcher.take(now, lambda batch: self._durably("record_batch", batch))
+        return self.batcher.take(now, self._record)
+
+    def _record(self, batch: Batch) -> bool:
+        """A new batch into the journal, stamped with the counting rules its keys were made with."""
+        batch.delta.rules = self.rules
+        return self._durably("record_batch", batch)
 
     # -- drain ------------------------------------------------------------------
     def workers_settled(self) -> bool:

@@ -130,18 +130,23 @@ class _Request:
 
 
 def delta_to_json(delta: Delta) -> str:
-    return json.dumps([[a.key, a.name, a.articles, a.mentions, a.entity_articles,
-                        {d: [c.articles, c.mentions, c.entities] for d, c in a.days.items()}]
-                       for a in delta.publications.values()])
+    """{"rules": ..., "publications": [[key, name, articles, mentions, entity_articles, labels, days], ...]};
+    days: {day: [articles, mentions, {entity: [mentions, articles]}]}."""
+    return json.dumps({"rules": delta.rules, "publications": [
+        [a.key, a.name, a.articles, a.mentions, a.entity_articles, a.labels,
+         {d: [c.articles, c.mentions, c.entities] for d, c in a.days.items()}] for a in delta.publications.values()]})
 
 
 def delta_from_json(batch_id: str, text: str) -> Delta:
-    """A batch recorded before per-day counts has no days: it adds to the all-time counts only."""
+    """A journal written before counting rules v2 holds a bare list of rows: rules "v1", no labels; one
+    written before per-day counts has no days (the batch adds to the all-time counts only)."""
+    data = json.loads(text)
+    rules, rows = ("v1", data) if isinstance(data, list) else (data["rules"], data["publications"])
     publications = {}
-    for row in json.loads(text):
-        days = {d: DayCounts(a, m, e) for d, (a, m, e) in (row[5] if len(row) > 5 else {}).items()}
-        publications[row[0]] = Aggregate(*row[:5], days=days)
-    return Delta(batch_id, publications)
+    for row in rows:
+        days = {d: DayCounts(a, m, e) for d, (a, m, e) in (row[6] if len(row) > 6 else {}).items()}
+        publications[row[0]] = Aggregate(*row[:6], days=days)
+    return Delta(batch_id, publications, rules=rules)
 
 
 class Journal:
@@ -258,7 +263,9 @@ class Journal:
         self._conn.execute("INSERT INTO meta VALUES ('writer', ?) ON CONFLICT (key) DO NOTHING", (writer,))
         return self._conn.execute("SELECT value FROM meta WHERE key = 'writer'").fetchone()[0]
 
-    def recover(self) -> Recovered:
+    def recover(self, rules: str | None = None) -> Recovered:
+        """What the journal holds; with `rules`, a recorded batch counted under other rules (another
+        alias file, an older version) is refused: applying it would mix two ways of counting."""
         out = Recovered()
         oldest = self._conn.execute("SELECT min(created_at) FROM batches").fetchone()[0]
         if oldest is not None and time.time() - oldest > MARKER_TTL_SECONDS - MARKER_MARGIN_SECONDS:
@@ -271,7 +278,13 @@ class Journal:
         for batch_id, text, _articles, created in self._conn.execute(
                 "SELECT batch_id, delta, articles, created_at FROM batches ORDER BY created_at"):
             seqs = [s for (s,) in self._conn.execute("SELECT seq FROM articles WHERE batch_id = ?", (batch_id,))]
-            out.batches.append((batch_id, delta_from_json(batch_id, text), seqs))
+            delta = delta_from_json(batch_id, text)
+            if rules is not None and delta.rules != rules:
+                raise JournalError(
+                    f"journal {self.path} holds store batch {batch_id} counted under rules {delta.rules}, but this "
+                    f"backend counts under {rules}: start once with the settings it was counted with (the same "
+                    f"--aliases) to commit it, or move the journal away to discard it")
+            out.batches.append((batch_id, delta, seqs))
             out.recorded[batch_id] = created
         rows = self._conn.execute("SELECT seq, publication, bytes, kills FROM articles "
                                   "WHERE batch_id IS NULL AND quarantined_at IS NULL ORDER BY seq")
@@ -534,7 +547,7 @@ class Journal:
             "GROUP BY b.batch_id ORDER BY b.created_at").fetchall()
         out = []
         for batch_id, created, recorded_articles, articles, nbytes, delta in rows:
-            publications = json.loads(delta)
+            publications = delta_from_json(batch_id, delta).publications
             out.append({"batch_id": batch_id, "recorded_at": created, "age_seconds": round(time.time() - created, 1),
                         "articles": articles, "recorded_articles": recorded_articles, "bytes": nbytes,
                         "publications": len(publications)})

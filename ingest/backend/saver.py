@@ -12,7 +12,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from ..core.models import Delta
 from ..stores import PermanentStoreError, StoreError, open_store
-from ..stores.base import GroupsRefused
+from ..stores.base import GroupsRefused, RulesRefused
 from ..stores.lease import LeaseHeld, LeaseLost
 from . import wire
 from .child import BootFailure, Child
@@ -34,15 +34,25 @@ class Saver(Child):
             self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
                                     days_kept=getattr(self.settings, "days_kept", None))
             self.store.check()
+            self.claim_rules()
             # one live process per writer name: a second one fails here, naming both (exit 3)
             self.lease = self.store.claim_writer(self.settings.writer or "solo")
-        except LeaseHeld as exc:  # fatal even for a respawned saver: waiting would not free the name
+        except (LeaseHeld, RulesRefused) as exc:  # fatal even for a respawned saver: waiting changes nothing
             self._close_store()
             self.conn.send((wire.FATAL, str(exc)))
             raise BootFailure(str(exc)) from None
         except Exception as exc:  # bad path, missing credentials, unknown URL, read-only, a held lease
             self._close_store()
             raise BootFailure(f"cannot write to store {self.settings.store_url.split('?', 1)[0]}: {exc}") from None
+
+    def claim_rules(self) -> None:
+        """The store records the counting rules it was written with and refuses others (exit 3)."""
+        claim = getattr(self.store, "claim_rules", None)
+        if claim is None:  # Firestore, until its layouts keep labels and the rules record (issue 27)
+            raise RulesRefused(f"store {self.settings.store_url.split('?', 1)[0]} does not keep entity labels or "
+                               f"record counting rules yet, so it cannot take counts under {self.settings.counting_rules}; "
+                               "use SQLite (--store sqlite:///PATH) or --no-persist")
+        claim(self.settings.counting_rules)
 
     def reopen(self) -> None:
         """After a failed batch: a fresh handle (a database reopened read-only stays read-only)."""

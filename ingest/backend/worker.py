@@ -38,7 +38,7 @@ class Worker(Child):
         from .nlp import ModelLoadError, Processor
 
         try:
-            self.processor = Processor(self.settings.model, self.settings.batch_size)
+            self.processor = Processor(self.settings.model, self.settings.batch_size, aliases=self.settings.alias_table)
         except ModelLoadError as exc:
             raise BootFailure(str(exc)) from None
 

@@ -77,17 +77,26 @@ class Aggregate:
     articles: int = 0
     mentions: dict = field(default_factory=dict)          # entity -> occurrences
     entity_articles: dict = field(default_factory=dict)   # entity -> articles that mention it
-    days: dict = field(default_factory=dict)              # day -> DayCounts (their sums are the counts above)
+    labels: dict = field(default_factory=dict)           # entity -> {spaCy label -> occurrences}
+    days: dict = field(default_factory=dict)             # day -> DayCounts (their sums are the counts above)
 
     @classmethod
-    def from_article(cls, publication: str, entities: Iterable[str], day: str | None = None) -> "Aggregate":
+    def from_article(cls, publication: str, entities: Iterable, day: str | None = None) -> "Aggregate":
+        """One article's counts from its mentions: (key, label) pairs (counting rules v2), or bare
+        keys, which count without a label (tests of stores that keep none). With `day`, the
+        same counts are that day's too."""
         mentions: dict[str, int] = {}
+        labels: dict[str, dict[str, int]] = {}
         for entity in entities:
+            if isinstance(entity, tuple):
+                entity, label = entity
+                per_label = labels.setdefault(entity, {})
+                per_label[label] = per_label.get(label, 0) + 1
             mentions[entity] = mentions.get(entity, 0) + 1
         days = {}
         if day is not None:
             days[day] = DayCounts(1, sum(mentions.values()), {e: [m, 1] for e, m in mentions.items()})
-        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1), days)
+        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1), labels, days)
 
     @property
     def total_mentions(self) -> int:
@@ -95,6 +104,7 @@ class Aggregate:
 
     def copy(self) -> "Aggregate":
         return Aggregate(self.key, self.name, self.articles, dict(self.mentions), dict(self.entity_articles),
+                         {e: dict(per_label) for e, per_label in self.labels.items()},
                          {d: c.copy() for d, c in self.days.items()})
 
 
@@ -114,6 +124,13 @@ def merge(into: dict[str, Aggregate], items: Iterable[Aggregate]) -> dict[str, A
             mentions[entity] = mentions.get(entity, 0) + n
         for entity, n in item.entity_articles.items():
             entity_articles[entity] = entity_articles.get(entity, 0) + n
+        for entity, per_label in item.labels.items():
+            mine = current.labels.get(entity)
+            if mine is None:
+                current.labels[entity] = dict(per_label)
+                continue
+            for label, n in per_label.items():
+                mine[label] = mine.get(label, 0) + n
         for day, counts in item.days.items():
             mine = current.days.get(day)
             if mine is None:
@@ -131,12 +148,15 @@ class Delta:
     in fact applied changes nothing. `groups` (a fleet's batch merging several Pub/Sub messages):
     their ids too, each recorded as if it were a batch of its own, all in one commit; a store
     refuses the whole batch (GroupsRefused) if any of them is recorded already or it needs more
-    than one commit, and the backend then sends each group as a batch of its own.
+    than one commit, and the backend then sends each group as a batch of its own. `rules`: the
+    counting rules its keys were made with (naming.rules_record), kept with it in the journal so
+    a replay is never applied under other rules.
     """
 
     batch_id: str
     publications: dict = field(default_factory=dict)  # key -> Aggregate
     groups: tuple = ()
+    rules: str = ""
 
     @classmethod
     def of(cls, batch_id: str, aggregates: Iterable[Aggregate]) -> "Delta":
@@ -160,5 +180,6 @@ class PublicationSummary(BaseModel):
 
 class EntityCount(BaseModel):
     entity: str
+    label: str = ""  # the label with most mentions (ties: alphabetically first); "" where a store keeps none
     mentions: int
     articles: int

@@ -25,6 +25,8 @@ RULES_VERSION = 2
 POSSESSIVE_TOKENS = frozenset({"'s", "’s", "'", "’"})
 EDGE_CHARS = "\"'“”‘’«»()[]{}<>-–—,;:!?*"
 PERSON = "PERSON"
+# The labels an entity can carry: en_core_web_sm's (OntoNotes) named-entity labels, less the skipped ones.
+LABELS = ("EVENT", "FAC", "GPE", "LANGUAGE", "LAW", "LOC", "NORP", "ORG", "PERSON", "PRODUCT", "WORK_OF_ART")
 
 
 def strip_edges(text: str) -> str:

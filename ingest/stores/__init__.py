@@ -75,17 +75,17 @@ class _MissingSqlite:
         inner = self._inner()
         return inner.summary(publication) if inner else None
 
-    def entities(self, publication, limit=20, offset=0):
+    def entities(self, publication, limit=20, offset=0, labels=None):
         inner = self._inner()
-        return inner.entities(publication, limit, offset) if inner else None
+        return inner.entities(publication, limit, offset, labels) if inner else None
 
-    def entities_in(self, publication, window, limit=20, offset=0):
+    def entities_in(self, publication, window, limit=20, offset=0, labels=None):
         inner = self._inner()
-        return inner.entities_in(publication, window, limit, offset) if inner else (None if publication else [])
+        return inner.entities_in(publication, window, limit, offset, labels) if inner else (None if publication else [])
 
-    def top_entities(self, limit=20, offset=0):
+    def top_entities(self, limit=20, offset=0, labels=None):
         inner = self._inner()
-        return inner.top_entities(limit, offset) if inner else []
+        return inner.top_entities(limit, offset, labels) if inner else []
 
     def days(self, publication, window=None):
         inner = self._inner()

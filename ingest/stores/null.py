@@ -25,6 +25,9 @@ class NullStore:
     def check(self) -> None:
         pass
 
+    def claim_rules(self, rules: str) -> None:
+        """Nothing is kept, so nothing to mix."""
+
     def claim_writer(self, writer: str | None = None, holder=None, **kw):
         """Nothing is written, so nothing to claim."""
         from .lease import NoLease
@@ -37,7 +40,8 @@ class NullStore:
     def summary(self, publication: str) -> PublicationSummary | None:
         return None
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         return None
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """SQLite store: the laptop default. WAL so the frontend can read while savers write; synchronous=FULL
-so a commit survives a power cut before the saver reports it stored (the journal then forgets it)."""
+so a commit survives a power cut before the saver reports it stored (the journal then forgets it).
+Mentions per (entity, label) sit in `entity_labels`; the `meta` row `rules` names the counting rules
+the counts were made with (a database with counts and no such row was made under v1)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from ..core.days import Window, series_window
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, publication_key
-from .base import GroupsRefused, StoreError
+from .base import GroupsRefused, RulesRefused, StoreError, rules_refusal
 from . import sqlite_days
 from .lease import Holder, Lease, LeaseHeld, current_holder, holder_is_dead, refusal
 
@@ -36,6 +38,15 @@ CREATE TABLE IF NOT EXISTS entities (
     PRIMARY KEY (pub_key, entity)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entities_by_mentions ON entities (pub_key, mentions DESC, entity);
+CREATE TABLE IF NOT EXISTS entity_labels (
+    pub_key TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    label TEXT NOT NULL,
+    mentions INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pub_key, entity, label)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_labels_by_entity ON entity_labels (entity);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS writers (
     writer TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -47,6 +58,11 @@ CREATE TABLE IF NOT EXISTS applied_batches (
     applied_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+# An entity's label: the one with most mentions, ties to the alphabetically first (naming.majority_label).
+MAJORITY_LABEL = ("(SELECT l.label FROM entity_labels l WHERE l.pub_key = e.pub_key AND l.entity = e.entity "
+                  "ORDER BY l.mentions DESC, l.label ASC LIMIT 1)")
 
 
 class SqliteStore:
@@ -121,7 +137,11 @@ class SqliteStore:
                     "articles = articles + excluded.articles",
                     [(post.key, e, m, post.entity_articles[e]) for e, m in post.mentions.items()],
                 )
-                writes += 1 + len(post.mentions)
+                rows = [(post.key, e, label, n) for e, per_label in post.labels.items() for label, n in per_label.items()]
+                conn.executemany(
+                    "INSERT INTO entity_labels (pub_key, entity, label, mentions) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (pub_key, entity, label) DO UPDATE SET mentions = mentions + excluded.mentions", rows)
+                writes += 1 + len(post.mentions) + len(rows)
                 writes += sqlite_days.add_days(conn, post.key, post.days, entity_days_from=self._first_kept_day())
             self._expire_markers()
             conn.execute("COMMIT")
@@ -154,6 +174,25 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
+    def claim_rules(self, rules: str) -> None:
+        """Record the counting rules in a new database; refuse other rules, or counts without a record (v1)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'rules'").fetchone()
+                recorded = row[0] if row else ("v1" if conn.execute("SELECT 1 FROM publications").fetchone() else None)
+                if recorded is None:
+                    conn.execute("INSERT INTO meta VALUES ('rules', ?)", (rules,))
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+        if recorded is not None and recorded != rules:
+            raise RulesRefused(rules_refusal(f"sqlite {self.path}", recorded, rules))
+
     # -- reads ----------------------------------------------------------
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
         if not self._has_schema():
@@ -173,22 +212,34 @@ class SqliteStore:
             "FROM publications p WHERE p.key = ?", (publication_key(publication),)).fetchone()
         return PublicationSummary(publication=row[0], articles=row[1], entities=row[2], mentions=row[3]) if row else None
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0) -> list[EntityCount] | None:
+    def entities(self, publication: str, limit: int = 20, offset: int = 0,
+                 labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         if not self._has_schema():
             return None
         key = publication_key(publication)
         if self._conn.execute("SELECT 1 FROM publications WHERE key = ?", (key,)).fetchone() is None:
             return None
+        if not self._has_labels():  # a v1 database, read by a frontend: no labels to show or match
+            label, where, args = "''", "", []
+        else:
+            label = MAJORITY_LABEL
+            where = f" AND {MAJORITY_LABEL} IN ({','.join('?' * len(labels))})" if labels else ""
+            args = sorted(labels or ())
+        if labels and not args:
+            return []
         rows = self._conn.execute(
-            "SELECT entity, mentions, articles FROM entities WHERE pub_key = ? "
-            "ORDER BY mentions DESC, entity ASC LIMIT ? OFFSET ?",
-            (key, limit, offset),
+            f"SELECT e.entity, {label}, e.mentions, e.articles FROM entities e WHERE e.pub_key = ?{where} "
+            "ORDER BY e.mentions DESC, e.entity ASC LIMIT ? OFFSET ?",
+            (key, *args, limit, offset),
         ).fetchall()
-        return [EntityCount(entity=e, mentions=m, articles=a) for e, m, a in rows]
+        return [EntityCount(entity=e, label=lb or "", mentions=m, articles=a) for e, lb, m, a in rows]
+
+    def _has_labels(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_labels'").fetchone() is not None
 
     # -- reads over time (CONTRACT.md, "Time") ----------------------------
-    def entities_in(self, publication: str | None, window: Window, limit: int = 20,
-                    offset: int = 0) -> list[dict] | None:
+    def entities_in(self, publication: str | None, window: Window, limit: int = 20, offset: int = 0,
+                    labels: frozenset[str] | None = None) -> list[dict] | None:
         """Entities summed over the window's days, by mentions desc, entity asc: one publication's (None if
         unknown), or across all publications (`publication` None; rows carry `publications`)."""
         if not self._has_schema() or not self._has_days():
@@ -198,17 +249,26 @@ class SqliteStore:
             key = publication_key(publication)
             if not self._known(key):
                 return None
-        rows = sqlite_days.window_entities(self._conn, key, window, limit, offset)
-        return [{"entity": e, "mentions": m, "articles": a, "publications": n} for e, m, a, n in rows]
+        rows = sqlite_days.window_entities(self._conn, key, window, limit, offset, labels)
+        return [{"entity": e, "label": lb, "mentions": m, "articles": a, "publications": n} for e, lb, m, a, n in rows]
 
-    def top_entities(self, limit: int = 20, offset: int = 0) -> list[dict]:
-        """All time, across all publications: (entity, mentions, articles, publications)."""
+    def top_entities(self, limit: int = 20, offset: int = 0, labels: frozenset[str] | None = None) -> list[dict]:
+        """All time, across all publications: (entity, label, mentions, articles, publications)."""
         if not self._has_schema():
             return []
-        rows = self._conn.execute(
-            "SELECT entity, sum(mentions) AS m, sum(articles), count(*) FROM entities GROUP BY entity "
-            "ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return [{"entity": e, "mentions": m, "articles": a, "publications": n} for e, m, a, n in rows]
+        grouped = "SELECT entity, sum(mentions) AS m, sum(articles) AS a, count(*) AS n FROM entities GROUP BY entity"
+        label = sqlite_days.LABEL_ANYWHERE if self._has_labels() else "''"
+        if labels:
+            rows = self._conn.execute(
+                f"SELECT g.entity, {label} AS lb, g.m, g.a, g.n FROM ({grouped}) g WHERE lb IN "
+                f"({','.join('?' * len(labels))}) ORDER BY g.m DESC, g.entity ASC LIMIT ? OFFSET ?",
+                (*sorted(labels), limit, offset)).fetchall()
+        else:
+            rows = self._conn.execute(
+                f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+                "ORDER BY g.m DESC, g.entity ASC", (limit, offset)).fetchall()
+        return [{"entity": e, "label": lb or "", "mentions": m, "articles": a, "publications": n}
+                for e, lb, m, a, n in rows]
 
     def days(self, publication: str, window: Window | None = None) -> tuple[Window, list[dict]] | None:
         """A publication's articles and mentions per day of the window (default: the 30 days ending with

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
@@ -23,9 +23,13 @@ from ..core.days import DayError, day_of_post
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
+from ..core.naming import LABELS
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
-from .attention import read_over_time, respond, window_args
+from .appstate import client as _client
+from .appstate import settings as _settings
+from .appstate import store as _store
+from .attention import labels_arg, read_over_time, respond, window_args
 from .auth import require_key
 from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
@@ -52,18 +56,6 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 2**31 - 1
 READ_ENDPOINTS = frozenset({"api.publications", "api.entities"})
 _DIGITS = re.compile(r"[0-9]{1,12}")
-
-
-def _settings():
-    return current_app.extensions["ingest.settings"]
-
-
-def _client():
-    return current_app.extensions["ingest.client"]
-
-
-def _store():
-    return current_app.extensions["ingest.store"]
 
 
 @bp.before_request
@@ -264,19 +256,21 @@ def entities(publication: str):
     """All-time counts; with `since`/`until`, the counts summed over that window of days."""
     limit = _int_arg("limit", 20, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
+    labels = labels_arg()
     window = window_args()
     key = publication_key(publication)
     rows = None
     if key and len(key) <= MAX_PUBLICATION_KEY:
         if window.all_time:
-            rows = _read(lambda store: store.entities(publication, limit, offset))
+            rows = _read(lambda store: store.entities(publication, limit, offset, labels))
             rows = None if rows is None else [row.model_dump() for row in rows]
         else:
-            rows = read_over_time(lambda store: store.entities_in(publication, window, limit, offset))
-            rows = None if rows is None else [{k: r[k] for k in ("entity", "mentions", "articles")} for r in rows]
+            rows = read_over_time(lambda store: store.entities_in(publication, window, limit, offset, labels))
+            rows = None if rows is None else [{k: r[k] for k in ("entity", "label", "mentions", "articles")}
+                                              for r in rows]
     if rows is None:
         raise ApiError(404, "not_found", "no such publication")
-    return respond(rows, ["entity", "mentions", "articles"])
+    return respond(rows, ["entity", "label", "mentions", "articles"])
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -1,24 +1,27 @@
 """The HTTP front door: a Flask app factory.
 
-`create_app()` builds the app from `INGEST_*` settings (or test overrides) and hands it its
-handles in `app.extensions`: the backend queue client (`ingest.client`), a read-only store that
-each process opens lazily after gunicorn forks (`ingest.store`), and the settings
-(`ingest.settings`). Only this module imports the blueprints. Keys and bodies are never logged.
+`create_app(settings)` builds the app from its settings (`INGEST_*` variables when none are given)
+and attaches what it holds (appstate.py): the backend intake client, a read-only store that each
+process opens lazily after gunicorn forks, the pacer of requests without a key (used by the HTTP
+layer, server.py) and the word-cloud budget. Only this module imports the blueprints. Keys and
+bodies are never logged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, g, request
 
 from ..client import IngestClient
 from ..config import FrontendSettings, load_frontend_settings
-from . import metrics
+from . import appstate, metrics
 from .errors import register_error_handlers
+from .pacing import ReadPacer
 from .readstore import ProcessLocalStore
+from .wordcloud import Wordclouds
 
 log = logging.getLogger("ingest.web")
 
@@ -26,32 +29,19 @@ WRITE_ENDPOINTS = frozenset({"api.enqueue", "api.enqueue_many"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _settings(test_config: dict[str, Any]) -> FrontendSettings:
-    settings = test_config.pop("settings", None) or load_frontend_settings()
-    fields = set(FrontendSettings.model_fields)
-    # "store" is the URL when a string; anything else is a Store object for create_app itself
-    overrides = {k: test_config.pop(k) for k in list(test_config)
-                 if k in fields and not (k == "store" and not isinstance(test_config[k], str))}
-    for name in ("api_keys", "read_api_keys"):
-        if name in overrides:
-            overrides[name] = FrontendSettings._split(overrides[name])
-    return settings.model_copy(update=overrides) if overrides else settings
-
-
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. `test_config` may carry `settings`, any FrontendSettings field (`store` as a
-    URL, `api_keys`, ...), a `client` or `store` object to use as is, and Flask config (TESTING, ...)."""
-    config = dict(test_config or {})
-    settings = _settings(config)
-    client = config.pop("client", None) or _intake_client(settings)
-    store = config.pop("store", None) or ProcessLocalStore(settings.store_url)
-
+def create_app(settings: FrontendSettings | None = None, *, client: Any = None, store: Any = None) -> Flask:
+    """Build the app. `client` (put_many, status) and `store` (a read store) are used as given;
+    by default they follow the settings (INGEST_INTAKE or the manager; INGEST_STORE)."""
+    settings = settings if settings is not None else load_frontend_settings()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, INGEST_SETTINGS=settings)
-    app.config.update(config)
-    app.extensions["ingest.settings"] = settings
-    app.extensions["ingest.client"] = client
-    app.extensions["ingest.store"] = store
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    appstate.attach(app, appstate.AppState(
+        settings=settings,
+        client=client if client is not None else _intake_client(settings),
+        store=store if store is not None else ProcessLocalStore(settings.store_url),
+        pacer=_pacer(settings),
+        wordclouds=Wordclouds.from_settings(settings),
+    ))
     if not settings.api_keys:
         log.warning("no API keys configured (INGEST_API_KEYS or the key file): every write will get 401")
 
@@ -64,7 +54,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(attention_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(docs_bp)
-    _limit_anonymous_reads(app, settings)
     _register_hooks(app)
     register_error_handlers(app)
     return app
@@ -80,36 +69,14 @@ def _intake_client(settings: FrontendSettings):
     return IngestClient(settings.manager_address, settings.authkey_bytes, deadline=settings.request_deadline)
 
 
-READ_VIEWS = ("api.publications", "api.entities", "attention.publication_days", "attention.entity_days",
-              "attention.top_entities", "attention.publication_rising", "attention.rising", "dashboard.page",
-              "dashboard.wordcloud_png")
-
-
-def _limit_anonymous_reads(app: Flask, settings: FrontendSettings) -> None:
-    """A cost bound for whoever comes without a key: per client address and in all, in each worker's memory."""
-    if not any(limit.strip() for limit in (settings.read_rate_limit, settings.anon_rate_limit,
-                                           settings.probe_rate_limit)):
-        return
-    from flask_limiter import Limiter
-    from flask_limiter.util import get_remote_address
-
-    from .auth import key_matches, presented_keys
-
-    from .pacing import PACED, ReadPacer
-
-    keys = settings.api_keys + settings.read_api_keys
-    # under ingest's own gunicorn worker the HTTP layer paces every request without a key (see
-    # pacing.py) and marks it; flask-limiter bounds the reads for any other server (the dev server)
-    app.extensions["ingest.read_pacer"] = ReadPacer(settings.read_rate_limit, keys, settings.anon_rate_limit,
-                                                      settings.probe_rate_limit)
-    if not settings.read_rate_limit.strip():
-        return
-    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
-    exempt = lambda: request.environ.get(PACED, False) or (  # noqa: E731
-        bool(keys) and key_matches(presented_keys(), keys))
-    for name in READ_VIEWS:
-        if name in app.view_functions:
-            app.view_functions[name] = limiter.limit(settings.read_rate_limit, exempt_when=exempt)(app.view_functions[name])
+def _pacer(settings: FrontendSettings) -> ReadPacer | None:
+    """The bounds on whoever comes without a key, counted in each worker's memory by the HTTP layer
+    (pacing.py); None when every limit is empty."""
+    limits = (settings.read_rate_limit, settings.anon_rate_limit, settings.probe_rate_limit)
+    if not any(limit.strip() for limit in limits):
+        return None
+    return ReadPacer(settings.read_rate_limit, settings.api_keys + settings.read_api_keys,
+                     settings.anon_rate_limit, settings.probe_rate_limit)
 
 
 def _register_hooks(app: Flask) -> None:

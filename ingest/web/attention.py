@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from ..core.days import MAX_SERIES_DAYS, RISING_MIN_ARTICLES, DayError, Window, parse_window
+from ..core.naming import LABELS
 from ..core.rules import MAX_PUBLICATION_KEY, entity_key, publication_key
 from ..stores.base import NotInThisLayout
+from . import appstate
 from .auth import require_key
 from .csvout import FormatError, to_csv, wanted_format
 from .errors import RETRY_AFTER_FULL, ApiError
@@ -31,7 +33,7 @@ READ_ENDPOINTS = frozenset({"attention.publication_days", "attention.entity_days
 
 @bp.before_request
 def _guard_reads():
-    keys = current_app.extensions["ingest.settings"].read_api_keys
+    keys = appstate.settings().read_api_keys
     if keys:
         require_key(keys, "read")
 
@@ -62,12 +64,13 @@ def entity_days(publication: str, entity: str):
 @bp.get("/entities")
 def top_entities():
     window = window_args()
+    labels = labels_arg()
     limit, offset = int_arg("limit", 20, 1, MAX_LIMIT), int_arg("offset", 0, 0, MAX_OFFSET)
     if window.all_time:
-        rows = read_over_time(lambda store: store.top_entities(limit, offset))
+        rows = read_over_time(lambda store: store.top_entities(limit, offset, labels))
     else:
-        rows = read_over_time(lambda store: store.entities_in(None, window, limit, offset))
-    return respond(rows, ["entity", "mentions", "articles", "publications"])
+        rows = read_over_time(lambda store: store.entities_in(None, window, limit, offset, labels))
+    return respond(rows, ["entity", "label", "mentions", "articles", "publications"])
 
 
 @bp.get("/publications/<publication:publication>/rising", merge_slashes=False)
@@ -86,6 +89,19 @@ def rising():
 
 
 # -- parameters, answers -----------------------------------------------------------
+
+def labels_arg() -> frozenset[str] | None:
+    """?label=PERSON&label=ORG or ?label=PERSON,ORG (any case): entities whose label is one of them."""
+    values = request.args.getlist("label")
+    if not values:
+        return None
+    labels = frozenset(part.strip().upper() for value in values for part in value.split(","))
+    unknown = sorted(labels - set(LABELS))
+    if unknown:
+        raise ApiError(400, "invalid_parameter", f"label must be one or more of {', '.join(LABELS)}; "
+                                                 f"unknown: {', '.join(repr(u) for u in unknown)[:200]}")
+    return labels
+
 
 def window_args(max_days: int | None = None) -> Window:
     try:
@@ -146,7 +162,7 @@ def _known(publication: str) -> str:
 def read_over_time(query):
     output_format()  # a bad format is a 400 before any store work
     try:
-        return query(current_app.extensions["ingest.store"])
+        return query(appstate.store())
     except NotInThisLayout as exc:
         raise ApiError(409, "not_in_this_layout", f"{exc}: per-day reads need SQLite or Firestore's packed "
                                                   "layout (docs/api.md)") from None

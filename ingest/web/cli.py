@@ -1,61 +1,55 @@
-"""`ingest-frontend`: the Flask app under gunicorn, configured by ingest.web.gunicorn_conf.
+"""`ingest-frontend`: the Flask app under gunicorn, behind the asyncio HTTP layer (server.py).
 
+Every setting is read and validated here, once, before gunicorn starts (a bad one is one line and
+exit status 2); gunicorn's own settings are made from them (gunicorn_conf.py), and the app and
+the worker class get the same FrontendSettings object through the application (`settings`).
 Prometheus' multiprocess mode needs PROMETHEUS_MULTIPROC_DIR before prometheus_client is first
 imported, so main() settles it (a fresh temporary directory when unset) before importing the app.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from gunicorn.app.base import BaseApplication
 
-from ..config import ConfigError, load_frontend_settings
-from ..core.argtypes import positive_int
+from ..config import ConfigError, FrontendSettings, load_frontend_settings
 from ..lifetime import die_with_parent
+from .gunicorn_conf import options
 
 METRIC_FILE_PREFIXES = ("counter_", "gauge_", "histogram_", "summary_")
 
 
 class FrontendApplication(BaseApplication):
-    """gunicorn driven from code: settings from gunicorn_conf, then the command line."""
+    """gunicorn driven from code, with the settings the command validated."""
 
-    def __init__(self, overrides: dict):
-        self.overrides = overrides
+    def __init__(self, settings: FrontendSettings, argv: Sequence[str] = ()):
+        self.settings = settings
+        self.argv = argv
+        self.loaded = False
         super().__init__()
 
     def load_config(self):
-        from . import gunicorn_conf
-
-        for name in dir(gunicorn_conf):
-            if name in self.cfg.settings:
-                self.cfg.set(name, getattr(gunicorn_conf, name))
-        for name, value in self.overrides.items():
+        """At start and on SIGHUP: the variables and flags again (a key file may have changed);
+        on a reload a bad value is logged and the running settings stay."""
+        if self.loaded:
+            try:
+                self.settings = load_frontend_settings(self.argv)
+            except ConfigError as exc:
+                print(f"ingest-frontend: reload kept the running settings: {exc}", file=sys.stderr)
+        self.loaded = True
+        for name, value in options(self.settings).items():
             self.cfg.set(name, value)
 
     def load(self):
         from .app import create_app
 
-        return create_app()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ingest-frontend",
-        description="The ingestiond HTTP front door (Flask under gunicorn).",
-        epilog="It reads INGEST_MANAGER_ADDRESS, INGEST_AUTHKEY, INGEST_STORE, INGEST_API_KEYS, "
-               "INGEST_READ_API_KEYS, INGEST_MAX_BATCH and INGEST_MAX_BODY_BYTES like the backend.",
-    )
-    p.add_argument("--bind", default=os.environ.get("INGEST_BIND", "127.0.0.1:8000"),
-                   help="HOST:PORT to listen on (env INGEST_BIND, default 127.0.0.1:8000)")
-    p.add_argument("--workers", type=positive_int, default=os.environ.get("INGEST_FRONTEND_WORKERS", "2"),
-                   help="gunicorn worker processes (env INGEST_FRONTEND_WORKERS, default 2)")
-    return p
+        return create_app(self.settings)
 
 
 def metrics_dir() -> tuple[Path, bool]:
@@ -93,20 +87,15 @@ def bind_problem(address: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        workers = positive_int(str(args.workers))
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"--workers: {exc}")
+    argv = sys.argv[1:] if argv is None else argv
     try:  # fail here, clearly, rather than in every gunicorn worker
-        load_frontend_settings()
+        settings = load_frontend_settings(argv)
     except ConfigError as exc:
         print(f"ingest-frontend: error: {exc}", file=sys.stderr)
         return 2
-    problem = bind_problem(args.bind)
+    problem = bind_problem(settings.bind)
     if problem:
-        print(f"ingest-frontend: error: cannot listen on {args.bind}: {problem} (set --bind or INGEST_BIND)",
+        print(f"ingest-frontend: error: cannot listen on {settings.bind}: {problem} (set --bind or INGEST_BIND)",
               file=sys.stderr)
         return 2
     try:
@@ -118,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent()
     master = os.getpid()
     try:
-        FrontendApplication({"bind": [args.bind], "workers": workers}).run()
+        FrontendApplication(settings, argv).run()
     finally:
         # gunicorn's forked workers unwind through here too: only the master cleans up
         if temporary and os.getpid() == master:

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..core.models import EntityCount, Post, PublicationSummary
+from ..core.naming import LABELS
+from .appstate import settings
 
 bp = Blueprint("docs", __name__, static_folder="static", static_url_path="/docs/static")
 
@@ -64,6 +66,11 @@ def document(max_batch: int = 1000) -> dict:
     post["properties"]["content"].update({"pattern": r"\S"})
     limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
     offset = {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
+    label = {"name": "label", "in": "query", "required": False, "style": "form", "explode": True,
+             "schema": {"type": "array", "items": {"type": "string", "enum": list(LABELS)}},
+             "description": "only entities whose label (the label of most of their mentions; ties: the "
+                            "alphabetically first) is one of these: `label=PERSON&label=ORG`, or comma-separated "
+                            "`label=PERSON,ORG`; any case. An unknown label is 400."}
     ok_text = {"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}
     day = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
     since = {"name": "since", "in": "query", "schema": day, "description": "first day of the window, UTC, inclusive"}
@@ -120,7 +127,7 @@ def document(max_batch: int = 1000) -> dict:
                                            "publications"), **READ_ERRORS}}},
             "/publications/{publication}/entities": {"get": {
                 "summary": "A publication's entities by mentions desc, entity asc",
-                "parameters": [pub, limit, offset, since, until, fmt],
+                "parameters": [pub, limit, offset, label, since, until, fmt],
                 "description": "all-time counts; with since/until, the counts summed over that window",
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/EntityCount"}},
                                            "entities"), **series_errors}}},
@@ -154,7 +161,7 @@ def document(max_batch: int = 1000) -> dict:
 
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(document(current_app.extensions["ingest.settings"].max_batch))
+    return jsonify(document(settings().max_batch))
 
 
 PAGE = """<!doctype html>

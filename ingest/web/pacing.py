@@ -20,8 +20,9 @@ files, a 404, a write that will get its 401. Three limits apply, all per fronten
   together, in a line of their own: a crowd of anonymous readers cannot make a load balancer's
   health check wait, and a crowd of probes from many addresses is bounded too (without this bound,
   sixteen addresses looping on /healthz had twenty a second each, per worker).
-The limits are flask-limiter's syntax, counted with the `limits` library (the one flask-limiter
-counts with); the app keeps flask-limiter on the read endpoints for any other server.
+The limits are written in the `limits` library's syntax (20/second;600/minute) and counted with it.
+This is the frontend's only rate limiter: under another WSGI server (`ingest.frontend:create_app()`)
+nothing paces requests without a key; put a proxy's limit in front of it.
 
 The dashboard's own viewer is not one of the crowd. Before, one other keyless client reading was
 enough for the page to show a red 429 banner (19 of 90 sequential keyless reads were refused).
@@ -55,11 +56,9 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from . import metrics
-from .auth import key_matches
+from .auth import key_matches, keys_in_headers
 
 MAX_WAIT = 1.0       # seconds an over-limit request is held before it is refused
-KEY_HEADERS = (b"x-api-key", b"access-token")  # `access_token` too: underscores are read as dashes
-PACED = "ingest.paced"  # environ flag: the HTTP layer has counted this request
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 OVERALL = "*"  # the limiter's key for all anonymous requests together
 ALL_PROBES = "*probes"  # and for all anonymous probes (no address looks like these)
@@ -86,7 +85,7 @@ class Refusal(int):
 
 
 def _spelled(item) -> str:
-    """A `limits` item in flask-limiter's syntax: 20/second, 20/10seconds."""
+    """A `limits` item written as in the settings: 20/second, 20/10seconds."""
     name = item.GRANULARITY.name
     return f"{item.amount}/{item.multiples}{name}s" if item.multiples > 1 else f"{item.amount}/{name}"
 
@@ -139,9 +138,7 @@ class ReadPacer:
 
     def applies(self, headers) -> bool:
         """True for a request without a valid key (with no keys configured, every request)."""
-        presented = [value.decode("latin-1") for name, value in headers
-                     if name.replace(b"_", b"-") in KEY_HEADERS]
-        return not (self.keys and key_matches(presented, self.keys))
+        return not (self.keys and key_matches(keys_in_headers(headers), self.keys))
 
     def _stages(self, address: str, path: str, headers) -> list:
         viewer = self.viewer(headers, address) if headers is not None else None

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from ..core.forksafe import PerProcess
+
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
@@ -78,13 +80,18 @@ class Painter:
     def __init__(self, niceness: int = NICENESS, timeout: float = DRAW_TIMEOUT):
         self.niceness = niceness
         self.timeout = timeout
-        self._child: subprocess.Popen | None = None
-        self._pid = os.getpid()
+        # a forked copy (a gunicorn worker) must not talk on its parent's pipes: a child per process
+        self._children = PerProcess(self._start, close=_stop)
         self._lock = threading.Lock()
         self._spent = threading.local()
 
     def cpu_spent(self) -> float:
         return getattr(self._spent, "seconds", 0.0)
+
+    @property
+    def child_pid(self) -> int | None:
+        """The pid of this process's child, if one is running."""
+        return self._children.get().pid if self._children.made() else None
 
     def draw(self, frequencies: dict[str, int]) -> bytes:
         request = json.dumps(frequencies).encode()
@@ -94,7 +101,7 @@ class Painter:
                 _write_frame(child.stdin, request)
                 answer = _read_frame(child.stdout.fileno(), time.monotonic() + self.timeout)
             except (OSError, EOFError, TimeoutError) as exc:
-                self._stop(child)
+                self._children.drop()
                 raise PainterError(f"the word-cloud painter failed ({exc!r}); the next picture starts another") from exc
         ok, cpu, payload = answer[:1] == b"+", _CPU.unpack_from(answer, 1)[0], answer[1 + _CPU.size:]
         self._spent.seconds = self.cpu_spent() + cpu
@@ -104,31 +111,31 @@ class Painter:
 
     def close(self) -> None:
         with self._lock:
-            if self._child is not None and self._pid == os.getpid():
-                self._stop(self._child)
+            self._children.drop()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "ingest.web.painter", str(self.niceness)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def _running(self) -> subprocess.Popen:
-        if self._pid != os.getpid():  # a forked copy (a gunicorn worker): the pipes are its parent's
-            self._child, self._pid = None, os.getpid()
-        if self._child is None or self._child.poll() is not None:
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "ingest.web.painter", str(self.niceness)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        return self._child
+        child = self._children.get()
+        if child.poll() is not None:  # it died (killed, out of memory): the next picture starts another
+            self._children.drop()
+            child = self._children.get()
+        return child
 
-    def _stop(self, child: subprocess.Popen) -> None:
-        for pipe in (child.stdin, child.stdout):
-            try:
-                pipe.close()
-            except OSError:
-                pass
+
+def _stop(child: subprocess.Popen) -> None:
+    for pipe in (child.stdin, child.stdout):
         try:
-            child.wait(2)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if self._child is child:
-            self._child = None
+            pipe.close()
+        except OSError:
+            pass
+    try:
+        child.wait(2)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _write_frame(pipe, payload: bytes) -> None:

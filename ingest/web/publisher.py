@@ -13,11 +13,11 @@ One client per process, made after gunicorn's fork (gRPC does not survive a fork
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from concurrent import futures
+from typing import Callable
 
+from ..core.forksafe import PerProcess
 from ..core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, parse_intake_url, split_messages, unique_posts
 from ..core.protocol import BackendUnavailable, OutcomeUnknown, TooLarge
 
@@ -46,33 +46,30 @@ def _refusals() -> tuple:
 REFUSED = _refusals()
 
 
+def _new_client():
+    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import types
+
+    return pubsub_v1.PublisherClient(
+        batch_settings=types.BatchSettings(max_messages=100, max_bytes=9 * 1024 * 1024, max_latency=MAX_LATENCY),
+        publisher_options=types.PublisherOptions(flow_control=types.PublishFlowControl(
+            message_limit=MAX_OUTSTANDING_MESSAGES, byte_limit=MAX_OUTSTANDING_BYTES,
+            limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK)))
+
+
 class PubSubPublisher:
-    def __init__(self, url: str, *, max_article_chars: int = 200_000, timeout: float = PUBLISH_TIMEOUT):
+    def __init__(self, url: str, *, max_article_chars: int = 200_000, timeout: float = PUBLISH_TIMEOUT,
+                 make_client: Callable[[], object] = _new_client):
         self.url = parse_intake_url(url)
         self.max_article_chars = max_article_chars
         self.timeout = timeout
-        self._client = None
-        self._pid = None
-        self._lock = threading.Lock()
+        self._clients = PerProcess(make_client)  # gRPC does not survive a fork: one per process
         self.published = 0
         self.failures = 0
 
     @property
     def client(self):
-        if self._client is None or self._pid != os.getpid():
-            with self._lock:
-                if self._client is None or self._pid != os.getpid():
-                    from google.cloud import pubsub_v1
-                    from google.cloud.pubsub_v1 import types
-
-                    self._client = pubsub_v1.PublisherClient(
-                        batch_settings=types.BatchSettings(max_messages=100, max_bytes=9 * 1024 * 1024,
-                                                           max_latency=MAX_LATENCY),
-                        publisher_options=types.PublisherOptions(flow_control=types.PublishFlowControl(
-                            message_limit=MAX_OUTSTANDING_MESSAGES, byte_limit=MAX_OUTSTANDING_BYTES,
-                            limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK)))
-                    self._pid = os.getpid()
-        return self._client
+        return self._clients.get()
 
     def put_many(self, posts: list, token: str | None = None) -> dict:
         """All the posts of a request, acknowledged by Pub/Sub: {"accepted": n, "duplicates": m}.

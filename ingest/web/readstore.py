@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
+from ..core.forksafe import PerProcess
 from ..stores import PermanentStoreError, open_store
 from ..stores.base import NotInThisLayout
 
@@ -18,30 +16,26 @@ class ProcessLocalStore:
 
     def __init__(self, url: str):
         self.url = url
-        self._local = threading.local()
-
-    def _store(self):
-        store = getattr(self._local, "store", None)
-        if store is None or self._local.pid != os.getpid():
-            store = open_store(self.url, readonly=True)
-            self._local.store, self._local.pid = store, os.getpid()
-        return store
+        self._stores = PerProcess(lambda: open_store(url, readonly=True), per_thread=True,
+                                  close=lambda store: store.close())
 
     def publications(self, limit=None, offset=0):
-        return self._store().publications(limit, offset)
+        return self._stores.get().publications(limit, offset)
 
     def summary(self, publication: str):
-        return self._store().summary(publication)
+        return self._stores.get().summary(publication)
 
-    def entities(self, publication: str, limit: int = 20, offset: int = 0):
-        return self._store().entities(publication, limit, offset)
+    def entities(self, publication: str, limit: int = 20, offset: int = 0, labels=None):
+        if labels is None:  # a store that keeps no labels yet (Firestore) takes no such argument
+            return self._stores.get().entities(publication, limit, offset)
+        return self._stores.get().entities(publication, limit, offset, labels)
 
     # reads over time: a layout without per-day counts has none of these
-    def entities_in(self, publication, window, limit=20, offset=0):
-        return self._over_time("entities_in")(publication, window, limit, offset)
+    def entities_in(self, publication, window, limit=20, offset=0, labels=None):
+        return self._over_time("entities_in")(publication, window, limit, offset, labels)
 
-    def top_entities(self, limit=20, offset=0):
-        return self._over_time("top_entities")(limit, offset)
+    def top_entities(self, limit=20, offset=0, labels=None):
+        return self._over_time("top_entities")(limit, offset, labels)
 
     def days(self, publication, window=None):
         return self._over_time("days")(publication, window)
@@ -53,7 +47,7 @@ class ProcessLocalStore:
         return self._over_time("rising")(publication, days, until, limit, min_articles)
 
     def _over_time(self, name: str):
-        method = getattr(self._store(), name, None)
+        method = getattr(self._stores.get(), name, None)
         if method is None:
             raise NotInThisLayout(f"this store ({self.url.split('?')[0]}) keeps no per-day counts")
         return method
@@ -62,9 +56,4 @@ class ProcessLocalStore:
         raise PermanentStoreError("the frontend's store handle is read-only")
 
     def close(self) -> None:
-        store = getattr(self._local, "store", None)
-        if store is not None and self._local.pid == os.getpid():
-            store.close()
-        self._local.store = None
-
-
+        self._stores.drop()

@@ -32,32 +32,23 @@ from concurrent.futures import ThreadPoolExecutor
 import h11
 from gunicorn.workers.base import Worker
 
-from .auth import key_matches
-from .pacing import PACED
+from . import appstate
+from .auth import key_matches, keys_in_headers
+from .backend_health import BackendHealth, probe_answer
+from .errors import error_body, error_code
+from .pacing import Refusal
 
 log = logging.getLogger("ingest.web.server")
 access = logging.getLogger("gunicorn.access")
 
-HEADER_TIMEOUT = float(os.environ.get("INGEST_HEADER_TIMEOUT", "10"))   # request line + headers
-BODY_TIMEOUT = float(os.environ.get("INGEST_BODY_TIMEOUT", "30"))       # the whole body
 KEEPALIVE_TIMEOUT = 5.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_TARGET = 8190
 LINGER_SECONDS = 5.0           # after a refusal: how long the rest of a request is read and dropped
 LINGER_BYTES = 64 * 1024 * 1024
-MAX_CONNECTIONS = int(os.environ.get("INGEST_FRONTEND_CONNECTIONS", "1000"))  # per worker
-
-REASONS = {400: "bad_request", 401: "unauthorized", 408: "request_timeout", 413: "body_too_large", 414: "request_line_too_long",
-           431: "headers_too_large", 501: "not_implemented", 503: "overloaded", 505: "http_version_not_supported"}
-
 
 WRITE_TARGETS = (b"/post/enqueue", b"/posts")
-HEALTHY = json.dumps({"status": "ok"}).encode() + b"\n"
-
-
-def error_body(status: int, detail: str) -> bytes:
-    return json.dumps({"error": REASONS.get(status, f"http_{status}"), "detail": detail}).encode()
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")               # where h11 ends a head
@@ -160,6 +151,7 @@ class HttpConnection:
 
     def __init__(self, worker: "BufferingWorker", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.worker = worker
+        self.settings = worker.settings
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
@@ -171,7 +163,8 @@ class HttpConnection:
         try:
             first = True
             while self.worker.alive:
-                request = await self.read_head(HEADER_TIMEOUT if first else KEEPALIVE_TIMEOUT, quiet_timeout=not first)
+                request = await self.read_head(self.settings.header_timeout if first else KEEPALIVE_TIMEOUT,
+                                               quiet_timeout=not first)
                 self.worker.nr += 1
                 if request is None:
                     return
@@ -266,7 +259,7 @@ class HttpConnection:
         return event
 
     async def read_body(self, request: h11.Request) -> bytes | None:
-        limit = self.worker.max_body
+        limit = self.settings.max_body_bytes
         length = _header(request, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self.refuse(413, f"request body of {int(length)} bytes is over the limit of {limit}")
@@ -280,7 +273,7 @@ class HttpConnection:
             await self.vet(check, self.conn.trailing_data[0])
         await self.send_continue()
         chunks, size = [], 0
-        deadline = time.monotonic() + BODY_TIMEOUT
+        deadline = time.monotonic() + self.settings.body_timeout
         try:
             while True:
                 event = await self.next_event(deadline, check)
@@ -295,7 +288,7 @@ class HttpConnection:
                 else:  # ConnectionClosed mid-body
                     return None
         except (TimeoutError, asyncio.TimeoutError):
-            await self.refuse(408, f"request body not complete within {BODY_TIMEOUT:.0f}s")
+            await self.refuse(408, f"request body not complete within {self.settings.body_timeout:.0f}s")
             return None
 
     async def send_continue(self) -> None:
@@ -313,9 +306,10 @@ class HttpConnection:
             if retry_after is not None:
                 await self.too_many(request, retry_after, started)
                 return True
-            environ[PACED] = True
-        if environ["PATH_INFO"] == "/healthz" and request.method in (b"GET", b"HEAD"):
-            await self.alive(request, started)  # from the loop: a probe never waits behind app threads
+        probe = probe_answer(environ["PATH_INFO"], self.worker.backend_health) \
+            if request.method in (b"GET", b"HEAD") else None
+        if probe is not None:
+            await self.alive(request, started, *probe)  # from the loop: a probe never waits behind app threads
             return True
         try:
             status, headers, payload = await asyncio.get_running_loop().run_in_executor(
@@ -337,19 +331,20 @@ class HttpConnection:
         self.log_access(request, code, len(payload), started)
         return not close
 
-    async def alive(self, request: h11.Request, started: float) -> None:
-        """`/healthz`: this worker's loop is up. Answered here, not by the app: an autohealing probe
-        must not fail because every app thread waits on a slow backend or publish (30 s each)."""
-        payload = HEALTHY
+    async def alive(self, request: h11.Request, started: float, status: int, payload: bytes) -> None:
+        """`/healthz`: this worker's loop is up (and, with INGEST_BACKEND_HEALTH, the backend beside it:
+        backend_health.py). Answered here, not by the app: an autohealing probe must not fail
+        because every app thread waits on a slow backend or publish (30 s each)."""
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
                    ("Cache-Control", "no-store")]
-        await self.send(h11.Response(status_code=200, headers=headers), b"" if request.method == b"HEAD" else payload)
-        self.log_access(request, 200, len(payload), started)
+        body = b"" if request.method == b"HEAD" else payload
+        await self.send(h11.Response(status_code=status, headers=headers), body)
+        self.log_access(request, status, len(payload), started)
 
-    async def too_many(self, request: h11.Request, retry_after: int, started: float) -> None:
+    async def too_many(self, request: h11.Request, retry_after: Refusal, started: float) -> None:
         """A paced request still over its limit: 429, and the connection stays open (its body is read)."""
-        body = json.dumps({"error": "too_many_requests", "detail": "too many requests without an API key (over "
-                           f"{getattr(retry_after, 'limit', '') or self.worker.read_rate_limit}); slow down, or send a key"}).encode()
+        body = error_body(429, f"too many requests without an API key (over {retry_after.limit}); slow down, "
+                               "or send a key")
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                    ("Retry-After", str(retry_after))]
         await self.send(h11.Response(status_code=429, headers=headers), b"" if request.method == b"HEAD" else body)
@@ -365,7 +360,7 @@ class HttpConnection:
     async def flush(self, data: bytes) -> None:
         self.writer.write(data)
         try:
-            await asyncio.wait_for(self.writer.drain(), BODY_TIMEOUT)
+            await asyncio.wait_for(self.writer.drain(), self.settings.body_timeout)
         except (OSError, asyncio.TimeoutError, TimeoutError):
             raise _Closed from None
 
@@ -382,7 +377,7 @@ class HttpConnection:
             except (h11.LocalProtocolError, _Closed, OSError):
                 by_hand = True
         if by_hand:  # h11 refuses to speak in this state: the same answer, framed by hand
-            self.writer.write(f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n".encode()
+            self.writer.write(f"HTTP/1.1 {status} {error_code(status)}\r\n".encode()
                               + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + body)
         log.info("refused %s: %d %s", self.peer[0], status, detail)
 
@@ -479,10 +474,12 @@ class BufferingWorker(Worker):
     QUICK_STOP = 1.0  # seconds SIGINT/SIGQUIT leave requests in flight (SIGTERM: graceful_timeout)
 
     def init_process(self):
+        """`self.app` is ingest-frontend's gunicorn application: its settings were validated once,
+        before gunicorn started, and come to each worker with the fork."""
+        self.settings = self.app.settings
         self.quick = False
         self.pool = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="app")
         self.connections = 0
-        self.max_body = int(os.environ.get("INGEST_MAX_BODY_BYTES", str(1024 * 1024)))
         super().init_process()
 
     def call_app(self, environ: dict):
@@ -513,18 +510,12 @@ class BufferingWorker(Worker):
         the client waits for `100 Continue`; the app checks every write again)."""
         if request.method != b"POST" or request.target.split(b"?", 1)[0] not in WRITE_TARGETS:
             return True
-        presented = [(_header(request, name) or "") for name in (b"x-api-key", b"access_token", b"access-token")]
-        return bool(self.write_keys) and key_matches(presented, self.write_keys)
+        keys = self.settings.api_keys
+        return bool(keys) and key_matches(keys_in_headers(request.headers), keys)
 
     def run(self):
-        extensions = getattr(self.wsgi, "extensions", {})
-        self.pacer = extensions.get("ingest.read_pacer")
-        settings = extensions.get("ingest.settings")
-        self.write_keys = settings.api_keys if settings is not None else ()
-        self.read_rate_limit = "" if settings is None else " or ".join(
-            f"{limit} {scope}" for limit, scope in ((settings.read_rate_limit, "per address"),
-                                                    (settings.anon_rate_limit, "in all"),
-                                                    (settings.probe_rate_limit, "for all probes")) if limit.strip())
+        self.pacer = appstate.of(self.wsgi).pacer
+        self.backend_health = BackendHealth.from_settings(self.settings)
         asyncio.run(self.serve())
 
     async def serve(self):
@@ -559,10 +550,11 @@ class BufferingWorker(Worker):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        if self.connections >= MAX_CONNECTIONS:
+        bound = self.settings.frontend_connections
+        if self.connections >= bound:
+            body = error_body(503, f"more than {bound} connections to this worker")
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body := error_body(
-                             503, f"more than {MAX_CONNECTIONS} connections to this worker")) + body)
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             writer.close()
             return
         self.connections += 1

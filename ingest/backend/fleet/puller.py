@@ -24,6 +24,7 @@ from ...core.protocol import QueueFull
 from ..errors import BootError
 from ..intake import Intake
 from ..journal import Entry, Journal
+from .deadletters import DeadLetterCount
 
 log = logging.getLogger("ingest.pubsub")
 
@@ -48,6 +49,7 @@ class Group:
     aggregates: dict = field(default_factory=dict)   # publication key -> Aggregate (untagged)
     batched: bool = False
     dead: bool = False
+    why: str = "killed workers"                      # the reason a dead letter carries
 
 
 @dataclass(slots=True)
@@ -90,6 +92,8 @@ class PubSubIntake(Intake):
         self._puller: threading.Thread | None = None
         self._acker: threading.Thread | None = None
         self.counts = collections.Counter()        # pulled, acked, nacked, redelivered, dead_lettered, errors
+        self.dead_letters = DeadLetterCount(self.url)  # the dead-letter backlog, counted every 60 s
+        self.heartbeat = time.monotonic()          # the pull loop's last turn (backend/health.py reports its age)
         self._last_error_log = 0.0
 
     # -- the Google clients, made in this process --------------------------------------
@@ -112,6 +116,7 @@ class PubSubIntake(Intake):
         self._acker = threading.Thread(target=self._ack_loop, name="pubsub-ack", daemon=True)
         self._puller.start()
         self._acker.start()
+        self.dead_letters.start(self.subscriber)
         log.info("pulling from %s: at most %d messages held, leases of %ds", self.url.subscription_path,
                  self.max_messages, self.deadline)
 
@@ -151,6 +156,7 @@ class PubSubIntake(Intake):
 
         path = self.url.subscription_path
         while not self._stop_pulling.is_set():
+            self.heartbeat = time.monotonic()
             if not self._admit():
                 self._stop_pulling.wait(0.05)
                 continue
@@ -211,10 +217,11 @@ class PubSubIntake(Intake):
                     self.articles_seen += len(posts)
         self._ack(ack_now)
         for m, exc in fresh:
-            log.error("message %s is not an ingest message (%s): dead-lettered", m.message.message_id, exc)
+            why = str(exc) if str(exc).startswith("not an ingest message") else f"not an ingest message: {exc}"
+            log.error("message %s dead-lettered: %s", m.message.message_id, why)
             gid = m.message.attributes.get(GROUP_ATTRIBUTE, "")
-            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes)),
-                              bytes(m.message.data))
+            self._dead_letter(Group(gid or m.message.message_id, [m.ack_id], [], 0, dict(m.message.attributes),
+                                    why=why), bytes(m.message.data))
 
     def _admit(self) -> bool:
         """Journal (one commit) the waiting messages that fit, oldest first, and queue them for the
@@ -230,29 +237,55 @@ class PubSubIntake(Intake):
                 admitted.append(waiting)
         if not admitted:
             return not self.waiting
-        items = [(tag(w.group, p[0]), p[1], None, (p[3] if len(p) > 3 else None) or _published_day(w))
-                 for w in admitted for p in w.posts]
         try:
-            result = self.journal.append(items)
+            self._journal(admitted)
         except QueueFull as exc:  # the scratch journal's bytes or its disk: they wait, their leases extended
             self._error("journal", exc)
             return False
+        except ValueError as exc:  # the journal cannot keep one of them: each alone, the one it refuses dead-lettered
+            if len(admitted) == 1:
+                self._refuse(admitted[0], exc)
+            else:
+                for waiting in admitted:
+                    try:
+                        self._journal([waiting])
+                    except QueueFull as full:
+                        self._error("journal", full)
+                        return False
+                    except ValueError as alone:
+                        self._refuse(waiting, alone)
+        return not self.waiting
+
+    def _journal(self, admitted: list) -> None:
+        """Journal the messages in one commit (QueueFull, ValueError: none of them) and queue their articles."""
+        items = [(tag(w.group, p[0]), p[1], None, (p[3] if len(p) > 3 else None) or _published_day(w))
+                 for w in admitted for p in w.posts]
+        result = self.journal.append(items)
         entries = iter(result["entries"])
         queued = []
         with self.glock:
             for w in admitted:
-                self.waiting.popleft()
+                self.waiting.remove(w)
                 del self.waiting_by_group[w.group]
                 mine = [Entry(seq, pub, size) for seq, pub, size in (next(entries) for _ in w.posts)]
                 self.groups[w.group] = Group(w.group, w.ack_ids, [e.seq for e in mine], len(mine),
                                              dict(w.message.message.attributes), [p[0] for p in w.posts])
                 queued.extend(mine)
-            left = not self.waiting
         with self._lock:
             self._items.extend(queued)
             self.accepted += len(queued)
         self._on_put()
-        return left
+
+    def _refuse(self, waiting, exc: Exception) -> None:
+        """A message the journal cannot keep is malformed for this backend: dead-lettered at once."""
+        with self.glock:
+            self.waiting.remove(waiting)
+            self.waiting_by_group.pop(waiting.group, None)
+        m = waiting.message
+        why = f"not an ingest message: the journal cannot keep it ({exc})"
+        log.error("message %s dead-lettered: %s", m.message.message_id, why)
+        self._dead_letter(Group(waiting.group, waiting.ack_ids, [], 0, dict(m.message.attributes), why=why),
+                          bytes(m.message.data))
 
     # -- what the hub reports back ---------------------------------------------------------
     def committed(self, gid: str) -> None:
@@ -364,7 +397,7 @@ class PubSubIntake(Intake):
 
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
-            attributes.update({"dead_lettered_by": "ingestiond", "reason": "killed workers"})
+            attributes.update({"dead_lettered_by": "ingestiond", "reason": group.why[:1000]})
             self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
@@ -401,6 +434,7 @@ class PubSubIntake(Intake):
             self.waiting.clear()
             self.waiting_by_group.clear()
         self._nack(unfinished)
+        self.dead_letters.stop()
         if self._acker is not None:
             self._closing.set()
             self._wake_acker.set()
@@ -425,6 +459,9 @@ class PubSubIntake(Intake):
             status["pubsub_waiting_messages"] = len(self.waiting)
         for name in ("pulled", "acked", "nacked", "redelivered", "dead_lettered", "errors"):
             status[f"pubsub_{name}"] = self.counts[name]
+        status.update(self.dead_letters.status())
+        pulling = self._puller is not None and self._puller.is_alive() and not self._stop_pulling.is_set()
+        status["pubsub_puller_seconds"] = round(time.monotonic() - self.heartbeat, 1) if pulling else None
         status["intake"] = str(self.url)
         return status
 

@@ -28,7 +28,8 @@
     selected: null,      // display name of the chosen publication
     offset: 0,
     limit: 20,
-    shown: null,         // "name|articles|mentions|offset|limit" of the page on screen
+    label: "",           // only entities of this type (PERSON, ORG, ...); "" for every type
+    shown: null,         // "name|articles|mentions|offset|limit|label" of the page on screen
     topMentions: 1,      // mentions of the publication's #1 entity: the bars' full scale
     cloudFor: null,      // "name|articles-mentions" of the cloud on screen
     cloudObjectURL: null,
@@ -119,6 +120,9 @@
     state.pubOffset = pubs >= 0 ? pubs - pubs % PUB_PAGE : 0;
     if ([10, 20, 50, 100].indexOf(lim) >= 0) state.limit = lim;
     $("page-size").value = String(state.limit);
+    var label = p.get("label") || "";
+    state.label = $("label-filter").querySelector('option[value="' + label.replace(/[^A-Z_]/g, "") + '"]') ? label : "";
+    $("label-filter").value = state.label;
   }
 
   function writeHash() {
@@ -126,6 +130,7 @@
     p.set("publication", state.selected);
     if (state.offset) p.set("offset", String(state.offset));
     if (state.limit !== 20) p.set("limit", String(state.limit));
+    if (state.label) p.set("label", state.label);
     if (state.pubOffset) p.set("pubs", String(state.pubOffset));
     history.replaceState(null, "", "#" + p.toString());
   }
@@ -220,6 +225,7 @@
       row.className = "bar-row";
       row.setAttribute("role", "listitem");
       row.dataset.entity = e.entity;
+      row.dataset.label = e.label || "";
       row.dataset.mentions = e.mentions;
       row.dataset.articles = e.articles;
       var rank = document.createElement("span");
@@ -228,7 +234,17 @@
       var name = document.createElement("span");
       name.className = "name";
       name.textContent = e.entity;
-      name.title = e.entity + " — " + fmt.format(e.mentions) + " mentions in " + fmt.format(e.articles) + " articles";
+      name.title = e.entity + (e.label ? " (" + e.label + ")" : "") + " — " + fmt.format(e.mentions) +
+        " mentions in " + fmt.format(e.articles) + " articles";
+      var who = document.createElement("span");  // the grid's name cell: the type, then the name
+      who.className = "who";
+      if (e.label) {
+        var type = document.createElement("span");
+        type.className = "type";
+        type.textContent = e.label;
+        who.appendChild(type);
+      }
+      who.appendChild(name);
       var track = document.createElement("span");
       track.className = "track";
       var bar = document.createElement("span");
@@ -241,7 +257,7 @@
       var arts = document.createElement("span");
       arts.className = "articles";
       arts.textContent = fmt.format(e.articles);
-      row.append(rank, name, track, value, arts);
+      row.append(rank, who, track, value, arts);
       frag.appendChild(row);
     });
     chart.replaceChildren(frag);
@@ -249,11 +265,11 @@
 
     var first = entities.length ? state.offset + 1 : 0;
     var last = state.offset + entities.length;
-    $("range").textContent = entities.length
-      ? fmt.format(first) + "–" + fmt.format(last) + " of " + fmt.format(pub.entities)
-      : "0 of " + fmt.format(pub.entities);
+    // filtered by type, the total is not known: a full page may have a next one
+    var total = state.label ? "" : " of " + fmt.format(pub.entities);
+    $("range").textContent = entities.length ? fmt.format(first) + "–" + fmt.format(last) + total : "0" + total;
     $("prev").disabled = state.offset === 0;
-    $("next").disabled = state.offset + state.limit >= pub.entities;
+    $("next").disabled = state.label ? entities.length < state.limit : state.offset + state.limit >= pub.entities;
     updateCloud(pub);
   }
 
@@ -286,11 +302,12 @@
   }
 
   function entitiesPath(name, limit, offset) {
-    return "/publications/" + pubSegment(name) + "/entities?limit=" + limit + "&offset=" + offset;
+    return "/publications/" + pubSegment(name) + "/entities?limit=" + limit + "&offset=" + offset +
+      (state.label ? "&label=" + encodeURIComponent(state.label) : "");
   }
 
   function loadDetail(pub, force) {
-    var shown = [pub.publication, pub.articles, pub.mentions, state.offset, state.limit].join("|");
+    var shown = [pub.publication, pub.articles, pub.mentions, state.offset, state.limit, state.label].join("|");
     if (!force && shown === state.shown) return Promise.resolve();
     var seq = ++state.seq;
     var page = api(entitiesPath(pub.publication, state.limit, state.offset));
@@ -388,6 +405,13 @@
     writeHash();
     var pub = findSelected();
     if (pub) loadDetail(pub, true);
+  });
+  $("label-filter").addEventListener("change", function () {
+    state.label = this.value;
+    state.offset = 0;
+    writeHash();
+    var pub = findSelected();
+    if (pub) loadDetail(pub, true).catch(function (e) { if (!(e instanceof AuthError)) showError(e.message); });
   });
   $("live").addEventListener("change", function () { if (this.checked) refresh(false); });
   document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(false); });

@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core.models import Delta, EntityCount, PublicationSummary
-from ..core.rules import doc_id, publication_key
-from .base import GroupsRefused, PermanentStoreError, StoreError
+from ...core.models import Delta, EntityCount, PublicationSummary
+from ...core.rules import doc_id, publication_key
+from ..base import GroupsRefused, PermanentStoreError, StoreError
+from .common import (ARCHIVE, MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers,
+                     marker_base, recorded_groups, translated)
 
 log = logging.getLogger("ingest.store.firestore.packed")
 
-PUBS, SUMS, SHARDS = "pubs", "sums", "shards"
 SHARD_ENTITIES = 4000          # entities per shard document
 SHARD_BYTES = 600_000          # estimated bytes per shard document (Firestore's limit: 1 MiB)
 MAX_SHARDS = 400               # per writer and publication: 1.6 million distinct entities
@@ -53,7 +54,7 @@ PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are 
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
 CACHE_ENTITIES = 2_000_000     # a writer keeps what it owns of this many entities in memory
 SUM_FIELDS = ["key", "name", "writer", "first_at", "articles", "mentions", "entities", "shards", "sv", "version",
-              "changed_at", "clock"]
+              "changed_at", "clock", "absorbed"]
 SHARD_CACHE = 4096             # shards a reader process keeps (least recently used out)
 MERGED_LISTS = 64              # merged, sorted entity lists a reader process keeps
 LIST_FULL_EVERY = 600.0        # seconds between full reads of every summary (anything the skew missed)
@@ -208,7 +209,7 @@ def _field_filter(path: str, op: str, value):
     return FieldFilter(path, op, value)
 
 
-def _parse_shard(data: dict) -> dict:
+def parse_shard(data: dict) -> dict:
     """entity -> (mentions, articles) of one shard document."""
     out = {}
     for entity, v in (data.get("e") or {}).items():
@@ -236,10 +237,12 @@ class Reads:
         self.incremental = True                          # False: no index on sums.changed_at here
         self.generation = 0                              # bumped whenever the listing changes
         self.rows: tuple[int, list] | None = None        # (generation, sorted /publications rows)
-        self.shard_cache: OrderedDict[tuple[str, str, int], tuple[int, dict]] = OrderedDict()  # LRU: (key, writer, n) -> (sv, counts)
+        # LRU: (key, writer, n) -> (sv, counts)
+        self.shard_cache: OrderedDict[tuple[str, str, int], tuple[int, dict]] = OrderedDict()
         self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
         self.distinct: dict[str, tuple[tuple, int]] = {}  # key -> (signature, size of the writers' union)
         self.doc_reads = 0                               # documents read (Firestore bills each)
+        self.retired: dict[tuple[str, str], Any] = {}    # (key, writer) -> changed_at of what an archive absorbed
 
     def counted(self, n: int) -> None:
         with self.lock:
@@ -247,9 +250,34 @@ class Reads:
 
 
 def newer(signature: tuple, than: tuple) -> bool:
-    """A merge signature ((writer, version), ...) at least as new as `than` for every writer."""
-    mine = dict(signature)
+    """A merge signature ((writer, version), ...) at least as new as `than` for every writer, or read
+    after a later compaction (the archive's version grows; the writers it absorbed are gone)."""
+    mine, theirs = dict(signature), dict(than)
+    if mine.get(ARCHIVE, -1) != theirs.get(ARCHIVE, -1):
+        return mine.get(ARCHIVE, -1) > theirs.get(ARCHIVE, -1)
     return signature != than and all(mine.get(w, -1) >= v for w, v in than)
+
+
+def later(a, b) -> bool:
+    """A commit time after another (a missing one is never later)."""
+    return a is not None and (b is None or a > b)
+
+
+def retire(reads: Reads, fresh: dict) -> bool:
+    """Takes out of the listing the writers an archive summary in `fresh` says it absorbed (their
+    summaries are deleted; an incremental read never sees a deletion); True if any was there."""
+    changed = False
+    for (key, writer), d in fresh.items():
+        if writer != ARCHIVE:
+            continue
+        for gone, record in (d.get("absorbed") or {}).items():
+            absorbed_at = (record or {}).get("changed_at")
+            reads.retired[(key, gone)] = absorbed_at
+            old = reads.listing.get((key, gone))
+            if old is not None and not later(old.get("changed_at"), absorbed_at):
+                del reads.listing[(key, gone)]
+                changed = True
+    return changed
 
 
 _READS: dict[tuple, Reads] = {}
@@ -265,16 +293,24 @@ def shared_reads(project, database) -> Reads:
 
 
 class PackedLayout:
-    """Reads and writes of the packed layout, on a FirestoreStore's client and settings."""
+    """Reads and writes of the packed layout, on one Connection (in one process)."""
 
-    def __init__(self, store):
-        self.store = store
+    name = "packed"
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
         self.owned: OrderedDict[str, Owned] = OrderedDict()  # the writer's side, least recently used first
-        self.reads = shared_reads(store.client.project, store.database)
+        self.reads = shared_reads(conn.client.project, conn.database)
+
+    def check(self) -> None:
+        self.conn.check()
+
+    def close(self) -> None:
+        """Nothing of its own to release: the reads are the process's, the client the Connection's."""
 
     @property
     def db(self):
-        return self.store.client
+        return self.conn.client
 
     def pub(self, key: str):
         return self.db.collection(PUBS).document(doc_id(key))
@@ -288,14 +324,12 @@ class PackedLayout:
         no longer fits 500 writes (the shards changed since it was planned) is split (`finish`).
         A publication that would pass MAX_SHARDS is left out (recorded in marker 0) and reported
         with PublicationRefused once every other publication of the batch is stored."""
-        from .firestore import AppliedElsewhere, marker_base
-
-        with self.store._translated(f"batch={delta.batch_id}"):
+        with translated(f"batch={delta.batch_id}"):
             for key in sorted(delta.publications):
                 self.load(key)
             refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
             parts = units(delta, skip=refused)
-            starts = pack(parts, lambda p: self.cost(p, delta), self.store.max_writes, len(delta.groups))
+            starts = pack(parts, lambda p: self.cost(p, delta), self.conn.max_writes, len(delta.groups))
             if delta.groups and (len(starts) > 1 or refused):  # a merged batch is one whole commit or none
                 raise GroupsRefused((), f"a batch of {len(delta.groups)} groups needs {len(starts)} commits"
                                         + (f" and leaves out {refused}" if refused else ""))
@@ -309,7 +343,7 @@ class PackedLayout:
                 parts = units(delta, skip=refused)
                 starts = record.get("plan")
                 chunks = chunks_at(parts, starts, delta.batch_id, marker_base) if starts \
-                    else plan(delta, self.store.max_writes, marker_base)
+                    else plan(delta, self.conn.max_writes, marker_base)
                 log.info("batch=%s chunk=1/%d already applied; going on with its plan", delta.batch_id, len(chunks))
                 return chunks[0]
 
@@ -331,7 +365,7 @@ class PackedLayout:
         it is split by the worst case of its parts (at most a summary and MAX_SHARDS shards each): the
         first part-commit `create`s the chunk's own marker and records the split, the others create
         `{marker}.{j}`. So the chunk's marker still decides: whole or split, never both."""
-        max_writes = self.store.max_writes
+        max_writes = self.conn.max_writes
         subs = None
         try:
             try:
@@ -400,14 +434,14 @@ class PackedLayout:
         Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
-        db, writer = self.db, self.store.writer
+        db, writer = self.db, self.conn.writer
         keys = list(dict.fromkeys(p.key for p in chunk.parts))
         try:
             owned = {key: self.load(key) for key in keys}
             batch = db.batch()
-            marker = db.collection("ingest_batches").document(chunk.marker_id)
+            marker = db.collection(MARKERS).document(chunk.marker_id)
             record = {"batch_id": delta.batch_id, "chunk": chunk.index, "chunks": chunks, "writer": writer,
-                      "expires_at": datetime.now(timezone.utc) + self.store.marker_ttl}
+                      "expires_at": datetime.now(timezone.utc) + self.conn.marker_ttl}
             if plan is not None:
                 record["plan"] = plan
                 record["refused"] = list(refused or [])
@@ -416,8 +450,6 @@ class PackedLayout:
             batch.create(marker, record)
             written, summaries = [marker.path], {}
             if delta.groups:  # a merged batch: one commit (apply), its groups' markers in it
-                from .firestore import create_group_markers
-
                 written += create_group_markers(db, batch, delta, record["expires_at"])
             for key in keys:
                 parts = [p for p in chunk.parts if p.key == key]
@@ -425,18 +457,16 @@ class PackedLayout:
                     if is_summary:
                         summaries[len(written)] = key
                     written.append(path)
-            if len(written) > self.store.max_writes:
-                raise TooManyWrites(f"a commit of {len(written)} writes (the limit is {self.store.max_writes})")
+            if len(written) > self.conn.max_writes:
+                raise TooManyWrites(f"a commit of {len(written)} writes (the limit is {self.conn.max_writes})")
             started = time.time()
-            results = batch.commit(retry=None, timeout=self.store.timeout)
+            results = batch.commit(retry=None, timeout=self.conn.timeout)
         except AlreadyExists as exc:  # the marker, or a summary another process created: read the marker
             self.forget(keys)
-            snap = db.collection("ingest_batches").document(chunk.marker_id).get(
-                retry=self.store.read_retry, timeout=self.store.timeout)
+            snap = db.collection(MARKERS).document(chunk.marker_id).get(
+                retry=self.conn.read_retry, timeout=self.conn.timeout)
             if not snap.exists and delta.groups:
-                from .firestore import recorded_groups
-
-                taken = recorded_groups(db, delta, self.store.read_retry, self.store.timeout)
+                taken = recorded_groups(db, delta, self.conn.read_retry, self.conn.timeout)
                 if taken:  # another batch recorded some of our groups: nothing of ours was applied
                     raise GroupsRefused(taken) from None
             if not snap.exists:  # not applied: a summary we meant to create exists (a second live process
@@ -458,15 +488,15 @@ class PackedLayout:
         for index, key in summaries.items():
             owned[key].exists = True
             owned[key].update_time = results[index].update_time
-        self.store.commits += 1
-        self.store.log_commit(written, started)
+        self.conn.committed(written, started)
         return len(written)
 
-    def stage(self, batch, key: str, post, parts: list[Part], owned: Owned):
-        """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails)."""
+    def stage(self, batch, key: str, post, parts: list[Part], owned: Owned, extra: dict | None = None):
+        """Adds one publication's writes to `batch` and to `owned` (forgotten if the commit fails);
+        `extra`: more fields of the summary (the archive's record of what it absorbed)."""
         from google.cloud.firestore import SERVER_TIMESTAMP
 
-        writer = self.store.writer
+        writer = self.conn.writer
         changed: dict[int, dict] = {}
         for part in parts:
             for entity in part.entities:
@@ -495,12 +525,12 @@ class PackedLayout:
                 "mentions": owned.mentions, "entities": len(owned.counts), "shards": len(owned.shards),
                 "sv": dict(owned.sv), "version": owned.version,
                 # the commit's own time (readers ask for what was committed after the latest they saw)
-                "changed_at": SERVER_TIMESTAMP, "clock": "commit"}
+                "changed_at": SERVER_TIMESTAMP, "clock": "commit", **(extra or {})}
         ref = pub.collection(SUMS).document(writer)
         if owned.exists:
             batch.update(ref, data, option=self.db.write_option(last_update_time=owned.update_time))
         else:
-            owned.first_at = datetime.now(timezone.utc)
+            owned.first_at = owned.first_at or datetime.now(timezone.utc)
             batch.create(ref, {**data, "first_at": owned.first_at})
         yield ref.path, True
 
@@ -510,9 +540,9 @@ class PackedLayout:
         if owned is not None:
             self.owned.move_to_end(key)
             return owned
-        store, writer = self.store, self.store.writer
+        conn, writer = self.conn, self.conn.writer
         pub = self.pub(key)
-        snap = pub.collection(SUMS).document(writer).get(retry=store.read_retry, timeout=store.timeout)
+        snap = pub.collection(SUMS).document(writer).get(retry=conn.read_retry, timeout=conn.timeout)
         owned = Owned()
         if snap.exists:
             d = snap.to_dict()
@@ -520,11 +550,11 @@ class PackedLayout:
                           articles=int(d.get("articles", 0)), mentions=int(d.get("mentions", 0)),
                           sv=dict(d.get("sv") or {}), version=int(d.get("version", 0)))
             refs = [pub.collection(SHARDS).document(f"{writer}-{n}") for n in range(int(d.get("shards", 0)))]
-            shards = {s.id: s for s in self.db.get_all(refs, retry=store.read_retry, timeout=store.timeout)}
+            shards = {s.id: s for s in self.db.get_all(refs, retry=conn.read_retry, timeout=conn.timeout)}
             for n, ref in enumerate(refs):
                 shard = Shard(n)
                 shard_snap = shards.get(ref.id)
-                for entity, (m, a) in (_parse_shard(shard_snap.to_dict()) if shard_snap and shard_snap.exists
+                for entity, (m, a) in (parse_shard(shard_snap.to_dict()) if shard_snap and shard_snap.exists
                                        else {}).items():
                     owned.counts[entity] = [m, a, n]
                     shard.entities += 1
@@ -546,10 +576,10 @@ class PackedLayout:
 
     # -- reads ----------------------------------------------------------
     def sums(self, key: str) -> list[dict]:
-        store = self.store
-        with store._translated("summary"):
-            out = [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=store.read_retry,
-                                                                                 timeout=store.timeout)]
+        conn = self.conn
+        with translated("summary"):
+            out = [s.to_dict() for s in self.pub(key).collection(SUMS).stream(retry=conn.read_retry,
+                                                                                 timeout=conn.timeout)]
         self.reads.counted(len(out))
         return out
 
@@ -564,7 +594,8 @@ class PackedLayout:
             entities = int(sums[0].get("entities", 0))  # one writer: its own distinct count is exact
         else:
             entities = self.distinct(key, sums)          # several: the union of their shards
-        return PublicationSummary(publication=first.get("name") or key, articles=sum(int(d.get("articles", 0)) for d in sums),
+        return PublicationSummary(publication=first.get("name") or key,
+                                  articles=sum(int(d.get("articles", 0)) for d in sums),
                                   entities=entities, mentions=sum(int(d.get("mentions", 0)) for d in sums))
 
     def publications(self, limit: int | None = None, offset: int = 0) -> list[PublicationSummary]:
@@ -573,8 +604,8 @@ class PackedLayout:
         LIST_FULL_EVERY seconds. Nothing changed: no document read, and the sorted rows are reused."""
         from google.api_core.exceptions import FailedPrecondition
 
-        store, reads = self.store, self.reads
-        with store._translated("publications"):
+        reads = self.reads
+        with translated("publications"):
             started = time.time()
             with reads.lock:
                 since = reads.since
@@ -589,13 +620,16 @@ class PackedLayout:
                 full = True
                 fresh = self.read_summaries(None)
             with reads.lock:
-                changed = False
+                changed = retire(reads, fresh)
                 for where, d in fresh.items():
                     old = reads.listing.get(where)
+                    if where in reads.retired and not later(d.get("changed_at"), reads.retired[where]):
+                        continue  # read before an archive absorbed it
                     if old is None or int(d.get("version", 0)) > int(old.get("version", 0)):
                         reads.listing[where] = d
                         changed = True
                 if full:
+                    reads.retired.clear()
                     for where in [w for w in reads.listing if w not in fresh]:  # deleted meanwhile
                         del reads.listing[where]
                         changed = True
@@ -630,7 +664,7 @@ class PackedLayout:
         if since is not None:
             query = query.where(filter=_field_filter("changed_at", ">", since))
         fresh = {}
-        for snap in query.stream(retry=self.store.read_retry, timeout=self.store.timeout):
+        for snap in query.stream(retry=self.conn.read_retry, timeout=self.conn.timeout):
             d = snap.to_dict()
             fresh[(d.get("key") or "", d.get("writer") or "")] = d
         self.reads.counted(len(fresh))
@@ -676,15 +710,15 @@ class PackedLayout:
                     reads.shard_cache.move_to_end(where)
         stale = [where for where in wanted if where not in have]
         if stale:
-            store = self.store
+            conn = self.conn
             pub = self.pub(key)
             refs = {f"{w}-{n}": (k, w, n) for k, w, n in stale}
-            with store._translated("entities"):
+            with translated("entities"):
                 snaps = list(self.db.get_all([pub.collection(SHARDS).document(i) for i in refs],
-                                             retry=store.read_retry, timeout=store.timeout))
+                                             retry=conn.read_retry, timeout=conn.timeout))
             reads.counted(len(snaps))
             for snap in snaps:
-                have[refs[snap.id]] = _parse_shard(snap.to_dict() or {}) if snap.exists else {}
+                have[refs[snap.id]] = parse_shard(snap.to_dict() or {}) if snap.exists else {}
             with reads.lock:
                 for where in stale:
                     hit = reads.shard_cache.get(where)
