@@ -37,11 +37,15 @@ def app(tmp_path):
     from ingest.stores.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "ingest.db")
-    store.apply(Delta.of("b1", [Aggregate.from_article("The Daily", ["merkel", "obama"], "2017-01-01"),
-                                Aggregate.from_article("The Daily", ["merkel"], "2017-01-03")]))
+    store.apply(Delta.of("b1", [
+        Aggregate.from_article("The Daily", [("merkel", "PERSON"), ("obama", "PERSON"), ("nato", "ORG")], "2017-01-01"),
+        Aggregate.from_article("The Daily", [("merkel", "PERSON")], "2017-01-03")]))
     store.close()
-    return create_app({"TESTING": True, "store": f"sqlite:///{tmp_path / 'ingest.db'}", "api_keys": "k",
-                       "client": NoBackend()})
+    from ingest.config import FrontendSettings
+
+    app = create_app(FrontendSettings(store=f"sqlite:///{tmp_path / 'ingest.db'}", api_keys=["k"]), client=NoBackend())
+    app.testing = True
+    return app
 
 
 @pytest.mark.parametrize("published", [
@@ -82,14 +86,20 @@ def test_series_windows_and_csv(app):
     with app.test_client() as c:
         days = c.get("/publications/the%20daily/days").get_json()           # default: 30 days to the latest
         assert len(days) == 30 and days[-1] == {"day": "2017-01-03", "articles": 1, "mentions": 1}
-        assert sum(d["articles"] for d in days) == 2 and days[-3]["mentions"] == 2
+        assert sum(d["articles"] for d in days) == 2 and days[-3]["mentions"] == 3
         r = c.get("/publications/the%20daily/entities/MERKEL/days?since=2017-01-01&until=2017-01-03&format=csv")
         assert r.status_code == 200 and r.content_type.startswith("text/csv")
         assert list(csv.reader(io.StringIO(r.get_data(as_text=True)))) == [
             ["day", "mentions", "articles"], ["2017-01-01", "1", "1"], ["2017-01-02", "0", "0"],
             ["2017-01-03", "1", "1"]]
         window = c.get("/publications/the%20daily/entities?since=2017-01-02&until=2017-01-31").get_json()
-        assert [(e["entity"], e["mentions"]) for e in window] == [("merkel", 1)]
+        assert [(e["entity"], e["label"], e["mentions"]) for e in window] == [("merkel", "PERSON", 1)]
+        orgs = c.get("/entities?since=2017-01-01&until=2017-01-01&label=org").get_json()
+        assert [(e["entity"], e["label"], e["publications"]) for e in orgs] == [("nato", "ORG", 1)]
+        people = c.get("/publications/the%20daily/entities?since=2017-01-01&label=PERSON").get_json()
+        assert [e["entity"] for e in people] == ["merkel", "obama"]
+        assert [e["label"] for e in c.get("/entities").get_json()] == ["PERSON", "ORG", "PERSON"]
+        assert c.get("/entities?label=ANIMAL").status_code == 400
         assert c.get("/publications/the%20daily/entities?format=csv",
                      headers={"Accept": "text/csv"}).get_data(as_text=True).startswith("entity,")
         assert c.get("/entities?until=2017-01-01").get_json()[0]["publications"] == 1

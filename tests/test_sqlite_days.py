@@ -29,10 +29,10 @@ def test_a_window_sums_only_its_days_and_a_series_has_every_day(conn):
     sqlite_days.add_days(conn, "p", {"2017-01-01": day({"a": 2}, {"a": 1, "b": 1}), "2017-01-03": day({"b": 5})})
     sqlite_days.add_days(conn, "p", {"2017-01-03": day({"a": 1})})        # a later batch adds to the day
     sqlite_days.add_days(conn, "q", {"2017-01-01": day({"a": 7})})
-    assert sqlite_days.window_entities(conn, "p", Window(), 10, 0) == [("b", 6, 2, 1), ("a", 4, 3, 1)]
+    assert sqlite_days.window_entities(conn, "p", Window(), 10, 0) == [("b", "", 6, 2, 1), ("a", "", 4, 3, 1)]
     assert sqlite_days.window_entities(conn, "p", Window("2017-01-02", "2017-01-03"), 10, 0) == [
-        ("b", 5, 1, 1), ("a", 1, 1, 1)]
-    assert sqlite_days.window_entities(conn, None, Window(until="2017-01-01"), 1, 0) == [("a", 10, 3, 2)]
+        ("b", "", 5, 1, 1), ("a", "", 1, 1, 1)]
+    assert sqlite_days.window_entities(conn, None, Window(until="2017-01-01"), 1, 0) == [("a", "", 10, 3, 2)]
     assert sqlite_days.day_series(conn, "p", Window("2016-12-31", "2017-01-03")) == [
         ("2016-12-31", 0, 0), ("2017-01-01", 2, 4), ("2017-01-02", 0, 0), ("2017-01-03", 2, 6)]
     assert sqlite_days.entity_series(conn, "p", "a", Window("2017-01-01", "2017-01-03")) == [
@@ -58,7 +58,7 @@ def test_retention_drops_old_entity_rows_and_keeps_day_totals(conn):
     sqlite_days.add_days(conn, "p", {"2017-01-01": day({"a": 1}), "2017-01-05": day({"a": 1})})
     assert sqlite_days.drop_entity_days_before(conn, "2017-01-03") == 1
     sqlite_days.add_days(conn, "p", {"2017-01-02": day({"a": 1})}, entity_days_from="2017-01-03")
-    assert sqlite_days.window_entities(conn, "p", Window(), 10, 0) == [("a", 1, 1, 1)]
+    assert sqlite_days.window_entities(conn, "p", Window(), 10, 0) == [("a", "", 1, 1, 1)]
     assert sqlite_days.day_series(conn, "p", Window("2017-01-01", "2017-01-02")) == [
         ("2017-01-01", 1, 1), ("2017-01-02", 1, 1)]
 
