@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Union
 
+from .. import testing
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, doc_id, publication_key
 from .base import GroupsRefused, PermanentStoreError, StoreError
@@ -239,8 +240,8 @@ class FirestoreStore:
         return self._packed
 
     def log_commit(self, docs, started: float | None = None) -> None:
-        """Test seam: INGEST_TEST_WRITE_LOG names a file that gets one line per commit (who wrote which documents)."""
-        path = os.environ.get("INGEST_TEST_WRITE_LOG")
+        """Test seam (ingest.testing.write_log): one line per commit, who wrote which documents."""
+        path = testing.write_log()
         if not path:
             return
         import json
