@@ -125,7 +125,7 @@ def test_the_fleet_is_a_seam_not_a_fork():
 
 
 def test_test_seams_are_read_in_one_documented_module():
-    """Every INGEST_TEST_* variable is read in ingest/testing.py alone, each through a function that says what it does."""
+    """Every INGEST_TEST_* variable is read in ingest/testing.py alone, each by a function that says what it does."""
     import inspect
     from pathlib import Path
 

@@ -57,7 +57,8 @@ def load(*args: str, api_key: str | None, env: dict | None = None, timeout: floa
 def interrupted_load(*args: str, api_key: str, when, interrupted=lambda: None) -> tuple[int, str]:
     """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true; then `interrupted()`."""
     proc = subprocess.Popen([str(BIN / "ingest-load"), *args], env=_env(api_key, None), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         wait_for(when, 60, 0.05, "the load to get going")
@@ -133,7 +134,8 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def test_single_posts_are_all_counted_and_reported(stack, tmp_path):
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
+                  api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
     report = read_report(report_path)
     assert (report.articles, report.sent, report.accepted, report.lost) == (SAMPLE_ARTICLES,) * 3 + (0,)
@@ -146,8 +148,9 @@ def test_single_posts_are_all_counted_and_reported(stack, tmp_path):
     assert 0 < report.processed_per_second < report.accepted_per_second == report.articles_per_second
     assert report.wait.backend_after["processed"] - report.wait.backend_before["processed"] == SAMPLE_ARTICLES
     assert delta(before, stack.settled_counts()) == sample_counts()
-    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s", "articles/s",
-                  "latency p50", "latency p95", "latency p99", "result: OK, every article accepted and processed"):
+    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s",
+                  "articles/s", "latency p50", "latency p95", "latency p99",
+                  "result: OK, every article accepted and processed"):
         assert label in result.stdout
     assert "ingest-load: " in result.stderr and "processing: " in result.stderr  # the two progress bars
     assert stack.api_key not in result.stdout + result.stderr + report_path.read_text()
@@ -176,7 +179,8 @@ def test_oversized_article_is_rejected_the_rest_accepted_exit_1(stack, tmp_path)
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(dataset), "--url", stack.url, "--concurrency", "1", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(dataset), "--url", stack.url, "--concurrency", "1", "--json", str(report_path),
+                  api_key=stack.api_key)
     report = read_report(report_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert (report.accepted, report.rejected, report.lost, report.ok) == (2, {"413": 1}, 0, False)
@@ -206,7 +210,8 @@ def test_full_queue_is_retried_until_everything_is_counted(tiny_queue_stack, tmp
     stack = tiny_queue_stack
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "8", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "8", "--json", str(report_path),
+                  api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
     report = read_report(report_path)
     assert report.retry_reasons.get("503", 0) > 0, "a queue of 2 behind 8 senders must have answered 503"
@@ -264,8 +269,9 @@ def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_
             child.send_signal(signal.SIGCONT)
 
     try:
-        status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
-                                       "--max-retries", "1000000", "--max-retry-time", "3600",
+        status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4",
+                                       "--json", str(report_path), "--max-retries", "1000000",
+                                       "--max-retry-time", "3600",
                                        api_key=stack.api_key, when=three_in_and_children_stopped, interrupted=resume)
     finally:
         resume()
@@ -482,7 +488,8 @@ def test_an_answer_that_cannot_be_decoded_is_a_maybe_delivered_failure_not_a_tra
 
 
 @pytest.mark.parametrize("batch", [None, "2"])
-def test_a_504_outcome_unknown_is_resent_only_when_every_article_has_an_id_else_reported_unknown(tmp_path, capsys, batch):
+def test_a_504_outcome_unknown_is_resent_only_when_every_article_has_an_id_else_reported_unknown(tmp_path, capsys,
+                                                                                                   batch):
     flags = ["--batch", batch] if batch else []
     keyed = jsonl(tmp_path / "keyed.jsonl", ["a", "b", "c"])
     with FakeFrontend({1: "unknown"}) as fake:
@@ -525,7 +532,8 @@ def test_failure_after_sending_is_not_resent_when_an_article_has_no_id(tmp_path,
     """Single post without an id, or a batch with one article without an id: lost (outcome unknown), run stops."""
     dataset = jsonl(tmp_path / "d.jsonl", ids)
     with FakeFrontend({1: "drop"}) as fake:
-        status, report = fake_load(dataset, fake.url, *(["--batch", batch] if batch else []), report=tmp_path / "r.json")
+        flags = ["--batch", batch] if batch else []
+        status, report = fake_load(dataset, fake.url, *flags, report=tmp_path / "r.json")
     first = 2 if batch else 1
     assert status == 1
     assert (report.requests, report.retries, report.accepted, report.duplicates) == (1, 0, 0, 0)
@@ -535,7 +543,7 @@ def test_failure_after_sending_is_not_resent_when_an_article_has_no_id(tmp_path,
 
 
 def test_resends_after_sending_are_bounded_and_the_outcome_stays_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr("ingest.tools.load.send.backoff", lambda attempt: 0.0)  # the bound, not the waits, is under test
+    monkeypatch.setattr("ingest.tools.load.send.backoff", lambda attempt: 0.0)  # the bound is under test, not waits
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
     with FakeFrontend({n: "drop" for n in range(1, 20)}) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
@@ -647,7 +655,8 @@ def test_skip_bad_rows_skips_reports_each_and_counts_them(tmp_path, capsys):
 def test_skip_bad_rows_in_a_csv_as_a_user_runs_it(tmp_path):
     dataset = bad_csv(tmp_path / "bad.csv")
     with FakeFrontend() as fake:
-        result = load(str(dataset), "--url", fake.url, "--skip-bad-rows", "--json", str(tmp_path / "r.json"), api_key="k")
+        result = load(str(dataset), "--url", fake.url, "--skip-bad-rows", "--json", str(tmp_path / "r.json"),
+                      api_key="k")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [(p["id"], p["content"]) for p in fake.counted] == [("a", "Ada met Alan."), ("e", "Grace\nHopper")]
     skipped = [line for line in result.stderr.splitlines() if "skipped bad row" in line]
@@ -663,7 +672,8 @@ def test_directory_as_dataset_is_a_clear_error_exit_2(tmp_path, capsys):
         for extra in ([], ["--format", "csv"]):
             assert main([str(folder), *extra, "--url", f"http://127.0.0.1:{free_port()}", "--api-key", "k"]) == 2
             out, err = capsys.readouterr()
-            assert (out, err) == ("", f"ingest-load: error: {folder}: is a directory: give a .jsonl, .csv, .whl or .zip file\n")
+            assert (out, err) == ("", f"ingest-load: error: {folder}: is a directory: give a .jsonl, .csv, .whl or "
+                                      ".zip file\n")
 
 
 def test_refused_api_key_is_a_rejection_exit_1_after_one_request(tmp_path, capsys):
@@ -804,7 +814,8 @@ def test_waits_until_the_backend_has_processed_what_was_accepted(tmp_path, capsy
     assert report.processed_per_second == pytest.approx(5 / report.total_seconds, rel=0.01)
     assert report.processed_per_second < report.accepted_per_second
     out = capsys.readouterr().out
-    for label in ("processed    5", "drain time", "accepted/s", "articles/s at the front door", "processed/s", "articles/s end to end",
+    for label in ("processed    5", "drain time", "accepted/s", "articles/s at the front door", "processed/s",
+                  "articles/s end to end",
                   "result: OK, every article accepted and processed by the backend"):
         assert label in out
 
@@ -929,7 +940,8 @@ def test_a_frontend_gone_silent_ends_the_wait(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_during_the_wait_is_reported():
-    with FakeFrontend(readyz=lambda fake, read: counters(in_flight=1)) as fake, httpx.Client(base_url=fake.url) as client:
+    busy = FakeFrontend(readyz=lambda fake, read: counters(in_flight=1))
+    with busy as fake, httpx.Client(base_url=fake.url) as client:
         calls = []
 
         def bar_update(n):
