@@ -705,6 +705,17 @@ def test_missing_api_key_and_bad_arguments_exit_2(tmp_path):
     assert missing.returncode == 2 and "nope.jsonl: cannot read" in missing.stderr
 
 
+def test_a_url_no_request_can_use_is_a_usage_error_not_a_connection_failure(capsys):
+    """Before: "http://[::1" was an httpx.InvalidURL traceback, "http://" a "cannot connect"."""
+    for url, why in [("http://", "names no valid host"), ("http://exa mple:80", "names no valid host"),
+                     ("http://127.0.0.1:99999", "port 99999 is out of range"), ("http://[::1", "Invalid port"),
+                     ("127.0.0.1:8000", "must start with http:// or https://")]:
+        assert main([str(SAMPLE), "--url", url, "--api-key", "k", "--no-progress"]) == 2, url
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"ingest-load: error: --url {url!r}") and why in err, err
+        assert len(err.splitlines()) == 1, err
+
+
 # --- pieces -----------------------------------------------------------------------------------------
 
 def test_api_key_sources_in_order(tmp_path):

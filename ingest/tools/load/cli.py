@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Mapping
 
+import httpx
+
 from ...core.argtypes import non_negative_int, positive_float, positive_int
 from ...core.exitcodes import ExitCode
 from ..datasets import FORMATS, BadRow, Dataset, DatasetError
@@ -104,11 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def checked_url(url: str) -> str:
+    """A URL a request can be sent to; else a UsageError (not "cannot connect", and not a traceback)."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {url!r} must start with http:// or https://")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"--url {url!r}: {exc}") from None
+    if not parsed.host or any(c.isspace() for c in url):
+        raise UsageError(f"--url {url!r} names no valid host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise UsageError(f"--url {url!r}: port {parsed.port} is out of range")
+    return url
+
+
 def _settings(args: argparse.Namespace) -> Run:
-    if not args.url.startswith(("http://", "https://")):
-        raise UsageError(f"--url {args.url!r} must start with http:// or https://")
+    url = checked_url(args.url)
     return Run(
-        dataset=Dataset(args.dataset, args.format, skip_bad_rows=args.skip_bad_rows), url=args.url,
+        dataset=Dataset(args.dataset, args.format, skip_bad_rows=args.skip_bad_rows), url=url,
         api_key=resolve_api_key(args.api_key), concurrency=args.concurrency, limit=args.limit, batch=args.batch,
         max_body_bytes=args.max_body_bytes, max_retries=args.max_retries, max_retry_time=args.max_retry_time,
         timeout=args.timeout, progress=not args.no_progress, ids=not args.no_ids, wait=not args.no_wait,
