@@ -449,8 +449,8 @@ def configuration_markdown() -> str:
         lines.append("")
     lines += ["## Other variables", "", "| variable | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {_cell(text)} |" for name, text in OTHER_VARIABLES.items()]
-    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. Variables named",
-              "`INGEST_TEST_*` are test seams, not configuration.", ""]
+    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. The variables",
+              "`ingest/testing.py` reads are test seams, not configuration.", ""]
     return "\n".join(lines)
 
 

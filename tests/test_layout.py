@@ -167,3 +167,40 @@ def test_the_dead_letters_command_loads_neither_spacy_nor_a_store_nor_the_web():
     """`ingestiond dead-letters` is an operator's tool: Pub/Sub and the message format, nothing else."""
     loaded = _loaded_after("import ingest.backend.fleet.deadletters")
     assert "spacy" not in loaded and not {m for m in loaded if m.startswith(("ingest.stores", "ingest.web"))}
+
+
+def test_test_seams_are_read_in_one_documented_module():
+    """Every INGEST_TEST_* variable is read in ingest/testing.py alone, each by a function that says what it does."""
+    import inspect
+    from pathlib import Path
+
+    import ingest.testing as seams
+
+    root = Path(ingest.__path__[0])
+    elsewhere = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p != root / "testing.py" and "INGEST_TEST_" in p.read_text()]
+    assert elsewhere == []
+    variables = {value for name, value in vars(seams).items() if name.isupper()}
+    readers = [f for f in vars(seams).values() if inspect.isfunction(f) and f.__module__ == seams.__name__]
+    assert {f.__doc__.split(":", 1)[0] for f in readers} == variables and len(variables) >= 2
+
+
+def test_exit_statuses_are_named():
+    """No bare number leaves a process: sys.exit/os._exit/SystemExit and every `main` return an ExitCode."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ingest.__path__[0])
+    bare = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "os._exit", "SystemExit"):
+                values = node.args
+            elif isinstance(node, ast.FunctionDef) and node.name == "main":
+                values = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value is not None]
+            else:
+                continue
+            bare += [f"{path.relative_to(root)}:{v.lineno}" for v in values
+                     if isinstance(v, ast.Constant) and isinstance(v.value, int)]
+    assert bare == []

@@ -10,6 +10,7 @@ import logging
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from ..core.exitcodes import ExitCode
 from ..core.models import Delta
 from ..stores import PermanentStoreError, StoreError, open_store
 from ..stores.base import GroupsRefused, RulesRefused
@@ -66,7 +67,7 @@ class Saver(Child):
             self.store.lease = self.lease  # its commits stop too if the lease is lost
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)
-            raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried
+            raise SystemExit(ExitCode.UNFINISHED) from None  # the arbiter respawns this saver; its batch is retried
 
     def _close_store(self) -> None:
         if self.store is not None:

