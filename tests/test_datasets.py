@@ -351,7 +351,8 @@ def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
 
     assert triples(Dataset(out)) == triples(Dataset(wheel))
     first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
-    assert first == {"publication": "ABC News", "content": "Betsy DeVos was confirmed by the Senate.", "id": "1"}
+    assert first == {"publication": "ABC News", "content": "Betsy DeVos was confirmed by the Senate.", "id": "1",
+                     "published": "2017-02-07"}
     assert "Al Jazeera" in result.stdout and "skipped (empty text): 1" in result.stdout
     assert "wrote 5 articles" in result.stdout
     assert not out.with_name("news.jsonl.tmp").exists()
@@ -464,3 +465,38 @@ def test_stats_command_can_skip_bad_rows(tmp_path):
     assert skipping.returncode == 0, skipping.stderr
     assert f"skipped bad row: {path}:2: expected a JSON object, found list" in skipping.stderr
     assert "bad rows skipped: 1" in skipping.stdout
+
+
+def test_a_date_column_becomes_each_article_published(tmp_path):
+    """`date` or `publish_date` (the NewsArticles column, `2017/2/7`) is sent as `published`; an empty cell is none."""
+    from ingest.tools.datasets import BadRow, open_dataset
+
+    csv_path = tmp_path / "dated.csv"
+    csv_path.write_text("publication,content,date\nDaily,Angela Merkel in Berlin.,2017/2/7\n"
+                        "Daily,Olaf Scholz in Bonn.,\nDaily,Emmanuel Macron in Paris.,2017-02-08T23:30:00-02:00\n",
+                        encoding="utf-8")
+    assert [a.published for a in open_dataset(csv_path)] == ["2017-02-07", None, "2017-02-08T23:30:00-02:00"]
+    news = tmp_path / "news.csv"
+    news.write_text("article_id,publish_date,article_source_link,title,subtitle,text\n"
+                    "1,2016/12/31,http://www.bbc.com/news/x,T,,Theresa May in London.\n", encoding="utf-8")
+    assert [(a.publication, a.id, a.published) for a in open_dataset(news)] == [("BBC", "1", "2016-12-31")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("publication,content,date\nDaily,Text here.,yesterday\n", encoding="utf-8")
+    with pytest.raises(BadRow, match="bad.csv:2: date 'yesterday' is not a date"):
+        list(open_dataset(bad))
+
+
+def test_jsonl_published_is_read_checked_and_written(tmp_path):
+    from ingest.tools.datasets import BadRow, open_dataset, write_jsonl
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": "2017-01-02"}\n'
+                   '{"publication": "P", "content": "Alan Turing.", "published": null}\n', encoding="utf-8")
+    articles = list(open_dataset(src))
+    assert [a.published for a in articles] == ["2017-01-02", None]
+    out = tmp_path / "out.jsonl"
+    write_jsonl(articles, out)
+    assert [a.published for a in open_dataset(out)] == ["2017-01-02", None]
+    src.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": 20170102}\n', encoding="utf-8")
+    with pytest.raises(BadRow, match="'published' must be a date string"):
+        list(open_dataset(src))

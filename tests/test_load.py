@@ -458,6 +458,17 @@ def test_posts_carry_the_dataset_ids(tmp_path):
     assert (report.accepted, report.duplicates) == (5, 0)
 
 
+def test_posts_carry_the_dataset_dates(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": "2017-01-02"}\n'
+                       '{"publication": "P", "content": "Alan Turing."}\n', encoding="utf-8")
+    with FakeFrontend() as fake:
+        status, _ = fake_load(dataset, fake.url, "--batch", "2", report=tmp_path / "r.json")
+    assert status == 0
+    assert [p.get("published") for p in fake.requests[0]] == ["2017-01-02", None]
+    assert "published" not in fake.requests[0][1]  # none: the key is left out, the frontend's day counts
+
+
 def test_dropped_connection_is_resent_when_every_article_has_an_id(tmp_path, capsys):
     """The first request arrives, the connection drops before the answer: the resend comes back a duplicate."""
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])

@@ -59,6 +59,8 @@ def _encode(article: Article, ids: bool = True) -> bytes:
     post = {"publication": article.publication, "content": article.content}
     if ids and article.id is not None:
         post["id"] = article.id
+    if article.published is not None:
+        post["published"] = article.published
     return json.dumps(post, ensure_ascii=False).encode("utf-8")
 
 
