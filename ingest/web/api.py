@@ -31,6 +31,7 @@ from .appstate import settings as _settings
 from .appstate import store as _store
 from .attention import labels_arg, read_over_time, respond, window_args
 from .auth import require_key
+from .backend_health import BackendHealth
 from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
 log = logging.getLogger("ingest.web.api")
@@ -335,4 +336,16 @@ def _not_ready(code: str, detail: str, facts: dict):
 
 @bp.get("/metrics")
 def metrics_endpoint():
-    return Response(metrics.render(_client().status), content_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(_status_and_health), content_type=metrics.CONTENT_TYPE)
+
+
+def _status_and_health() -> dict:
+    """The intake's status, and with INGEST_BACKEND_HEALTH the health file's numbers as `health_*` (on a
+    fleet VM the intake is Pub/Sub: the backend beside it, its dead-letter backlog included, is seen there)."""
+    status = dict(_client().status())
+    health = BackendHealth.from_settings(_settings())
+    facts = health.facts() if health is not None else None
+    for key, value in (facts or {}).items():
+        if key not in ("pid", "time", "monotonic"):
+            status[f"health_{key}"] = value
+    return status
