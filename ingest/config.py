@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.intakeurl import IntakeURLError, parse_intake_url
 from .core.naming import AliasError, Aliases, rules_record
+from .core.rules import MAX_ARTICLE_CHARS
 from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
@@ -78,7 +79,7 @@ class _Common(BaseSettings):
                                                            "(default: generated into the authkey file, 0600)")
     authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    max_article_chars: int = Field(200_000, ge=1, description="longest article content accepted (longer: 413)")
+    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1, description="longest article content accepted (longer: 413)")
     backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
                                            "journal); when set, the frontend's /healthz and /readyz fail (503) while "
                                            "the backend it names is wedged, nack-looping or not committing")

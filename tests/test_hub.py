@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import fields
 from types import SimpleNamespace
+from dataclasses import fields
 
 import pytest
+
+from ingest.config import BackendSettings
 
 from ingest.backend import wire
 from ingest.backend.arbiter import Arbiter
@@ -57,19 +59,13 @@ class RecordingLedger:
         self.suspected.extend(e.seq for e in entries)
 
 
-class FakeSettings(SimpleNamespace):
-    """BackendSettings' fields the hub and the arbiter read, and its model_copy."""
-
-    def model_copy(self, update: dict) -> "FakeSettings":
-        return FakeSettings(**{**vars(self), **update})
-
-
-def settings(**over):
+def settings(**over) -> BackendSettings:
+    """Real BackendSettings, as the arbiter gets them, with the small bounds these tests use."""
+    if "store_batch_interval" in over:  # a property of the settings: its setting is --batch-interval
+        over["batch_interval"] = over.pop("store_batch_interval")
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
-                drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
-                store_batch_interval=0.0, writer="", backend_health=None, counting_rules="v2")
-    base.update(over)
-    return FakeSettings(**base)
+                drain_timeout=60.0, no_persist=True, manager_address="127.0.0.1:1", batch_interval=0.0)
+    return BackendSettings(**{**base, **over})
 
 
 _journals = []

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 from ..core.days import DayError, parse_day
 from ..core.protocol import Draining, QueueFull, TooLarge
+from ..core.rules import MAX_ARTICLE_CHARS
 from .journal import Entry, Journal
 
 log = logging.getLogger("ingest.intake")
@@ -28,7 +29,7 @@ class Intake:
     """
 
     def __init__(self, journal: Journal, capacity: int, on_put: Callable[[], None] | None = None,
-                 max_article_chars: int = 200_000):
+                 max_article_chars: int = MAX_ARTICLE_CHARS):
         self.journal = journal
         self.capacity = capacity
         self.max_article_chars = max_article_chars

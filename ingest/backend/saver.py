@@ -33,7 +33,7 @@ class Saver(Child):
         """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
             self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
-                                    days_kept=getattr(self.settings, "days_kept", None))
+                                    days_kept=self.settings.days_kept)
             self.store.check()
             self.claim_rules()
             # one live process per writer name: a second one fails here, naming both (exit 3)
@@ -63,7 +63,7 @@ class Saver(Child):
             log.debug("%s: closing the store failed", self.name, exc_info=True)
         try:
             self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
-                                    days_kept=getattr(self.settings, "days_kept", None))
+                                    days_kept=self.settings.days_kept)
             self.store.lease = self.lease  # its commits stop too if the lease is lost
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)

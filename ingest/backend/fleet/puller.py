@@ -71,7 +71,7 @@ class PubSubIntake(Intake):
 
     def __init__(self, journal: Journal, settings, on_put=None):
         super().__init__(journal, settings.queue_size, on_put=on_put,
-                         max_article_chars=getattr(settings, "max_article_chars", 200_000))
+                         max_article_chars=settings.max_article_chars)
         self.url = parse_intake_url(settings.intake)
         self.max_messages = settings.pubsub_max_messages
         self.deadline = settings.pubsub_ack_deadline
