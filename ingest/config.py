@@ -97,12 +97,7 @@ class _Common(BaseSettings):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: Optional[str]):
-        if value:
-            try:
-                parse_store_url(value)
-            except StoreURLError as exc:
-                raise ValueError(str(exc)) from None
-        return value or None
+        return _checked_url(value, parse_store_url, StoreURLError)
 
     @property
     def store_url(self) -> str:
@@ -126,13 +121,18 @@ class _Common(BaseSettings):
         return key.encode("utf-8")
 
 
-def _intake_url(value: Optional[str]) -> Optional[str]:
+def _checked_url(value: Optional[str], parse, error: type[Exception]) -> Optional[str]:
+    """A URL setting, checked by its parser; empty means unset."""
     if value:
         try:
-            parse_intake_url(value)
-        except IntakeURLError as exc:
+            parse(value)
+        except error as exc:
             raise ValueError(str(exc)) from None
     return value or None
+
+
+def _intake_url(value: Optional[str]) -> Optional[str]:
+    return _checked_url(value, parse_intake_url, IntakeURLError)
 
 
 class BackendSettings(_Common):
