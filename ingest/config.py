@@ -135,6 +135,9 @@ def _intake_url(value: Optional[str]) -> Optional[str]:
     return _checked_url(value, parse_intake_url, IntakeURLError)
 
 
+RESERVED_WRITERS = ("archive", "compactor")
+
+
 class BackendSettings(_Common):
     """`ingestiond`'s settings; every field is a flag and an INGEST_* variable."""
 
@@ -203,6 +206,14 @@ class BackendSettings(_Common):
     @property
     def alias_table(self) -> Aliases:
         return self._alias_table
+
+    @field_validator("writer")
+    @classmethod
+    def _writer_not_reserved(cls, value: str):
+        # the packed layout's archive and its compactor (stores/firestore/common.py: ARCHIVE, COMPACTOR)
+        if value.lower() in RESERVED_WRITERS:
+            raise ValueError(f"{value!r} is reserved for the packed layout's compaction; choose another name")
+        return value
 
     @property
     def counting_rules(self) -> str:
@@ -292,6 +303,14 @@ class FrontendSettings(_Common):
     @classmethod
     def _intake(cls, value: Optional[str]):
         return _intake_url(value)
+
+    @field_validator("writer")
+    @classmethod
+    def _writer_not_reserved(cls, value: str):
+        # the packed layout's archive and its compactor (stores/firestore/common.py: ARCHIVE, COMPACTOR)
+        if value.lower() in RESERVED_WRITERS:
+            raise ValueError(f"{value!r} is reserved for the packed layout's compaction; choose another name")
+        return value
 
     @field_validator("read_rate_limit", "anon_rate_limit", "probe_rate_limit")
     @classmethod
