@@ -304,14 +304,6 @@ class FrontendSettings(_Common):
     def _intake(cls, value: Optional[str]):
         return _intake_url(value)
 
-    @field_validator("writer")
-    @classmethod
-    def _writer_not_reserved(cls, value: str):
-        # the packed layout's archive and its compactor (stores/firestore/common.py: ARCHIVE, COMPACTOR)
-        if value.lower() in RESERVED_WRITERS:
-            raise ValueError(f"{value!r} is reserved for the packed layout's compaction; choose another name")
-        return value
-
     @field_validator("read_rate_limit", "anon_rate_limit", "probe_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str):
