@@ -38,6 +38,9 @@ from tests.support import BIN, ROOT, free_port, start_backend, wait_for
 SAMPLE = ROOT / "data" / "sample.jsonl"
 SAMPLE_ARTICLES = 34
 
+# ingest-load runs as a process against a real HTTP server on loopback (a fake frontend, or the stack)
+pytestmark = pytest.mark.slow
+
 
 def _env(api_key: str | None, env: dict | None) -> dict:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
