@@ -15,7 +15,7 @@ run:
 test: install
 	bash scripts/test.sh
 
-# the tests that need no daemon, server or emulator (about a minute on 2 cores: 66 s measured, 39 s of CPU)
+# the tests that need no daemon, server, emulator or child process (about 20 s on 2 cores)
 test-fast: install
 	bash scripts/test.sh -m "not slow"
 

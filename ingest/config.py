@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.intakeurl import IntakeURLError, parse_intake_url
 from .core.naming import AliasError, Aliases, rules_record
+from .core.rules import MAX_ARTICLE_CHARS
 from .core.storeurl import StoreURLError, parse_store_url
 
 DEFAULT_MANAGER_ADDRESS = "127.0.0.1:50000"
@@ -78,7 +79,7 @@ class _Common(BaseSettings):
                                                            "(default: generated into the authkey file, 0600)")
     authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    max_article_chars: int = Field(200_000, ge=1, description="longest article content accepted (longer: 413)")
+    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1, description="longest article content accepted (longer: 413)")
     backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
                                            "journal); when set, the frontend's /healthz and /readyz fail (503) while "
                                            "the backend it names is wedged, nack-looping or not committing")
@@ -96,12 +97,7 @@ class _Common(BaseSettings):
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: Optional[str]):
-        if value:
-            try:
-                parse_store_url(value)
-            except StoreURLError as exc:
-                raise ValueError(str(exc)) from None
-        return value or None
+        return _checked_url(value, parse_store_url, StoreURLError)
 
     @property
     def store_url(self) -> str:
@@ -125,13 +121,21 @@ class _Common(BaseSettings):
         return key.encode("utf-8")
 
 
-def _intake_url(value: Optional[str]) -> Optional[str]:
+def _checked_url(value: Optional[str], parse, error: type[Exception]) -> Optional[str]:
+    """A URL setting, checked by its parser; empty means unset."""
     if value:
         try:
-            parse_intake_url(value)
-        except IntakeURLError as exc:
+            parse(value)
+        except error as exc:
             raise ValueError(str(exc)) from None
     return value or None
+
+
+def _intake_url(value: Optional[str]) -> Optional[str]:
+    return _checked_url(value, parse_intake_url, IntakeURLError)
+
+
+RESERVED_WRITERS = ("archive", "compactor")
 
 
 class BackendSettings(_Common):
@@ -162,6 +166,8 @@ class BackendSettings(_Common):
     quarantine_size: int = Field(1000, ge=1, description="articles the quarantine may hold (they count in the journal's "
                                  "bounds too); when full, new posts are refused (503) until an operator retries or "
                                  "drops them (`ingestiond quarantine`)")
+    days_kept: Optional[int] = Field(None, ge=1, description="days of per-day entity counts kept (older ones are "
+                                     "dropped; per-day article totals and all-time counts stay); default: all")
     batch_interval: Optional[float] = Field(None, ge=0, description="seconds between one saver's store batches (default: "
                                             "the flush interval for Firestore, which sustains about one write a second "
                                             "per document; 0 for SQLite)")
@@ -200,6 +206,14 @@ class BackendSettings(_Common):
     @property
     def alias_table(self) -> Aliases:
         return self._alias_table
+
+    @field_validator("writer")
+    @classmethod
+    def _writer_not_reserved(cls, value: str):
+        # the packed layout's archive and its compactor (stores/firestore/common.py: ARCHIVE, COMPACTOR)
+        if value.lower() in RESERVED_WRITERS:
+            raise ValueError(f"{value!r} is reserved for the packed layout's compaction; choose another name")
+        return value
 
     @property
     def counting_rules(self) -> str:
@@ -447,8 +461,8 @@ def configuration_markdown() -> str:
         lines.append("")
     lines += ["## Other variables", "", "| variable | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {_cell(text)} |" for name, text in OTHER_VARIABLES.items()]
-    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. Variables named",
-              "`INGEST_TEST_*` are test seams, not configuration.", ""]
+    lines += ["", "`ingest-load` is a client, not a server: `ingest-load --help` lists its flags. The variables",
+              "`ingest/testing.py` reads are test seams, not configuration.", ""]
     return "\n".join(lines)
 
 

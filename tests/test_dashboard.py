@@ -122,6 +122,7 @@ def test_empty_store_renders_an_empty_page(tmp_path):
         assert "No publications yet" in resp.get_data(as_text=True)
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
     store, _ = db
     first = cloud(client, "The Daily Planet")
@@ -150,6 +151,7 @@ def test_wordcloud_is_a_png_cached_until_the_counts_change(client, db):
     assert len(cache) == 1  # the stale picture was dropped, not kept beside the new one
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_a_cloud_drawn_a_moment_ago_is_served_while_the_counts_move_on(db):
     """A publication written all the time is not redrawn per request: its last picture serves for
     the refresh interval, marked as not current (no ETag, no-cache), and then it is redrawn. A request
@@ -174,6 +176,7 @@ def test_a_cloud_drawn_a_moment_ago_is_served_while_the_counts_move_on(db):
         assert renders(app) == 3
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_the_renderer_rests_so_drawing_takes_its_share_of_a_core():
     """Without credit, after a picture of t CPU seconds the renderer rests about t * (1/share - 1):
     with share 0.25, two pictures of ~0.2 s each are at least ~0.6 s apart, whoever asks for them."""
@@ -193,6 +196,7 @@ def test_the_renderer_rests_so_drawing_takes_its_share_of_a_core():
     assert renderer.cache.get(("a", 1, 1)) == renderer.cache.get(("b", 1, 1)) == b"png"
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_wordcloud_cache_control_follows_the_version_in_the_url(client, db):
     planet = next(p for p in db[0].publications() if p.publication == "The Daily Planet")
     current = cloud(client, "The Daily Planet", v=f"{planet.articles}-{planet.mentions}")
@@ -229,6 +233,7 @@ def test_wordcloud_cache_is_capped(db):
         assert renders(app) == 4
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_wordcloud_renders_top_entities_only(db, monkeypatch):
     """Thousands of entities: the render reads one page of WORDCLOUD_TOP_N, not everything."""
     store, path = db
@@ -260,6 +265,7 @@ def test_render_wordcloud_draws_words():
     assert sum(1 for px in blank.get_flattened_data() if px < 200) < inked / 10
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_protected_reads_keep_counts_off_the_page_and_the_cloud(db):
     """With INGEST_READ_API_KEYS set the shell still loads; the data needs the key, like the API."""
     app = build_app(db[1], read_api_keys="read-secret")
@@ -292,6 +298,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_clouds_are_drawn_by_a_low_priority_child_of_the_app_process(db):
     """The app's picture is the painter child's, drawn at nice 10, and equals the in-process one."""
     import os
@@ -309,6 +316,7 @@ def test_clouds_are_drawn_by_a_low_priority_child_of_the_app_process(db):
     assert resp.data == render_wordcloud(top)
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_the_painter_reports_its_cpu_survives_errors_and_a_killed_child():
     import os
     import signal
@@ -333,6 +341,7 @@ def test_the_painter_reports_its_cpu_survives_errors_and_a_killed_child():
     assert painter.child_pid is None
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path):
     """SIGKILL the parent: the child sees its stdin close and exits, none is left running."""
     import subprocess
@@ -352,6 +361,7 @@ def test_the_painter_child_ends_with_its_parent_however_the_parent_ends(tmp_path
     assert not _alive(child), "the painter outlived its parent"
 
 
+@pytest.mark.slow  # draws in the painter child process
 def test_the_page_hands_its_viewer_a_token_good_for_that_address_and_a_while(db):
     """The token the page carries (data-viewer-token) is what pacing.py lets past the anonymous
     lines: valid for the viewer's address only, for VIEWER_TTL seconds, with any worker that has the

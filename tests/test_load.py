@@ -26,15 +26,20 @@ import psutil
 import pytest
 
 from ingest.tools.datasets import Article, Dataset
-from ingest.tools.load import (EXIT_STATUS, SAFE_TO_RETRY, Sender, Stats, Work, build_parser, drained, main,
-                               may_resend, percentile, plan, progress_of, resolve_api_key, retry_after,
-                               wait_for_backend)
+from ingest.tools.load.cli import EXIT_STATUS, build_parser, main, resolve_api_key
+from ingest.tools.load.plan import Work, plan
+from ingest.tools.load.report import Report, percentile
+from ingest.tools.load.send import SAFE_TO_RETRY, Sender, Stats, may_resend, retry_after
+from ingest.tools.load.wait import drained, progress_of, wait_for_backend
 from ingest.core.rules import publication_key
 from tests.frontend_support import start_frontend
 from tests.support import BIN, ROOT, free_port, start_backend, wait_for
 
 SAMPLE = ROOT / "data" / "sample.jsonl"
 SAMPLE_ARTICLES = 34
+
+# ingest-load runs as a process against a real HTTP server on loopback (a fake frontend, or the stack)
+pytestmark = pytest.mark.slow
 
 
 def _env(api_key: str | None, env: dict | None) -> dict:
@@ -55,7 +60,8 @@ def load(*args: str, api_key: str | None, env: dict | None = None, timeout: floa
 def interrupted_load(*args: str, api_key: str, when, interrupted=lambda: None) -> tuple[int, str]:
     """Start ingest-load, Ctrl-C it (SIGINT to its PID only) once `when()` is true; then `interrupted()`."""
     proc = subprocess.Popen([str(BIN / "ingest-load"), *args], env=_env(api_key, None), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         wait_for(when, 60, 0.05, "the load to get going")
@@ -67,6 +73,11 @@ def interrupted_load(*args: str, api_key: str, when, interrupted=lambda: None) -
             proc.kill()
             proc.wait()
     return proc.returncode, out
+
+
+def read_report(path: Path) -> Report:
+    """The --json report, read back into the dataclass: a key missing from the file, or one too many, fails."""
+    return Report.from_dict(json.loads(path.read_text()))
 
 
 def stored_articles(url: str) -> dict[str, int]:
@@ -126,21 +137,23 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def test_single_posts_are_all_counted_and_reported(stack, tmp_path):
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
+                  api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(report_path.read_text())
-    assert (report["articles"], report["sent"], report["accepted"], report["lost"]) == (SAMPLE_ARTICLES,) * 3 + (0,)
-    assert report["rejected"] == {} and report["requests"] == SAMPLE_ARTICLES and report["ok"] is True
-    assert all(report["latency_ms"][p] > 0 for p in ("p50", "p95", "p99"))
+    report = read_report(report_path)
+    assert (report.articles, report.sent, report.accepted, report.lost) == (SAMPLE_ARTICLES,) * 3 + (0,)
+    assert report.rejected == {} and report.requests == SAMPLE_ARTICLES and report.ok is True
+    assert all(getattr(report.latency_ms, p) > 0 for p in ("p50", "p95", "p99"))
     # it waited: the moment it returns, the backend has processed and stored everything it sent
     assert delta(before, stored_articles(stack.url)) == sample_counts()
-    assert (report["processed"], report["quarantined"], report["wait"]["drained"]) == (SAMPLE_ARTICLES, 0, True)
-    assert report["drain_seconds"] > 0 and report["total_seconds"] > report["wall_seconds"]
-    assert 0 < report["processed_per_second"] < report["accepted_per_second"] == report["articles_per_second"]
-    assert report["wait"]["backend_after"]["processed"] - report["wait"]["backend_before"]["processed"] == SAMPLE_ARTICLES
+    assert (report.processed, report.quarantined, report.wait.drained) == (SAMPLE_ARTICLES, 0, True)
+    assert report.drain_seconds > 0 and report.total_seconds > report.wall_seconds
+    assert 0 < report.processed_per_second < report.accepted_per_second == report.articles_per_second
+    assert report.wait.backend_after["processed"] - report.wait.backend_before["processed"] == SAMPLE_ARTICLES
     assert delta(before, stack.settled_counts()) == sample_counts()
-    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s", "articles/s",
-                  "latency p50", "latency p95", "latency p99", "result: OK, every article accepted and processed"):
+    for label in ("accepted     34", "rejected     0", "processed    34", "drain time", "accepted/s", "processed/s",
+                  "articles/s", "latency p50", "latency p95", "latency p99",
+                  "result: OK, every article accepted and processed"):
         assert label in result.stdout
     assert "ingest-load: " in result.stderr and "processing: " in result.stderr  # the two progress bars
     assert stack.api_key not in result.stdout + result.stderr + report_path.read_text()
@@ -152,11 +165,11 @@ def test_batches_are_all_counted(stack, tmp_path):
     report_path = tmp_path / "report.json"
     status = main([str(SAMPLE), "--url", stack.url, "--api-key", stack.api_key, "--batch", "8", "--limit", "20",
                    "--no-progress", "--json", str(report_path)])
-    report = json.loads(report_path.read_text())
+    report = read_report(report_path)
     assert status == 0
-    assert (report["endpoint"], report["accepted"], report["requests"]) == ("/posts", 20, 3)  # 8 + 8 + 4
-    assert report["processed"] == report["sent"] == 20 and report["wait"]["drained"] is True
-    assert sum(delta(before, stored_articles(stack.url)).values()) == report["accepted"] == 20  # no wait_idle needed
+    assert (report.endpoint, report.accepted, report.requests) == ("/posts", 20, 3)  # 8 + 8 + 4
+    assert report.processed == report.sent == 20 and report.wait.drained is True
+    assert sum(delta(before, stored_articles(stack.url)).values()) == report.accepted == 20  # no wait_idle needed
 
 
 @pytest.mark.slow
@@ -169,12 +182,13 @@ def test_oversized_article_is_rejected_the_rest_accepted_exit_1(stack, tmp_path)
     dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(dataset), "--url", stack.url, "--concurrency", "1", "--json", str(report_path), api_key=stack.api_key)
-    report = json.loads(report_path.read_text())
+    result = load(str(dataset), "--url", stack.url, "--concurrency", "1", "--json", str(report_path),
+                  api_key=stack.api_key)
+    report = read_report(report_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert (report["accepted"], report["rejected"], report["lost"], report["ok"]) == (2, {"413": 1}, 0, False)
-    assert (report["articles"], report["skipped_rows"]) == (3, {"empty content": 1})
-    assert report["rejected_examples"]["413"].startswith(f"{dataset}:2: ")
+    assert (report.accepted, report.rejected, report.lost, report.ok) == (2, {"413": 1}, 0, False)
+    assert (report.articles, report.skipped_rows) == (3, {"empty content": 1})
+    assert report.rejected_examples["413"].startswith(f"{dataset}:2: ")
     assert "first 413:" in result.stdout and "INCOMPLETE" in result.stdout
     assert delta(before, stack.settled_counts()) == {"loadtest weekly": 2}
 
@@ -187,9 +201,9 @@ def test_wrong_api_key_stops_after_one_request_exit_1(stack, tmp_path):
     result = load(str(SAMPLE), "--url", stack.url, "--json", str(report_path), api_key="not-the-key-" + "x" * 8)
     assert time.monotonic() - started < 15
     assert result.returncode == 1
-    report = json.loads(report_path.read_text())
-    assert (report["requests"], report["accepted"], report["rejected"]) == (1, 0, {"401": 1})
-    assert report["not_sent"] == SAMPLE_ARTICLES - 1
+    report = read_report(report_path)
+    assert (report.requests, report.accepted, report.rejected) == (1, 0, {"401": 1})
+    assert report.not_sent == SAMPLE_ARTICLES - 1
     assert "refused the API key (401" in result.stderr
     assert "not-the-key" not in result.stdout + result.stderr
 
@@ -199,12 +213,13 @@ def test_full_queue_is_retried_until_everything_is_counted(tiny_queue_stack, tmp
     stack = tiny_queue_stack
     before = stack.settled_counts()
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "8", "--json", str(report_path), api_key=stack.api_key)
+    result = load(str(SAMPLE), "--url", stack.url, "--concurrency", "8", "--json", str(report_path),
+                  api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(report_path.read_text())
-    assert report["retry_reasons"].get("503", 0) > 0, "a queue of 2 behind 8 senders must have answered 503"
-    assert report["requests"] == SAMPLE_ARTICLES + report["retries"]
-    assert (report["accepted"], report["lost"], report["rejected"]) == (SAMPLE_ARTICLES, 0, {})
+    report = read_report(report_path)
+    assert report.retry_reasons.get("503", 0) > 0, "a queue of 2 behind 8 senders must have answered 503"
+    assert report.requests == SAMPLE_ARTICLES + report.retries
+    assert (report.accepted, report.lost, report.rejected) == (SAMPLE_ARTICLES, 0, {})
     assert delta(before, stack.settled_counts()) == sample_counts()
 
 
@@ -216,11 +231,11 @@ def test_batch_that_never_fits_is_given_up_after_honouring_retry_after(tiny_queu
     report_path = tmp_path / "report.json"
     result = load(str(SAMPLE), "--url", stack.url, "--batch", "5", "--max-retries", "1", "--json", str(report_path),
                   api_key=stack.api_key)
-    report = json.loads(report_path.read_text())
+    report = read_report(report_path)
     assert result.returncode == 1
-    assert (report["requests"], report["retries"], report["accepted"], report["lost"]) == (2, 1, 0, 5)
-    assert report["not_sent"] == SAMPLE_ARTICLES - 5
-    assert report["wall_seconds"] >= 1.0, "the retry must wait for Retry-After"
+    assert (report.requests, report.retries, report.accepted, report.lost) == (2, 1, 0, 5)
+    assert report.not_sent == SAMPLE_ARTICLES - 5
+    assert report.wall_seconds >= 1.0, "the retry must wait for Retry-After"
     assert "gave up after 2 attempts" in result.stderr and f"{SAMPLE}:1" in result.stderr
     assert stack.settled_counts() == before
 
@@ -257,17 +272,18 @@ def test_ctrl_c_mid_run_reports_exactly_what_was_accepted(tiny_queue_stack, tmp_
             child.send_signal(signal.SIGCONT)
 
     try:
-        status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4", "--json", str(report_path),
-                                       "--max-retries", "1000000", "--max-retry-time", "3600",
+        status, out = interrupted_load(str(SAMPLE), "--url", stack.url, "--concurrency", "4",
+                                       "--json", str(report_path), "--max-retries", "1000000",
+                                       "--max-retry-time", "3600",
                                        api_key=stack.api_key, when=three_in_and_children_stopped, interrupted=resume)
     finally:
         resume()
     assert status == 130, out
-    report = json.loads(report_path.read_text())
-    assert report["stopped"] == "interrupted" and "stopped: interrupted" in out
-    assert 3 <= report["accepted"] < SAMPLE_ARTICLES
-    assert report["sent"] == report["accepted"] and report["not_sent"] == SAMPLE_ARTICLES - report["accepted"], json.dumps(report)
-    assert sum(delta(before, stack.settled_counts()).values()) == report["accepted"], json.dumps(report)
+    report = read_report(report_path)
+    assert report.stopped == "interrupted" and "stopped: interrupted" in out
+    assert 3 <= report.accepted < SAMPLE_ARTICLES
+    assert report.sent == report.accepted and report.not_sent == SAMPLE_ARTICLES - report.accepted, report
+    assert sum(delta(before, stack.settled_counts()).values()) == report.accepted, report
 
 
 @pytest.mark.slow
@@ -283,9 +299,9 @@ def test_ids_are_sent_and_a_second_run_is_all_duplicates(stack, tmp_path):
                  "--json", str(first)]) == 0
     result = load(str(dataset), "--url", stack.url, "--json", str(second), api_key=stack.api_key)
     assert result.returncode == 0, result.stdout + result.stderr
-    r1, r2 = json.loads(first.read_text()), json.loads(second.read_text())
-    assert (r1["accepted"], r1["duplicates"], r1["ok"]) == (6, 0, True)
-    assert (r2["accepted"], r2["duplicates"], r2["lost"], r2["ok"]) == (0, 6, 0, True)
+    r1, r2 = read_report(first), read_report(second)
+    assert (r1.accepted, r1.duplicates, r1.ok) == (6, 0, True)
+    assert (r2.accepted, r2.duplicates, r2.lost, r2.ok) == (0, 6, 0, True)
     assert "duplicates   6  (accepted before with the same id: counted once)" in result.stdout
     assert "OK, every article accepted (6 of them as duplicates)" in result.stdout
     assert delta(before, stack.settled_counts()) == {"idempotent gazette": 6}
@@ -427,10 +443,10 @@ def jsonl(path: Path, ids: list[str | None]) -> Path:
     return path
 
 
-def fake_load(path: Path, url: str, *flags: str, report: Path) -> tuple[int, dict]:
+def fake_load(path: Path, url: str, *flags: str, report: Path) -> tuple[int, Report]:
     status = main([str(path), "--url", url, "--api-key", "k", "--concurrency", "1", "--no-progress",
                    "--json", str(report), *flags])
-    return status, json.loads(report.read_text())
+    return status, read_report(report)
 
 
 def test_posts_carry_the_dataset_ids(tmp_path):
@@ -442,7 +458,18 @@ def test_posts_carry_the_dataset_ids(tmp_path):
     assert [[p.get("id") for p in posts] for posts in fake.requests[:3]] == [["a", None], ["c", "d"], ["e"]]
     assert "id" not in fake.requests[0][1]  # no id: the key is left out, not sent as null
     assert all("id" not in posts[0] for posts in fake.requests[3:]) and len(fake.requests) == 8  # --no-ids
-    assert (report["accepted"], report["duplicates"]) == (5, 0)
+    assert (report.accepted, report.duplicates) == (5, 0)
+
+
+def test_posts_carry_the_dataset_dates(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"publication": "P", "content": "Ada Lovelace.", "published": "2017-01-02"}\n'
+                       '{"publication": "P", "content": "Alan Turing."}\n', encoding="utf-8")
+    with FakeFrontend() as fake:
+        status, _ = fake_load(dataset, fake.url, "--batch", "2", report=tmp_path / "r.json")
+    assert status == 0
+    assert [p.get("published") for p in fake.requests[0]] == ["2017-01-02", None]
+    assert "published" not in fake.requests[0][1]  # none: the key is left out, the frontend's day counts
 
 
 def test_dropped_connection_is_resent_when_every_article_has_an_id(tmp_path, capsys):
@@ -451,8 +478,8 @@ def test_dropped_connection_is_resent_when_every_article_has_an_id(tmp_path, cap
     with FakeFrontend({1: "drop"}) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     assert status == 0
-    assert (report["accepted"], report["duplicates"], report["lost"], report["ok"]) == (2, 1, 0, True)
-    assert (report["requests"], report["retries"], report["retry_reasons"]) == (4, 1, {"RemoteProtocolError": 1})
+    assert (report.accepted, report.duplicates, report.lost, report.ok) == (2, 1, 0, True)
+    assert (report.requests, report.retries, report.retry_reasons) == (4, 1, {"RemoteProtocolError": 1})
     assert [p["id"] for p in fake.counted] == ["a", "b", "c"]  # each counted once
     out = capsys.readouterr().out
     assert "duplicates   1  (accepted before with the same id: counted once)" in out
@@ -467,30 +494,31 @@ def test_an_answer_that_cannot_be_decoded_is_a_maybe_delivered_failure_not_a_tra
     with FakeFrontend({1: "garble"}) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     if resent:
-        assert status == 0 and (report["accepted"], report["duplicates"]) == (1, 1)
-        assert report["retry_reasons"] == {"DecodingError": 1} and len(fake.counted) == 2
+        assert status == 0 and (report.accepted, report.duplicates) == (1, 1)
+        assert report.retry_reasons == {"DecodingError": 1} and len(fake.counted) == 2
     else:
-        assert status == 1 and report["lost_reasons"] == {"DecodingError (outcome unknown)": 1}
+        assert status == 1 and report.lost_reasons == {"DecodingError (outcome unknown)": 1}
         assert len(fake.counted) == 1
 
 
 @pytest.mark.parametrize("batch", [None, "2"])
-def test_a_504_outcome_unknown_is_resent_only_when_every_article_has_an_id_else_reported_unknown(tmp_path, capsys, batch):
+def test_a_504_outcome_unknown_is_resent_only_when_every_article_has_an_id_else_reported_unknown(tmp_path, capsys,
+                                                                                                   batch):
     flags = ["--batch", batch] if batch else []
     keyed = jsonl(tmp_path / "keyed.jsonl", ["a", "b", "c"])
     with FakeFrontend({1: "unknown"}) as fake:
         status, report = fake_load(keyed, fake.url, *flags, report=tmp_path / "r1.json")
     first = 2 if batch else 1
-    assert status == 0 and (report["accepted"], report["duplicates"], report["unknown"]) == (3 - first, first, 0)
-    assert report["retry_reasons"] == {"504": 1} and len(fake.counted) == 3  # the resend came back a duplicate
+    assert status == 0 and (report.accepted, report.duplicates, report.unknown) == (3 - first, first, 0)
+    assert report.retry_reasons == {"504": 1} and len(fake.counted) == 3  # the resend came back a duplicate
     capsys.readouterr()
     bare = jsonl(tmp_path / "bare.jsonl", [None, "b", "c"])
     with FakeFrontend({1: "unknown"}) as fake:
         status, report = fake_load(bare, fake.url, *flags, report=tmp_path / "r2.json")
     assert status == 1 and len(fake.requests) == 1, "resending could count its articles twice"
-    assert (report["accepted"], report["rejected"], report["lost"], report["unknown"]) == (0, {}, 0, first)
-    assert report["unknown_reasons"] == {"504 outcome_unknown": first} and report["retries"] == 0
-    assert report["not_sent"] == 3 - first and "not resent" in report["stopped"] and not report["ok"]
+    assert (report.accepted, report.rejected, report.lost, report.unknown) == (0, {}, 0, first)
+    assert report.unknown_reasons == {"504 outcome_unknown": first} and report.retries == 0
+    assert report.not_sent == 3 - first and "not resent" in report.stopped and not report.ok
     out = capsys.readouterr().out
     assert f"unknown      {first}  (504 outcome_unknown: {first})" in out and "INCOMPLETE" in out
 
@@ -499,7 +527,7 @@ def test_a_503_is_resent_without_ids_too_nothing_was_queued(tmp_path):
     dataset = jsonl(tmp_path / "d.jsonl", [None, None])
     with FakeFrontend({1: "busy", 2: "busy"}) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
-    assert status == 0 and (report["accepted"], report["unknown"], report["retry_reasons"]) == (2, 0, {"503": 2})
+    assert status == 0 and (report.accepted, report.unknown, report.retry_reasons) == (2, 0, {"503": 2})
     assert len(fake.requests) == 4 and len(fake.counted) == 2
 
 
@@ -509,7 +537,7 @@ def test_read_timeout_is_resent_when_every_article_has_an_id(tmp_path):
         started = time.monotonic()
         status, report = fake_load(dataset, fake.url, "--timeout", "0.3", report=tmp_path / "r.json")
     assert status == 0 and time.monotonic() - started < 5
-    assert (report["accepted"], report["duplicates"], report["retry_reasons"]) == (1, 1, {"ReadTimeout": 1})
+    assert (report.accepted, report.duplicates, report.retry_reasons) == (1, 1, {"ReadTimeout": 1})
     assert len(fake.counted) == 2
 
 
@@ -518,24 +546,25 @@ def test_failure_after_sending_is_not_resent_when_an_article_has_no_id(tmp_path,
     """Single post without an id, or a batch with one article without an id: lost (outcome unknown), run stops."""
     dataset = jsonl(tmp_path / "d.jsonl", ids)
     with FakeFrontend({1: "drop"}) as fake:
-        status, report = fake_load(dataset, fake.url, *(["--batch", batch] if batch else []), report=tmp_path / "r.json")
+        flags = ["--batch", batch] if batch else []
+        status, report = fake_load(dataset, fake.url, *flags, report=tmp_path / "r.json")
     first = 2 if batch else 1
     assert status == 1
-    assert (report["requests"], report["retries"], report["accepted"], report["duplicates"]) == (1, 0, 0, 0)
-    assert report["lost_reasons"] == {"RemoteProtocolError (outcome unknown)": first}
-    assert report["not_sent"] == len(ids) - first and "some of its articles have no id" in report["stopped"]
+    assert (report.requests, report.retries, report.accepted, report.duplicates) == (1, 0, 0, 0)
+    assert report.lost_reasons == {"RemoteProtocolError (outcome unknown)": first}
+    assert report.not_sent == len(ids) - first and "some of its articles have no id" in report.stopped
     assert len(fake.requests) == 1 and len(fake.counted) == first  # it had arrived: resending would count it twice
 
 
 def test_resends_after_sending_are_bounded_and_the_outcome_stays_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr("ingest.tools.load.backoff", lambda attempt: 0.0)  # the bound, not the waits, is under test
+    monkeypatch.setattr("ingest.tools.load.send.backoff", lambda attempt: 0.0)  # the bound is under test, not waits
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
     with FakeFrontend({n: "drop" for n in range(1, 20)}) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     assert status == 1
-    assert (report["requests"], report["retries"], report["lost"]) == (6, 5, 1)  # CONNECT_RETRIES = 5
-    assert report["lost_reasons"] == {"gave up after RemoteProtocolError (outcome unknown)": 1}
-    assert "may have been queued" in report["stopped"] and len(fake.counted) == 1
+    assert (report.requests, report.retries, report.lost) == (6, 5, 1)  # CONNECT_RETRIES = 5
+    assert report.lost_reasons == {"gave up after RemoteProtocolError (outcome unknown)": 1}
+    assert "may have been queued" in report.stopped and len(fake.counted) == 1
 
 
 def test_run_stopped_before_a_resend_counts_the_request_lost_not_unsent():
@@ -552,15 +581,45 @@ def test_run_stopped_before_a_resend_counts_the_request_lost_not_unsent():
 
 # --- failures before or without a server ------------------------------------------------------------------
 
-def test_unreachable_frontend_is_lost_quickly_exit_1(tmp_path):
+JSON_KEYS = ["dataset", "url", "endpoint", "batch", "concurrency", "articles", "sent", "accepted", "duplicates",
+             "rejected", "rejected_examples", "lost", "lost_reasons", "unknown", "unknown_reasons", "not_sent",
+             "requests", "retries", "retry_reasons", "wall_seconds", "accepted_per_second", "articles_per_second",
+             "processed", "quarantined", "drain_seconds", "total_seconds", "processed_per_second", "wait",
+             "latency_ms", "skipped_rows", "bad_rows", "stopped", "ok"]
+
+
+def test_unreachable_frontend_is_one_line_is_the_stack_running_exit_1(tmp_path):
+    """Nothing listening: one line on stderr (no ConnectError traceback, no retry story), the report on stdout."""
     report_path = tmp_path / "report.json"
-    result = load(str(SAMPLE), "--url", f"http://127.0.0.1:{free_port()}", "--max-retries", "2", "--json", str(report_path),
+    url = f"http://127.0.0.1:{free_port()}"
+    result = load(str(SAMPLE), "--url", url, "--max-retries", "2", "--no-progress", "--json", str(report_path),
                   api_key="k", timeout=30)
     assert result.returncode == 1
-    report = json.loads(report_path.read_text())
-    assert (report["requests"], report["retries"], report["lost"], report["not_sent"]) == (3, 2, 1, SAMPLE_ARTICLES - 1)
-    assert report["retry_reasons"] == {"ConnectError": 2}
-    assert "gave up after 3 attempts" in result.stderr
+    assert result.stderr.splitlines() == [f"ingest-load: cannot connect to {url}: is the stack running? (make run)"]
+    assert "gave up after 3 attempts" in result.stdout and "result: INCOMPLETE" in result.stdout
+    report = read_report(report_path)
+    assert (report.requests, report.retries, report.lost, report.not_sent) == (3, 2, 1, SAMPLE_ARTICLES - 1)
+    assert report.retry_reasons == {"ConnectError": 2}
+    assert list(json.loads(report_path.read_text())) == JSON_KEYS  # the file other tools read keeps its layout
+    no_wait = load(str(SAMPLE), "--url", url, "--no-wait", "--no-progress", api_key="k", timeout=30)
+    assert no_wait.returncode == 1 and no_wait.stderr.splitlines() == result.stderr.splitlines()
+
+
+def test_a_frontend_that_answered_then_vanished_is_not_called_not_running(tmp_path, monkeypatch):
+    """Only a frontend that never answered is "not running": one that went away mid-run is a stopped run."""
+    monkeypatch.setattr("ingest.tools.load.send.backoff", lambda attempt: 0.0)
+    first, second = plan([Article("P", "one", "f:1", "a"), Article("P", "two", "f:2", "b")], None, 10_000)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with FakeFrontend() as fake, httpx.Client(base_url=fake.url) as client, httpx.Client(base_url=nobody) as gone:
+        sender = Sender(client, Stats(), threading.Event(), max_retries=20, max_retry_time=120)
+        sender.send(first)
+        sender.client = gone  # the same run, the frontend gone
+        sender.send(second)
+        never = Sender(gone, Stats(), threading.Event(), max_retries=20, max_retry_time=120)
+        never.send(second)
+    assert (sender.stats.accepted, sender.stats.lost, sender.cannot_connect) == (1, 1, False)
+    assert "last: ConnectError" in sender.fatal
+    assert (never.stats.lost, never.cannot_connect) == (1, True)
 
 
 def test_dataset_error_is_one_line_exit_2(tmp_path):
@@ -595,12 +654,12 @@ def test_skip_bad_rows_skips_reports_each_and_counts_them(tmp_path, capsys):
     dataset.write_text("\n".join(lines) + "\n")
     with FakeFrontend() as fake:
         status, report = fake_load(dataset, fake.url, "--skip-bad-rows", report=tmp_path / "r.json")
-    assert status == 0 and report["ok"] is True
+    assert status == 0 and report.ok is True
     assert [p["id"] for p in fake.counted] == ["a", "b", "c"]
-    assert report["bad_rows"] == {"count": 2, "rows": [
+    assert report.bad_rows == {"count": 2, "rows": [
         {"where": f"{dataset}:2", "error": "'content' must be a string, found number"},
         {"where": f"{dataset}:4", "error": "invalid JSON: Expecting value (column 1)"}]}
-    assert report["articles"] == report["accepted"] == 3
+    assert report.articles == report.accepted == 3
     out, err = capsys.readouterr()
     assert f"ingest-load: skipped bad row: {dataset}:2: 'content' must be a string, found number" in err
     assert f"ingest-load: skipped bad row: {dataset}:4: invalid JSON" in err
@@ -610,12 +669,13 @@ def test_skip_bad_rows_skips_reports_each_and_counts_them(tmp_path, capsys):
 def test_skip_bad_rows_in_a_csv_as_a_user_runs_it(tmp_path):
     dataset = bad_csv(tmp_path / "bad.csv")
     with FakeFrontend() as fake:
-        result = load(str(dataset), "--url", fake.url, "--skip-bad-rows", "--json", str(tmp_path / "r.json"), api_key="k")
+        result = load(str(dataset), "--url", fake.url, "--skip-bad-rows", "--json", str(tmp_path / "r.json"),
+                      api_key="k")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [(p["id"], p["content"]) for p in fake.counted] == [("a", "Ada met Alan."), ("e", "Grace\nHopper")]
     skipped = [line for line in result.stderr.splitlines() if "skipped bad row" in line]
     assert [line.split(": ", 3)[2] for line in skipped] == [f"{dataset}:{n}" for n in (3, 4, 5)]
-    assert json.loads((tmp_path / "r.json").read_text())["bad_rows"]["count"] == 3
+    assert read_report(tmp_path / "r.json").bad_rows["count"] == 3
     assert "bad rows     3 skipped" in result.stdout
 
 
@@ -626,7 +686,8 @@ def test_directory_as_dataset_is_a_clear_error_exit_2(tmp_path, capsys):
         for extra in ([], ["--format", "csv"]):
             assert main([str(folder), *extra, "--url", f"http://127.0.0.1:{free_port()}", "--api-key", "k"]) == 2
             out, err = capsys.readouterr()
-            assert (out, err) == ("", f"ingest-load: error: {folder}: is a directory: give a .jsonl, .csv, .whl or .zip file\n")
+            assert (out, err) == ("", f"ingest-load: error: {folder}: is a directory: give a .jsonl, .csv, .whl or "
+                                      ".zip file\n")
 
 
 def test_refused_api_key_is_a_rejection_exit_1_after_one_request(tmp_path, capsys):
@@ -634,8 +695,8 @@ def test_refused_api_key_is_a_rejection_exit_1_after_one_request(tmp_path, capsy
     with FakeFrontend(reject=401) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     assert status == 1 == min(code for code, text in EXIT_STATUS.items() if "refused API key" in text)
-    assert (report["requests"], report["rejected"], report["not_sent"], report["ok"]) == (1, {"401": 1}, 2, False)
-    assert report["wait"]["waited"] is False and fake.readyz_reads == 1  # the baseline only: nothing to wait for
+    assert (report.requests, report.rejected, report.not_sent, report.ok) == (1, {"401": 1}, 2, False)
+    assert report.wait.waited is False and fake.readyz_reads == 1  # the baseline only: nothing to wait for
     assert "refused the API key (401" in capsys.readouterr().err
 
 
@@ -656,6 +717,17 @@ def test_missing_api_key_and_bad_arguments_exit_2(tmp_path):
     assert load(str(SAMPLE), "--url", "127.0.0.1:8000", api_key="k").returncode == 2
     missing = load(str(tmp_path / "nope.jsonl"), api_key="k")
     assert missing.returncode == 2 and "nope.jsonl: cannot read" in missing.stderr
+
+
+def test_a_url_no_request_can_use_is_a_usage_error_not_a_connection_failure(capsys):
+    """Before: "http://[::1" was an httpx.InvalidURL traceback, "http://" a "cannot connect"."""
+    for url, why in [("http://", "names no valid host"), ("http://exa mple:80", "names no valid host"),
+                     ("http://127.0.0.1:99999", "port 99999 is out of range"), ("http://[::1", "Invalid port"),
+                     ("127.0.0.1:8000", "must start with http:// or https://")]:
+        assert main([str(SAMPLE), "--url", url, "--api-key", "k", "--no-progress"]) == 2, url
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"ingest-load: error: --url {url!r}") and why in err, err
+        assert len(err.splitlines()) == 1, err
 
 
 # --- pieces -----------------------------------------------------------------------------------------
@@ -728,7 +800,7 @@ def test_retry_after_and_percentiles():
 
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch):
-    monkeypatch.setattr("ingest.tools.load.WAIT_POLL", 0.02)
+    monkeypatch.setattr("ingest.tools.load.wait.WAIT_POLL", 0.02)
 
 
 def lagging_backend(per_read: int = 1, start: int = 500, hold_unsaved: int = 0, quarantine: int = 0, status: int = 200,
@@ -757,17 +829,18 @@ def test_waits_until_the_backend_has_processed_what_was_accepted(tmp_path, capsy
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c", "d", "e"])
     with FakeFrontend(readyz=lagging_backend(per_read=1)) as fake:
         status, report = fake_load(dataset, fake.url, "--batch", "2", report=tmp_path / "r.json")
-    assert status == 0 and report["ok"] is True
+    assert status == 0 and report.ok is True
     assert fake.readyz_reads == 1 + 5  # the baseline, then one article processed per read
-    wait = report["wait"]
-    assert (wait["waited"], wait["drained"], wait["processed"], wait["quarantined"]) == (True, True, 5, 0)
-    assert (wait["backend_before"]["processed"], wait["backend_after"]["processed"]) == (500, 505)
-    assert report["processed"] == report["accepted"] == 5 and report["drain_seconds"] > 0
-    assert report["total_seconds"] == pytest.approx(report["wall_seconds"] + report["drain_seconds"], abs=0.002)
-    assert report["processed_per_second"] == pytest.approx(5 / report["total_seconds"], rel=0.01)
-    assert report["processed_per_second"] < report["accepted_per_second"]
+    wait = report.wait
+    assert (wait.waited, wait.drained, wait.processed, wait.quarantined) == (True, True, 5, 0)
+    assert (wait.backend_before["processed"], wait.backend_after["processed"]) == (500, 505)
+    assert report.processed == report.accepted == 5 and report.drain_seconds > 0
+    assert report.total_seconds == pytest.approx(report.wall_seconds + report.drain_seconds, abs=0.002)
+    assert report.processed_per_second == pytest.approx(5 / report.total_seconds, rel=0.01)
+    assert report.processed_per_second < report.accepted_per_second
     out = capsys.readouterr().out
-    for label in ("processed    5", "drain time", "accepted/s", "articles/s at the front door", "processed/s", "articles/s end to end",
+    for label in ("processed    5", "drain time", "accepted/s", "articles/s at the front door", "processed/s",
+                  "articles/s end to end",
                   "result: OK, every article accepted and processed by the backend"):
         assert label in out
 
@@ -778,7 +851,7 @@ def test_the_wait_needs_an_idle_backend_not_just_the_count(tmp_path):
     with FakeFrontend(readyz=lagging_backend(per_read=5, hold_unsaved=3)) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     assert status == 0 and fake.readyz_reads == 1 + 4  # caught up at once, then 3 reads with unsaved 1
-    assert report["wait"]["backend_after"]["unsaved"] == 0
+    assert report.wait.backend_after["unsaved"] == 0
 
 
 def test_a_503_readyz_is_read_for_its_counters_too(tmp_path):
@@ -786,7 +859,7 @@ def test_a_503_readyz_is_read_for_its_counters_too(tmp_path):
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
     with FakeFrontend(readyz=lagging_backend(per_read=2, status=503, error="queue_full")) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
-    assert status == 0 and report["wait"]["drained"] is True and report["processed"] == 3
+    assert status == 0 and report.wait.drained is True and report.processed == 3
 
 
 def test_other_clients_articles_do_not_end_the_wait_early():
@@ -811,10 +884,10 @@ def test_wait_timeout_is_reported_and_exits_1(tmp_path, capsys):
         started = time.monotonic()
         status, report = fake_load(dataset, fake.url, "--wait-timeout", "0.5", report=tmp_path / "r.json")
     assert status == 1 and 0.5 <= time.monotonic() - started < 5
-    wait = report["wait"]
-    assert (report["ok"], wait["drained"], wait["timeout"], report["processed"], report["accepted"]) == (False, False, 0.5, 0, 3)
-    assert wait["drain_seconds"] >= 0.5 and report["processed_per_second"] is None
-    assert "processed 0 of the 3 accepted" in wait["note"] and "--wait-timeout 0.5 s" in wait["note"]
+    wait = report.wait
+    assert (report.ok, wait.drained, wait.timeout, report.processed, report.accepted) == (False, False, 0.5, 0, 3)
+    assert wait.drain_seconds >= 0.5 and report.processed_per_second is None
+    assert "processed 0 of the 3 accepted" in wait.note and "--wait-timeout 0.5 s" in wait.note
     out, err = capsys.readouterr()
     assert "result: INCOMPLETE: every article accepted, but not known to be processed" in out
     assert "gave up: not processed yet" in out and "--wait-timeout 0.5 s" in err
@@ -824,8 +897,8 @@ def test_no_wait_reads_no_counters_and_says_the_counts_may_not_be_final(tmp_path
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
     with FakeFrontend(readyz=lambda fake, read: pytest.fail("/readyz read under --no-wait")) as fake:
         status, report = fake_load(dataset, fake.url, "--no-wait", report=tmp_path / "r.json")
-    assert status == 0 and report["ok"] is True and fake.readyz_reads == 0
-    assert (report["wait"]["waited"], report["processed"], report["drain_seconds"], report["processed_per_second"]) == (
+    assert status == 0 and report.ok is True and fake.readyz_reads == 0
+    assert (report.wait.waited, report.processed, report.drain_seconds, report.processed_per_second) == (
         False, None, None, None)
     out = capsys.readouterr().out
     assert "not waited for the backend (--no-wait): the counts may not be final yet" in out
@@ -851,8 +924,8 @@ def test_backend_unreachable_before_sending_the_wait_goes_by_an_empty_journal(tm
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b"])
     with FakeFrontend(readyz=readyz) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
-    assert status == 0 and report["wait"]["drained"] is True and fake.readyz_reads == 4  # 503, 503, 1 left, done
-    assert report["wait"]["backend_before"] is None and report["processed"] is None
+    assert status == 0 and report.wait.drained is True and fake.readyz_reads == 4  # 503, 503, 1 left, done
+    assert report.wait.backend_before is None and report.processed is None
     assert "processed    all  (no baseline" in capsys.readouterr().out
 
 
@@ -866,33 +939,34 @@ def test_backend_restart_during_the_wait_is_noticed(tmp_path):
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
     with FakeFrontend(readyz=readyz) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
-    assert status == 0 and report["wait"]["drained"] is True and "restarted" in report["wait"]["note"]
-    assert report["processed"] is None
+    assert status == 0 and report.wait.drained is True and "restarted" in report.wait.note
+    assert report.processed is None
 
 
 def test_quarantined_articles_end_the_wait_but_exit_1(tmp_path, capsys):
     dataset = jsonl(tmp_path / "d.jsonl", ["a", "b", "c"])
     with FakeFrontend(readyz=lagging_backend(per_read=3, quarantine=1)) as fake:
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
-    assert status == 1 and report["ok"] is False
-    assert (report["wait"]["drained"], report["processed"], report["quarantined"]) == (True, 2, 1)
+    assert status == 1 and report.ok is False
+    assert (report.wait.drained, report.processed, report.quarantined) == (True, 2, 1)
     out, err = capsys.readouterr()
     assert "quarantined  1" in out and "INCOMPLETE: every article accepted, 1 quarantined" in out
     assert "ingestiond quarantine list" in err
 
 
 def test_a_frontend_gone_silent_ends_the_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr("ingest.tools.load.UNREACHABLE_GIVE_UP", 0.3)
+    monkeypatch.setattr("ingest.tools.load.wait.UNREACHABLE_GIVE_UP", 0.3)
     dataset = jsonl(tmp_path / "d.jsonl", ["a"])
     with FakeFrontend(readyz=lambda fake, read: counters(accepted=1) if read == 1 else None) as fake:
         started = time.monotonic()
         status, report = fake_load(dataset, fake.url, report=tmp_path / "r.json")
     assert status == 1 and time.monotonic() - started < 5
-    assert report["wait"]["drained"] is False and "did not answer GET /readyz" in report["wait"]["note"]
+    assert report.wait.drained is False and "did not answer GET /readyz" in report.wait.note
 
 
 def test_ctrl_c_during_the_wait_is_reported():
-    with FakeFrontend(readyz=lambda fake, read: counters(in_flight=1)) as fake, httpx.Client(base_url=fake.url) as client:
+    busy = FakeFrontend(readyz=lambda fake, read: counters(in_flight=1))
+    with busy as fake, httpx.Client(base_url=fake.url) as client:
         calls = []
 
         def bar_update(n):

@@ -37,7 +37,7 @@ def test_a_request_is_one_message_whose_group_is_stable_when_every_post_has_an_i
     posts = [("The Planet", "Lois Lane met Clark Kent.", "a"), ("Gazette", "Bruce Wayne in Gotham.", "b")]
     [(group, data, n)] = intakeurl.split_messages(posts)
     assert n == 2 and intakeurl.is_group(group) and group.startswith("i")
-    assert intakeurl.decode(data) == posts
+    assert intakeurl.decode(data) == [(*p, None) for p in posts]
     # a retry of the same request, spelled or ordered differently, has the same group: one batch id
     retry = [("gazette ", "Bruce Wayne in Gotham.", "b"), ("the  PLANET", "Lois Lane met Clark Kent.", "a")]
     assert intakeurl.group_id(retry) == group
@@ -52,7 +52,7 @@ def test_a_request_over_the_message_limit_is_split_and_garbage_is_refused():
     messages = intakeurl.split_messages(posts, limit=20_000)
     assert len(messages) > 1 and sum(n for _, _, n in messages) == 40
     assert all(len(data) <= 20_000 for _, data, _ in messages)
-    assert [p for _, data, _ in messages for p in intakeurl.decode(data)] == posts
+    assert [p for _, data, _ in messages for p in intakeurl.decode(data)] == [(*p, None) for p in posts]
     for garbage in (b"\xff", b"{}", b'{"posts": []}', b'{"posts": [["", "x", null]]}', b'{"posts": [["p", 1, null]]}'):
         with pytest.raises(ValueError):
             intakeurl.decode(garbage)
@@ -86,7 +86,11 @@ def test_a_message_the_frontend_could_not_have_published_is_refused(post, why):
     with pytest.raises(ValueError, match=why):
         intakeurl.decode(data, max_article_chars=100)
     assert intakeurl.decode(b'{"posts": [["The Planet", "Ada Lovelace", null]]}', max_article_chars=100) == \
-        [("The Planet", "Ada Lovelace", None)]
+        [("The Planet", "Ada Lovelace", None, None)]
+    assert intakeurl.decode(b'{"posts": [["The Planet", "Ada Lovelace", null, "2017-02-07"]]}') == \
+        [("The Planet", "Ada Lovelace", None, "2017-02-07")]
+    with pytest.raises(ValueError, match="date YYYY-MM-DD"):
+        intakeurl.decode(b'{"posts": [["The Planet", "Ada Lovelace", null, "2017-02-30"]]}')
 
 
 

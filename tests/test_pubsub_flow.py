@@ -120,6 +120,7 @@ class Consumer(threading.Thread):
                 self.stop.wait(0.005)
 
 
+@pytest.mark.slow  # 100,000 articles through the real intake: seconds, not milliseconds
 def test_a_backlog_of_50_article_messages_is_never_handed_back_for_want_of_room(tmp_path):
     """2,000 messages of 50 articles (the batching docs/pubsub.md advises) behind a store that is
     down until the intake has filled its bounds: the intake holds what it can, waits, and hands

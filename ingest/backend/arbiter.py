@@ -20,6 +20,7 @@ import socket
 import time
 from multiprocessing.connection import wait
 
+from ..core.exitcodes import ExitCode
 from ..core.storeurl import store_identity
 from . import intakes, wire
 from .child import child_main
@@ -36,8 +37,6 @@ log = logging.getLogger("ingest.arbiter")
 TICK = 0.25
 WORKER_TIMEOUT = 300.0  # one request (a micro-batch of NER) may not take longer
 MAX_BOOT_FAILURES = 3
-EXIT_UNFINISHED = 1
-EXIT_JOURNAL = 2
 SAVER_RESPAWN_DELAY = 5.0  # a saver that cannot reopen the store mid-run is retried this often
 HOUSEKEEPING_EVERY = 1.0   # seconds between journal look-ups (oldest article, requeued quarantine)
 
@@ -108,7 +107,7 @@ class Arbiter:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inherited by spawned workers
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.install_signals()
-        code = EXIT_UNFINISHED
+        code = ExitCode.UNFINISHED
         try:
             self.recover()
             self.publish()
@@ -121,12 +120,12 @@ class Arbiter:
             code = self.loop()
         except BootError as exc:
             log.critical("%s — stopping instead of respawning", exc)
-            code = wire.EXIT_BOOT_ERROR
+            code = ExitCode.BOOT_ERROR
         except JournalError as exc:
             log.critical("cannot start: %s", exc)
-            code = EXIT_JOURNAL
+            code = ExitCode.USAGE
         except OSError:
-            code = EXIT_UNFINISHED
+            code = ExitCode.UNFINISHED
             raise  # the manager address in use: the command line names it
         except Exception:
             log.exception("the arbiter's loop failed; stopping")
@@ -139,12 +138,12 @@ class Arbiter:
         while True:
             self.wait_once()
             if self.handle_signals():
-                return EXIT_UNFINISHED
+                return ExitCode.UNFINISHED
             now = time.monotonic()
             self.hub.dispatch(now)
             self.kill_unresponsive(now)
             if self.draining and self.advance_drain(now):
-                return 0
+                return ExitCode.OK
             self.spawn_missing(now)
             self.housekeeping(now)
             self.publish()
@@ -247,10 +246,10 @@ class Arbiter:
             return
         slot.process.join(1)
         code = slot.process.exitcode
-        clean = slot.stopping and code == 0
-        if code == wire.EXIT_BOOT_ERROR and not (role == "saver" and self.saver_ever_ready):
+        clean = slot.stopping and code == ExitCode.OK
+        if code == ExitCode.BOOT_ERROR and not (role == "saver" and self.saver_ever_ready):
             raise BootError(f"{role} {number} cannot start (exit {code})")
-        if not slot.ready and not slot.stopping and code != wire.EXIT_BOOT_ERROR:
+        if not slot.ready and not slot.stopping and code != ExitCode.BOOT_ERROR:
             self.boot_failures += 1
             if self.boot_failures >= MAX_BOOT_FAILURES:
                 raise BootError(f"{role} {number} died {self.boot_failures} times before it was ready (exit {code})")
@@ -319,7 +318,7 @@ class Arbiter:
         self.health.stopped()
         self.journal.close()
         if left:
-            return code or EXIT_UNFINISHED
+            return code or ExitCode.UNFINISHED
         log.info("drained: accepted=%d processed=%d stored_batches=%d quarantined=%d — exiting",
                  self.intake.accepted, s["processed"], s["store_batches"], s["quarantined"])
         return code

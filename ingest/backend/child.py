@@ -17,12 +17,12 @@ import signal
 import sys
 
 from .. import logs
+from ..core.exitcodes import ExitCode
 from . import wire
 
 log = logging.getLogger("ingest.child")
 
 PR_SET_PDEATHSIG = 1
-EXIT_ORPHANED = 1
 
 
 class BootFailure(Exception):
@@ -48,7 +48,7 @@ class Child:
         except BootFailure as exc:
             log.error("%s: %s", self.name, exc)
             self.conn.send((wire.BOOT_ERROR, str(exc)))
-            return wire.EXIT_BOOT_ERROR
+            return ExitCode.BOOT_ERROR
         self.conn.send((wire.READY, os.getpid()))
         try:
             while True:
@@ -56,9 +56,9 @@ class Child:
                     message = self.conn.recv()
                 except (EOFError, OSError):
                     log.error("%s: the arbiter went away", self.name)
-                    return 1
+                    return ExitCode.UNFINISHED
                 if not self.handle(message):
-                    return 0
+                    return ExitCode.OK
         finally:
             self.teardown()
 
@@ -88,7 +88,7 @@ def die_with_arbiter(arbiter_pid: int | None) -> bool:
         except (OSError, AttributeError):
             armed = False
     if arbiter_pid is not None and os.getppid() != arbiter_pid:
-        os._exit(EXIT_ORPHANED)  # the arbiter is gone (we were reparented): do nothing on its behalf
+        os._exit(ExitCode.UNFINISHED)  # the arbiter is gone (we were reparented): do nothing on its behalf
     return armed
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
 import sys
 
 from .. import logs
+from ..core.exitcodes import ExitCode
 from ..config import ConfigError, ensure_authkey, load_backend_settings
 from ..lifetime import die_with_parent
 
 log = logging.getLogger("ingest.cli")
-
-EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         authkey = ensure_authkey(settings)
     except (ConfigError, OSError) as exc:
         print(f"ingestiond: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     if os.environ.get("SUPERVISOR_ENABLED"):  # started by supervisord: never outlive it
         die_with_parent()
     os.umask(0o077)  # the journal (article text, its WAL), the database and the authkey: owner only
@@ -51,20 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         arbiter = Arbiter(settings, authkey)
     except JournalError as exc:
         log.critical("cannot start: %s", exc)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     except (OSError, sqlite3.Error) as exc:
         log.critical("cannot open the journal %s: %s", settings.journal_path, exc)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     try:
         return arbiter.run()
     except OSError as exc:  # the manager address in use, the var dir unwritable
         host, port = settings.manager_address
-        if getattr(exc, "errno", None) == 98:
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
             log.critical("cannot start: %s:%d is already in use (set --manager-address or INGEST_MANAGER_ADDRESS)",
                          host, port)
         else:
             log.critical("cannot start: %s", exc)
-        return 1
+        return ExitCode.UNFINISHED
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import logging
 import threading
 from typing import Callable, Iterable
 
+from ..core.days import DayError, parse_day
 from ..core.protocol import Draining, QueueFull, TooLarge
+from ..core.rules import MAX_ARTICLE_CHARS
 from .journal import Entry, Journal
 
 log = logging.getLogger("ingest.intake")
@@ -27,7 +29,7 @@ class Intake:
     """
 
     def __init__(self, journal: Journal, capacity: int, on_put: Callable[[], None] | None = None,
-                 max_article_chars: int = 200_000):
+                 max_article_chars: int = MAX_ARTICLE_CHARS):
         self.journal = journal
         self.capacity = capacity
         self.max_article_chars = max_article_chars
@@ -51,7 +53,7 @@ class Intake:
         `token` names the request: a put resent under a token the journal already has (its first
         attempt was journaled, then the answer was lost) gets the first answer, even from a
         backend that is draining or full now, and adds nothing."""
-        items = [(str(p[0]), str(p[1]), None if len(p) < 3 or p[2] is None else str(p[2])) for p in posts]
+        items = [(str(p[0]), str(p[1]), None if len(p) < 3 or p[2] is None else str(p[2]), _day(p)) for p in posts]
         rejection, mine, too_large = None, None, any(len(item[1]) > self.max_article_chars for item in items)
         with self._lock:
             if too_large:
@@ -139,11 +141,15 @@ class Intake:
                 size += nbytes
         return taken
 
-    def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
-        """The posts a worker needs, read back from the journal."""
+    def contents(self, entries: list[Entry]) -> list[tuple[str, str, str | None]]:
+        """The posts a worker needs, as the wire has them (publication, text, None, day), read back from the journal."""
         missing = [e.seq for e in entries if e.content is None]
-        texts = self.journal.contents(missing) if missing else {}
-        return [(e.publication, e.content if e.content is not None else texts[e.seq]) for e in entries]
+        texts = self.journal.texts_and_days(missing) if missing else {}
+        out = []
+        for e in entries:
+            text, day = texts[e.seq] if e.content is None else (e.content, None)
+            out.append((e.publication, text, None, day))
+        return out
 
     def push_front(self, items: Iterable[Entry]) -> None:
         """Give back posts a dead worker never flushed; they go first, past the bound."""
@@ -182,3 +188,14 @@ class Intake:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+
+def _day(post) -> str | None:
+    """The post's day as the frontend settled it; none (the journal then takes the day of acceptance)
+    from an older frontend, or if it is not a day at all."""
+    if len(post) < 4 or post[3] is None:
+        return None
+    try:
+        return parse_day(post[3]).isoformat()
+    except DayError:
+        return None

@@ -46,14 +46,14 @@ class IntakeLike(Protocol):
 
 
 def build(settings, on_put: Callable[[], None], journal: Journal | None = None) -> tuple[Journal, IntakeLike, Hub]:
-    if getattr(settings, "intake", None):
+    if settings.intake:
         from .fleet import build as build_fleet  # the Pub/Sub side is loaded only by a fleet backend
 
         return build_fleet(settings, on_put)
     journal = journal or Journal(settings.journal_path, max_articles=settings.queue_size,
                                  max_bytes=settings.journal_size, retention=settings.dedup_retention,
-                                 max_quarantine=getattr(settings, "quarantine_size", 1000),
-                                 max_client_id_bytes=getattr(settings, "client_ids_size", 2 * 1024**3))
+                                 max_quarantine=settings.quarantine_size,
+                                 max_client_id_bytes=settings.client_ids_size)
     intake = Intake(journal, settings.queue_size, on_put=on_put,
-                    max_article_chars=getattr(settings, "max_article_chars", 200_000))
+                    max_article_chars=settings.max_article_chars)
     return journal, intake, Hub(intake, settings, ledger=journal)

@@ -25,9 +25,11 @@ import os
 import sqlite3
 import threading
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.days import DayCounts
 from ..core.models import Aggregate, Delta
 from ..core.protocol import QueueFull
 from ..core.rules import MARKER_MARGIN_SECONDS, MARKER_TTL_SECONDS, publication_key
@@ -55,7 +57,8 @@ CREATE TABLE IF NOT EXISTS articles (
     batch_id TEXT,
     kills INTEGER NOT NULL DEFAULT 0,
     quarantined_at REAL,
-    requeued INTEGER NOT NULL DEFAULT 0
+    requeued INTEGER NOT NULL DEFAULT 0,
+    day TEXT  -- the UTC day it counts on (its `published`, else its acceptance): a replay counts the same day
 );
 -- the text apart from the row: binding a batch (batch_id) or a kill count rewrites the small row,
 -- not 4 KB of text (the text is written to disk twice in WAL mode, not four times)
@@ -127,16 +130,23 @@ class _Request:
 
 
 def delta_to_json(delta: Delta) -> str:
-    """{"rules": ..., "publications": [[key, name, articles, mentions, entity_articles, labels], ...]}."""
+    """{"rules": ..., "publications": [[key, name, articles, mentions, entity_articles, labels, days], ...]};
+    days: {day: [articles, mentions, {entity: [mentions, articles]}]}."""
     return json.dumps({"rules": delta.rules, "publications": [
-        [a.key, a.name, a.articles, a.mentions, a.entity_articles, a.labels] for a in delta.publications.values()]})
+        [a.key, a.name, a.articles, a.mentions, a.entity_articles, a.labels,
+         {d: [c.articles, c.mentions, c.entities] for d, c in a.days.items()}] for a in delta.publications.values()]})
 
 
 def delta_from_json(batch_id: str, text: str) -> Delta:
-    """A journal written before counting rules v2 holds a bare list of rows: rules "v1", no labels."""
+    """A journal written before counting rules v2 holds a bare list of rows: rules "v1", no labels; one
+    written before per-day counts has no days (the batch adds to the all-time counts only)."""
     data = json.loads(text)
     rules, rows = ("v1", data) if isinstance(data, list) else (data["rules"], data["publications"])
-    return Delta(batch_id, {row[0]: Aggregate(*row) for row in rows}, rules=rules)
+    publications = {}
+    for row in rows:
+        days = {d: DayCounts(a, m, e) for d, (a, m, e) in (row[6] if len(row) > 6 else {}).items()}
+        publications[row[0]] = Aggregate(*row[:6], days=days)
+    return Delta(batch_id, publications, rules=rules)
 
 
 class Journal:
@@ -157,6 +167,7 @@ class Journal:
         self._conn = self._connect()
         self._conn.executescript(SCHEMA)
         _move_texts_apart(self._conn)
+        _add_days(self._conn)
         os.chmod(self.path, 0o600)
         self._mutex = threading.Lock()   # guards the numbers below and _next_seq
         self._next_seq, self.articles, self.bytes = self._conn.execute(
@@ -374,8 +385,10 @@ class Journal:
             if row is not None:
                 return {"accepted": row[0], "duplicates": row[1], "entries": [], "replayed": True}, (0, 0), seq
         fresh, duplicates, seen = [], 0, set()
+        today = datetime.fromtimestamp(now, timezone.utc).date().isoformat()
         for post in posts:
             publication, content, client_id = post[0], post[1], (post[2] if len(post) > 2 else None)
+            day = post[3] if len(post) > 3 and post[3] is not None else today
             if client_id is not None:
                 key = (publication_key(publication), client_id)
                 if key in seen or conn.execute("SELECT 1 FROM client_ids WHERE pub_key = ? AND id = ? AND accepted_at > ?",
@@ -383,7 +396,7 @@ class Journal:
                     duplicates += 1
                     continue
                 seen.add(key)
-            fresh.append((publication, content, client_id, len(content.encode("utf-8", "surrogatepass"))))
+            fresh.append((publication, content, client_id, len(content.encode("utf-8", "surrogatepass")), day))
         added_bytes = sum(f[3] for f in fresh)
         q_articles, q_bytes = self.quarantined_articles, self.quarantined_bytes  # held on disk too
         if fresh and q_articles >= self.max_quarantine:
@@ -394,9 +407,9 @@ class Journal:
         if fresh and size + q_bytes + added_bytes > self.max_bytes:
             raise QueueFull(f"journal full ({size + q_bytes:,} of {self.max_bytes:,} bytes)")
         seqs = []
-        for publication, content, client_id, nbytes in fresh:
-            conn.execute("INSERT INTO articles (seq, publication, bytes, accepted_at) VALUES (?, ?, ?, ?)",
-                         (seq, publication, nbytes, now))
+        for publication, content, client_id, nbytes, day in fresh:
+            conn.execute("INSERT INTO articles (seq, publication, bytes, accepted_at, day) VALUES (?, ?, ?, ?, ?)",
+                         (seq, publication, nbytes, now, day))
             conn.execute("INSERT INTO texts VALUES (?, ?)", (seq, content))
             if client_id is not None:
                 conn.execute("INSERT INTO client_ids VALUES (?, ?, ?) ON CONFLICT (pub_key, id) DO UPDATE "
@@ -476,6 +489,13 @@ class Journal:
     def contents(self, seqs: list[int]) -> dict[int, str]:
         marks = ",".join("?" * len(seqs))
         return dict(self._conn.execute(f"SELECT seq, content FROM texts WHERE seq IN ({marks})", seqs))
+
+    def texts_and_days(self, seqs: list[int]) -> dict[int, tuple[str, str]]:
+        """{seq: (text, day)} of articles still in the journal: what a worker needs of them."""
+        marks = ",".join("?" * len(seqs))
+        return {seq: (text, day) for seq, text, day in self._conn.execute(
+            f"SELECT t.seq, t.content, {_DAY} FROM texts t JOIN articles a ON a.seq = t.seq WHERE t.seq IN ({marks})",
+            seqs)}
 
     def record_batch(self, batch) -> None:
         """Bind the batch's articles to its id and keep its delta: before any store sees it."""
@@ -678,6 +698,16 @@ def _token_key(token) -> str | bytes | None:
         except ValueError:
             pass
     return token
+
+
+def _add_days(conn: sqlite3.Connection) -> None:
+    """A journal written before articles had a day: they count on the day they were accepted (read with
+    `_DAY`, which says so for a row whose day is NULL)."""
+    if "day" not in {row[1] for row in conn.execute("PRAGMA table_info(articles)")}:
+        conn.execute("ALTER TABLE articles ADD COLUMN day TEXT")
+
+
+_DAY = "coalesce(a.day, date(a.accepted_at, 'unixepoch'))"
 
 
 def _move_texts_apart(conn: sqlite3.Connection) -> None:

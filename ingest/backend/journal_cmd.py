@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import BackendSettings, ConfigError
+from ..core.exitcodes import ExitCode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     path = find_journal(args.journal, "ingestiond journal")
     if path is None:
-        return 2
+        return ExitCode.USAGE
     if args.action == "list":
         return show(path, args)
     return decide(path, args)
@@ -76,7 +77,7 @@ def show(path: Path, args) -> int:
                   f"{b['articles']} articles\t{b['bytes']} bytes\t{b['publications']} publications")
     if not args.json:
         print(f"{len(batches)} recorded batches", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 def decide(path: Path, args) -> int:
@@ -86,7 +87,7 @@ def decide(path: Path, args) -> int:
         journal = Journal(path, max_articles=1, max_bytes=1)
     except JournalError as exc:
         print(f"ingestiond journal: {exc}; stop the backend first", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         if args.action == "drop-batch":
             n = journal.drop_batch(args.batch_id)
@@ -97,7 +98,7 @@ def decide(path: Path, args) -> int:
                   file=sys.stderr)
     except KeyError:
         print(f"ingestiond journal: no batch {args.batch_id} in {path} (see `ingestiond journal list`)", file=sys.stderr)
-        return 1
+        return ExitCode.UNFINISHED
     finally:
         journal.close()
-    return 0
+    return ExitCode.OK

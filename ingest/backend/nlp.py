@@ -132,10 +132,10 @@ class Processor:
         log.debug("reloaded the spaCy pipeline (reload %d)", self.reloads)
 
     def process(self, posts: Iterable[Sequence[str]]) -> list[Aggregate]:
-        """One aggregate per post (publication, content, ...), in order."""
+        """One aggregate per post (publication, content[, id[, day]]), in order."""
         posts = list(posts)
         keys = self.entities([p[1] for p in posts])
-        return [Aggregate.from_article(p[0], k) for p, k in zip(posts, keys)]
+        return [Aggregate.from_article(p[0], k, p[3] if len(p) > 3 else None) for p, k in zip(posts, keys)]
 
 
 def recount(posts: Iterable[Sequence[str]], model: str = DEFAULT_MODEL, nlp=None,

@@ -14,6 +14,7 @@ import json
 import sqlite3
 import sys
 
+from ..core.exitcodes import ExitCode
 from .journal import Journal
 from .journal_cmd import find_journal
 
@@ -35,10 +36,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     path = find_journal(args.journal, "ingestiond quarantine")
     if path is None:
-        return 2
+        return ExitCode.USAGE
     if args.action != "list" and not args.seqs and not args.all:
         print(f"ingestiond quarantine {args.action}: name the SEQs (see `list`) or give --all", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
         return ACTIONS[args.action](conn, args)
@@ -63,21 +64,21 @@ def show(conn, args) -> int:
             print(f"{seq}\t{publication}\t{kills} kills\t{nbytes} bytes\t{stamp}\t{preview}")
     if not args.json:
         print(f"{len(rows)} quarantined", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 def retry(conn, args) -> int:
     seqs = [r[0] for r in _rows(conn, args, "seq")]
     Journal.retry_quarantined(conn, seqs)
     print(f"{len(seqs)} sent back to the workers (a running backend takes them within a second)", file=sys.stderr)
-    return 0 if seqs or args.all else 1
+    return ExitCode.OK if seqs or args.all else ExitCode.UNFINISHED
 
 
 def drop(conn, args) -> int:
     seqs = [r[0] for r in _rows(conn, args, "seq")]
     Journal.drop_quarantined(conn, seqs)
     print(f"{len(seqs)} dropped for good", file=sys.stderr)
-    return 0 if seqs or args.all else 1
+    return ExitCode.OK if seqs or args.all else ExitCode.UNFINISHED
 
 
 ACTIONS = {"list": show, "retry": retry, "drop": drop}

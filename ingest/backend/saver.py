@@ -10,6 +10,7 @@ import logging
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from ..core.exitcodes import ExitCode
 from ..core.models import Delta
 from ..stores import PermanentStoreError, StoreError, open_store
 from ..stores.base import GroupsRefused, RulesRefused
@@ -31,7 +32,8 @@ class Saver(Child):
     def boot(self) -> None:
         """Open the store and prove it takes writes: no credentials or a read-only file fail here, once."""
         try:
-            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
+                                    days_kept=self.settings.days_kept)
             self.store.check()
             self.claim_rules()
             # one live process per writer name: a second one fails here, naming both (exit 3)
@@ -60,11 +62,12 @@ class Saver(Child):
         except Exception:  # closing a broken handle may fail too
             log.debug("%s: closing the store failed", self.name, exc_info=True)
         try:
-            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None)
+            self.store = open_store(self.settings.store_url, writer=self.settings.writer or None,
+                                    days_kept=self.settings.days_kept)
             self.store.lease = self.lease  # its commits stop too if the lease is lost
         except Exception as exc:
             log.error("%s: cannot reopen the store: %s", self.name, exc)
-            raise SystemExit(1) from None  # the arbiter respawns this saver; its batch is retried
+            raise SystemExit(ExitCode.UNFINISHED) from None  # the arbiter respawns this saver; its batch is retried
 
     def _close_store(self) -> None:
         if self.store is not None:

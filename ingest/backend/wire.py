@@ -21,4 +21,3 @@ REFUSED = "refused"        # saver: (REFUSED, batch_id, [group ids recorded alre
                            # was not applied, nothing of it; send its groups one by one
 FATAL = "fatal"            # saver: (FATAL, message): another live process holds our writer name; stop (exit 3)
 
-EXIT_BOOT_ERROR = 3  # a child that cannot boot (model missing, store unreachable): stop, do not respawn

@@ -12,16 +12,12 @@ import os
 import signal
 import time
 
+from .. import testing
 from ..core.models import Aggregate, merge
 from . import wire
 from .child import BootFailure, Child
 
 log = logging.getLogger("ingest.worker")
-
-# A fault-injection seam for the tests alone: a worker SIGKILLs itself on an article containing this
-# token, as a segfault or the OOM killer would. Unset (always, outside tests) it costs one `if`.
-POISON_VARIABLE = "INGEST_TEST_POISON_TOKEN"
-
 
 class Worker(Child):
     role = "worker"
@@ -32,7 +28,7 @@ class Worker(Child):
         self.held = 0  # messages in the cache
         self.oldest = 0.0
         self.processor = None
-        self.poison = os.environ.get(POISON_VARIABLE) or None
+        self.poison = testing.poison_token()  # a test's fault injection; None outside tests
 
     def boot(self) -> None:
         from .nlp import ModelLoadError, Processor

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
+from .days import DayError, parse_day
 from .models import Post, unstorable
 from .rules import publication_key
 
@@ -142,8 +143,14 @@ def decode(data: bytes, max_article_chars: int | None = None) -> list[tuple[str,
         raise ValueError(f"not an ingest message: {type(exc).__name__}") from None
     out = []
     for n, post in enumerate(posts if isinstance(posts, list) else [None]):
-        if not (isinstance(post, list) and len(post) == 3):
-            raise ValueError(f"not an ingest message: post {n} is not [publication, content, id]")
+        if not (isinstance(post, list) and len(post) in (3, 4)):
+            raise ValueError(f"not an ingest message: post {n} is not [publication, content, id, day]")
+        day = post[3] if len(post) == 4 else None
+        if day is not None:
+            try:
+                parse_day(day)
+            except DayError as exc:
+                raise ValueError(f"not an ingest message: post {n}: {exc}") from None
         try:
             checked = Post.model_validate({"publication": post[0], "content": post[1], "id": post[2]})
         except ValidationError as exc:
@@ -154,7 +161,7 @@ def decode(data: bytes, max_article_chars: int | None = None) -> list[tuple[str,
         if max_article_chars is not None and len(checked.content) > max_article_chars:
             raise ValueError(f"not an ingest message: post {n}: content is {len(checked.content):,} characters; "
                              f"the limit is {max_article_chars:,}")
-        out.append(checked.as_wire())
+        out.append(checked.as_wire(day))
     if not out:
         raise ValueError("not an ingest message: no posts")
     return out

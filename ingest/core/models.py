@@ -12,6 +12,7 @@ from typing import Annotated, Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
+from .days import DayCounts
 from .rules import MAX_CLIENT_ID, MAX_PUBLICATION_BYTES, MAX_PUBLICATION_KEY, publication_key
 
 
@@ -23,6 +24,8 @@ class Post(BaseModel):
     publication: Annotated[str, StringConstraints(min_length=1)]
     content: Annotated[str, StringConstraints(min_length=1)]
     id: Optional[Annotated[str, StringConstraints(min_length=1, max_length=MAX_CLIENT_ID)]] = None
+    # RFC 3339 date-time or YYYY-MM-DD; checked (with the clock) where the post is accepted: core.days.day_of_post
+    published: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = None
 
     @field_validator("publication")
     @classmethod
@@ -48,9 +51,10 @@ class Post(BaseModel):
     def key(self) -> str:
         return publication_key(self.publication)
 
-    def as_wire(self) -> tuple:
-        """Posts travel between processes as plain tuples: (publication, content, id or None)."""
-        return (self.publication, self.content, self.id)
+    def as_wire(self, day: str | None = None) -> tuple:
+        """Posts travel between processes as plain tuples: (publication, content, id or None, day or None).
+        `day` is the post's UTC day as the front door settled it (core.days.day_of_post)."""
+        return (self.publication, self.content, self.id, day)
 
 
 def unstorable(post: Post) -> str | None:
@@ -74,11 +78,13 @@ class Aggregate:
     mentions: dict = field(default_factory=dict)          # entity -> occurrences
     entity_articles: dict = field(default_factory=dict)   # entity -> articles that mention it
     labels: dict = field(default_factory=dict)           # entity -> {spaCy label -> occurrences}
+    days: dict = field(default_factory=dict)             # day -> DayCounts (their sums are the counts above)
 
     @classmethod
-    def from_article(cls, publication: str, entities: Iterable) -> "Aggregate":
+    def from_article(cls, publication: str, entities: Iterable, day: str | None = None) -> "Aggregate":
         """One article's counts from its mentions: (key, label) pairs (counting rules v2), or bare
-        keys, which count without a label (tests of stores that keep none)."""
+        keys, which count without a label (tests of stores that keep none). With `day`, the
+        same counts are that day's too."""
         mentions: dict[str, int] = {}
         labels: dict[str, dict[str, int]] = {}
         for entity in entities:
@@ -87,7 +93,10 @@ class Aggregate:
                 per_label = labels.setdefault(entity, {})
                 per_label[label] = per_label.get(label, 0) + 1
             mentions[entity] = mentions.get(entity, 0) + 1
-        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1), labels)
+        days = {}
+        if day is not None:
+            days[day] = DayCounts(1, sum(mentions.values()), {e: [m, 1] for e, m in mentions.items()})
+        return cls(publication_key(publication), publication, 1, mentions, dict.fromkeys(mentions, 1), labels, days)
 
     @property
     def total_mentions(self) -> int:
@@ -95,7 +104,8 @@ class Aggregate:
 
     def copy(self) -> "Aggregate":
         return Aggregate(self.key, self.name, self.articles, dict(self.mentions), dict(self.entity_articles),
-                         {e: dict(per_label) for e, per_label in self.labels.items()})
+                         {e: dict(per_label) for e, per_label in self.labels.items()},
+                         {d: c.copy() for d, c in self.days.items()})
 
 
 def merge(into: dict[str, Aggregate], items: Iterable[Aggregate]) -> dict[str, Aggregate]:
@@ -121,6 +131,12 @@ def merge(into: dict[str, Aggregate], items: Iterable[Aggregate]) -> dict[str, A
                 continue
             for label, n in per_label.items():
                 mine[label] = mine.get(label, 0) + n
+        for day, counts in item.days.items():
+            mine = current.days.get(day)
+            if mine is None:
+                current.days[day] = counts
+            else:
+                mine.add(counts)
     return into
 
 

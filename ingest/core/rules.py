@@ -7,6 +7,7 @@ import hashlib
 SKIPPED_LABELS = frozenset({"CARDINAL", "DATE", "MONEY", "ORDINAL", "PERCENT", "QUANTITY", "TIME"})
 MAX_PUBLICATION_KEY = 200
 MAX_PUBLICATION_BYTES = 1000  # UTF-8 bytes of a publication as sent, before whitespace is folded
+MAX_ARTICLE_CHARS = 200_000  # the default longest article (--max-article-chars, INGEST_MAX_ARTICLE_CHARS)
 MAX_CLIENT_ID = 200
 # A store's batch markers outlive any journal entry that could replay them: the journal refuses to
 # replay a recorded batch older than MARKER_TTL_SECONDS - MARKER_MARGIN_SECONDS (see backend/journal.py).

@@ -10,7 +10,7 @@ from .base import PermanentStoreError, Store, StoreError
 __all__ = ["open_store", "parse_store_url", "StoreURLError", "Store", "StoreError", "PermanentStoreError"]
 
 
-def open_store(url: str, *, readonly: bool = False, writer: str | None = None) -> Store:
+def open_store(url: str, *, readonly: bool = False, writer: str | None = None, days_kept: int | None = None) -> Store:
     """`writer` names the documents a saver owns in Firestore's packed layout (other stores ignore it)."""
     kind, target = parse_store_url(url)
     if kind == "none":
@@ -25,7 +25,7 @@ def open_store(url: str, *, readonly: bool = False, writer: str | None = None) -
             from .null import NullStore
 
             return _MissingSqlite(path)
-        return SqliteStore(path, readonly=readonly, timeout=_query_float(url, "timeout", 30.0))
+        return SqliteStore(path, readonly=readonly, timeout=_query_float(url, "timeout", 30.0), days_kept=days_kept)
     from .firestore import LAYOUTS, FirestoreStore
 
     layout = _query(url, "layout")
@@ -78,6 +78,29 @@ class _MissingSqlite:
     def entities(self, publication, limit=20, offset=0, labels=None):
         inner = self._inner()
         return inner.entities(publication, limit, offset, labels) if inner else None
+
+    def entities_in(self, publication, window, limit=20, offset=0, labels=None):
+        inner = self._inner()
+        return inner.entities_in(publication, window, limit, offset, labels) if inner else (None if publication else [])
+
+    def top_entities(self, limit=20, offset=0, labels=None):
+        inner = self._inner()
+        return inner.top_entities(limit, offset, labels) if inner else []
+
+    def days(self, publication, window=None):
+        inner = self._inner()
+        return inner.days(publication, window) if inner else None
+
+    def entity_days(self, publication, entity, window=None):
+        inner = self._inner()
+        return inner.entity_days(publication, entity, window) if inner else None
+
+    def rising(self, publication, days, until, limit=20, min_articles=3):
+        inner = self._inner()
+        if inner:
+            return inner.rising(publication, days, until, limit, min_articles)
+        return None if publication else {"until": until, "days": days, "articles_now": 0, "articles_before": 0,
+                                         "rows": []}
 
     def close(self):
         if self._store is not None:

@@ -15,6 +15,10 @@ class PermanentStoreError(Exception):
     """A store failure that a retry cannot fix (bad configuration, invalid data)."""
 
 
+class NotInThisLayout(Exception):
+    """A read this store's layout does not keep (per-day counts in Firestore's entities layout)."""
+
+
 class RulesRefused(PermanentStoreError):
     """The store's counts were made under other counting rules (naming.rules_record) than this
     backend's: writing would mix two ways of counting, so the backend stops (one line, exit 3)."""

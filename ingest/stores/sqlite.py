@@ -10,11 +10,14 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.days import Window, series_window
 from ..core.models import Delta, EntityCount, PublicationSummary
 from ..core.rules import MARKER_TTL_SECONDS, publication_key
 from .base import GroupsRefused, RulesRefused, StoreError, rules_refusal
+from . import sqlite_days
 from .lease import Holder, Lease, LeaseHeld, current_holder, holder_is_dead, refusal
 
 log = logging.getLogger("ingest.store.sqlite")
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS entity_labels (
     mentions INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (pub_key, entity, label)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_labels_by_entity ON entity_labels (entity);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS writers (
     writer TEXT PRIMARY KEY,
@@ -62,8 +66,10 @@ MAJORITY_LABEL = ("(SELECT l.label FROM entity_labels l WHERE l.pub_key = e.pub_
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 30.0):
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 30.0,
+                 days_kept: int | None = None):
         self.path = Path(path)
+        self.days_kept = days_kept  # per-day entity rows older than this many days are dropped (None: kept)
         self.readonly = readonly
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +80,7 @@ class SqliteStore:
             # FULL: a commit is on disk before apply() returns, and the journal forgets the batch right
             # after (with FULL too). NORMAL in WAL mode may lose the last commits on a power cut.
             self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.executescript(SCHEMA)
+            self._conn.executescript(SCHEMA + sqlite_days.DAY_SCHEMA)
         self._last_expiry = 0.0
         self.timeout = timeout
         self.lease: Lease | None = None  # set by claim_writer: commits stop once it is lost
@@ -136,6 +142,7 @@ class SqliteStore:
                     "INSERT INTO entity_labels (pub_key, entity, label, mentions) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (pub_key, entity, label) DO UPDATE SET mentions = mentions + excluded.mentions", rows)
                 writes += 1 + len(post.mentions) + len(rows)
+                writes += sqlite_days.add_days(conn, post.key, post.days, entity_days_from=self._first_kept_day())
             self._expire_markers()
             conn.execute("COMMIT")
             return writes
@@ -148,7 +155,13 @@ class SqliteStore:
         now = time.time()
         if now - self._last_expiry > 600:
             self._conn.execute("DELETE FROM applied_batches WHERE applied_at < ?", (now - MARKER_TTL_SECONDS,))
+            first_kept = self._first_kept_day()
+            if first_kept is not None:
+                sqlite_days.drop_entity_days_before(self._conn, first_kept)
             self._last_expiry = now
+
+    def _first_kept_day(self) -> str | None:
+        return sqlite_days.first_kept_day(self.days_kept, datetime.now(timezone.utc).date())
 
     def check(self) -> None:
         """Prove the database takes writes (a read-only file or directory fails here)."""
@@ -223,6 +236,85 @@ class SqliteStore:
 
     def _has_labels(self) -> bool:
         return self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_labels'").fetchone() is not None
+
+    # -- reads over time (CONTRACT.md, "Time") ----------------------------
+    def entities_in(self, publication: str | None, window: Window, limit: int = 20, offset: int = 0,
+                    labels: frozenset[str] | None = None) -> list[dict] | None:
+        """Entities summed over the window's days, by mentions desc, entity asc: one publication's (None if
+        unknown), or across all publications (`publication` None; rows carry `publications`)."""
+        if not self._has_schema() or not self._has_days():
+            return None if publication is not None else []
+        key = None
+        if publication is not None:
+            key = publication_key(publication)
+            if not self._known(key):
+                return None
+        rows = sqlite_days.window_entities(self._conn, key, window, limit, offset, labels)
+        return [{"entity": e, "label": lb, "mentions": m, "articles": a, "publications": n} for e, lb, m, a, n in rows]
+
+    def top_entities(self, limit: int = 20, offset: int = 0, labels: frozenset[str] | None = None) -> list[dict]:
+        """All time, across all publications: (entity, label, mentions, articles, publications)."""
+        if not self._has_schema():
+            return []
+        grouped = "SELECT entity, sum(mentions) AS m, sum(articles) AS a, count(*) AS n FROM entities GROUP BY entity"
+        label = sqlite_days.LABEL_ANYWHERE if self._has_labels() else "''"
+        if labels:
+            rows = self._conn.execute(
+                f"SELECT g.entity, {label} AS lb, g.m, g.a, g.n FROM ({grouped}) g WHERE lb IN "
+                f"({','.join('?' * len(labels))}) ORDER BY g.m DESC, g.entity ASC LIMIT ? OFFSET ?",
+                (*sorted(labels), limit, offset)).fetchall()
+        else:
+            rows = self._conn.execute(
+                f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+                "ORDER BY g.m DESC, g.entity ASC", (limit, offset)).fetchall()
+        return [{"entity": e, "label": lb or "", "mentions": m, "articles": a, "publications": n}
+                for e, lb, m, a, n in rows]
+
+    def days(self, publication: str, window: Window | None = None) -> tuple[Window, list[dict]] | None:
+        """A publication's articles and mentions per day of the window (default: the 30 days ending with
+        its latest day), zeros included; None if unknown."""
+        key = publication_key(publication)
+        if not self._has_schema() or not self._known(key):
+            return None
+        closed = self._closed(window, key)
+        rows = sqlite_days.day_series(self._conn, key, closed) if closed.since else []
+        return closed, [{"day": d, "articles": a, "mentions": m} for d, a, m in rows]
+
+    def entity_days(self, publication: str, entity: str, window: Window | None = None
+                    ) -> tuple[Window, list[dict]] | None:
+        """One entity's mentions and articles per day (its key; zeros included); None if the publication is unknown."""
+        key = publication_key(publication)
+        if not self._has_schema() or not self._known(key):
+            return None
+        closed = self._closed(window, key)
+        rows = sqlite_days.entity_series(self._conn, key, entity, closed) if closed.since else []
+        return closed, [{"day": d, "mentions": m, "articles": a} for d, m, a in rows]
+
+    def rising(self, publication: str | None, days: int, until: str | None, limit: int = 20,
+               min_articles: int = 3) -> dict | None:
+        """Entities whose share of articles rose most (core.days.rising_score); None if the publication is unknown."""
+        key = None
+        if publication is not None:
+            key = publication_key(publication)
+            if not self._has_schema() or not self._known(key):
+                return None
+        if not self._has_schema() or not self._has_days():
+            return {"until": until, "days": days, "articles_now": 0, "articles_before": 0, "rows": []}
+        until = until or sqlite_days.latest_day(self._conn, key)
+        if until is None:
+            return {"until": None, "days": days, "articles_now": 0, "articles_before": 0, "rows": []}
+        now, before, rows = sqlite_days.rising(self._conn, key, days, until, limit, min_articles)
+        return {"until": until, "days": days, "articles_now": now, "articles_before": before,
+                "rows": [{"entity": e, "articles_now": a, "articles_before": b, "score": sc} for e, a, b, sc in rows]}
+
+    def _closed(self, window: Window | None, key: str) -> Window:
+        return series_window(window or Window(), sqlite_days.latest_day(self._conn, key))
+
+    def _known(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM publications WHERE key = ?", (key,)).fetchone() is not None
+
+    def _has_days(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_days'").fetchone() is not None
 
     def _has_schema(self) -> bool:
         if not self.readonly:

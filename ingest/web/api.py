@@ -19,6 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.routing import PathConverter
 
+from ..core.days import DayError, day_of_post
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
@@ -28,7 +29,9 @@ from . import metrics
 from .appstate import client as _client
 from .appstate import settings as _settings
 from .appstate import store as _store
+from .attention import labels_arg, read_over_time, respond, window_args
 from .auth import require_key
+from .backend_health import BackendHealth
 from .errors import RETRY_AFTER_FULL, RETRY_AFTER_UNAVAILABLE, ApiError
 
 log = logging.getLogger("ingest.web.api")
@@ -165,7 +168,8 @@ def _check_batch_size(n: int) -> None:
         raise ApiError(413, "batch_too_large", f"the batch holds {n} posts; the limit is {limit}")
 
 
-def _validate(item, where: str) -> Post:
+def _validate(item, where: str) -> tuple:
+    """The post as the wire carries it, with its day settled now (a `published` checked against the clock)."""
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_post", f"{where}: expected a JSON object, got {_json_type(item)}")
     try:
@@ -180,7 +184,11 @@ def _validate(item, where: str) -> Post:
     problem = unstorable(post)  # lone surrogates from \ud800-style escapes: no store can keep them
     if problem:
         raise ApiError(400, "invalid_post", f"{where}: {problem}")
-    return post
+    try:
+        day = day_of_post(post.published, time.time())
+    except DayError as exc:
+        raise ApiError(400, "invalid_post", f"{where}: {exc}") from None
+    return post.as_wire(day)
 
 
 def _json_type(value) -> str:
@@ -188,9 +196,9 @@ def _json_type(value) -> str:
         type(value), "a number")
 
 
-def _put(posts: list[Post]):
+def _put(posts: list[tuple]):
     try:
-        answer = _client().put_many([p.as_wire() for p in posts], token=new_token())
+        answer = _client().put_many(posts, token=new_token())
     except TooLarge as exc:
         raise ApiError(413, "article_too_large", str(exc)) from None
     except QueueFull as exc:
@@ -241,21 +249,29 @@ def publications():
         rows = [found][offset:offset + limit] if found is not None else []
     else:
         rows = _read(lambda store: store.publications(limit, offset))
-    return jsonify([row.model_dump() for row in rows])
+    return respond([row.model_dump() for row in rows], ["publication", "articles", "entities", "mentions"])
 
 
 @bp.get("/publications/<publication:publication>/entities", merge_slashes=False)
 def entities(publication: str):
+    """All-time counts; with `since`/`until`, the counts summed over that window of days."""
     limit = _int_arg("limit", 20, 1, MAX_LIMIT)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
-    labels = _labels_arg()
+    labels = labels_arg()
+    window = window_args()
     key = publication_key(publication)
     rows = None
     if key and len(key) <= MAX_PUBLICATION_KEY:
-        rows = _read(lambda store: store.entities(publication, limit, offset, labels))
+        if window.all_time:
+            rows = _read(lambda store: store.entities(publication, limit, offset, labels))
+            rows = None if rows is None else [row.model_dump() for row in rows]
+        else:
+            rows = read_over_time(lambda store: store.entities_in(publication, window, limit, offset, labels))
+            rows = None if rows is None else [{k: r[k] for k in ("entity", "label", "mentions", "articles")}
+                                              for r in rows]
     if rows is None:
         raise ApiError(404, "not_found", "no such publication")
-    return jsonify([row.model_dump() for row in rows])
+    return respond(rows, ["entity", "label", "mentions", "articles"])
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -265,19 +281,6 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
     return int(text)
-
-
-def _labels_arg() -> frozenset[str] | None:
-    """?label=PERSON&label=ORG or ?label=PERSON,ORG (any case): entities whose label is one of them."""
-    values = request.args.getlist("label")
-    if not values:
-        return None
-    labels = frozenset(part.strip().upper() for value in values for part in value.split(","))
-    unknown = sorted(labels - set(LABELS))
-    if unknown:
-        raise ApiError(400, "invalid_parameter", f"label must be one or more of {', '.join(LABELS)}; "
-                                                 f"unknown: {', '.join(repr(u) for u in unknown)[:200]}")
-    return labels
 
 
 def _read(query):
@@ -333,4 +336,16 @@ def _not_ready(code: str, detail: str, facts: dict):
 
 @bp.get("/metrics")
 def metrics_endpoint():
-    return Response(metrics.render(_client().status), content_type=metrics.CONTENT_TYPE)
+    return Response(metrics.render(_status_and_health), content_type=metrics.CONTENT_TYPE)
+
+
+def _status_and_health() -> dict:
+    """The intake's status, and with INGEST_BACKEND_HEALTH the health file's numbers as `health_*` (on a
+    fleet VM the intake is Pub/Sub: the backend beside it, its dead-letter backlog included, is seen there)."""
+    status = dict(_client().status())
+    health = BackendHealth.from_settings(_settings())
+    facts = health.facts() if health is not None else None
+    for key, value in (facts or {}).items():
+        if key not in ("pid", "time", "monotonic"):
+            status[f"health_{key}"] = value
+    return status

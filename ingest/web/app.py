@@ -46,10 +46,12 @@ def create_app(settings: FrontendSettings | None = None, *, client: Any = None, 
         log.warning("no API keys configured (INGEST_API_KEYS or the key file): every write will get 401")
 
     from .api import bp as api_bp
+    from .attention import bp as attention_bp
     from .dashboard import bp as dashboard_bp
     from .openapi import bp as docs_bp
 
     app.register_blueprint(api_bp)
+    app.register_blueprint(attention_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(docs_bp)
     _register_hooks(app)

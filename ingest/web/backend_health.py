@@ -36,6 +36,14 @@ class BackendHealth:
         return cls(Path(settings.backend_health), settings.backend_stall_seconds, settings.backend_commit_seconds,
                    settings.backend_nacks_per_minute)
 
+    def facts(self) -> dict | None:
+        """The file's numbers, for /metrics (a fleet VM's frontend has no manager to ask); None if unreadable."""
+        try:
+            facts = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return facts if isinstance(facts, dict) else None
+
     def problem(self) -> tuple[str, str] | None:
         """(error code, reason) when the backend is not doing its job, else None."""
         try:

@@ -19,6 +19,7 @@ from typing import Sequence
 from gunicorn.app.base import BaseApplication
 
 from ..config import ConfigError, FrontendSettings, load_frontend_settings
+from ..core.exitcodes import ExitCode
 from ..lifetime import die_with_parent
 from .gunicorn_conf import options
 
@@ -92,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_frontend_settings(argv)
     except ConfigError as exc:
         print(f"ingest-frontend: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     problem = bind_problem(settings.bind)
     if problem:
         print(f"ingest-frontend: error: cannot listen on {settings.bind}: {problem} (set --bind or INGEST_BIND)",
               file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         path, temporary = metrics_dir()
     except OSError as exc:
         print(f"ingest-frontend: error: metrics directory: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if os.environ.get("SUPERVISOR_ENABLED"):  # started by supervisord: never outlive it
         die_with_parent()
     master = os.getpid()
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         # gunicorn's forked workers unwind through here too: only the master cleans up
         if temporary and os.getpid() == master:
             shutil.rmtree(path, ignore_errors=True)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -72,6 +72,28 @@ def document(max_batch: int = 1000) -> dict:
                             "alphabetically first) is one of these: `label=PERSON&label=ORG`, or comma-separated "
                             "`label=PERSON,ORG`; any case. An unknown label is 400."}
     ok_text = {"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+    day = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    since = {"name": "since", "in": "query", "schema": day, "description": "first day of the window, UTC, inclusive"}
+    until = {"name": "until", "in": "query", "schema": day, "description": "last day of the window, UTC, inclusive"}
+    fmt = {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
+           "description": "csv: the same rows with a header line (or send Accept: text/csv)"}
+    pub = {"name": "publication", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def rows(properties: dict, description: str) -> dict:
+        item = {"type": "object", "properties": properties, "required": list(properties)}
+        return {"description": description, "content": {"application/json": {"schema": {"type": "array", "items": item}},
+                                                        "text/csv": {"schema": {"type": "string"}}}}
+    count = {"type": "integer", "minimum": 0}
+    series_errors = {"404": _error("no such publication"), "409": _error("`not_in_this_layout`: this store keeps no "
+                                                                         "per-day counts"), **READ_ERRORS}
+    rising = {"summary": "Entities whose share of articles rose most in the `days` days ending `until`, against the "
+                         "`days` days before; score: the two-proportion z-score of the shares, at least 3 articles now",
+              "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 183}},
+                             until, limit, fmt],
+              "responses": {"200": rows({"entity": {"type": "string"}, "articles_now": count,
+                                         "articles_before": count, "total_now": count, "total_before": count,
+                                         "score": {"type": "number"}}, "rising entities by score"),
+                            **series_errors}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "ingestiond", "version": __version__,
@@ -105,10 +127,29 @@ def document(max_batch: int = 1000) -> dict:
                                            "publications"), **READ_ERRORS}}},
             "/publications/{publication}/entities": {"get": {
                 "summary": "A publication's entities by mentions desc, entity asc",
-                "parameters": [{"name": "publication", "in": "path", "required": True, "schema": {"type": "string"}},
-                               limit, offset, label],
+                "parameters": [pub, limit, offset, label, since, until, fmt],
+                "description": "all-time counts; with since/until, the counts summed over that window",
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/EntityCount"}},
-                                           "entities"), "404": _error("no such publication"), **READ_ERRORS}}},
+                                           "entities"), **series_errors}}},
+            "/publications/{publication}/days": {"get": {
+                "summary": "A publication's articles and mentions per day, zeros included (default: the 30 days "
+                           "ending with its latest day; at most 366 days)",
+                "parameters": [pub, since, until, fmt],
+                "responses": {"200": rows({"day": day, "articles": count, "mentions": count}, "one row per day"),
+                              **series_errors}}},
+            "/publications/{publication}/entities/{entity}/days": {"get": {
+                "summary": "One entity's mentions and articles per day, zeros included",
+                "parameters": [pub, {"name": "entity", "in": "path", "required": True, "schema": {"type": "string"}},
+                               since, until, fmt],
+                "responses": {"200": rows({"day": day, "mentions": count, "articles": count}, "one row per day"),
+                              **series_errors}}},
+            "/entities": {"get": {
+                "summary": "Top entities across all publications (all time, or summed over since/until)",
+                "parameters": [limit, offset, since, until, fmt],
+                "responses": {"200": rows({"entity": {"type": "string"}, "mentions": count, "articles": count,
+                                           "publications": count}, "entities by mentions"), **series_errors}}},
+            "/publications/{publication}/rising": {"get": {**rising, "parameters": [pub, *rising["parameters"]]}},
+            "/rising": {"get": rising},
             "/healthz": {"get": {"summary": "The frontend is up", "responses": {
                 "200": _json({"type": "object"}, "up")}}},
             "/readyz": {"get": {"summary": "The backend takes articles now", "responses": {

@@ -28,6 +28,7 @@ import threading
 import time
 
 from ..core.forksafe import PerProcess
+from ..core.exitcodes import ExitCode
 
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
@@ -191,7 +192,7 @@ def main(argv: list[str]) -> int:
         try:
             request = _read_frame(source, float("inf"))
         except EOFError:
-            return 0
+            return ExitCode.OK
         started = time.process_time()
         try:
             payload, mark = render_wordcloud(json.loads(request)), b"+"
@@ -200,7 +201,7 @@ def main(argv: list[str]) -> int:
         try:
             _write_frame(sink, mark + _CPU.pack(time.process_time() - started) + payload)
         except BrokenPipeError:
-            return 0
+            return ExitCode.OK
 
 
 if __name__ == "__main__":

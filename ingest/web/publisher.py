@@ -20,6 +20,7 @@ from typing import Callable
 from ..core.forksafe import PerProcess
 from ..core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, parse_intake_url, split_messages, unique_posts
 from ..core.protocol import BackendUnavailable, OutcomeUnknown, TooLarge
+from ..core.rules import MAX_ARTICLE_CHARS
 
 log = logging.getLogger("ingest.web.publisher")
 
@@ -58,7 +59,7 @@ def _new_client():
 
 
 class PubSubPublisher:
-    def __init__(self, url: str, *, max_article_chars: int = 200_000, timeout: float = PUBLISH_TIMEOUT,
+    def __init__(self, url: str, *, max_article_chars: int = MAX_ARTICLE_CHARS, timeout: float = PUBLISH_TIMEOUT,
                  make_client: Callable[[], object] = _new_client):
         self.url = parse_intake_url(url)
         self.max_article_chars = max_article_chars

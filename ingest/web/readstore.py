@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core.forksafe import PerProcess
 from ..stores import PermanentStoreError, open_store
+from ..stores.base import NotInThisLayout
 
 
 class ProcessLocalStore:
@@ -26,6 +27,28 @@ class ProcessLocalStore:
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0, labels=None):
         return self._stores.get().entities(publication, limit, offset, labels)
+
+    # reads over time: a layout without per-day counts has none of these
+    def entities_in(self, publication, window, limit=20, offset=0, labels=None):
+        return self._over_time("entities_in")(publication, window, limit, offset, labels)
+
+    def top_entities(self, limit=20, offset=0, labels=None):
+        return self._over_time("top_entities")(limit, offset, labels)
+
+    def days(self, publication, window=None):
+        return self._over_time("days")(publication, window)
+
+    def entity_days(self, publication, entity, window=None):
+        return self._over_time("entity_days")(publication, entity, window)
+
+    def rising(self, publication, days, until, limit=20, min_articles=3):
+        return self._over_time("rising")(publication, days, until, limit, min_articles)
+
+    def _over_time(self, name: str):
+        method = getattr(self._stores.get(), name, None)
+        if method is None:
+            raise NotInThisLayout(f"this store ({self.url.split('?')[0]}) keeps no per-day counts")
+        return method
 
     def apply(self, delta):
         raise PermanentStoreError("the frontend's store handle is read-only")

@@ -16,6 +16,7 @@ ledger, plus: a committed batch acknowledges the messages it counted.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import uuid
 
@@ -46,8 +47,7 @@ class GroupBatcher:
             group = groups.get(gid)
             if group is not None and not group.dead:
                 name = untag(agg.name)[1]
-                merge(group.aggregates, [Aggregate(publication_key(rest), name, agg.articles, agg.mentions,
-                                                   agg.entity_articles, agg.labels)])
+                merge(group.aggregates, [dataclasses.replace(agg, key=publication_key(rest), name=name)])
         for gid, n in collections.Counter(untag(e.publication)[0] for e in entries).items():
             group = groups.get(gid)
             if group is None or group.dead:
@@ -115,8 +115,9 @@ class GroupBatcher:
                 continue
             group.dead = True
             dead.add(gid)
-            texts = self.intake.journal.contents(group.seqs)
-            posts = [(pub, texts[seq], None) for seq, pub in zip(group.seqs, group.publications) if seq in texts]
+            texts = self.intake.journal.texts_and_days(group.seqs)
+            posts = [(pub, texts[seq][0], None, texts[seq][1]) for seq, pub in zip(group.seqs, group.publications)
+                     if seq in texts]
             self.intake.kill(group, posts)
         return (lambda e: untag(e.publication)[0] in dead) if dead else None
 

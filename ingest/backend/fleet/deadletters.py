@@ -21,6 +21,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from ...core.exitcodes import ExitCode
 from ...core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, IntakeURL, IntakeURLError, decode, is_group,
                                parse_intake_url)
 
@@ -322,15 +323,15 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.intake:
         print(f"{PROG}: error: give --intake pubsub://PROJECT/SUBSCRIPTION (or set INGEST_INTAKE)", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.limit < 1:
         print(f"{PROG}: error: --limit must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         url = parse_intake_url(args.intake)
     except IntakeURLError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     from google.cloud import pubsub_v1
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -343,7 +344,7 @@ def main(argv: list[str]) -> int:
             sweep.hand_back()
     except DeadLetterError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     finally:
         subscriber.close()
 
@@ -357,7 +358,7 @@ def show(sweep: Sweep, args) -> int:
             articles += int(letter.articles) if letter.articles.isdigit() else 0
     more = " (--limit reached: there may be more)" if count >= args.limit else ""
     print(f"{count} dead letters ({articles} articles) on {sweep.path}{more}; none acknowledged", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 def replay(sweep: Sweep, place: Place, args) -> int:
@@ -391,7 +392,7 @@ def replay(sweep: Sweep, place: Place, args) -> int:
         print(f"{group}: not on {sweep.path} (`{PROG} list` shows what is)", file=sys.stderr)
     print(f"{replayed} dead letters replayed, {failed} failed, {skipped} not ingest messages, "
           f"{len(missing)} not found", file=sys.stderr)
-    return 0 if not (failed or skipped or missing) else 1
+    return ExitCode.OK if not (failed or skipped or missing) else ExitCode.UNFINISHED
 
 
 def publish(publisher, topic: str, letter: Letter) -> bool:

@@ -16,6 +16,7 @@ import collections
 import logging
 import threading
 import time
+from datetime import timezone
 from dataclasses import dataclass, field
 
 from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag, untag
@@ -70,7 +71,7 @@ class PubSubIntake(Intake):
 
     def __init__(self, journal: Journal, settings, on_put=None):
         super().__init__(journal, settings.queue_size, on_put=on_put,
-                         max_article_chars=getattr(settings, "max_article_chars", 200_000))
+                         max_article_chars=settings.max_article_chars)
         self.url = parse_intake_url(settings.intake)
         self.max_messages = settings.pubsub_max_messages
         self.deadline = settings.pubsub_ack_deadline
@@ -257,7 +258,8 @@ class PubSubIntake(Intake):
 
     def _journal(self, admitted: list) -> None:
         """Journal the messages in one commit (QueueFull, ValueError: none of them) and queue their articles."""
-        items = [(tag(w.group, p[0]), p[1], None) for w in admitted for p in w.posts]
+        items = [(tag(w.group, p[0]), p[1], None, (p[3] if len(p) > 3 else None) or _published_day(w))
+                 for w in admitted for p in w.posts]
         result = self.journal.append(items)
         entries = iter(result["entries"])
         queued = []
@@ -310,10 +312,15 @@ class PubSubIntake(Intake):
         with self.glock:
             return [e for e in taken if untag(e.publication)[0] in self.groups]  # a dead group's: dropped
 
-    def contents(self, entries: list[Entry]) -> list[tuple[str, str]]:
-        """As the journal has them; an article of a group dead-lettered meanwhile reads as a blank."""
-        texts = self.journal.contents([e.seq for e in entries])
-        return [(e.publication, texts.get(e.seq, " ")) for e in entries]
+    def contents(self, entries: list[Entry]) -> list[tuple]:
+        """As the journal has them (publication, text, None, day); an article of a group dead-lettered
+        meanwhile reads as a blank."""
+        texts = self.journal.texts_and_days([e.seq for e in entries])
+        out = []
+        for e in entries:
+            text, day = texts.get(e.seq, (" ", None))
+            out.append((e.publication, text, None, day))
+        return out
 
     # -- acknowledgements, leases, dead letters: one thread ------------------------------------
     def _ack(self, ack_ids: list[str]) -> None:
@@ -457,3 +464,13 @@ class PubSubIntake(Intake):
         status["pubsub_puller_seconds"] = round(time.monotonic() - self.heartbeat, 1) if pulling else None
         status["intake"] = str(self.url)
         return status
+
+
+def _published_day(waiting) -> str | None:
+    """A post without a day (a publisher other than our frontend) counts on the UTC day Pub/Sub accepted
+    its message: the same on every redelivery, to whichever backend."""
+    published = getattr(waiting.message.message, "publish_time", None)
+    try:
+        return published.astimezone(timezone.utc).date().isoformat() if published else None
+    except (AttributeError, ValueError, TypeError):
+        return None

@@ -14,6 +14,7 @@ import os
 import re
 from datetime import datetime, timedelta, timezone
 
+from ... import testing
 from ...core.models import Delta
 from ...core.rules import MARKER_TTL_SECONDS, doc_id
 from ..base import PermanentStoreError, RulesRefused, StoreError, rules_refusal
@@ -181,10 +182,9 @@ class Connection:
         return datetime.now(timezone.utc) + self.marker_ttl
 
     def committed(self, docs, started: float | None = None) -> None:
-        """Counts a commit. Test seam: INGEST_TEST_WRITE_LOG names a file that gets one line per commit
-        (who wrote which documents)."""
+        """Counts a commit. Test seam (ingest.testing.write_log): one line per commit, who wrote which documents."""
         self.commits += 1
-        path = os.environ.get("INGEST_TEST_WRITE_LOG")
+        path = testing.write_log()
         if not path:
             return
         import json

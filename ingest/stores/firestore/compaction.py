@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from ...core.exitcodes import ExitCode
 from ...core.rules import doc_id
 from ..base import PermanentStoreError, StoreError
 from ..lease import Lease, LeaseHeld, current_holder
@@ -287,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         report = compact(store, args.older_than)
     except LeaseHeld as exc:
         print(f"ingestiond compact: another compaction is running: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.BOOT_ERROR
     except (StoreError, PermanentStoreError) as exc:
         print(f"ingestiond compact: error: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.UNFINISHED
     finally:
         store.close()
     print(f"compacted: {report.absorbed} writer summaries folded into {report.publications} archive(s) in "
           f"{report.commits} commit(s), {report.writes} writes; {len(report.left)} left")
-    return 0
+    return ExitCode.OK

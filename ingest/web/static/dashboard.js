@@ -29,6 +29,9 @@
     offset: 0,
     limit: 20,
     label: "",           // only entities of this type (PERSON, ORG, ...); "" for every type
+    window: "",          // "7", "30", "90": the entity list counts that many days ending with the latest; "" all time
+    latest: null,        // the chosen publication's latest day with data (YYYY-MM-DD)
+    timeShown: null,     // what the chart and the rising list on screen were drawn for
     shown: null,         // "name|articles|mentions|offset|limit|label" of the page on screen
     topMentions: 1,      // mentions of the publication's #1 entity: the bars' full scale
     cloudFor: null,      // "name|articles-mentions" of the cloud on screen
@@ -120,6 +123,9 @@
     state.pubOffset = pubs >= 0 ? pubs - pubs % PUB_PAGE : 0;
     if ([10, 20, 50, 100].indexOf(lim) >= 0) state.limit = lim;
     $("page-size").value = String(state.limit);
+    var win = p.get("window") || "";
+    state.window = ["7", "30", "90"].indexOf(win) >= 0 ? win : "";
+    $("window").value = state.window;
     var label = p.get("label") || "";
     state.label = $("label-filter").querySelector('option[value="' + label.replace(/[^A-Z_]/g, "") + '"]') ? label : "";
     $("label-filter").value = state.label;
@@ -131,6 +137,7 @@
     if (state.offset) p.set("offset", String(state.offset));
     if (state.limit !== 20) p.set("limit", String(state.limit));
     if (state.label) p.set("label", state.label);
+    if (state.window) p.set("window", state.window);
     if (state.pubOffset) p.set("pubs", String(state.pubOffset));
     history.replaceState(null, "", "#" + p.toString());
   }
@@ -265,11 +272,12 @@
 
     var first = entities.length ? state.offset + 1 : 0;
     var last = state.offset + entities.length;
-    // filtered by type, the total is not known: a full page may have a next one
-    var total = state.label ? "" : " of " + fmt.format(pub.entities);
+    // filtered by type or a window, the total is not known: a full page may have a next one
+    var total = state.label || state.window ? "" : " of " + fmt.format(pub.entities);
     $("range").textContent = entities.length ? fmt.format(first) + "–" + fmt.format(last) + total : "0" + total;
     $("prev").disabled = state.offset === 0;
-    $("next").disabled = state.label ? entities.length < state.limit : state.offset + state.limit >= pub.entities;
+    $("next").disabled = state.label || state.window ? entities.length < state.limit
+                                                     : state.offset + state.limit >= pub.entities;
     updateCloud(pub);
   }
 
@@ -301,23 +309,91 @@
     }).catch(function (e) { state.cloudFor = state.cloudPub = null; showError(e.message); });
   }
 
+  // ---- time: a window of days ending with the publication's latest day ----
+  function addDays(day, n) {
+    var d = new Date(day + "T00:00:00Z");
+    d.setUTCDate(d.getUTCDate() + n);
+    return d.toISOString().slice(0, 10);
+  }
+
+  function windowQuery(days) {
+    if (!days || !state.latest) return "";
+    return "&since=" + addDays(state.latest, 1 - Number(days)) + "&until=" + state.latest;
+  }
+
+  function latestDay(pub) {
+    // the series' default window ends with the publication's latest day with data
+    return api("/publications/" + pubSegment(pub.publication) + "/days").then(function (rows) {
+      var last = rows.length ? rows[rows.length - 1].day : null;
+      return last;
+    });
+  }
+
   function entitiesPath(name, limit, offset) {
     return "/publications/" + pubSegment(name) + "/entities?limit=" + limit + "&offset=" + offset +
-      (state.label ? "&label=" + encodeURIComponent(state.label) : "");
+      (state.label ? "&label=" + encodeURIComponent(state.label) : "") + windowQuery(state.window);
   }
 
   function loadDetail(pub, force) {
-    var shown = [pub.publication, pub.articles, pub.mentions, state.offset, state.limit, state.label].join("|");
+    var shown = [pub.publication, pub.articles, pub.mentions, state.offset, state.limit, state.label,
+                 state.window].join("|");
     if (!force && shown === state.shown) return Promise.resolve();
     var seq = ++state.seq;
-    var page = api(entitiesPath(pub.publication, state.limit, state.offset));
-    var top = state.offset > 0 ? api(entitiesPath(pub.publication, 1, 0)) : page;
-    return Promise.all([page, top]).then(function (res) {
+    return latestDay(pub).then(function (latest) {
+      state.latest = latest;
+      var page = api(entitiesPath(pub.publication, state.limit, state.offset));
+      var top = state.offset > 0 ? api(entitiesPath(pub.publication, 1, 0)) : page;
+      return Promise.all([page, top]);
+    }).then(function (res) {
       if (seq !== state.seq) return;  // a newer choice was made while this was in flight
       state.topMentions = res[1].length ? res[1][0].mentions : 1;
       state.shown = shown;
       renderDetail(pub, res[0]);
+      loadTime(pub, res[0], seq);
     });
+  }
+
+  // The chart: the daily articles of the page's top 5 entities over the window (all time: the 90 days
+  // ending with the latest day); the rising list: the window's days against as many before (all time: 7).
+  function loadTime(pub, entities, seq) {
+    if (!state.latest) { $("timeline").replaceChildren(); $("rising").replaceChildren(); return; }
+    var days = Number(state.window || 90);
+    var since = addDays(state.latest, 1 - days);
+    var top = entities.slice(0, 5);
+    var base = "/publications/" + pubSegment(pub.publication);
+    var series = top.map(function (e) {
+      return api(base + "/entities/" + encodeURIComponent(e.entity) + "/days?since=" + since + "&until=" + state.latest);
+    });
+    var rising = api(base + "/rising?days=" + (state.window || 7) + "&until=" + state.latest + "&limit=10");
+    Promise.all([Promise.all(series), rising]).then(function (res) {
+      if (seq !== state.seq) return;
+      var dayList = res[0].length ? res[0][0].map(function (r) { return r.day; }) : [];
+      window.IngestTimeline.draw($("timeline"), dayList, res[0].map(function (rows, i) {
+        return { name: top[i].entity, values: rows.map(function (r) { return r.articles; }) };
+      }));
+      $("timeline-note").textContent = "top entities, " + since + " to " + state.latest;
+      renderRising(res[1]);
+    }).catch(function (e) { if (!(e instanceof AuthError)) showError(e.message); });
+  }
+
+  function renderRising(rows) {
+    var list = $("rising");
+    var frag = document.createDocumentFragment();
+    rows.forEach(function (r) {
+      var item = document.createElement("li");
+      item.dataset.entity = r.entity;
+      item.textContent = r.entity + " — " + fmt.format(r.articles_now) + " articles (before: " +
+        fmt.format(r.articles_before) + ")";
+      var score = document.createElement("span");
+      score.className = "score";
+      score.textContent = "z " + r.score.toFixed(1);
+      item.appendChild(score);
+      frag.appendChild(item);
+    });
+    list.replaceChildren(frag);
+    $("rising-empty").hidden = rows.length > 0;
+    $("rising-note").textContent = "last " + (state.window || 7) + " days vs the " + (state.window || 7) +
+      " before, to " + state.latest;
   }
 
   // ---- the poll loop ----
@@ -408,6 +484,13 @@
   });
   $("label-filter").addEventListener("change", function () {
     state.label = this.value;
+    state.offset = 0;
+    writeHash();
+    var pub = findSelected();
+    if (pub) loadDetail(pub, true).catch(function (e) { if (!(e instanceof AuthError)) showError(e.message); });
+  });
+  $("window").addEventListener("change", function () {
+    state.window = this.value;
     state.offset = 0;
     writeHash();
     var pub = findSelected();

@@ -31,7 +31,7 @@
     [0, top / 2, top].forEach(function (v) {
       svg.appendChild(el("line", { x1: LEFT, x2: W - RIGHT, y1: y(v), y2: y(v), "class": "grid" }));
       svg.appendChild(el("text", { x: LEFT - 6, y: y(v) + 4, "text-anchor": "end", "class": "axis" },
-                         String(Math.round(v))));
+                         String(v % 1 ? v.toFixed(1) : v)));
     });
     svg.appendChild(el("text", { x: LEFT, y: H - 6, "class": "axis" }, days[0]));
     svg.appendChild(el("text", { x: W - RIGHT, y: H - 6, "text-anchor": "end", "class": "axis" },
