@@ -189,3 +189,78 @@ def test_a_database_written_under_rules_v1_is_refused_with_one_line(tmp_path, fi
     assert lines and "this backend counts under v2;" in lines[0] and "Traceback" not in backend.log()
     assert f"firestore://{firestore_project}" in lines[0]
     assert firestore_counts(firestore_project) == before
+
+
+def test_counts_per_day_in_the_packed_layout_equal_a_recount_over_http_across_a_sigkill(
+        tmp_path, firestore_emulator, firestore_project, recount):
+    """Articles over 60 days (some without `published`, some late for an old day), the backend SIGKILLed
+    after some were accepted: each day's counts over HTTP and from the store equal a recount, and their
+    sum is the all-time list. The entities layout answers the same reads with a 409."""
+    from ingest.core.rules import publication_key
+    from tests.frontend_support import start_frontend
+    from tests.support import kill_backend_group
+    from tests.test_attention import dated_posts, expected_days, http_days, store_days
+
+    posts = dated_posts(100, seed=23)
+    early, late = posts[:80], posts[80:]
+    for p in late:
+        p["published"] = "2017-01-02"
+    store_url = f"firestore://{firestore_project}?layout=packed"
+    env = {"FIRESTORE_EMULATOR_HOST": firestore_emulator}
+    backend = start_backend(tmp_path, "--workers", "1", "--flush-interval", "5", store_url=store_url, env=env)
+    frontend = start_frontend(tmp_path, backend.env)
+    key = {"X-API-Key": frontend.api_key}
+    try:
+        with frontend.client() as http:
+            for start in range(0, 40, 20):
+                assert http.post("/posts", json=early[start:start + 20], headers=key).status_code == 202
+            kill_backend_group(backend)
+            backend = start_backend(tmp_path, "--workers", "1", "--flush-interval", "0.2", store_url=store_url,
+                                    env=env, port=backend.address[1], authkey=backend.authkey)
+            for start in range(40, 80, 20):
+                assert http.post("/posts", json=early[start:start + 20], headers=key).status_code == 202
+            for p in late:
+                assert http.post("/post/enqueue", json=p, headers=key).status_code == 202
+            backend.wait_idle()
+            want = expected_days(recount, posts)
+            days = sorted({d for per_pub in want.values() for d in per_pub})
+            for pub_key, per_day in want.items():
+                name = next(p["publication"] for p in posts if publication_key(p["publication"]) == pub_key)
+                assert http_days(http, name, days) == per_day, pub_key
+                assert store_days(store_url, name, days) == per_day, pub_key
+                all_time = {r["entity"]: (r["mentions"], r["articles"]) for r in http.get(
+                    f"/publications/{name}/entities", params={"limit": 1000}).json()}
+                summed: dict = {}
+                for _, _, entities in per_day.values():
+                    for e, (m, a) in entities.items():
+                        summed[e] = (summed.get(e, (0, 0))[0] + m, summed.get(e, (0, 0))[1] + a)
+                assert all_time == summed, "the sum over days is not the all-time count"
+            assert sum(a for per_pub in want.values() for a, _, _ in per_pub.values()) == len(posts)
+            assert len(days) > 30
+    finally:
+        frontend.stop()
+        assert backend.stop() == 0, backend.log()[-3000:]
+
+
+def test_the_entities_layout_answers_the_time_reads_with_409(tmp_path, firestore_emulator, firestore_project):
+    from tests.frontend_support import start_frontend
+
+    backend = start_backend(tmp_path, "--workers", "1", "--flush-interval", "0.2",
+                            store_url=f"firestore://{firestore_project}?layout=entities",
+                            env={"FIRESTORE_EMULATOR_HOST": firestore_emulator})
+    frontend = start_frontend(tmp_path, backend.env)
+    key = {"X-API-Key": frontend.api_key}
+    try:
+        with frontend.client() as http:
+            post = {"publication": "BBC", "content": "Angela Merkel met Barack Obama in Paris.",
+                    "published": "2017-01-01"}
+            assert http.post("/posts", json=[post], headers=key).status_code == 202
+            backend.wait_idle()
+            for path in ("/publications/bbc/days", "/publications/bbc/entities?since=2017-01-01", "/entities",
+                         "/rising", "/publications/bbc/rising", "/publications/bbc/entities/paris/days"):
+                r = http.get(path, headers=key)
+                assert r.status_code == 409 and r.json()["error"] == "not_in_this_layout", (path, r.text)
+            assert "paris" in [e["entity"] for e in http.get("/publications/bbc/entities", headers=key).json()]
+    finally:
+        frontend.stop()
+        assert backend.stop() == 0

@@ -215,3 +215,34 @@ def test_one_compaction_at_a_time(firestore_project):
     finally:
         held.release()
     assert compact(writer(firestore_project, "ops")).absorbed == 0
+
+
+@firestore
+def test_compaction_folds_the_day_documents_too(firestore_project):
+    """Per-day counts of folded writers move into the archive's day documents: every day's counts and
+    the all-time counts are the same before and after, and the writers' day documents are gone."""
+    from google.cloud import firestore as gfs
+
+    from ingest.core.days import Window
+
+    recount = Recount()
+    for name, days in (("vm1", range(1, 20)), ("vm2", range(10, 30))):
+        store = writer(firestore_project, name)
+        posts = [merge({}, [Aggregate.from_article("Metro News", [(f"e{d % 7}", "ORG"), ("x", "GPE")],
+                                                   f"2017-01-{d:02d}")])["metro news"] for d in days]
+        recount.apply(store, f"{name}-b", *posts)
+        store.close()
+    reader = FirestoreStore(project=firestore_project, timeout=10)
+
+    def per_day():
+        _, series = reader.days("metro news", Window("2017-01-01", "2017-01-31"))
+        return [(row["day"], row["articles"], row["mentions"],
+                 reader.entities_in("metro news", Window(row["day"], row["day"]), 100)) for row in series]
+    before = per_day()
+    assert sum(a for _, a, _, _ in before) == 39
+    assert compact(writer(firestore_project, "ops"), older_than=0).absorbed == 2
+    assert per_day() == before
+    recount.check(reader)
+    days = list(gfs.Client(project=firestore_project).collection_group("days").stream())
+    assert days and {d.get("writer") for d in days} == {"archive"}
+    reader.close()

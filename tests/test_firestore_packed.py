@@ -475,3 +475,139 @@ def test_labels_that_grow_after_an_entity_was_placed_never_take_a_shard_past_1_m
                                                               for r in again.entities("wide", limit=10**6)}
     again.close()
     store.close()
+
+
+# -- per-day counts (CONTRACT.md, "Time") ----------------------------------------------------------
+
+def dated(publication: str, day: str, *entity_lists) -> Aggregate:
+    [total] = merge({}, (Aggregate.from_article(publication, entities, day) for entities in entity_lists)).values()
+    return total
+
+
+def spread(publication: str, n_days: int, seed: int = 5) -> list[Aggregate]:
+    """Articles over `n_days` days from 2017-01-01: a few a day, entities from a small pool with labels."""
+    import random
+    from datetime import date, timedelta
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n_days * 3):
+        day = (date(2017, 1, 1) + timedelta(days=rng.randrange(n_days))).isoformat()
+        out.append(dated(publication, day, [(f"name {rng.randrange(40)}", rng.choice(["PERSON", "ORG"]))
+                                            for _ in range(rng.randrange(1, 6))]))
+    return out
+
+
+def day_recount(posts: list[Aggregate]) -> dict:
+    """{day: (articles, mentions, {entity: (mentions, articles)})} summed from the aggregates themselves."""
+    from ingest.core.days import merge_days
+
+    days: dict = {}
+    for p in posts:
+        merge_days(days, p.days)
+    return {d: (c.articles, c.mentions, {e: tuple(r) for e, r in c.entities.items()}) for d, c in days.items()}
+
+
+def store_per_day(store: FirestoreStore, publication: str, since: str, until: str) -> dict:
+    from ingest.core.days import Window
+
+    _, series = store.days(publication, Window(since, until))
+    return {row["day"]: (row["articles"], row["mentions"],
+                         {r["entity"]: (r["mentions"], r["articles"])
+                          for r in store.entities_in(publication, Window(row["day"], row["day"]), 1000)})
+            for row in series if row["articles"]}
+
+
+@firestore
+def test_counts_per_day_equal_a_recount_and_sum_to_the_all_time_counts(firestore_project):
+    """Articles over 60 days from two writers, in batches, one replayed: each day's counts equal the
+    recount, exactly once; their sum is the all-time list; a window sums its days."""
+    from ingest.core.days import Window
+
+    posts = spread("Daily Planet", 60)
+    one, two = packed(firestore_project, "w1"), packed(firestore_project, "w2")
+    for i in range(0, len(posts), 20):
+        store = one if i % 40 == 0 else two
+        store.apply(delta(f"b{i}", *posts[i:i + 20]))
+    assert one.apply(delta("b0", *posts[0:20])) == 0  # a replay changes nothing
+    want = day_recount(posts)
+    assert store_per_day(one, "daily planet", "2017-01-01", "2017-03-01") == want
+    summed: dict = {}
+    for _, _, entities in want.values():
+        for e, (m, a) in entities.items():
+            summed[e] = (summed.get(e, (0, 0))[0] + m, summed.get(e, (0, 0))[1] + a)
+    assert counts(one, "daily planet") == summed
+    window = one.entities_in("Daily Planet", Window("2017-01-10", "2017-01-19"), limit=1000)
+    in_window = {}
+    for day, (_, _, entities) in want.items():
+        if "2017-01-10" <= day <= "2017-01-19":
+            for e, (m, a) in entities.items():
+                in_window[e] = (in_window.get(e, (0, 0))[0] + m, in_window.get(e, (0, 0))[1] + a)
+    assert {r["entity"]: (r["mentions"], r["articles"]) for r in window} == in_window
+    labels = {r.entity: r.label for r in one.entities("daily planet", limit=1000)}
+    assert all(r["label"] == labels[r["entity"]] and r["publications"] == 1 for r in window)
+    closed, series = one.days("daily planet")  # default: the 30 days ending with the latest day with data
+    assert closed.until == max(want) and len(series) == 30
+    entity = window[0]["entity"]
+    _, per_day = one.entity_days("daily planet", entity, Window("2017-01-01", "2017-03-01"))
+    assert {r["day"]: (r["mentions"], r["articles"]) for r in per_day if r["articles"]} == {
+        d: entities[entity] for d, (_, _, entities) in want.items() if entity in entities}
+    assert one.days("nobody") is None and one.entities_in("nobody", Window()) is None
+    one.close()
+    two.close()
+
+
+@firestore
+def test_a_window_reads_one_document_per_writer_and_day(firestore_project):
+    from ingest.core.days import Window
+
+    store = packed(firestore_project)
+    store.apply(delta("b1", *spread("Metro", 60)))
+    reads = store.layout().reads
+    before = reads.doc_reads
+    _, series = store.days("metro", Window("2017-01-01", "2017-01-30"))
+    days_with_data = sum(1 for row in series if row["articles"])
+    assert reads.doc_reads - before == days_with_data + 1  # + the publication's one summary
+    store.close()
+
+
+@firestore
+def test_time_reads_across_publications_and_rising(firestore_project):
+    from ingest.core.days import Window
+
+    store = packed(firestore_project)
+    posts = []
+    for n in range(14):
+        day = f"2017-03-{n + 1:02d}"
+        for k in range(4):
+            names = [("angela merkel", "PERSON")] + ([("zelda fitzgerald", "PERSON")] if n >= 7 and k < 3 else [])
+            posts.append(dated("The Daily", day, names))
+        posts.append(dated("Other", day, [("angela merkel", "PERSON")]))
+    store.apply(delta("b1", *posts))
+    found = store.rising("the daily", 7, "2017-03-14")
+    assert (found["articles_now"], found["articles_before"]) == (28, 28)
+    assert [(r["entity"], r["articles_now"], r["articles_before"]) for r in found["rows"]] == [
+        ("zelda fitzgerald", 21, 0)]
+    assert store.rising(None, 7, None)["rows"][0]["entity"] == "zelda fitzgerald"
+    assert store.rising("nobody", 7, None) is None
+    top = store.top_entities()
+    assert [(r["entity"], r["label"], r["mentions"], r["publications"]) for r in top] == [
+        ("angela merkel", "PERSON", 70, 2), ("zelda fitzgerald", "PERSON", 21, 1)]
+    anywhere = store.entities_in(None, Window("2017-03-01", "2017-03-07"))
+    assert [(r["entity"], r["articles"], r["publications"]) for r in anywhere] == [("angela merkel", 35, 2)]
+    assert store.top_entities(labels=frozenset({"ORG"})) == []
+    store.close()
+
+
+@firestore
+def test_the_entities_layout_answers_time_reads_with_not_in_this_layout(firestore_project):
+    from ingest.core.days import Window
+    from ingest.stores.base import NotInThisLayout
+
+    store = FirestoreStore(project=firestore_project, layout="entities")
+    store.apply(delta("b1", dated("BBC", "2017-01-01", ["x"])))
+    for read in (lambda: store.days("bbc"), lambda: store.entities_in("bbc", Window()), store.top_entities,
+                 lambda: store.rising(None, 7, None), lambda: store.entity_days("bbc", "x")):
+        with pytest.raises(NotInThisLayout, match="entities layout keeps no per-day counts"):
+            read()
+    store.close()

@@ -7,7 +7,8 @@ face (apply, check, publications, summary, entities, close); `FirestoreStore` re
 once, in the process that uses it, and hands every call to it.
 
 Modules: common.py (collections, client, retries, errors, markers, the layout record), entities.py,
-packed.py, leases.py (the writer lease's documents), compaction.py (idle writers folded into archives).
+packed.py, packed_days.py (the packed layout's reads over time), leases.py (the writer lease's documents),
+compaction.py (idle writers folded into archives).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from datetime import timedelta
 
 from ...core.models import Delta, EntityCount, PublicationSummary
+from ..base import NotInThisLayout
 from .common import LAYOUTS, MARKER_TTL, MAX_WRITES, Connection, claim_rules, read_layout, translated
 
 __all__ = ["FirestoreStore", "LAYOUTS", "MAX_WRITES"]
@@ -114,6 +116,33 @@ class FirestoreStore:
     def entities(self, publication: str, limit: int = 20, offset: int = 0,
                  labels: frozenset[str] | None = None) -> list[EntityCount] | None:
         return self.layout().entities(publication, limit, offset, labels)
+
+    # -- reads over time (CONTRACT.md, "Time"): the packed layout's day documents --
+    def entities_in(self, publication: str | None, window, limit: int = 20, offset: int = 0,
+                    labels: frozenset[str] | None = None) -> list[dict] | None:
+        return self.day_reads().entities_in(publication, window, limit, offset, labels)
+
+    def top_entities(self, limit: int = 20, offset: int = 0, labels: frozenset[str] | None = None) -> list[dict]:
+        return self.day_reads().top_entities(limit, offset, labels)
+
+    def days(self, publication: str, window=None):
+        return self.day_reads().days(publication, window)
+
+    def entity_days(self, publication: str, entity: str, window=None):
+        return self.day_reads().entity_days(publication, entity, window)
+
+    def rising(self, publication: str | None, days: int, until: str | None, limit: int = 20,
+               min_articles: int = 3) -> dict | None:
+        return self.day_reads().rising(publication, days, until, limit, min_articles)
+
+    def day_reads(self):
+        """The packed layout's time reads; the entities layout keeps no per-day counts (NotInThisLayout: a 409)."""
+        layout = self.layout()
+        if layout.name != "packed":
+            raise NotInThisLayout("firestore's entities layout keeps no per-day counts (the packed layout does)")
+        from .packed_days import DayReads
+
+        return DayReads(layout)
 
     def close(self) -> None:
         if self._layout is not None and self._layout_pid == os.getpid():

@@ -24,6 +24,7 @@ log = logging.getLogger("ingest.store.firestore")
 # collections, each named here only
 PUBLICATIONS, ENTITIES = "publications", "ent"   # the entities layout: publications/{pub}/ent/{entity}
 PUBS, SUMS, SHARDS = "pubs", "sums", "shards"    # the packed layout: pubs/{pub}/sums/{writer}, .../shards/{writer}-{n}
+DAYS = "days"                                     # ... and pubs/{pub}/days/{writer}-{day}[-{n}]: counts per UTC day
 MARKERS = "ingest_batches"                        # one per commit: exactly once
 META = "ingest_meta"  # `layout`, `rules`: the database's layout and counting rules; `health-{writer}`: per saver
 WRITERS = "ingest_writers"                        # the writer leases

@@ -28,13 +28,14 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from ...core.days import DayCounts, merge_days
 from ...core.exitcodes import ExitCode
 from ...core.rules import doc_id
 from ..base import PermanentStoreError, StoreError
 from ..lease import Lease, LeaseHeld, current_holder
-from .common import ARCHIVE, COMPACTOR, MARKERS, SHARDS, SUMS, WRITERS, Connection, translated
+from .common import ARCHIVE, COMPACTOR, DAYS, MARKERS, SHARDS, SUMS, WRITERS, Connection, translated
 from .leases import FirestoreLeases, lease_id
-from .packed import LIST_FULL_EVERY, PackedLayout, Part, parse_shard
+from .packed import LIST_FULL_EVERY, PackedLayout, Part, parse_day, parse_shard
 
 log = logging.getLogger("ingest.store.firestore.compaction")
 
@@ -58,6 +59,8 @@ class Idle:
     writer: str
     snap: object                                  # its summary (the delete's precondition: its update_time)
     counts: dict                                  # entity -> (mentions, articles, {label: mentions})
+    days: dict = field(default_factory=dict)      # day -> DayCounts, from its day documents
+    day_refs: list = field(default_factory=list)  # those documents (deleted with it)
 
     @property
     def data(self) -> dict:
@@ -79,6 +82,7 @@ class Folded:
     mentions: dict = field(default_factory=dict)
     entity_articles: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)   # entity -> {label: mentions}
+    days: dict = field(default_factory=dict)     # day -> DayCounts
 
     def add(self, idle: Idle) -> None:
         self.articles += int(idle.data.get("articles", 0))
@@ -89,6 +93,18 @@ class Folded:
             mine = self.labels.setdefault(entity, {})
             for label, n in labels.items():
                 mine[label] = mine.get(label, 0) + n
+        merge_days(self.days, idle.days)
+
+    def parts(self) -> list[Part]:
+        """One part: every entity and every day it adds to the archive."""
+        return [Part(self.key, 0, tuple(sorted(self.mentions)),
+                     tuple((day, len(self.days[day].entities)) for day in sorted(self.days)))]
+
+
+def _writer_is(writer: str):
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter("writer", "==", writer)
 
 
 def compact(store, older_than: float = RETIRE_AFTER, *, lease_ttl: float | None = None) -> Report:
@@ -166,7 +182,15 @@ class Compaction:
             counts: dict = {}
             for shard in self.db.get_all(refs, retry=self.conn.read_retry, timeout=self.conn.timeout):
                 counts.update(parse_shard(shard.to_dict() or {}) if shard.exists else {})
-            out.append(Idle(snap.id, snap, counts))
+            idle = Idle(snap.id, snap, counts)
+            query = pub.collection(DAYS).where(filter=_writer_is(snap.id))
+            for day_snap in query.stream(retry=self.conn.read_retry, timeout=self.conn.timeout):
+                d = day_snap.to_dict() or {}
+                day = idle.days.setdefault(d["day"], DayCounts())
+                day.add(DayCounts(int(d.get("articles", 0)), int(d.get("mentions", 0)),
+                                  {e: [m, a] for e, (m, a) in parse_day(d).items()}))
+                idle.day_refs.append(day_snap.reference)
+            out.append(idle)
         return out
 
     def fold(self, key: str, writers: list[str]) -> None:
@@ -186,12 +210,13 @@ class Compaction:
             self.commit(key, group)
 
     def writes(self, key: str, group: list[Idle]) -> int:
-        """A commit's writes: its marker, the archive's summary and shards, the writers' deletes."""
-        self.layout.load(key)
-        entities = sorted({e for idle in group for e in idle.counts})
-        labels = {e: labels for idle in group for e, (_, _, labels) in idle.counts.items()}
-        archive, _ = self.layout.cost(Part(key, 0, tuple(entities)), labels)
-        return 1 + archive + sum(1 + idle.shards for idle in group)
+        """A commit's writes: its marker, the archive's summary, shards and day documents, the writers' deletes."""
+        folded = Folded(key, "")
+        for idle in group:
+            folded.add(idle)
+        self.layout.load_days(key, self.layout.load(key), folded.days)
+        archive, _ = self.layout.cost(folded.parts()[0], folded)
+        return 1 + archive + sum(1 + idle.shards + len(idle.day_refs) for idle in group)
 
     def commit(self, key: str, group: list[Idle]) -> None:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
@@ -205,6 +230,7 @@ class Compaction:
             owned.name, owned.first_at = earliest.data.get("name"), earliest.data.get("first_at")
         for idle in group:
             folded.add(idle)
+        layout.load_days(key, owned, folded.days)
         absorbed = self.absorbed(key)
         now = datetime.now(timezone.utc)
         absorbed.update({i.writer: {"changed_at": i.data.get("changed_at"), "at": now} for i in group})
@@ -215,8 +241,8 @@ class Compaction:
                               "chunk": 0, "chunks": 1, "writer": ARCHIVE, "expires_at": conn.marker_expiry()})
         written, summary = [marker.path], None
         try:
-            for path, is_summary in layout.stage(batch, key, folded, [Part(key, 0, tuple(sorted(folded.mentions)))],
-                                                 owned, {"first_at": owned.first_at, "absorbed": absorbed}):
+            for path, is_summary in layout.stage(batch, key, folded, folded.parts(), owned,
+                                                 {"first_at": owned.first_at, "absorbed": absorbed}):
                 summary = len(written) if is_summary else summary
                 written.append(path)
             for idle in group:
@@ -224,6 +250,9 @@ class Compaction:
                 written.append(idle.snap.reference.path)
                 for n in range(idle.shards):
                     ref = layout.pub(key).collection(SHARDS).document(f"{idle.writer}-{n}")
+                    batch.delete(ref)
+                    written.append(ref.path)
+                for ref in idle.day_refs:
                     batch.delete(ref)
                     written.append(ref.path)
             if len(written) > conn.max_writes:  # planned not to happen: never send it

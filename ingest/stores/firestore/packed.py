@@ -7,8 +7,13 @@ writer W (a saver of one backend; names kept in its journal):
                                        shards, sv {shard: version}, version
     pubs/{doc_id(K)}/shards/{W}-{n}    writer, key, n, e {entity: {m, a, l}}, h {digest: {w, m, a, l}}
 
+    pubs/{doc_id(K)}/days/{W}-{day}[-{n}]  writer, key, day, n, parts, articles, mentions, e {entity: {m, a}}, h
+
 (m: mentions, a: articles, l: {label: mentions}, the entity's mentions per spaCy label; its `label` in
-a read is the majority of l summed over the writers, naming.majority_label.)
+a read is the majority of l summed over the writers, naming.majority_label. A day document holds what
+W added to K on that UTC day; the first (n = 0) carries the day's articles and mentions and how many
+parts the day has, further parts (n >= 1) take its entities once one is full. They are written in
+the same commits as the shards, with absolute numbers too; packed_days.py reads them by window.)
 
 Only W writes its documents, so it knows their values: it writes absolute numbers, not
 increments (a document may take only 500 field transforms per commit; a flush of one publication
@@ -46,7 +51,7 @@ from ...core.models import Delta, EntityCount, PublicationSummary
 from ...core.naming import majority_label
 from ...core.rules import doc_id, publication_key
 from ..base import GroupsRefused, PermanentStoreError, StoreError
-from .common import (ARCHIVE, MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers,
+from .common import (ARCHIVE, DAYS, MARKERS, PUBS, SHARDS, SUMS, AppliedElsewhere, Connection, create_group_markers,
                      marker_base, recorded_groups, translated)
 
 log = logging.getLogger("ingest.store.firestore.packed")
@@ -56,6 +61,8 @@ SHARD_BYTES = 600_000          # estimated bytes per shard document (Firestore's
 SHARD_LIMIT = 900_000          # ... that labels added later may grow it to (an entity then moves out)
 MAX_SHARDS = 400               # per writer and publication: 1.6 million distinct entities
 PART_ENTITIES = 20_000         # a publication's entities per commit
+MAX_DAY_SHARDS = 50            # day documents per writer, publication and day: 200,000 entities
+DAY_PART_DOCS = 250            # day documents a part of a batch may touch at worst
 COMMIT_BYTES = 6 * 1024 * 1024  # estimated payload per commit (Firestore takes 10 MiB)
 PLAIN_KEY_BYTES = 1000         # longer entity names (or __reserved__ ones) are keyed by their digest
 ENTRY_BYTES = 40               # a map entry's overhead in Firestore's size accounting, roughly
@@ -127,6 +134,7 @@ class Part:
     key: str
     index: int                 # 0 carries the publication's article count
     entities: tuple[str, ...]
+    days: tuple = ()           # ((day, distinct entities that day), ...): the day documents it writes
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,25 @@ def units(delta: Delta, skip=()) -> list[Part]:
         entities = sorted(delta.publications[key].mentions)
         pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
         out.extend(Part(key, i, tuple(piece)) for i, piece in enumerate(pieces))
+        out.extend(Part(key, len(pieces) + i, (), group) for i, group in enumerate(day_groups(delta.publications[key])))
     return out
+
+
+def day_docs_at_worst(n_entities: int) -> int:
+    return 1 + min(n_entities, MAX_DAY_SHARDS)
+
+
+def day_groups(post) -> list[tuple]:
+    """A publication's days in groups whose day documents fit DAY_PART_DOCS at worst (sorted: from the delta alone)."""
+    groups, group, docs = [], [], 0
+    for day in sorted(getattr(post, "days", None) or {}):
+        cost = day_docs_at_worst(len(post.days[day].entities))
+        if group and docs + cost > DAY_PART_DOCS:
+            groups.append(tuple(group))
+            group, docs = [], 0
+        group.append((day, len(post.days[day].entities)))
+        docs += cost
+    return groups + ([tuple(group)] if group else [])
 
 
 def pack(parts: list[Part], cost, max_writes: int, first_extra: int = 0) -> list[int]:
@@ -171,8 +197,11 @@ def chunks_at(parts: list[Part], starts: list[int], batch_id: str, marker_base) 
 
 
 def worst(part: Part) -> tuple[int, int]:
-    """A part's documents and bytes at worst: its summary and a shard per entity, at most MAX_SHARDS."""
-    return 1 + min(len(part.entities), MAX_SHARDS), 2000 + sum(map(entry_bytes, part.entities))
+    """A part's documents and bytes at worst: its summary and a shard per entity, at most MAX_SHARDS, and
+    per day a day document per entity, at most MAX_DAY_SHARDS."""
+    days = sum(day_docs_at_worst(n) for _, n in part.days)
+    return (1 + min(len(part.entities), MAX_SHARDS) + days,
+            2000 + sum(map(entry_bytes, part.entities)) + sum(500 + 100 * n for _, n in part.days))
 
 
 def plan(delta: Delta, max_writes: int, marker_base) -> list[PackedChunk]:
@@ -197,6 +226,55 @@ class Shard:
     stored: bool = False  # its document exists (updated in place), else it is written whole
 
 
+def day_doc_id(writer: str, day: str, n: int) -> str:
+    return f"{writer}-{day}" if n == 0 else f"{writer}-{day}-{n}"
+
+
+@dataclass
+class OwnedDay:
+    """What one writer has stored of one publication on one day: its day documents, as it knows them."""
+
+    articles: int = 0
+    mentions: int = 0
+    counts: dict = field(default_factory=dict)   # entity -> [mentions, articles, part]
+    shards: list = field(default_factory=list)   # Shard, by n
+
+    def place(self, entity: str, key: str, day: str) -> int:
+        size, last = entry_bytes(entity), self.shards[-1]
+        if last.entities >= SHARD_ENTITIES or last.bytes + size > SHARD_BYTES:
+            if len(self.shards) >= MAX_DAY_SHARDS:
+                raise PermanentStoreError(
+                    f"firestore packed layout: publication {key!r} has more than {MAX_DAY_SHARDS * SHARD_ENTITIES:,} "
+                    f"distinct entities on {day} from one writer")
+            last = Shard(len(self.shards))
+            self.shards.append(last)
+        last.entities += 1
+        last.bytes += size
+        return last.n
+
+    def touched(self, entities) -> int:
+        """How many of its documents adding `entities` writes (the first always: the day's totals)."""
+        touched = {0} | {self.counts[e][2] for e in entities if e in self.counts}
+        last = self.shards[-1]
+        n, count, size = last.n, last.entities, last.bytes
+        for e in entities:
+            if e in self.counts:
+                continue
+            b = entry_bytes(e)
+            if count >= SHARD_ENTITIES or size + b > SHARD_BYTES:
+                n, count, size = n + 1, 0, 0
+            count, size = count + 1, size + b
+            touched.add(n)
+        return len(touched)
+
+
+def parse_day(data: dict) -> dict:
+    """entity -> (mentions, articles) of one day document."""
+    out = {entity: (int(v.get("m", 0)), int(v.get("a", 0))) for entity, v in (data.get("e") or {}).items()}
+    out.update({v["w"]: (int(v.get("m", 0)), int(v.get("a", 0))) for v in (data.get("h") or {}).values()})
+    return out
+
+
 @dataclass
 class Owned:
     """What one writer has stored of one publication, as it knows it."""
@@ -211,6 +289,7 @@ class Owned:
     shards: list = field(default_factory=list)   # Shard, by n
     sv: dict = field(default_factory=dict)       # str(shard) -> version when last written
     version: int = 0
+    days: dict = field(default_factory=dict)     # day -> OwnedDay, read when a batch first touches that day
 
     def place(self, entity: str, key: str, labels=()) -> int:
         """The shard of a new entity: the last one while it has room, else a new one."""
@@ -277,7 +356,8 @@ class Reads:
         self.rows: tuple[int, list] | None = None        # (generation, sorted /publications rows)
         # LRU: (key, writer, n) -> (sv, counts)
         self.shard_cache: OrderedDict[tuple[str, str, int], tuple[int, dict]] = OrderedDict()
-        self.merged: OrderedDict[str, tuple[tuple, list[EntityCount]]] = OrderedDict()
+        # key -> (signature, sorted rows, {entity: (mentions, articles, {label: mentions})})
+        self.merged: OrderedDict[str, tuple[tuple, list[EntityCount], dict]] = OrderedDict()
         self.distinct: dict[str, tuple[tuple, int]] = {}  # key -> (signature, size of the writers' union)
         self.doc_reads = 0                               # documents read (Firestore bills each)
         self.retired: dict[tuple[str, str], Any] = {}    # (key, writer) -> changed_at of what an archive absorbed
@@ -364,10 +444,10 @@ class PackedLayout:
         with PublicationRefused once every other publication of the batch is stored."""
         with translated(f"batch={delta.batch_id}"):
             for key in sorted(delta.publications):
-                self.load(key)
+                self.load_days(key, self.load(key), delta.publications[key].days)
             refused = sorted(k for k in delta.publications if self.overflows(k, delta.publications[k]))
             parts = units(delta, skip=refused)
-            starts = pack(parts, lambda p: self.cost(p, delta.publications[p.key].labels), self.conn.max_writes,
+            starts = pack(parts, lambda p: self.cost(p, delta.publications[p.key]), self.conn.max_writes,
                           len(delta.groups))
             if delta.groups and (len(starts) > 1 or refused):  # a merged batch is one whole commit or none
                 raise GroupsRefused((), f"a batch of {len(delta.groups)} groups needs {len(starts)} commits"
@@ -451,9 +531,10 @@ class PackedLayout:
             entities, size = entities + 1, size + b
         return False
 
-    def cost(self, part: Part, labels: dict) -> tuple[int, int]:
-        """(documents, bytes) a part writes, given the shards its known entities are in; `labels`:
-        entity -> {label: mentions} of what it adds (a new entity's size)."""
+    def cost(self, part: Part, post) -> tuple[int, int]:
+        """(documents, bytes) a part writes, given the shards its known entities are in; `post`: what it
+        adds (its `labels` size a new entity's entry; its `days`, the day documents; those days loaded)."""
+        labels = post.labels
         owned = self.owned.get(part.key) or Owned()
         touched = {owned.counts[e][2] for e in part.entities if e in owned.counts}
         last = owned.shards[-1] if owned.shards else None
@@ -466,7 +547,10 @@ class PackedLayout:
                 n, entities, size = n + 1, 0, 0
             entities, size = entities + 1, size + b
             touched.add(n)
-        return 1 + len(touched), 2000 + sum(entry_bytes(e, labels.get(e, ())) for e in part.entities)
+        day_docs = sum(owned.days[day].touched(post.days[day].entities) if day in owned.days
+                       else day_docs_at_worst(n) for day, n in part.days)
+        return (1 + len(touched) + day_docs, 2000 + sum(entry_bytes(e, labels.get(e, ())) for e in part.entities)
+                + sum(500 + 100 * n for _, n in part.days))
 
     def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
                quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
@@ -478,6 +562,8 @@ class PackedLayout:
         keys = list(dict.fromkeys(p.key for p in chunk.parts))
         try:
             owned = {key: self.load(key) for key in keys}
+            for key in keys:
+                self.load_days(key, owned[key], [day for p in chunk.parts if p.key == key for day, _ in p.days])
             batch = db.batch()
             marker = db.collection(MARKERS).document(chunk.marker_id)
             record = {"batch_id": delta.batch_id, "chunk": chunk.index, "chunks": chunks, "writer": writer,
@@ -563,6 +649,9 @@ class PackedLayout:
         if any(p.index == 0 for p in parts):
             owned.articles += post.articles
             owned.mentions += post.total_mentions
+        for part in parts:
+            for day, _ in part.days:
+                yield from self.stage_day(batch, key, day, post.days[day], owned.days[day])
         owned.name = owned.name or post.name
         owned.version += 1
         pub = self.pub(key)
@@ -587,6 +676,62 @@ class PackedLayout:
             owned.first_at = owned.first_at or datetime.now(timezone.utc)
             batch.create(ref, {**data, "first_at": owned.first_at})
         yield ref.path, True
+
+    def stage_day(self, batch, key: str, day: str, counts, owned: OwnedDay):
+        """One day's writes (DayCounts `counts` added to what the writer has of that day): the first
+        document always (the day's totals and parts), and each further one whose entities changed."""
+        writer = self.conn.writer
+        changed: dict[int, dict] = {0: {}}
+        for entity, (m, a) in counts.entities.items():
+            record = owned.counts.get(entity)
+            if record is None:
+                record = owned.counts[entity] = [0, 0, owned.place(entity, key, day)]
+            record[0] += m
+            record[1] += a
+            map_name, map_key = slot(entity)
+            value = {"m": record[0], "a": record[1], **({"w": entity} if map_name == "h" else {})}
+            changed.setdefault(record[2], {}).setdefault(map_name, {})[map_key] = value
+        owned.articles += counts.articles
+        owned.mentions += counts.mentions
+        days = self.pub(key).collection(DAYS)
+        totals = {"articles": owned.articles, "mentions": owned.mentions, "parts": len(owned.shards)}
+        for n in sorted(changed):
+            head = totals if n == 0 else {}
+            ref = days.document(day_doc_id(writer, day, n))
+            if owned.shards[n].stored:
+                batch.update(ref, {**head, **entry_updates(changed[n])})
+            else:
+                batch.set(ref, {"writer": writer, "key": key, "day": day, "n": n, **head, **changed[n]})
+                owned.shards[n].stored = True  # forgotten with the rest of `owned` if the commit fails
+            yield ref.path, False
+
+    def load_days(self, key: str, owned: Owned, days) -> None:
+        """The writer's documents of these days of one publication, read once (the first of each day, then
+        its further parts); days it never wrote start empty."""
+        wanted = sorted(set(days) - set(owned.days))
+        if not wanted:
+            return
+        conn, writer, days_ref = self.conn, self.conn.writer, self.pub(key).collection(DAYS)
+        firsts = {s.id: s.to_dict() or {} for s in self.db.get_all(
+            [days_ref.document(day_doc_id(writer, d, 0)) for d in wanted], retry=conn.read_retry, timeout=conn.timeout)
+            if s.exists}
+        more = [days_ref.document(day_doc_id(writer, d, n)) for d in wanted
+                for n in range(1, int(firsts.get(day_doc_id(writer, d, 0), {}).get("parts") or 1))]
+        rest = {s.id: s.to_dict() or {} for s in self.db.get_all(more, retry=conn.read_retry, timeout=conn.timeout)
+                if s.exists} if more else {}
+        for day in wanted:
+            head = firsts.get(day_doc_id(writer, day, 0))
+            day_owned = OwnedDay(shards=[Shard(0)])
+            if head is not None:
+                day_owned.articles, day_owned.mentions = int(head.get("articles", 0)), int(head.get("mentions", 0))
+                day_owned.shards = [Shard(n, stored=True) for n in range(int(head.get("parts") or 1))]
+                for shard in day_owned.shards:
+                    data = head if shard.n == 0 else rest.get(day_doc_id(writer, day, shard.n), {})
+                    for entity, (m, a) in parse_day(data).items():
+                        day_owned.counts[entity] = [m, a, shard.n]
+                        shard.entities += 1
+                        shard.bytes += entry_bytes(entity)
+            owned.days[day] = day_owned
 
     def load(self, key: str) -> Owned:
         """The writer's documents of one publication: from memory, else read once."""
@@ -623,10 +768,12 @@ class PackedLayout:
             self.owned.pop(key, None)
 
     def evict(self) -> None:
-        total = sum(len(o.counts) for o in self.owned.values())
+        def size(owned: Owned) -> int:
+            return len(owned.counts) + sum(len(d.counts) for d in owned.days.values())
+        total = sum(map(size, self.owned.values()))
         while total > CACHE_ENTITIES and len(self.owned) > 1:
             _, gone = self.owned.popitem(last=False)
-            total -= len(gone.counts)
+            total -= size(gone)
 
     # -- reads ----------------------------------------------------------
     def sums(self, key: str) -> list[dict]:
@@ -748,6 +895,25 @@ class PackedLayout:
 
     def merge(self, key: str, sums: list[dict]) -> list[EntityCount]:
         """Every writer's shards of one publication, summed and sorted; re-read only what changed."""
+        return self.merged_counts(key, sums)[0]
+
+    def totals(self, key: str, sums: list[dict]) -> dict:
+        """entity -> (mentions, articles, {label: mentions}) of one publication, all writers summed."""
+        return self.merged_counts(key, sums)[1]
+
+    def label_counts(self, key: str, sums: list[dict]) -> dict:
+        return {entity: labels for entity, (_, _, labels) in self.totals(key, sums).items()}
+
+    def listed(self) -> dict[str, list[dict]]:
+        """Publication key -> its writers' summaries, as the latest listing (publications()) saw them."""
+        self.publications()
+        grouped: dict[str, list[dict]] = {}
+        with self.reads.lock:
+            for (key, _), d in self.reads.listing.items():
+                grouped.setdefault(key, []).append(d)
+        return grouped
+
+    def merged_counts(self, key: str, sums: list[dict]) -> tuple[list[EntityCount], dict]:
         reads = self.reads
         signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
         wanted: dict[tuple[str, str, int], int] = {}
@@ -760,7 +926,7 @@ class PackedLayout:
             cached = reads.merged.get(key)
             if cached is not None and cached[0] == signature:
                 reads.merged.move_to_end(key)
-                return cached[1]
+                return cached[1], cached[2]
             for where, version in wanted.items():
                 hit = reads.shard_cache.get(where)
                 if hit is not None and hit[0] == version:
@@ -798,11 +964,11 @@ class PackedLayout:
         with reads.lock:
             cached = reads.merged.get(key)
             if cached is None or newer(signature, cached[0]):
-                reads.merged[key] = (signature, rows)
+                reads.merged[key] = (signature, rows, totals)
                 reads.merged.move_to_end(key)
                 while len(reads.merged) > MERGED_LISTS:
                     reads.merged.popitem(last=False)
             cached = reads.distinct.get(key)
             if cached is None or newer(signature, cached[0]):
                 reads.distinct[key] = (signature, len(rows))
-        return rows
+        return rows, totals
