@@ -133,29 +133,38 @@ def ensure_data(path: Path) -> None:
     subprocess.run(["bash", str(ROOT / "scripts" / "make_data.sh")], cwd=ROOT, check=True)
 
 
-def select_texts(path: Path, limit: int, out: Path) -> list[tuple[str, str]]:
+def select_texts(path: Path, limit: int, out: Path) -> list[tuple[str, str, str | None]]:
+    """(publication, content, published) of the first `limit` articles: their dates travel with them (per-day counts)."""
     from ingest.tools.datasets import open_dataset
 
     posts = []
     for article in open_dataset(path):
-        posts.append((article.publication, article.content))
+        posts.append((article.publication, article.content, article.published))
         if len(posts) == limit:
             break
     if len(posts) < limit:
         say(f"warning: {path} holds only {len(posts)} articles (asked for {limit})")
     with open(out, "w", encoding="utf-8") as fh:
-        for pub, content in posts:
+        for pub, content, _ in posts:
             fh.write(json.dumps({"publication": pub, "content": content}) + "\n")
     return posts
+
+
+def post_body(post) -> dict:
+    """(publication, content[, published]) as the API's post."""
+    body = {"publication": post[0], "content": post[1]}
+    if len(post) > 2 and post[2]:
+        body["published"] = post[2]
+    return body
 
 
 def make_bodies(posts, batch: int, max_bytes: int) -> list[tuple[int, bytes]]:
     """Request bodies of up to `batch` articles and under `max_bytes` (batch 1 = single objects)."""
     if batch == 1:
-        return [(1, json.dumps({"publication": p, "content": c}).encode()) for p, c in posts]
+        return [(1, json.dumps(post_body(p)).encode()) for p in posts]
     bodies, current, size = [], [], 2
-    for p, c in posts:
-        item = json.dumps({"publication": p, "content": c})
+    for post in posts:
+        item = json.dumps(post_body(post))
         if current and (len(current) == batch or size + len(item) + 1 > max_bytes):
             bodies.append((len(current), ("[" + ",".join(current) + "]").encode()))
             current, size = [], 2
@@ -481,7 +490,7 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             "post_requests": len(bodies), "post_batch": post_batch, "retries_503": poster.retries,
             "posting_seconds": round(poster.last_post - t0, 3), "seconds": round(wall, 3),
             "articles_per_s": round(len(posts) / wall, 2),
-            "words_per_s": round(sum(len(c.split()) for _, c in posts) / wall, 1),
+            "words_per_s": round(sum(len(p[1].split()) for p in posts) / wall, 1),
             "status": {k: s[k] for k in ("accepted", "processed", "flushes", "store_batches", "store_writes",
                                          "store_commits", "store_errors", "redelivered",
                                          "worker_deaths", *JOURNAL_KEYS, *PUBSUB_KEYS) if k in s},
@@ -1155,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         texts = workdir / "texts.jsonl"
         posts = select_texts(args.data, n, texts)
-        words = sum(len(c.split()) for _, c in posts)
+        words = sum(len(p[1].split()) for p in posts)
         results = {
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(),

@@ -4,9 +4,13 @@ Builds PUBS publications x WRITERS writers in Google's Firestore emulator (reall
 the store, each writer one batch; started by tests/firestore_emulator.py's running_emulator(), its
 own process group, stopped by PID), then calls the frontend's read (`FirestoreStore.publications()`,
 what `/publications` calls) on one reader: once cold, then CALLS times with nothing changed, then once
-after one publication changed. Prints a table and writes benchmarks/results-read-path.json.
+after one publication changed. Then the reads over time: one publication written by WRITERS
+writers over 60 days (DAY_ARTICLES articles a day, ~24 distinct entities each, like the news corpus),
+and a 30-day window of it read cold: the day series (`/publications/P/days`) and the entity list
+(`/publications/P/entities?since&until`), their document reads and wall time. Prints a table and
+writes benchmarks/results-read-path.json.
 
-    .venv/bin/python benchmarks/read_path.py [--pubs 1000] [--writers 4] [--calls 20]
+    .venv/bin/python benchmarks/read_path.py [--pubs 1000] [--writers 4] [--calls 20] [--day-articles 8]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> int:
     ap.add_argument("--pubs", type=int, default=1000)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--day-articles", type=int, default=8, help="articles a day in the 60-day publication")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results-read-path.json"))
     args = ap.parse_args()
 
@@ -68,6 +73,7 @@ def main() -> int:
         assert {r.publication: r.entities for r in rows}["Pub 0007"] == args.writers + 2 + 1
         reader.close()
         changer.close()
+        window = measure_window(project, args.writers, args.day_articles)
 
     warm_cpu = sorted(m[0] for m in warm)
     warm_wall = sorted(m[1] for m in warm)
@@ -82,6 +88,7 @@ def main() -> int:
                             "document_reads_total": sum(m[2] for m in warm)},
         "one_publication_changed": {"cpu_ms": round(changed_cpu, 1), "wall_ms": round(changed_wall, 1),
                                     "document_reads": changed_reads},
+        "window_30_days": window,
         "note": "wall time includes the (empty) query's round trip to the emulator; Firestore bills at "
                 "least one read per query even when it returns nothing",
     }
@@ -93,9 +100,56 @@ def main() -> int:
     print(f"{'nothing changed (max)':<28}{warm_cpu[-1]:>10.2f}{warm_wall[-1]:>10.2f}"
           f"{max(m[2] for m in warm):>11}")
     print(f"{'one publication changed':<28}{changed_cpu:>10.1f}{changed_wall:>10.1f}{changed_reads:>11}")
+    print(f"30-day window of one publication ({args.writers} writers, {args.day_articles} articles a day over 60 days):")
+    for name in ("days", "entities_in"):
+        w = window[name]
+        print(f"  {name:<26}{w['wall_ms']:>10.1f} ms{w['document_reads']:>11} document reads ({w['rows']} rows)")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
     return 0
+
+
+def measure_window(project: str, writers: int, day_articles: int) -> dict:
+    """One publication over 60 days from `writers` writers (each a share of each day's articles, one batch
+    per 5 days as a flush would), then a 30-day window read cold by a fresh reader: days() and entities_in()."""
+    import random
+    from datetime import date, timedelta
+
+    from ingest.core.days import Window
+    from ingest.core.models import Aggregate, Delta, merge
+    from ingest.stores.firestore import FirestoreStore
+
+    rng = random.Random(28)
+    first = date(2017, 1, 1)
+    stores = [FirestoreStore(project=project, layout="packed", writer=f"d{w}", timeout=60) for w in range(writers)]
+    for start in range(0, 60, 5):
+        batches: list[list] = [[] for _ in range(writers)]
+        for n in range(start, start + 5):
+            day = (first + timedelta(days=n)).isoformat()
+            for k in range(day_articles):
+                names = [(f"name {rng.randrange(3000)}", rng.choice(["PERSON", "ORG", "GPE"])) for _ in range(24)]
+                batches[k % writers].append(Aggregate.from_article("Window Daily", names, day))
+        for w, posts in enumerate(batches):
+            if posts:
+                stores[w].apply(Delta(f"days-{w}-{start}", merge({}, posts)))
+    for store in stores:
+        store.close()
+    reader = FirestoreStore(project=project, timeout=60)
+    reads = reader.layout().reads
+    window = Window("2017-01-16", "2017-02-14")
+    out = {"publication_days": 60, "writers": writers, "articles_a_day": day_articles, "window": [window.since,
+                                                                                                   window.until]}
+    for name, call in (("days", lambda: reader.days("window daily", window)[1]),
+                       ("entities_in", lambda: reader.entities_in("window daily", window, 20))):
+        before, wall = reads.doc_reads, time.perf_counter()
+        rows = call()
+        out[name] = {"wall_ms": round((time.perf_counter() - wall) * 1000, 1),
+                     "document_reads": reads.doc_reads - before, "rows": len(rows)}
+    reader.close()
+    out["note"] = ("document reads: one per writer and day of the window with data (their day documents), plus "
+                   "the publication's summaries (one per writer), plus for entities_in the shards of the all-time "
+                   "list its labels come from (once per process while nothing changes)")
+    return out
 
 
 if __name__ == "__main__":

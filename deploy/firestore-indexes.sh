@@ -15,12 +15,13 @@ Sets up one Firestore database (Native mode) for ingestiond, for the layout of i
 
   both layouts  TTL policy on ingest_batches.expires_at (the exactly-once markers expire after
                 30 days) and no index on that field
-  packed        no single-field indexes on the counter maps: e and h of collection group
-                shards, sv of collection group sums (each shard holds up to 4,000 entities:
-                indexed, every entity would cost index entries on each write, against
-                Firestore's 40,000 per document); and an ascending collection-group index on
-                sums.changed_at for the readers' "changed since" query (gcloud cannot create
-                collection-group single-field indexes, so this one goes through the Firestore
+  packed        no single-field indexes on the counter maps: e and h of collection groups
+                shards and days, sv of collection group sums (each shard or day document holds
+                up to 4,000 entities: indexed, every entity would cost index entries on each
+                write, against Firestore's 40,000 per document); an ascending collection-group
+                index on sums.changed_at for the readers' "changed since" query, and ascending
+                and descending ones on days.day for windows across publications (gcloud cannot
+                create collection-group single-field indexes, so these go through the Firestore
                 Admin REST API with curl and your gcloud login's access token)
   entities      the composite index ent (count descending, word ascending) the entity listing needs
 
@@ -73,24 +74,29 @@ no_index() {
         --disable-indexes "${ASYNC[@]+"${ASYNC[@]}"}" --quiet
 }
 
-# sums.changed_at: ascending and descending in collection scope (what automatic indexing gives
-# every field, kept) plus ascending in collection-group scope (not maintained by default), set
-# with the Admin API's fields.patch. The token travels in a 0600 header file, never in argv.
-changed_at_index() {
-    local url body header
+# GROUP.FIELD: ascending and descending in collection scope (what automatic indexing gives every
+# field, kept) plus ORDERS (ASCENDING, DESCENDING) in collection-group scope (not maintained by
+# default), set with the Admin API's fields.patch. The token travels in a 0600 header file, never
+# in argv. Used for sums.changed_at (ascending) and days.day (both).
+group_index() {
+    local group="$1" field="$2" url body header order
+    shift 2
     url="https://firestore.googleapis.com/v1/projects/$TARGET_PROJECT/databases/$DATABASE"
-    url+="/collectionGroups/sums/fields/changed_at?updateMask=indexConfig"
+    url+="/collectionGroups/$group/fields/$field?updateMask=indexConfig"
     body='{"indexConfig":{"indexes":['
-    body+='{"queryScope":"COLLECTION","fields":[{"fieldPath":"changed_at","order":"ASCENDING"}]},'
-    body+='{"queryScope":"COLLECTION","fields":[{"fieldPath":"changed_at","order":"DESCENDING"}]},'
-    body+='{"queryScope":"COLLECTION_GROUP","fields":[{"fieldPath":"changed_at","order":"ASCENDING"}]}]}}'
+    body+='{"queryScope":"COLLECTION","fields":[{"fieldPath":"'$field'","order":"ASCENDING"}]},'
+    body+='{"queryScope":"COLLECTION","fields":[{"fieldPath":"'$field'","order":"DESCENDING"}]}'
+    for order in "$@"; do
+        body+=',{"queryScope":"COLLECTION_GROUP","fields":[{"fieldPath":"'$field'","order":"'$order'"}]}'
+    done
+    body+=']}}'
     if [[ "$DRY_RUN" == 1 ]]; then
         run gcloud auth print-access-token
         run curl --silent --show-error --fail -X PATCH -H @HEADER_FILE -H "X-Goog-User-Project: $TARGET_PROJECT" \
             -H "Content-Type: application/json" --data "$body" "$url"
         return 0
     fi
-    need_cmd curl "needed for the collection-group index on sums.changed_at"
+    need_cmd curl "needed for the collection-group index on $group.$field"
     header="$(mktemp)"
     chmod 600 "$header"
     # shellcheck disable=SC2064  # expand now: the trap removes this very file
@@ -115,7 +121,10 @@ if [[ "$LAYOUT" == packed || "$LAYOUT" == all ]]; then
     no_index e shards
     no_index h shards
     no_index sv sums
-    changed_at_index
+    no_index e days
+    no_index h days
+    group_index sums changed_at ASCENDING
+    group_index days day ASCENDING DESCENDING
 fi
 if [[ "$LAYOUT" == entities || "$LAYOUT" == all ]]; then
     # creating an index that exists fails (ALREADY_EXISTS): say so and go on with the rest

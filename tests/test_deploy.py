@@ -666,12 +666,17 @@ def test_firestore_indexes_exempts_the_packed_layouts_counter_maps(tmp_path):
         ("e", "shards", "--disable-indexes"),
         ("h", "shards", "--disable-indexes"),
         ("sv", "sums", "--disable-indexes"),
+        ("e", "days", "--disable-indexes"),
+        ("h", "days", "--disable-indexes"),
     ]
     for c in calls(tmp_path):
         if c["prog"] == "gcloud" and "update" in c["args"]:
             assert flag(c, "--project") == PROJECT and flag(c, "--database") == "(default)" and "--quiet" in c["args"]
-    # sums.changed_at: a collection-group index (gcloud cannot make one), through the Admin REST API
-    (curl,) = [c for c in calls(tmp_path) if c["prog"] == "curl"]
+    # sums.changed_at and days.day: collection-group indexes (gcloud cannot make one), through the Admin REST API
+    curl, days = [c for c in calls(tmp_path) if c["prog"] == "curl"]
+    assert days["args"][-1].endswith("/collectionGroups/days/fields/day?updateMask=indexConfig")
+    assert [i["fields"][0]["order"] for i in json.loads(days["args"][days["args"].index("--data") + 1])[
+        "indexConfig"]["indexes"] if i["queryScope"] == "COLLECTION_GROUP"] == ["ASCENDING", "DESCENDING"]
     url = curl["args"][-1]
     assert url == (f"https://firestore.googleapis.com/v1/projects/{PROJECT}/databases/(default)"
                    "/collectionGroups/sums/fields/changed_at?updateMask=indexConfig")
@@ -704,7 +709,8 @@ def test_firestore_indexes_entities_and_all_layouts(tmp_path):
                     env=fake_curl_env(tmp_path)))
     assert [c["prog"] if c["prog"] == "curl" else c["args"][1] if c["args"][0] == "auth" else c["args"][2]
             for c in calls(tmp_path)] == \
-        ["ttls", "fields", "fields", "fields", "fields", "print-access-token", "curl", "composite"]
+        ["ttls", "fields", "fields", "fields", "fields", "fields", "fields", "print-access-token", "curl",
+         "print-access-token", "curl", "composite"]
     assert all("--async" in c["args"] for c in calls(tmp_path) if c["prog"] == "gcloud" and "auth" not in c["args"])
     assert "both layouts" in result.stderr
 
@@ -714,7 +720,7 @@ def test_firestore_indexes_reports_an_index_it_could_not_create(tmp_path):
                  env={**fake_curl_env(tmp_path), "FAKE_FAIL_MATCH": "composite"})
     assert result.returncode == 1
     assert "not done: composite index ent" in result.stderr
-    assert len(index_calls(tmp_path)) == 5  # everything else was still done
+    assert len(index_calls(tmp_path)) == 7  # everything else was still done
 
 
 def test_firestore_indexes_dry_run_and_bad_arguments(tmp_path):
@@ -737,11 +743,12 @@ def test_firestore_indexes_json_says_the_same(tmp_path):
     exempt = {(o["fieldPath"], o["collectionGroup"]) for o in config["fieldOverrides"] if o["indexes"] == []}
     ok(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "all", tmp=tmp_path, env=fake_curl_env(tmp_path)))
     assert exempt == {(f, g) for f, g, what in index_calls(tmp_path) if what == "--disable-indexes"}
-    (changed_at,) = [o for o in config["fieldOverrides"] if o["fieldPath"] == "changed_at"]
-    (curl,) = [c for c in calls(tmp_path) if c["prog"] == "curl"]
-    sent = json.loads(curl["args"][curl["args"].index("--data") + 1])["indexConfig"]["indexes"]
-    assert sorted((i["queryScope"], i["order"]) for i in changed_at["indexes"]) == \
-        sorted((i["queryScope"], i["fields"][0]["order"]) for i in sent)
+    for curl in [c for c in calls(tmp_path) if c["prog"] == "curl"]:
+        group, field = curl["args"][-1].split("/collectionGroups/")[1].split("?")[0].split("/fields/")
+        (override,) = [o for o in config["fieldOverrides"] if (o["collectionGroup"], o["fieldPath"]) == (group, field)]
+        sent = json.loads(curl["args"][curl["args"].index("--data") + 1])["indexConfig"]["indexes"]
+        assert sorted((i["queryScope"], i["order"]) for i in override["indexes"]) == \
+            sorted((i["queryScope"], i["fields"][0]["order"]) for i in sent)
 
 
 # ----------------------------------------------------------------------------------------
