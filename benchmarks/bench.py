@@ -655,7 +655,7 @@ def firestore_contents(host: str, project: str, layout: str) -> dict:
             groups = ("publications", "ent")
         else:
             articles = sum(int((s.to_dict() or {}).get("articles", 0)) for s in db.collection_group("sums").stream())
-            groups = ("sums", "shards")
+            groups = ("sums", "shards", "days")
         docs = {g: int(db.collection_group(g).count().get()[0][0].value) for g in (*groups, "ingest_batches")}
         return {"recorded_layout": meta.get("layout") if meta.exists else None, "articles": articles, "documents": docs}
     finally:
