@@ -100,7 +100,7 @@ def main() -> int:
     print(f"{'nothing changed (max)':<28}{warm_cpu[-1]:>10.2f}{warm_wall[-1]:>10.2f}"
           f"{max(m[2] for m in warm):>11}")
     print(f"{'one publication changed':<28}{changed_cpu:>10.1f}{changed_wall:>10.1f}{changed_reads:>11}")
-    print(f"30-day window of one publication ({args.writers} writers, {args.day_articles} articles a day over 60 days):")
+    print(f"30-day window of one publication ({args.writers} writers, {args.day_articles} articles a day, 60 days):")
     for name in ("days", "entities_in"):
         w = window[name]
         print(f"  {name:<26}{w['wall_ms']:>10.1f} ms{w['document_reads']:>11} document reads ({w['rows']} rows)")

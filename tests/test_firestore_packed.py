@@ -52,6 +52,28 @@ def test_the_plan_depends_on_the_delta_alone_and_keeps_each_commit_in_bounds():
         assert 1 + sum(1 + min(len(p.entities), MAX_SHARDS) for p in c.parts) <= 500
 
 
+def test_a_batch_over_many_days_is_planned_in_day_parts_that_each_fit_a_commit():
+    """A backfill: one publication's articles over 400 days, another's over 2. Day parts come after every
+    entity part (a plan recorded before day documents existed indexes the same entity parts) and no part
+    can need more than DAY_PART_DOCS day documents, so every commit fits 500 writes even at worst."""
+    from datetime import date, timedelta
+
+    from ingest.stores.firestore.packed import DAY_PART_DOCS, units, worst
+
+    days = [(date(2016, 1, 1) + timedelta(n)).isoformat() for n in range(400)]
+    long = merge({}, [Aggregate.from_article("Long", [f"e{n % 7}", "x"], d) for n, d in enumerate(days)])["long"]
+    short = merge({}, [Aggregate.from_article("Short", ["y"], d) for d in days[:2]])["short"]
+    parts = units(delta("b", long, short))
+    assert [(p.key, p.index, bool(p.entities), len(p.days)) for p in parts][:2] == [("long", 0, True, 0),
+                                                                                   ("short", 0, True, 0)]
+    day_parts = parts[2:]
+    assert sorted(d for p in day_parts for d, _ in p.days) == sorted(days + days[:2])
+    assert all(worst(p)[0] <= 1 + DAY_PART_DOCS for p in day_parts) and len(day_parts) > 1
+    chunks = plan(delta("b", short, long), 500, marker_base)
+    assert chunks == plan(delta("b", long, short), 500, marker_base)
+    assert all(1 + sum(worst(p)[0] for p in c.parts) <= 500 for c in chunks)
+
+
 def test_entity_names_that_cannot_be_map_keys_are_keyed_by_their_digest():
     assert slot("Angela Merkel") == ("e", "Angela Merkel")
     assert slot("a.b`c") == ("e", "a.b`c")
@@ -491,7 +513,7 @@ def spread(publication: str, n_days: int, seed: int = 5) -> list[Aggregate]:
 
     rng = random.Random(seed)
     out = []
-    for i in range(n_days * 3):
+    for _ in range(n_days * 3):
         day = (date(2017, 1, 1) + timedelta(days=rng.randrange(n_days))).isoformat()
         out.append(dated(publication, day, [(f"name {rng.randrange(40)}", rng.choice(["PERSON", "ORG"]))
                                             for _ in range(rng.randrange(1, 6))]))
@@ -610,4 +632,29 @@ def test_the_entities_layout_answers_time_reads_with_not_in_this_layout(firestor
                  lambda: store.rising(None, 7, None), lambda: store.entity_days("bbc", "x")):
         with pytest.raises(NotInThisLayout, match="entities layout keeps no per-day counts"):
             read()
+    store.close()
+
+
+@firestore
+def test_a_backfill_over_600_days_takes_several_commits_and_counts_once(firestore_project):
+    from datetime import date, timedelta
+
+    from ingest.core.days import Window
+
+    days = [(date(2016, 1, 1) + timedelta(n)).isoformat() for n in range(600)]
+    posts = [dated("Long", d, [f"e{n % 7}", "x"]) for n, d in enumerate(days)]
+    store = packed(firestore_project)
+    d = delta("backfill", *posts)
+    assert store.apply(d) > 600 and store.commits >= 2
+    assert store.apply(d) == 0
+    again = packed(firestore_project)  # a restarted writer reads its day documents back
+    again.apply(delta("one more", dated("Long", days[10], ["e3"])))
+    _, first = again.days("long", Window(days[0], days[365]))
+    _, rest = again.days("long", Window(days[366], days[-1]))  # (a series answers at most 366 days)
+    assert [r["articles"] for r in first + rest] == [2 if i == 10 else 1 for i in range(600)]
+    assert sum(r["mentions"] for r in first + rest) == 1201
+    _, e3 = again.entity_days("long", "e3", Window(days[0], days[365]))
+    assert [r["day"] for r in e3 if r["articles"]] == [days[n] for n in range(366) if n % 7 == 3 or n == 10]
+    assert {r.entity: r.mentions for r in again.entities("long", limit=100)}["x"] == 600
+    again.close()
     store.close()

@@ -145,15 +145,17 @@ class PackedChunk:
 
 
 def units(delta: Delta, skip=()) -> list[Part]:
-    """A batch's parts in a fixed order (publications sorted; entities in parts of 20,000): from the
+    """A batch's parts in a fixed order (publications sorted; entities in parts of 20,000; then each
+    publication's days, in groups of at most DAY_PART_DOCS day documents at worst): from the
     delta alone (less the publications `skip`, as recorded in marker 0), so a retry sees the same ones."""
-    out = []
+    out, days = [], []
     for key in sorted(set(delta.publications) - set(skip)):
         entities = sorted(delta.publications[key].mentions)
         pieces = [entities[i:i + PART_ENTITIES] for i in range(0, len(entities), PART_ENTITIES)] or [[]]
         out.extend(Part(key, i, tuple(piece)) for i, piece in enumerate(pieces))
-        out.extend(Part(key, len(pieces) + i, (), group) for i, group in enumerate(day_groups(delta.publications[key])))
-    return out
+        groups = day_groups(delta.publications[key])
+        days.extend(Part(key, len(pieces) + i, (), group) for i, group in enumerate(groups))
+    return out + days  # the day parts last: a plan recorded before day documents existed indexes the same parts
 
 
 def day_docs_at_worst(n_entities: int) -> int:
