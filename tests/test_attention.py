@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from ingest.core.days import DayCounts, Window
+from ingest.core.days import Window
 from ingest.core.models import Aggregate, Delta
 from ingest.core.rules import publication_key
 from tests import corpus

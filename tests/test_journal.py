@@ -333,7 +333,7 @@ def test_the_client_id_table_is_bounded_in_bytes_and_forgets_the_oldest_first(pa
             time.sleep(0.01)
         s = j.stats()
         assert s["client_id_bytes"] <= 20_000 and s["client_ids_evicted"] > 0 and s["client_id_capacity_bytes"] == 20_000
-        real = j._conn.execute(f"SELECT count(*) FROM client_ids").fetchone()[0]
+        real = j._conn.execute("SELECT count(*) FROM client_ids").fetchone()[0]
         assert s["client_id_rows"] == real
         assert j.append([("P", "x", "https://example.com/0399")])["duplicates"] == 1, "the newest are remembered"
         assert j.append([("P", "x", "https://example.com/0000")])["accepted"] == 1, "the oldest were forgotten"

@@ -23,7 +23,6 @@ from ..core.days import DayError, day_of_post
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
-from ..core.naming import LABELS
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
 from .appstate import client as _client
