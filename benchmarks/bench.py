@@ -347,7 +347,7 @@ class Poster(threading.Thread):
         headers = {"Content-Type": "application/json", "X-API-Key": self.api_key}
         try:
             with httpx.Client(base_url=self.url, timeout=60) as client:
-                for n, body in self.bodies:
+                for _n, body in self.bodies:
                     while True:
                         if self.first_post is None:
                             self.first_post = time.monotonic()
@@ -675,7 +675,8 @@ def measure_firestore_layouts(children: st.Children, workdir: Path, posts, worke
             r = measure_end_to_end(children, workdir, posts, workers, post_batch, 1024 * 1024, extra_args,
                                    timeout=max(300.0, 2.0 * len(posts)), quiet=quiet, name=f"firestore-{layout}",
                                    env_extra=env,
-                                   stored_articles=lambda stack, p=project, l=layout: firestore_contents(host, p, l)["articles"])
+                                   stored_articles=lambda stack, p=project, lay=layout:
+                                   firestore_contents(host, p, lay)["articles"])
             contents = firestore_contents(host, project, layout)
             if contents["recorded_layout"] != layout:
                 raise RuntimeError(f"(h) {layout}: the database records layout {contents['recorded_layout']!r}")
@@ -845,7 +846,7 @@ def best_runs(runs: list[dict], *keys: str) -> list[dict]:
         k = tuple(r[key] for key in keys)
         if k not in seen:
             seen.append(k)
-    return [best(runs, **dict(zip(keys, k))) for k in seen]
+    return [best(runs, **dict(zip(keys, k, strict=True))) for k in seen]
 
 
 def pubsub_rows(results: dict, a: dict, c: dict) -> list[dict]:
@@ -1124,7 +1125,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one branch per measurement, in the report's order)
     args = build_parser().parse_args(argv)
     n_firestore = args.firestore_articles or (200 if args.quick else 1500)
     if args.firestore_layouts:  # (h) alone
@@ -1188,7 +1189,8 @@ def main(argv: list[str] | None = None) -> int:
             if "a" not in args.skip:
                 for w in workers:
                     for mode in ("raw", "processor") if rnd == 1 else ("raw",):
-                        for r in until_quiet(lambda: measure_ceiling(children, texts, w, args.batch_size, mode, quiet)
+                        for r in until_quiet(lambda w=w, mode=mode, rnd=rnd:
+                                             measure_ceiling(children, texts, w, args.batch_size, mode, quiet)
                                              | {"round": rnd}, args.max_noise, args.noise_retries):
                             results["a_ceiling"].append(r)
                             say(f"(a) round {rnd} W={w} {mode}: {r['articles_per_s']:.1f} articles/s, "
@@ -1202,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['store_commits']} commits; {r['cpu_ms_per_article']} cpu-ms/article; other load {r['other_load_percent']}%)")
             if "c" not in args.skip:
                 for w in workers:
-                    for r in until_quiet(lambda: measure_end_to_end(
+                    for r in until_quiet(lambda w=w, rnd=rnd: measure_end_to_end(
                             children, workdir / f"round{rnd}", posts, w, args.post_batch, 1024 * 1024, args.backend_arg,
                             timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd}, args.max_noise, args.noise_retries):
                         results["c_end_to_end"].append(r)
@@ -1217,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
                     emulator = PubSubEmulator()
                     results["i_emulator"] = {"host": emulator.host, "pid": emulator.pid}
                 for w in workers:
-                    for r in until_quiet(lambda: measure_pubsub(
+                    for r in until_quiet(lambda w=w, rnd=rnd, emulator=emulator: measure_pubsub(
                             children, workdir / f"round{rnd}", posts, w, args.post_batch, args.backend_arg,
                             args.pubsub_arg, emulator, timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd},
                             args.max_noise, args.noise_retries):

@@ -215,7 +215,7 @@ def test_dashboard_in_chromium(server, browser):
     publications = api(base, "/publications")
     until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
           "the publications of GET /publications")
-    for shown, expected in zip(shown_publications(driver), publications):
+    for shown, expected in zip(shown_publications(driver), publications, strict=True):
         assert {k: shown[k] for k in expected} == expected
         assert shown["text"][1:] == [f"{expected[k]:,}" for k in ("articles", "entities", "mentions")]
 
@@ -239,7 +239,7 @@ def test_dashboard_in_chromium(server, browser):
     for click, offset in (("next", 20), ("next", 40), ("prev", 20)):
         driver.find_element("id", click).click()
         expected = entities_api(base, top["publication"], 20, offset)
-        until(driver, lambda: chart_matches(driver, expected), f"entities {offset + 1}-{offset + 20}")
+        until(driver, lambda expected=expected: chart_matches(driver, expected), f"entities {offset + 1}-{offset + 20}")
         assert text(driver, "range") == f"{offset + 1}–{offset + 20} of {top['entities']:,}"
         assert shown_entities(driver)[0]["width"] < 100  # still scaled to the #1 entity
 
@@ -256,10 +256,11 @@ def test_dashboard_in_chromium(server, browser):
                    if r.get_attribute("data-publication") == name)
         row.find_element("css selector", ".pub-name").click()
         expected = entities_api(base, name, 100, 0)
-        until(driver, lambda: text(driver, "detail-title") == name and chart_matches(driver, expected),
-              f"the entities of {name!r}")
+        until(driver, lambda name=name, expected=expected:
+              text(driver, "detail-title") == name and chart_matches(driver, expected), f"the entities of {name!r}")
         pub = next(p for p in publications if p["publication"] == name)
-        until(driver, lambda: cloud_loaded(driver, f"{pub['articles']}-{pub['mentions']}"), f"the cloud of {name!r}")
+        until(driver, lambda pub=pub: cloud_loaded(driver, f"{pub['articles']}-{pub['mentions']}"),
+              f"the cloud of {name!r}")
         assert driver.find_element("id", "error").get_attribute("hidden")
     assert XSS_ENTITY in [e["entity"] for e in shown_entities(driver)]
     assert driver.execute_script("return window.__xss === undefined")

@@ -125,7 +125,7 @@ def need_tool(cmd: str, package: str) -> str:
         path = shutil.which(cmd)
     if path is None:
         message = f"{cmd} is not installed and could not be installed (apt-get install {package}): check SKIPPED"
-        warnings.warn(message)
+        warnings.warn(message, stacklevel=2)
         pytest.skip(message)
     return path
 
@@ -293,7 +293,7 @@ def test_vagrantfile_is_valid(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         ruby = need_tool("ruby", "ruby")
-        warnings.warn("vagrant is not installed: only `ruby -c Vagrantfile` was checked")
+        warnings.warn("vagrant is not installed: only `ruby -c Vagrantfile` was checked", stacklevel=2)
         result = subprocess.run([ruby, "-c", str(REPO / "Vagrantfile")], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
 
@@ -796,7 +796,7 @@ def test_vm_install_creates_a_working_venv(installed):
 
 
 def test_vm_install_writes_config_files(installed):
-    root, tmp = installed["root"], installed["tmp"]
+    root = installed["root"]
     etc = root / "etc" / "ingestiond"
     env_file = etc / "env"
     assert mode(env_file) == 0o600

@@ -53,7 +53,7 @@ class Streamer(threading.Thread):
         client = IngestClient(self.address, self.authkey)
         for i, post in enumerate(self.posts):
             with self.gate:
-                self.gate.wait_for(lambda: i < self.limit or self.stop.is_set())
+                self.gate.wait_for(lambda i=i: i < self.limit or self.stop.is_set())
             while not self.stop.is_set():
                 try:
                     answer = client.put_many([post])
@@ -83,7 +83,7 @@ def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
         for _ in range(kills):
             target = min(len(posts) - 80, len(streamer.acked) + rng.randint(5, 40))
             streamer.allow(min(len(posts) - 1, target + 60))  # the stream goes on, but cannot finish before the kill
-            wait_for(lambda: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
+            wait_for(lambda target=target: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
             time.sleep(rng.uniform(0, 1.5))  # anywhere: mid-NER, mid-flush, mid-commit, idle
             kill_backend_group(backend)
             streamer.acked_at_kills.append(len(streamer.acked))
@@ -510,9 +510,9 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
     try:
         for t in threads:
             t.start()
-        for n in range(3):
+        for _ in range(3):
             target = done[0] + 40
-            wait_for(lambda: done[0] >= target, 120, 0.01, "articles streaming in")
+            wait_for(lambda target=target: done[0] >= target, 120, 0.01, "articles streaming in")
             kill_times.append(_kill_right_after_a_journal_write(backend, tmp_path / "var" / "journal.db-wal"))
             # supervisord notices the exit and starts it again, once the front door says it is down
             wait_for(lambda: httpx.get(frontend.url + "/readyz", timeout=10).status_code == 503, 60, 0.05,

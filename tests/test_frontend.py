@@ -530,7 +530,7 @@ def test_a_standalone_frontend_stops_cleanly_20_times_under_load(tmp_path, backe
         front = start_frontend(tmp_path / f"f{round_}", backend.env, workers=2) if (tmp_path / f"f{round_}").mkdir() is None else None
         stop = threading.Event()
 
-        def load():
+        def load(front=front, stop=stop, round_=round_):
             with httpx.Client(base_url=front.url, timeout=5, headers={"X-API-Key": front.api_key}) as http:
                 while not stop.is_set():
                     try:

@@ -42,7 +42,7 @@ def read_to_close(s: socket.socket) -> bytes:
         while chunk := s.recv(65536):
             data += chunk
     except socket.timeout:
-        raise AssertionError(f"the server neither answered nor closed within {TIMEOUT}s; got {data[:300]!r}")
+        raise AssertionError(f"the server neither answered nor closed within {TIMEOUT}s; got {data[:300]!r}") from None
     except ConnectionResetError:
         pass
     return data
@@ -67,7 +67,7 @@ def _recv(s: socket.socket, so_far: bytes) -> bytes:
     try:
         chunk = s.recv(65536)
     except socket.timeout:
-        raise AssertionError(f"no complete answer within {TIMEOUT}s; got {so_far[:300]!r}")
+        raise AssertionError(f"no complete answer within {TIMEOUT}s; got {so_far[:300]!r}") from None
     if not chunk:
         raise AssertionError(f"the server closed mid-answer; got {so_far[:300]!r}")
     return chunk

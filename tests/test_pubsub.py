@@ -16,7 +16,6 @@ from ingest.core.intakeurl import IntakeURLError, parse_intake_url
 from ingest.core.rules import publication_key
 from tests.corpus import articles
 from tests.frontend_support import start_frontend
-from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: F401 (fixtures)
 from tests.support import expected_counts, kill_backend_group, start_backend, store_counts, wait_for
 
 
@@ -223,7 +222,7 @@ def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_eac
     backends = [backend(n) for n in range(3)]
     frontends, senders = [], []
     try:
-        for n in range(2):
+        for _ in range(2):
             frontends.append(start_frontend(tmp_path, {"INGEST_STORE": store_url},
                                             env={**pubsub_topic.env, **env, "INGEST_INTAKE": pubsub_topic.frontend_url}))
         senders = [Sender(frontends[0], singles, pause=0.05), Sender(frontends[1], batches, pause=1.5)]
