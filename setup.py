@@ -3,7 +3,8 @@ from setuptools import find_namespace_packages, setup
 setup(
     name="ingestiond",
     version="0.1.0",
-    description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in Firestore or SQLite",
+    description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in "
+                "Firestore or SQLite",
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["ingest", "ingest.*"]),
     include_package_data=True,

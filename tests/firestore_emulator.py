@@ -153,7 +153,8 @@ def stored(project: str) -> dict:
     db = firestore.Client(project=project)
     out = {}
     for pub in db.collection("publications").stream():
-        out[pub.id] = {"doc": pub.to_dict(), "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
+        out[pub.id] = {"doc": pub.to_dict(),
+                       "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
     db.close()
     return out
 
@@ -177,7 +178,8 @@ def firestore_counts(project: str) -> dict:
     themselves, in whichever layout they are (independent of the store's read code)."""
     out: dict = {}
     for doc in stored(project).values():
-        out[doc["doc"]["key"]] = (doc["doc"]["count"], {e["word"]: (e["count"], e["articles"]) for e in doc["ent"].values()})
+        out[doc["doc"]["key"]] = (doc["doc"]["count"],
+                                  {e["word"]: (e["count"], e["articles"]) for e in doc["ent"].values()})
     for docs in stored_packed(project).values():
         sums = list(docs["sums"].values())
         entities: dict = {}

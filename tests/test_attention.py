@@ -161,7 +161,8 @@ def http_days(http: httpx.Client, publication: str, days: list[str]) -> dict:
             continue
         rows = http.get(f"/publications/{publication}/entities",
                         params={"since": row["day"], "until": row["day"], "limit": 1000}).raise_for_status().json()
-        out[row["day"]] = (row["articles"], row["mentions"], {r["entity"]: (r["mentions"], r["articles"]) for r in rows})
+        out[row["day"]] = (row["articles"], row["mentions"],
+                           {r["entity"]: (r["mentions"], r["articles"]) for r in rows})
     return out
 
 

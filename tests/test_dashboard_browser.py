@@ -213,7 +213,8 @@ def test_dashboard_in_chromium(server, browser):
 
     # the publications table is the read API, row for row, count for count
     publications = api(base, "/publications")
-    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+    until(driver,
+          lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
           "the publications of GET /publications")
     for shown, expected in zip(shown_publications(driver), publications, strict=True):
         assert {k: shown[k] for k in expected} == expected
@@ -324,13 +325,15 @@ def test_dashboard_asks_for_the_read_key(protected_server, browser):
     driver.find_element("css selector", "#auth-form button").click()
 
     publications = api(base, "/publications", key="read-secret")
-    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+    until(driver,
+          lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
           "the publications once the key is given")
     assert not driver.find_element("id", "auth").is_displayed()
     top = publications[0]
     expected = api(base, f"/publications/{segment(top['publication'])}/entities?limit=20&offset=0", key="read-secret")
     until(driver, lambda: chart_matches(driver, expected), "the top entities with the key")
-    until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"), "the word cloud fetched with the key")
+    until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"),
+          "the word cloud fetched with the key")
     assert driver.find_element("id", "wordcloud").get_attribute("src").startswith("blob:")
     # the two refused reads are the only errors on the console
     assert all("401" in message for message in console_errors(driver)), console_errors(driver)
@@ -487,7 +490,8 @@ def test_the_dashboard_shows_each_entity_type_and_filters_by_it(typed_server, br
             " t ? t.textContent : '', +r.dataset.mentions]; })")
 
     every = api(base, "/publications/Typed%20Times/entities?limit=20")
-    until(driver, lambda: rows() == [[e["entity"], e["label"], e["mentions"]] for e in every], "the entities with types")
+    until(driver, lambda: rows() == [[e["entity"], e["label"], e["mentions"]] for e in every],
+          "the entities with types")
     assert rows()[0] == ["washington", "GPE", 11]
 
     Select(driver.find_element("id", "label-filter")).select_by_visible_text("PERSON")

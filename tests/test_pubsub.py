@@ -353,7 +353,8 @@ def test_a_message_that_keeps_killing_workers_goes_to_the_dead_letter_topic(tmp_
 
     store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     good = traced(12, seed=45)
-    poisoned = [("Poisoned Outlet", "Angela Merkel visited Paris. POISON-7f3a", "p1"), ("Poisoned Outlet", "Berlin.", "p2")]
+    poisoned = [("Poisoned Outlet", "Angela Merkel visited Paris. POISON-7f3a", "p1"),
+                ("Poisoned Outlet", "Berlin.", "p2")]
     messages = [(intakeurl.group_id(good[i:i + 4]), good[i:i + 4]) for i in range(0, 12, 4)]
     messages.insert(1, (intakeurl.group_id(poisoned), poisoned))
     backend = fleet_backend(tmp_path, pubsub_topic, store_url, env={"INGEST_TEST_POISON_TOKEN": "POISON-7f3a"})

@@ -312,7 +312,8 @@ class Hub:
                           batch.delta.batch_id, batch.articles, message[2])
             else:
                 self.retry.append((now + RETRY_DELAY, batch))
-                log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles, message[2])
+                log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles,
+                          message[2])
 
     def store_failed(self, now: float) -> None:
         """The store fails outside any batch (a saver cannot reopen it): until a batch is stored."""
@@ -340,7 +341,8 @@ class Hub:
         (and keeps /readyz at 503) until an operator checks the store and decides."""
         self.stuck.append(batch)
         self.recovering.discard(batch.delta.batch_id)
-        self.failing.setdefault(batch.delta.batch_id, batch.first_failed_at if batch.first_failed_at is not None else now)
+        self.failing.setdefault(batch.delta.batch_id,
+                                batch.first_failed_at if batch.first_failed_at is not None else now)
         log.critical(
             "batch=%s (%d articles) recorded %.1f days ago was not stored%s; it is NOT retried: its store marker "
             "may have expired, so a retry could count it twice. It stays in the journal. Check the store, stop "

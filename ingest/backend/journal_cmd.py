@@ -97,7 +97,8 @@ def decide(path: Path, args) -> int:
             print(f"batch {args.batch_id} forgotten; its {n} articles are counted again at the next start",
                   file=sys.stderr)
     except KeyError:
-        print(f"ingestiond journal: no batch {args.batch_id} in {path} (see `ingestiond journal list`)", file=sys.stderr)
+        print(f"ingestiond journal: no batch {args.batch_id} in {path} (see `ingestiond journal list`)",
+              file=sys.stderr)
         return ExitCode.UNFINISHED
     finally:
         journal.close()

@@ -40,7 +40,8 @@ def _schema(model: type[BaseModel]) -> dict:
 
 
 def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -81,8 +82,9 @@ def document(max_batch: int = 1000) -> dict:
 
     def rows(properties: dict, description: str) -> dict:
         item = {"type": "object", "properties": properties, "required": list(properties)}
-        return {"description": description, "content": {"application/json": {"schema": {"type": "array", "items": item}},
-                                                        "text/csv": {"schema": {"type": "string"}}}}
+        return {"description": description,
+                "content": {"application/json": {"schema": {"type": "array", "items": item}},
+                            "text/csv": {"schema": {"type": "string"}}}}
     count = {"type": "integer", "minimum": 0}
     series_errors = {"404": _error("no such publication"), "409": _error("`not_in_this_layout`: this store keeps no "
                                                                          "per-day counts"), **READ_ERRORS}

@@ -398,7 +398,8 @@ class PubSubIntake(Intake):
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
             attributes.update({"dead_lettered_by": "ingestiond", "reason": group.why[:1000]})
-            self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
+            self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data,
+                                    **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
             return False
