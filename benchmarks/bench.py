@@ -456,7 +456,8 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             if poster.error:
                 raise RuntimeError(f"{name}: posting failed: {poster.error}")
             if not poster.is_alive() and s["accepted"] >= len(posts) and s["processed"] >= s["accepted"] \
-                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and (settled is None or settled(s)):
+                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 \
+                    and (settled is None or settled(s)):
                 t_done = now
                 break
             if now >= next_sample:
@@ -608,7 +609,8 @@ PRICES = {
     "firestore_writes_per_100k": 0.18,  # Firestore Native, multi-region (nam5/eur3) list price per 100,000 document
                                         # writes (cloud.google.com/firestore/pricing; as given in the project's facts)
     "firestore_reads_per_100k": 0.06,   # the same page, per 100,000 document reads, multi-region
-    "vm_per_hour": 0.54,                # a 16-core e2-standard-16 on demand, ~$0.54/h (docs/firestore-layout.md's estimate)
+    "vm_per_hour": 0.54,                # a 16-core e2-standard-16 on demand, ~$0.54/h
+                                        # (docs/firestore-layout.md's estimate)
 }
 VM_ARTICLES_PER_S = (180.0, 300.0)      # README "What a 16-core VM should sustain": an estimate, not a measurement
 PRICE_SOURCES = {
@@ -692,7 +694,8 @@ def measure_firestore_layouts(children: st.Children, workdir: Path, posts, worke
                       "batches_per_1000": round(1000 * s["store_batches"] / processed, 2),
                       "writes_per_s": round(s["store_writes"] / r["seconds"], 1),
                       "writes_dollars_per_million": round(dollars_per_million(wpa), 2),
-                      "vm_dollars_per_million": [round(vm_dollars_per_million(x), 2) for x in reversed(VM_ARTICLES_PER_S)]})
+                      "vm_dollars_per_million": [round(vm_dollars_per_million(x), 2)
+                                                 for x in reversed(VM_ARTICLES_PER_S)]})
             r.pop("worker_rss", None)  # (f) is about (c); keep (h) short
             out["layouts"][layout] = r
             say(f"(h) {layout}: {r['writes_per_1000']} document writes per 1,000 articles ({s['store_writes']} for "
@@ -943,7 +946,8 @@ def verdicts(results: dict) -> list[dict]:
                 median = sorted(x[1] for x in paired)[len(paired) // 2]
                 rows.append({"check": f"    same round by round (median), W={w}", "value": round(median, 3),
                              "target": "(info)", "pass": None,
-                             "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)" for n, x, o in paired)})
+                             "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)"
+                                                 for n, x, o in paired)})
         if b:
             ratio = c["articles_per_s"] / b["articles_per_s"]
             rows.append({"check": f"(c)/(b) end-to-end vs course, W={w}", "value": round(ratio, 2),
@@ -957,7 +961,8 @@ def verdicts(results: dict) -> list[dict]:
             rows.append({"check": f"(d)/NER front door {label} ({d[label]['path']})", "value": round(ratio, 1),
                          "target": f">= {target:.0f}", "pass": ratio >= target,
                          "detail": f"{d[label][key]:.0f} {unit} / {ner_rate:.1f} art/s (max ceiling); "
-                                   f"202 p50 {d[label]['latency_p50_ms']:.1f} / p99 {d[label]['latency_p99_ms']:.1f} ms"})
+                                   f"202 p50 {d[label]['latency_p50_ms']:.1f} / "
+                                   f"p99 {d[label]['latency_p99_ms']:.1f} ms"})
     default = next((c for c in e2e if c["workers"] == results["settings"]["default_workers"]), None)
     for c in ([default] if default else e2e[:1]):
         rows.append({"check": f"(e) store commits per 1,000 articles, W={c['workers']}",
@@ -967,7 +972,8 @@ def verdicts(results: dict) -> list[dict]:
         rows.append({"check": f"(e) store row writes per 1,000 articles, W={c['workers']}",
                      "value": c["store_writes_per_1000"], "target": "(reported)", "pass": None,
                      "detail": f"{c['status']['store_writes']} rows" + (
-                         f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each" if b else "")})
+                         f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each"
+                         if b else "")})
     rows += pubsub_rows(results, a, {c["workers"]: c for c in e2e})
     rows += firestore_rows(results.get("h_firestore_layouts"))
     for c in e2e:
@@ -996,7 +1002,8 @@ def format_cpu_by_role(runs: list[dict]) -> list[str]:
         by = c["cpu_ms_per_article_by_role"]
         overhead = sum(by.get(r, 0.0) for r in CPU_ROLES if r != "workers")
         total = overhead + by.get("workers", 0.0)
-        lines.append(f"{'(c) end to end W=%d' % c['workers']:<58} " + " ".join(f"{by.get(r, 0.0):>9.2f}" for r in CPU_ROLES)
+        lines.append(f"{'(c) end to end W=%d' % c['workers']:<58} "
+                     + " ".join(f"{by.get(r, 0.0):>9.2f}" for r in CPU_ROLES)
                      + f" {overhead:>9.2f} {overhead / total if total else 0:>7.1%}")
     return lines
 
@@ -1041,7 +1048,8 @@ def format_table(results: dict) -> str:
     journal_rows = [(f"(c) end to end W={c['workers']}", c["journal"])
                     for c in best_runs(results["c_end_to_end"], "workers") if c.get("journal")]
     if d:
-        journal_rows += [(f"(d) front door {d[k]['path']}" + (f" x{d[k]['articles_per_request']:.0f}" if k == "batch" else ""),
+        journal_rows += [(f"(d) front door {d[k]['path']}"
+                          + (f" x{d[k]['articles_per_request']:.0f}" if k == "batch" else ""),
                           d[k]["journal"]) for k in ("single", "batch") if d[k].get("journal")]
     if journal_rows:
         lines.append("")
@@ -1090,7 +1098,8 @@ def machine_info() -> dict:
 
     cpu_model = None
     try:
-        cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
+        cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                          if line.startswith("model name")), None)
     except OSError:
         pass
     import psutil
@@ -1193,7 +1202,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one branch per me
                          "max_noise_percent": args.max_noise, "noise_retries": args.noise_retries,
                          "flat_rule": "lowest worker RSS sample in the last third of (c) <= lowest in the first third "
                                       "x 1.05 + 8 MB",
-                         "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])])},
+                         "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py",
+                                              *(argv or sys.argv[1:])])},
             "loadavg_start": loadavg(), "targets": TARGETS,
             "a_ceiling": [], "b_course": None, "c_end_to_end": [], "d_front_door": None, "h_firestore_layouts": None,
             "i_pubsub": [],
@@ -1266,7 +1276,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one branch per me
             results["d_front_door_runs"] = {}
             for label, path, batch, key in (("single", "/post/enqueue", 1, "requests_per_s"),
                                             ("batch", "/posts", args.post_batch, "articles_per_s")):
-                runs = until_quiet(lambda label=label, path=path, batch=batch: measure_front_door(children, workdir, posts, label, path, batch, 1024 * 1024,
+                runs = until_quiet(lambda label=label, path=path, batch=batch:
+                                   measure_front_door(children, workdir, posts, label, path, batch, 1024 * 1024,
                                                               front_seconds, args.clients, args.threads, quiet),
                                    args.max_noise, args.noise_retries)
                 results["d_front_door_runs"][label] = runs

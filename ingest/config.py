@@ -155,8 +155,8 @@ class BackendSettings(_Common):
                                description="attempts per store write before the batch is parked for a later retry")
     journal: Optional[Path] = Field(None, description="the durable intake, an SQLite file (default VAR_DIR/journal.db)")
     journal_size: Annotated[int, NoDecode] = Field(1024**3, ge=1024,
-                                                   description="bytes of article text the journal may "
-                                                   "hold before the frontend answers 503 (default 1GiB; K/M/G suffixes)")
+                                                   description="bytes of article text the journal may hold before "
+                                                   "the frontend answers 503 (default 1GiB; K/M/G suffixes)")
     dedup_retention: float = Field(7 * 86400.0, gt=0,
                                    description="seconds a client id is remembered, so a retried post "
                                                "is not counted twice (default 7 days)")

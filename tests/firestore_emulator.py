@@ -184,7 +184,8 @@ def firestore_counts(project: str) -> dict:
         sums = list(docs["sums"].values())
         entities: dict = {}
         for shard in docs["shards"].values():
-            items = [(k, v) for k, v in (shard.get("e") or {}).items()] + [(v["w"], v) for v in (shard.get("h") or {}).values()]
+            items = ([(k, v) for k, v in (shard.get("e") or {}).items()]
+                     + [(v["w"], v) for v in (shard.get("h") or {}).values()])
             for entity, v in items:
                 m, a = entities.get(entity, (0, 0))
                 entities[entity] = (m + v["m"], a + v["a"])

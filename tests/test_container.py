@@ -287,7 +287,8 @@ def _programs(path: Path) -> dict:
     keys = ("programs", "command", "priority", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup",
             "autorestart",
             "startsecs", "startretries")
-    return {s: {k: parser.get(s, k, fallback=None) for k in keys} for s in parser.sections() if s.startswith(("program:", "group:"))}
+    return {s: {k: parser.get(s, k, fallback=None) for k in keys} for s in parser.sections()
+            if s.startswith(("program:", "group:"))}
 
 
 def test_container_supervisord_conf_runs_the_same_programs_as_make_run():

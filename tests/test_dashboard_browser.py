@@ -38,7 +38,8 @@ def _need_browser():
     try:
         import selenium  # noqa: F401
     except ImportError:
-        pytest.skip("SKIPPED LOUDLY: selenium is not installed (pip install selenium); no browser test of the dashboard")
+        pytest.skip("SKIPPED LOUDLY: selenium is not installed (pip install selenium); "
+                    "no browser test of the dashboard")
     for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
             pytest.skip(f"SKIPPED LOUDLY: {path} not found; apt-get install -y chromium chromium-driver ({pkg})")

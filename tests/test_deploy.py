@@ -656,7 +656,8 @@ def index_calls(tmp: Path) -> list[tuple]:
             what = "--disable-indexes" if "--disable-indexes" in c["args"] else "other"
             out.append((c["args"][4], flag(c, "--collection-group"), what))
         elif c["prog"] == "gcloud" and c["args"][:4] == ["firestore", "fields", "ttls", "update"]:
-            out.append((c["args"][4], flag(c, "--collection-group"), "--enable-ttl" if "--enable-ttl" in c["args"] else "other"))
+            out.append((c["args"][4], flag(c, "--collection-group"),
+                        "--enable-ttl" if "--enable-ttl" in c["args"] else "other"))
     return out
 
 
@@ -940,7 +941,8 @@ def test_upgrade_drains_before_installing(installed, wheel, ready_server):
     result = ok(vm_setup(tmp, "upgrade", *install_args(root, wheel, "--ready-timeout", "30")))
     log = calls(tmp)
     assert [c["args"] for c in log] == [["stop", "ingestiond"], ["daemon-reload"], ["start", "ingestiond"]]
-    record = next((root / "opt" / "ingestiond" / "venv").glob("lib/python*/site-packages/ingestiond-*.dist-info/RECORD"))
+    record = next((root / "opt" / "ingestiond" / "venv").glob(
+        "lib/python*/site-packages/ingestiond-*.dist-info/RECORD"))
     assert log[0]["t"] < record.stat().st_mtime < log[2]["t"], "the wheel must be installed while stopped"
     assert server.hits >= 1 and "ready after" in result.stderr
     assert env_file.read_text() == text  # settings survive a rollout

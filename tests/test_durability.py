@@ -265,14 +265,16 @@ def test_every_article_posted_twice_over_http_some_after_a_cut_connection_is_cou
                     raw = json.dumps(body).encode()
                     with socket.create_connection((host, int(port))) as s:
                         s.sendall(b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                  + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+                                  + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+                                  + raw)
                         s.shutdown(socket.SHUT_WR)
                     time.sleep(0.05)
                 answers.append(http.post("/post/enqueue", json=body).json())
             batch = http.post("/posts", json=[{"publication": p, "content": c, "id": d} for p, c, d in posts])
             assert batch.status_code == 202 and batch.json() == {"accepted": 0, "duplicates": 40}
         assert sum(a["accepted"] for a in answers) + sum(a["duplicates"] for a in answers) == 40
-        assert sum(a["duplicates"] for a in answers) >= 1, "a cut request was in fact delivered: its retry is a duplicate"
+        assert sum(a["duplicates"] for a in answers) >= 1, \
+            "a cut request was in fact delivered: its retry is a duplicate"
         backend.wait_idle()
     finally:
         assert frontend.stop() == 0
@@ -406,7 +408,8 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
         backend.client.put_many(posts)
         wait_for(lambda: backend.status()["in_flight"] > 0 or backend.status()["processed"] > 0, 60)
         filler = var / "filler"
-        with open(filler, "wb", buffering=0) as fh:  # fill the disk under the journal to the last byte (unbuffered: close cannot fail)
+        # fill the disk under the journal to the last byte (unbuffered: close cannot fail)
+        with open(filler, "wb", buffering=0) as fh:
             try:
                 while True:
                     fh.write(b"\0" * 65536)
@@ -539,7 +542,8 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
     untrue = sorted(k for k, s in status_of.items() if s == 503 and k in got)
     stray = sorted(set(got) - set(status_of))
     assert not lost and not doubled and not untrue and not stray, \
-        f"lost {lost[:5]} ({len(lost)}), doubled {doubled}, counted after a 503 {untrue[:5]} ({len(untrue)}), {stray[:5]}"
+        f"lost {lost[:5]} ({len(lost)}), doubled {doubled}, counted after a 503 {untrue[:5]} ({len(untrue)}), " \
+        f"{stray[:5]}"
     assert done[0] == clients * per_client
     assert all(any(sent < k < answered for sent, answered in spans) for k in kill_times), \
         "every kill must interrupt requests in flight"

@@ -535,7 +535,8 @@ def test_a_standalone_frontend_stops_cleanly_20_times_under_load(tmp_path, backe
     import threading
 
     for round_ in range(20):
-        front = start_frontend(tmp_path / f"f{round_}", backend.env, workers=2) if (tmp_path / f"f{round_}").mkdir() is None else None
+        front = (start_frontend(tmp_path / f"f{round_}", backend.env, workers=2)
+                 if (tmp_path / f"f{round_}").mkdir() is None else None)
         stop = threading.Event()
 
         def load(front=front, stop=stop, round_=round_):

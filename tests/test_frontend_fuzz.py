@@ -215,7 +215,8 @@ def test_hostile_bodies_never_5xx_and_count_only_the_valid(http, backend, sent, 
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
            | st.text(max_size=30))
 json_values = st.recursive(scalars,
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
 texts = st.text(max_size=60) | st.sampled_from(["", " ", "\n\t", "Nairobi", "Angela Merkel in Paris.", "x" * 201])
 # well-formed posts with random text: without them ~1 run in 20 held no valid post at all

@@ -49,7 +49,8 @@ def responses(data: bytes) -> list[tuple[int, bytes]]:
     while data.startswith(b"HTTP/1.1 "):
         head, _, rest = data.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
         out.append((status, rest[:length]))
         data = rest[length:]
     return out

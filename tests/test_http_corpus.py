@@ -56,7 +56,8 @@ def read_response(s: socket.socket, pending: bytes = b"") -> tuple[int, dict, by
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
-    headers = {k.strip().lower().decode(): v.strip().decode() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    headers = {k.strip().lower().decode(): v.strip().decode()
+               for k, _, v in (line.partition(b":") for line in lines[1:])}
     length = 0 if status < 200 else int(headers.get("content-length", "0"))
     while len(rest) < length:
         rest += _recv(s, rest)
@@ -82,7 +83,8 @@ def parse_all(data: bytes) -> list[tuple[int, bytes]]:
         assert sep, data[:300]
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
-        length = next((int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:")), 0)
+        length = next((int(line.split(b":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
         out.append((status, rest[:length]))
         data = rest[length:]
     return out
@@ -121,7 +123,8 @@ CASES = [
      None),
     ("post-chunked-uppercase-hex", post(b"/posts", b"%X\r\n" % len(BATCH) + BATCH + b"\r\n0\r\n\r\n", chunked=True),
      [202], None),
-    ("absolute-form", b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", [200], None),
+    ("absolute-form", b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+     [200], None),
     ("absolute-form-https-port", b"GET HTTPS://example.org:8443/healthz HTTP/1.1\r\nHost: x\r\nConnection: "
                                  b"close\r\n\r\n",
      [200], None),
@@ -144,7 +147,8 @@ CASES = [
      b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: a\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
      b"0\r\n\r\n" + SMUGGLED, [400], "bad_request"),
     ("bare-lf-everywhere", b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n", [400], "bad_request"),
-    ("bare-lf-after-request-line", b"GET /healthz HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n", [400], "bad_request"),
+    ("bare-lf-after-request-line", b"GET /healthz HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n", [400],
+     "bad_request"),
     ("bare-lf-ends-head", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\n", [400], "bad_request"),
     ("bare-cr-in-head", b"GET /healthz HTTP/1.1\r\nHost: x\rX-A: b\r\nConnection: close\r\n\r\n", [400], "bad_request"),
 
@@ -251,7 +255,8 @@ def test_head_carries_the_content_length_of_get_and_no_body(frontend, target):
         data = read_to_close(s)
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
-    lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"content-length:")]
     assert lengths == [got_headers["content-length"].encode()]
     assert rest == b""
 

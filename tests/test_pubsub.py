@@ -42,7 +42,8 @@ def test_a_request_is_one_message_whose_group_is_stable_when_every_post_has_an_i
     assert intakeurl.group_id(retry) == group
     assert intakeurl.group_id(posts[:1]) != group
     anonymous = [("The Planet", "x y", None)]
-    assert intakeurl.group_id(anonymous).startswith("r") and intakeurl.group_id(anonymous) != intakeurl.group_id(anonymous)
+    assert intakeurl.group_id(anonymous).startswith("r") \
+        and intakeurl.group_id(anonymous) != intakeurl.group_id(anonymous)
     assert intakeurl.unique_posts(posts + [("THE planet", "again", "a")]) == (posts, 1)
 
 
@@ -224,7 +225,8 @@ def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_eac
     try:
         for _ in range(2):
             frontends.append(start_frontend(tmp_path, {"INGEST_STORE": store_url},
-                                            env={**pubsub_topic.env, **env, "INGEST_INTAKE": pubsub_topic.frontend_url}))
+                                            env={**pubsub_topic.env, **env,
+                                                 "INGEST_INTAKE": pubsub_topic.frontend_url}))
         senders = [Sender(frontends[0], singles, pause=0.05), Sender(frontends[1], batches, pause=1.5)]
         started = time.monotonic()
         for s in senders:

@@ -87,7 +87,8 @@ def _intake(tmp_path, subscription, **settings) -> PubSubIntake:
 def _messages(count: int, articles: int) -> list[tuple[str, bytes, int]]:
     out = []
     for i in range(count):
-        posts = [(f"Outlet {i % 7}", f"Story {i}-{j}. Ada Lovelace met Charles Babbage.", None) for j in range(articles)]
+        posts = [(f"Outlet {i % 7}", f"Story {i}-{j}. Ada Lovelace met Charles Babbage.", None)
+                 for j in range(articles)]
         out.append((f"r{i:032x}", encode(posts), articles))
     return out
 

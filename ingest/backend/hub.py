@@ -461,7 +461,8 @@ class Hub:
             "unsaved": self.batcher.unsaved() + in_saver + sum(b.articles for _, b in self.retry)
                        + sum(b.articles for b in self.given_up) + sum(b.articles for b in self.stuck),
             "quarantined": self.quarantined_now,
-            "store_failing_seconds": round(now - self.store_failing_since, 1) if self.store_failing_since is not None else 0.0,
+            "store_failing_seconds": (round(now - self.store_failing_since, 1)
+                                      if self.store_failing_since is not None else 0.0),
             "workers": len(self.workers),
             "workers_ready": sum(1 for s in self.workers.values() if s.ready),
             "savers": len(self.savers),

@@ -212,7 +212,7 @@ class Journal:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = %s" % ("FULL" if self.sync else "OFF"))
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA secure_delete = FAST")  # a committed text is not overwritten with zeros: 2 page writes fewer
+        conn.execute("PRAGMA secure_delete = FAST")  # committed text is not overwritten with zeros: 2 page writes fewer
         return conn
 
     def claim(self, store: str) -> None:
@@ -226,7 +226,8 @@ class Journal:
                     f"journal {self.path} holds {pending} uncommitted articles/batches for store {row[0]}, not "
                     f"{store}: start once with --store {row[0]} to finish them, or move the journal away to "
                     "discard them")
-        self._conn.execute("INSERT INTO meta VALUES ('store', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        self._conn.execute("INSERT INTO meta VALUES ('store', ?) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            (store,))
 
     def get_meta(self, key: str) -> str | None:

@@ -137,7 +137,8 @@ class SqliteStore:
                     "articles = articles + excluded.articles",
                     [(post.key, e, m, post.entity_articles[e]) for e, m in post.mentions.items()],
                 )
-                rows = [(post.key, e, label, n) for e, per_label in post.labels.items() for label, n in per_label.items()]
+                rows = [(post.key, e, label, n) for e, per_label in post.labels.items()
+                        for label, n in per_label.items()]
                 conn.executemany(
                     "INSERT INTO entity_labels (pub_key, entity, label, mentions) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (pub_key, entity, label) DO UPDATE SET mentions = mentions + excluded.mentions", rows)

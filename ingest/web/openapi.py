@@ -90,7 +90,8 @@ def document(max_batch: int = 1000) -> dict:
                                                                          "per-day counts"), **READ_ERRORS}
     rising = {"summary": "Entities whose share of articles rose most in the `days` days ending `until`, against the "
                          "`days` days before; score: the two-proportion z-score of the shares, at least 3 articles now",
-              "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 183}},
+              "parameters": [{"name": "days", "in": "query",
+                              "schema": {"type": "integer", "minimum": 1, "maximum": 183}},
                              until, limit, fmt],
               "responses": {"200": rows({"entity": {"type": "string"}, "articles_now": count,
                                          "articles_before": count, "total_now": count, "total_before": count,
@@ -125,7 +126,8 @@ def document(max_batch: int = 1000) -> dict:
                 "summary": "Publications by articles, paged", "parameters": [limit, offset, {
                     "name": "publication", "in": "query", "required": False, "schema": {"type": "string"},
                     "description": "only this publication: a list of one, or [] when unknown"}],
-                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/PublicationSummary"}},
+                "responses": {"200": _json({"type": "array",
+                                            "items": {"$ref": "#/components/schemas/PublicationSummary"}},
                                            "publications"), **READ_ERRORS}}},
             "/publications/{publication}/entities": {"get": {
                 "summary": "A publication's entities by mentions desc, entity asc",

@@ -19,7 +19,8 @@ import time
 from datetime import timezone
 from dataclasses import dataclass, field
 
-from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag, untag
+from ...core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url,
+                               tag, untag)
 from ...core.protocol import QueueFull
 from ..errors import BootError
 from ..intake import Intake
