@@ -200,8 +200,7 @@ def start_stack(children: Children, workdir: Path, name: str, backend_args: list
     with open(run_dir / "frontend.log", "wb") as log:
         frontend = children.popen([str(BIN / "ingest-frontend"), "--bind", f"127.0.0.1:{http_port}",
                                    "--workers", str(frontend_workers)], env={**env, **(frontend_env or {})},
-                                  cwd=run_dir,
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                  cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stack = Stack(backend, frontend, ("127.0.0.1", port), authkey, store_path, f"http://127.0.0.1:{http_port}",
                   api_key, run_dir, journal_name=journal_name)
     workers = _flag(backend_args, "--workers", 1)

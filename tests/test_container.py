@@ -285,8 +285,7 @@ def _programs(path: Path) -> dict:
     parser = configparser.RawConfigParser()
     parser.read(path)
     keys = ("programs", "command", "priority", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup",
-            "autorestart",
-            "startsecs", "startretries")
+            "autorestart", "startsecs", "startretries")
     return {s: {k: parser.get(s, k, fallback=None) for k in keys} for s in parser.sections()
             if s.startswith(("program:", "group:"))}
 

@@ -125,8 +125,8 @@ CASES = [
      [202], None),
     ("absolute-form", b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
      [200], None),
-    ("absolute-form-https-port", b"GET HTTPS://example.org:8443/healthz HTTP/1.1\r\nHost: x\r\nConnection: "
-                                 b"close\r\n\r\n",
+    ("absolute-form-https-port", b"GET HTTPS://example.org:8443/healthz HTTP/1.1\r\n"
+                                 b"Host: x\r\nConnection: close\r\n\r\n",
      [200], None),
     ("absolute-form-keeps-query",
      b"GET http://127.0.0.1/publications/nobody/entities?limit=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

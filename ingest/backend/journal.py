@@ -394,8 +394,7 @@ class Journal:
             if client_id is not None:
                 key = (publication_key(publication), client_id)
                 if key in seen or conn.execute("SELECT 1 FROM client_ids WHERE pub_key = ? AND id = ? AND "
-                                               "accepted_at > ?",
-                                               (key[0], key[1], now - self.retention)).fetchone():
+                                               "accepted_at > ?", (key[0], key[1], now - self.retention)).fetchone():
                     duplicates += 1
                     continue
                 seen.add(key)

@@ -267,8 +267,9 @@ class SqliteStore:
                 (*sorted(labels), limit, offset)).fetchall()
         else:
             rows = self._conn.execute(
-                f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET "
-                "?) g ORDER BY g.m DESC, g.entity ASC", (limit, offset)).fetchall()
+                f"SELECT g.entity, {label}, g.m, g.a, g.n "
+                f"FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+                "ORDER BY g.m DESC, g.entity ASC", (limit, offset)).fetchall()
         return [{"entity": e, "label": lb or "", "mentions": m, "articles": a, "publications": n}
                 for e, lb, m, a, n in rows]
 
