@@ -35,6 +35,7 @@ setup(
             "psutil>=5.9,<8",
             "selenium>=4.20,<5",
             "schemathesis>=4,<5",
+            "ruff>=0.16,<1",  # scripts/test.sh lints before the tests (config in pyproject.toml)
             # deploy/build.sh --no-build-isolation (the tests) builds the wheel with these.
             "setuptools>=70.1",
             "wheel>=0.42,<1",
