@@ -13,7 +13,6 @@ import pytest
 
 from ingest.core import intakeurl
 from tests.corpus import articles
-from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: F401 (fixtures)
 from tests.support import BIN, expected_counts, free_port, start_backend, store_counts, wait_for
 
 pytestmark = pytest.mark.slow  # the Pub/Sub emulator
