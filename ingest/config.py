@@ -80,7 +80,8 @@ class _Common(BaseSettings):
     authkey_file: Optional[Path] = Field(None,
                                          description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1, description="longest article content accepted (longer: 413)")
+    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1,
+                                   description="longest article content accepted (longer: 413)")
     backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
                                            "journal); when set, the frontend's /healthz and /readyz fail (503) while "
                                            "the backend it names is wedged, nack-looping or not committing")
