@@ -3,7 +3,8 @@ from setuptools import find_namespace_packages, setup
 setup(
     name="ingestiond",
     version="0.1.0",
-    description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in Firestore or SQLite",
+    description="News-ingestion daemon: HTTP front door, spaCy NER workers, per-publication counts in "
+                "Firestore or SQLite",
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["ingest", "ingest.*"]),
     include_package_data=True,
@@ -34,6 +35,7 @@ setup(
             "psutil>=5.9,<8",
             "selenium>=4.20,<5",
             "schemathesis>=4,<5",
+            "ruff>=0.16,<1",  # scripts/test.sh lints before the tests (config in pyproject.toml)
             # deploy/build.sh --no-build-isolation (the tests) builds the wheel with these.
             "setuptools>=70.1",
             "wheel>=0.42,<1",

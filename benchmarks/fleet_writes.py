@@ -30,7 +30,8 @@ from tests.support import start_backend, wait_for  # noqa: E402
 
 
 def corpus(n: int) -> list[tuple[str, str, str]]:
-    return [(f"Outlet {i % 9}", content, f"https://example.test/w/{i}") for i, (_, content) in enumerate(articles(n, 31))]
+    return [(f"Outlet {i % 9}", content, f"https://example.test/w/{i}")
+            for i, (_, content) in enumerate(articles(n, 31))]
 
 
 def publish(setup, posts) -> None:

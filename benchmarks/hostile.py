@@ -48,7 +48,8 @@ def main() -> int:
                 rows.append({"mix": name, "pairs": w.pairs, "alone_per_s": w.alone[0] / w.alone[1],
                              "loaded_per_s": w.loaded[0] / w.loaded[1], "ratio": w.ratio,
                              "reads_per_s": w.reads / w.loaded[1], "ok": w.ratio >= TARGET})
-    print(f"{'mix':<10} {'pairs':>5} {'alone/s':>8} {'loaded/s':>9} {'ratio':>7} {'reads/s':>8}  target >= {TARGET:.0%}")
+    print(f"{'mix':<10} {'pairs':>5} {'alone/s':>8} {'loaded/s':>9} {'ratio':>7} {'reads/s':>8}  "
+          f"target >= {TARGET:.0%}")
     for r in rows:
         print(f"{r['mix']:<10} {r['pairs']:>5} {r['alone_per_s']:>8.0f} {r['loaded_per_s']:>9.0f} {r['ratio']:>7.1%} "
               f"{r['reads_per_s']:>8.0f}  {'ok' if r['ok'] else 'FAIL'}")

@@ -119,10 +119,12 @@ def main(argv=None) -> int:
     for outlet, t in table.items():
         d1, d2, d3 = (t[n]["distinct"] for n in ("v1", "v2", "v2+aliases"))
         p1, p2, p3 = (t[n]["pairs"] for n in ("v1", "v2", "v2+aliases"))
-        print(f"{outlet[:17]:<18}{t['articles']:>9} | {d1:>11}{d2:>7}{(d2 - d1) / d1:>+7.1%}{d3:>9} | {p1:>16}{p2:>5}{p3:>9}")
+        print(f"{outlet[:17]:<18}{t['articles']:>9} | {d1:>11}{d2:>7}{(d2 - d1) / d1:>+7.1%}{d3:>9} | "
+              f"{p1:>16}{p2:>5}{p3:>9}")
     d1, d2, d3 = (totals[n]["distinct"] for n in ("v1", "v2", "v2+aliases"))
     p1, p2, p3 = (totals[n]["pairs"] for n in ("v1", "v2", "v2+aliases"))
-    print(f"{'all outlets':<18}{len(posts):>9} | {d1:>11}{d2:>7}{(d2 - d1) / d1:>+7.1%}{d3:>9} | {p1:>16}{p2:>5}{p3:>9}")
+    print(f"{'all outlets':<18}{len(posts):>9} | {d1:>11}{d2:>7}{(d2 - d1) / d1:>+7.1%}{d3:>9} | "
+          f"{p1:>16}{p2:>5}{p3:>9}")
     share = rules_seconds / (ner_seconds + rules_seconds)
     print(f"time: NER {ner_seconds:.1f} s, v2 rules {rules_seconds * 1000:.0f} ms ({share:.2%} of NER + rules; "
           f"NER speed with the rules: {1 - share:.3f} of NER alone)")

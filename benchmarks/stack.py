@@ -86,14 +86,16 @@ def start_role(children: Children, env: dict, *args: str) -> subprocess.Popen:
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-def run_together(children: Children, procs: list[subprocess.Popen], timeout: float = 600.0, before_go=None) -> list[dict]:
+def run_together(children: Children, procs: list[subprocess.Popen], timeout: float = 600.0,
+                 before_go=None) -> list[dict]:
     """Wait until every child is ready, (call before_go,) release them together, collect their JSON results."""
     import json
 
     for proc in procs:
         line = proc.stdout.readline().strip()
         if line != "ready":
-            raise RuntimeError(f"benchmark child {proc.args[2:]} failed before it was ready (exit {proc.poll()}): {line!r}")
+            raise RuntimeError(f"benchmark child {proc.args[2:]} failed before it was ready (exit "
+                               f"{proc.poll()}): {line!r}")
     if before_go is not None:
         before_go()
     for proc in procs:
@@ -197,8 +199,8 @@ def start_stack(children: Children, workdir: Path, name: str, backend_args: list
                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     with open(run_dir / "frontend.log", "wb") as log:
         frontend = children.popen([str(BIN / "ingest-frontend"), "--bind", f"127.0.0.1:{http_port}",
-                                   "--workers", str(frontend_workers)], env={**env, **(frontend_env or {})}, cwd=run_dir,
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   "--workers", str(frontend_workers)], env={**env, **(frontend_env or {})},
+                                  cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stack = Stack(backend, frontend, ("127.0.0.1", port), authkey, store_path, f"http://127.0.0.1:{http_port}",
                   api_key, run_dir, journal_name=journal_name)
     workers = _flag(backend_args, "--workers", 1)

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         conn.close()
     print(f"\nSQLite window reads: 1 publication x {args.days} days x {args.entities} entities a day "
           f"({size / 2**20:.0f} MiB)\n")
-    print(f"| query | p50 ms | p99 ms |\n| --- | --- | --- |")
+    print("| query | p50 ms | p99 ms |\n| --- | --- | --- |")
     for name, r in rows.items():
         print(f"| {name} | {r['p50_ms']} | {r['p99_ms']} |")
     Path(args.json).write_text(json.dumps({"days": args.days, "entities_per_day": args.entities,

@@ -77,9 +77,11 @@ class _Common(BaseSettings):
     manager_address: Address = Field(DEFAULT_MANAGER_ADDRESS, description="HOST:PORT of the queue manager")
     authkey: Optional[SecretStr] = Field(None, description="the manager's shared secret "
                                                            "(default: generated into the authkey file, 0600)")
-    authkey_file: Optional[Path] = Field(None, description="where the generated authkey lives (default VAR_DIR/authkey)")
+    authkey_file: Optional[Path] = Field(None,
+                                         description="where the generated authkey lives (default VAR_DIR/authkey)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1, description="longest article content accepted (longer: 413)")
+    max_article_chars: int = Field(MAX_ARTICLE_CHARS, ge=1,
+                                   description="longest article content accepted (longer: 413)")
     backend_health: Optional[Path] = Field(None, description="the backend's health file (default: next to its "
                                            "journal); when set, the frontend's /healthz and /readyz fail (503) while "
                                            "the backend it names is wedged, nack-looping or not committing")
@@ -141,37 +143,46 @@ RESERVED_WRITERS = ("archive", "compactor")
 class BackendSettings(_Common):
     """`ingestiond`'s settings; every field is a flag and an INGEST_* variable."""
 
-    workers: int = Field(default_factory=default_workers, ge=1, description="NER worker processes (default: cores - 1, at least 1)")
+    workers: int = Field(default_factory=default_workers, ge=1,
+                         description="NER worker processes (default: cores - 1, at least 1)")
     savers: int = Field(1, ge=1, description="saver processes")
     cache_size: int = Field(64, ge=1, description="messages per worker before a flush")
     flush_interval: float = Field(2.0, gt=0, description="seconds a worker may hold unflushed data")
     queue_size: Optional[int] = Field(None, ge=1, description="articles the journal and input queue may hold (full -> "
-                                      "503; default: --journal-size / 2 KiB, at least 10,000; 524,288 at 1 GiB: the bytes bind first)")
+                                      "503; default: --journal-size / 2 KiB, at least 10,000; 524,288 at 1 GiB: the "
+                                      "bytes bind first)")
     batch_size: int = Field(16, ge=1, description="articles per nlp.pipe micro-batch")
     batch_bytes: Annotated[int, NoDecode] = Field(256 * 1024, ge=1, description="bytes of text per micro-batch "
                                                   "(a longer article goes alone): bounds a worker's memory")
     model: str = Field(DEFAULT_MODEL, description="spaCy pipeline package (default: en_core_web_sm 3.8)")
     drain_timeout: float = Field(600.0, gt=0, description="seconds a SIGTERM drain may take before children are killed")
-    store_retries: int = Field(8, ge=1, description="attempts per store write before the batch is parked for a later retry")
+    store_retries: int = Field(8, ge=1,
+                               description="attempts per store write before the batch is parked for a later retry")
     journal: Optional[Path] = Field(None, description="the durable intake, an SQLite file (default VAR_DIR/journal.db)")
-    journal_size: Annotated[int, NoDecode] = Field(1024**3, ge=1024, description="bytes of article text the journal may "
-                                                   "hold before the frontend answers 503 (default 1GiB; K/M/G suffixes)")
-    dedup_retention: float = Field(7 * 86400.0, gt=0, description="seconds a client id is remembered, so a retried post "
-                                                                  "is not counted twice (default 7 days)")
+    journal_size: Annotated[int, NoDecode] = Field(1024**3, ge=1024,
+                                                   description="bytes of article text the journal may hold before "
+                                                   "the frontend answers 503 (default 1GiB; K/M/G suffixes)")
+    dedup_retention: float = Field(7 * 86400.0, gt=0,
+                                   description="seconds a client id is remembered, so a retried post "
+                                               "is not counted twice (default 7 days)")
     client_ids_size: Annotated[int, NoDecode] = Field(2 * 1024**3, ge=1024, description="bytes the remembered client "
                                                       "ids may take in the journal (~250 bytes per URL id; default "
                                                       "2GiB); when full the oldest are forgotten first")
-    store_unhealthy_after: float = Field(30.0, gt=0, description="seconds a store batch may fail (counted from its first "
+    store_unhealthy_after: float = Field(30.0, gt=0,
+                                         description="seconds a store batch may fail (counted from its first "
                                          "failure) before /readyz says 503")
-    quarantine_size: int = Field(1000, ge=1, description="articles the quarantine may hold (they count in the journal's "
+    quarantine_size: int = Field(1000, ge=1,
+                                 description="articles the quarantine may hold (they count in the journal's "
                                  "bounds too); when full, new posts are refused (503) until an operator retries or "
                                  "drops them (`ingestiond quarantine`)")
     days_kept: Optional[int] = Field(None, ge=1, description="days of per-day entity counts kept (older ones are "
                                      "dropped; per-day article totals and all-time counts stay); default: all")
-    batch_interval: Optional[float] = Field(None, ge=0, description="seconds between one saver's store batches (default: "
+    batch_interval: Optional[float] = Field(None, ge=0,
+                                            description="seconds between one saver's store batches (default: "
                                             "the flush interval for Firestore, which sustains about one write a second "
                                             "per document; 0 for SQLite)")
-    writer: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$", description="this backend's name on the documents it owns "
+    writer: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$",
+                        description="this backend's name on the documents it owns "
                         "in Firestore's packed layout (default: an id kept in the journal)")
     intake: Optional[str] = Field(None, description="pubsub://PROJECT/SUBSCRIPTION[?dead_letter=TOPIC]: take articles "
                                   "from Google Pub/Sub (a fleet, docs/pubsub.md; honours PUBSUB_EMULATOR_HOST) "
@@ -228,7 +239,8 @@ class BackendSettings(_Common):
     @model_validator(mode="after")
     def _queue_follows_journal(self):
         if self.queue_size is None:
-            object.__setattr__(self, "queue_size", max(MIN_QUEUE_SIZE, self.journal_size // TYPICAL_SMALL_ARTICLE_BYTES))
+            object.__setattr__(self, "queue_size",
+                               max(MIN_QUEUE_SIZE, self.journal_size // TYPICAL_SMALL_ARTICLE_BYTES))
         return self
 
     @property

@@ -5,7 +5,8 @@
 - after Ctrl-C (run.sh sends SIGUSR1): the backend's drain progress, read from its status through
   the manager every second (queue depth, articles in flight, stored so far), and its last words.
 
-Everything else stays in the log files. Exits when run.sh (its parent) is gone, or on SIGTERM after a last look at the logs.
+Everything else stays in the log files. Exits when run.sh (its parent) is gone, or on SIGTERM after a last
+look at the logs.
 
     python scripts/stack_watch.py URL LOG_DIR MANAGER_ADDRESS AUTHKEY_FILE
 """

@@ -16,6 +16,9 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 # Google's Firestore emulator, started once per session (skips loudly without Java or the jar)
 from tests.firestore_emulator import firestore_emulator, firestore_project  # noqa: E402,F401
+# Google's Pub/Sub emulator, likewise (fixtures here, not imported by test modules: an imported fixture
+# is a parameter that shadows its import, and a session fixture imported by a module starts once per module)
+from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

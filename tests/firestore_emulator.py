@@ -153,7 +153,8 @@ def stored(project: str) -> dict:
     db = firestore.Client(project=project)
     out = {}
     for pub in db.collection("publications").stream():
-        out[pub.id] = {"doc": pub.to_dict(), "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
+        out[pub.id] = {"doc": pub.to_dict(),
+                       "ent": {e.id: e.to_dict() for e in pub.reference.collection("ent").stream()}}
     db.close()
     return out
 
@@ -188,7 +189,8 @@ def firestore_counts(project: str) -> dict:
         sums = list(docs["sums"].values())
         entities: dict = {}
         for shard in docs["shards"].values():
-            items = [(k, v) for k, v in (shard.get("e") or {}).items()] + [(v["w"], v) for v in (shard.get("h") or {}).values()]
+            items = ([(k, v) for k, v in (shard.get("e") or {}).items()]
+                     + [(v["w"], v) for v in (shard.get("h") or {}).values()])
             for entity, v in items:
                 m, a, labels = entities.get(entity, (0, 0, {}))
                 for label, n in (v.get("l") or {}).items():

@@ -131,7 +131,8 @@ def start_backend(tmp_path: Path, *args: str, store_url: str | None = None, env:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     backend = Backend(proc, ("127.0.0.1", port), authkey, store_url,
-                      env={k: child_env[k] for k in ("INGEST_MANAGER_ADDRESS", "INGEST_AUTHKEY", "INGEST_STORE", "INGEST_VAR_DIR")},
+                      env={k: child_env[k] for k in ("INGEST_MANAGER_ADDRESS", "INGEST_AUTHKEY", "INGEST_STORE",
+                                                     "INGEST_VAR_DIR")},
                       log_path=log_path)
     if wait_ready:
         def ready():

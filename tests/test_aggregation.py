@@ -50,7 +50,7 @@ def test_failed_reload_keeps_the_working_pipeline(nlp):
 def splits(draw):
     cuts = sorted(draw(st.sets(st.integers(1, len(CORPUS) - 1), max_size=8)))
     bounds = [0, *cuts, len(CORPUS)]
-    flush_groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+    flush_groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
     saver_every = draw(st.integers(1, 4))
     return flush_groups, saver_every
 

@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from ingest.core.days import DayCounts, Window
+from ingest.core.days import Window
 from ingest.core.models import Aggregate, Delta
 from ingest.core.rules import publication_key
 from tests import corpus
@@ -161,7 +161,8 @@ def http_days(http: httpx.Client, publication: str, days: list[str]) -> dict:
             continue
         rows = http.get(f"/publications/{publication}/entities",
                         params={"since": row["day"], "until": row["day"], "limit": 1000}).raise_for_status().json()
-        out[row["day"]] = (row["articles"], row["mentions"], {r["entity"]: (r["mentions"], r["articles"]) for r in rows})
+        out[row["day"]] = (row["articles"], row["mentions"],
+                           {r["entity"]: (r["mentions"], r["articles"]) for r in rows})
     return out
 
 
@@ -242,7 +243,8 @@ def test_rising_over_http_ranks_a_new_name_first_and_not_a_flat_one(tmp_path):
             assert http.post("/posts", json=posts, headers=key).status_code == 202
             backend.wait_idle()
             wait_for(lambda: http.get("/publications/the%20daily/days",
-                                      params={"since": "2017-03-01", "until": "2017-03-14"}).json()[-1]["articles"] == 4,
+                                      params={"since": "2017-03-01", "until": "2017-03-14"}
+                                      ).json()[-1]["articles"] == 4,
                      30, 0.1, "the last day counted")
             rows = http.get("/publications/the%20daily/rising", params={"days": 7, "until": "2017-03-14"}).json()
             assert rows and rows[0]["entity"] == "zelda fitzgerald"

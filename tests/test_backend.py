@@ -125,8 +125,10 @@ def test_aliases_count_as_their_canonical_name_and_a_store_refuses_other_rules(t
     from ingest.core.naming import Aliases
 
     aliases = tmp_path / "aliases.csv"
-    aliases.write_text("alias,canonical\nMerkel,Angela Merkel\nthe U.N.,United Nations\nNATO,North Atlantic Treaty Organization\n")
-    posts = articles(30, seed=3) + [("Al Jazeera", "Merkel met NATO's chief in Berlin; Merkel's aides and the U.N. agreed.")]
+    aliases.write_text("alias,canonical\nMerkel,Angela Merkel\nthe U.N.,United Nations\nNATO,North Atlantic Treaty "
+                       "Organization\n")
+    posts = articles(30, seed=3) + [("Al Jazeera", "Merkel met NATO's chief in Berlin; Merkel's aides and the "
+                                                   "U.N. agreed.")]
     backend = start_backend(tmp_path, "--workers", "1", "--aliases", str(aliases))
     try:
         backend.client.put_many(posts)

@@ -45,7 +45,8 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     proc = subprocess.run([PODMAN, "--runtime", "runc", *args], env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"podman {' '.join(args)} exited "
+                             f"{proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
@@ -271,7 +272,8 @@ def test_container_takes_its_keys_from_a_secret_file(image, volume, tmp_path):
     logs = c.logs()
     assert generated_key(logs) is None and key not in logs and "from /run/secrets/api_keys" in logs
     with httpx.Client(base_url=c.url, timeout=30) as client:
-        ok = client.post("/post/enqueue", json={"publication": "Gotham Gazette", "content": "Bruce Wayne met Lois Lane."},
+        ok = client.post("/post/enqueue",
+                         json={"publication": "Gotham Gazette", "content": "Bruce Wayne met Lois Lane."},
                          headers={"X-API-Key": key})
         assert ok.status_code == 202, ok.text
     assert podman("run", "--rm", "--network=host", "--entrypoint", "ls", "-v", f"{volume_name}:/var/lib/ingestiond",
@@ -282,9 +284,10 @@ def test_container_takes_its_keys_from_a_secret_file(image, volume, tmp_path):
 def _programs(path: Path) -> dict:
     parser = configparser.RawConfigParser()
     parser.read(path)
-    keys = ("programs", "command", "priority", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup", "autorestart",
-            "startsecs", "startretries")
-    return {s: {k: parser.get(s, k, fallback=None) for k in keys} for s in parser.sections() if s.startswith(("program:", "group:"))}
+    keys = ("programs", "command", "priority", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup",
+            "autorestart", "startsecs", "startretries")
+    return {s: {k: parser.get(s, k, fallback=None) for k in keys} for s in parser.sections()
+            if s.startswith(("program:", "group:"))}
 
 
 def test_container_supervisord_conf_runs_the_same_programs_as_make_run():

@@ -38,7 +38,8 @@ def _need_browser():
     try:
         import selenium  # noqa: F401
     except ImportError:
-        pytest.skip("SKIPPED LOUDLY: selenium is not installed (pip install selenium); no browser test of the dashboard")
+        pytest.skip("SKIPPED LOUDLY: selenium is not installed (pip install selenium); "
+                    "no browser test of the dashboard")
     for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
             pytest.skip(f"SKIPPED LOUDLY: {path} not found; apt-get install -y chromium chromium-driver ({pkg})")
@@ -213,9 +214,10 @@ def test_dashboard_in_chromium(server, browser):
 
     # the publications table is the read API, row for row, count for count
     publications = api(base, "/publications")
-    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+    until(driver,
+          lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
           "the publications of GET /publications")
-    for shown, expected in zip(shown_publications(driver), publications):
+    for shown, expected in zip(shown_publications(driver), publications, strict=True):
         assert {k: shown[k] for k in expected} == expected
         assert shown["text"][1:] == [f"{expected[k]:,}" for k in ("articles", "entities", "mentions")]
 
@@ -239,7 +241,7 @@ def test_dashboard_in_chromium(server, browser):
     for click, offset in (("next", 20), ("next", 40), ("prev", 20)):
         driver.find_element("id", click).click()
         expected = entities_api(base, top["publication"], 20, offset)
-        until(driver, lambda: chart_matches(driver, expected), f"entities {offset + 1}-{offset + 20}")
+        until(driver, lambda expected=expected: chart_matches(driver, expected), f"entities {offset + 1}-{offset + 20}")
         assert text(driver, "range") == f"{offset + 1}–{offset + 20} of {top['entities']:,}"
         assert shown_entities(driver)[0]["width"] < 100  # still scaled to the #1 entity
 
@@ -256,10 +258,11 @@ def test_dashboard_in_chromium(server, browser):
                    if r.get_attribute("data-publication") == name)
         row.find_element("css selector", ".pub-name").click()
         expected = entities_api(base, name, 100, 0)
-        until(driver, lambda: text(driver, "detail-title") == name and chart_matches(driver, expected),
-              f"the entities of {name!r}")
+        until(driver, lambda name=name, expected=expected:
+              text(driver, "detail-title") == name and chart_matches(driver, expected), f"the entities of {name!r}")
         pub = next(p for p in publications if p["publication"] == name)
-        until(driver, lambda: cloud_loaded(driver, f"{pub['articles']}-{pub['mentions']}"), f"the cloud of {name!r}")
+        until(driver, lambda pub=pub: cloud_loaded(driver, f"{pub['articles']}-{pub['mentions']}"),
+              f"the cloud of {name!r}")
         assert driver.find_element("id", "error").get_attribute("hidden")
     assert XSS_ENTITY in [e["entity"] for e in shown_entities(driver)]
     assert driver.execute_script("return window.__xss === undefined")
@@ -323,13 +326,15 @@ def test_dashboard_asks_for_the_read_key(protected_server, browser):
     driver.find_element("css selector", "#auth-form button").click()
 
     publications = api(base, "/publications", key="read-secret")
-    until(driver, lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
+    until(driver,
+          lambda: [p["publication"] for p in shown_publications(driver)] == [p["publication"] for p in publications],
           "the publications once the key is given")
     assert not driver.find_element("id", "auth").is_displayed()
     top = publications[0]
     expected = api(base, f"/publications/{segment(top['publication'])}/entities?limit=20&offset=0", key="read-secret")
     until(driver, lambda: chart_matches(driver, expected), "the top entities with the key")
-    until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"), "the word cloud fetched with the key")
+    until(driver, lambda: cloud_loaded(driver, f"{top['articles']}-{top['mentions']}"),
+          "the word cloud fetched with the key")
     assert driver.find_element("id", "wordcloud").get_attribute("src").startswith("blob:")
     # the two refused reads are the only errors on the console
     assert all("401" in message for message in console_errors(driver)), console_errors(driver)
@@ -486,7 +491,8 @@ def test_the_dashboard_shows_each_entity_type_and_filters_by_it(typed_server, br
             " t ? t.textContent : '', +r.dataset.mentions]; })")
 
     every = api(base, "/publications/Typed%20Times/entities?limit=20")
-    until(driver, lambda: rows() == [[e["entity"], e["label"], e["mentions"]] for e in every], "the entities with types")
+    until(driver, lambda: rows() == [[e["entity"], e["label"], e["mentions"]] for e in every],
+          "the entities with types")
     assert rows()[0] == ["washington", "GPE", 11]
 
     Select(driver.find_element("id", "label-filter")).select_by_visible_text("PERSON")

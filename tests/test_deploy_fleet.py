@@ -55,8 +55,10 @@ def test_create_makes_pubsub_then_the_group_then_the_balancer(tmp_path):
     agent = "service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert any(agent in c and "roles/pubsub.publisher" in c and "ingest-dead" in c for c in made)
     scaling = next(c for c in made if "set-autoscaling" in c)
-    assert "--region=europe-west1" in scaling and "--min-num-replicas=2" in scaling and "--max-num-replicas=8" in scaling
-    assert "subscription/num_undelivered_messages" in scaling and "--stackdriver-metric-single-instance-assignment=3000" in scaling
+    assert "--region=europe-west1" in scaling and "--min-num-replicas=2" in scaling \
+        and "--max-num-replicas=8" in scaling
+    assert "subscription/num_undelivered_messages" in scaling \
+        and "--stackdriver-metric-single-instance-assignment=3000" in scaling
     assert 'resource.labels.subscription_id = "ingest-backends"' in scaling
     template = next(c for c in made if "instance-templates create" in c)
     assert "ingest-intake-topic=pubsub://ingest-test-123/ingest," in template

@@ -53,7 +53,7 @@ class Streamer(threading.Thread):
         client = IngestClient(self.address, self.authkey)
         for i, post in enumerate(self.posts):
             with self.gate:
-                self.gate.wait_for(lambda: i < self.limit or self.stop.is_set())
+                self.gate.wait_for(lambda i=i: i < self.limit or self.stop.is_set())
             while not self.stop.is_set():
                 try:
                     answer = client.put_many([post])
@@ -83,7 +83,7 @@ def _random_kills(tmp_path, recount, store_url, env=None, kills=3, n=240):
         for _ in range(kills):
             target = min(len(posts) - 80, len(streamer.acked) + rng.randint(5, 40))
             streamer.allow(min(len(posts) - 1, target + 60))  # the stream goes on, but cannot finish before the kill
-            wait_for(lambda: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
+            wait_for(lambda target=target: len(streamer.acked) >= target, 120, 0.01, "articles streaming in")
             time.sleep(rng.uniform(0, 1.5))  # anywhere: mid-NER, mid-flush, mid-commit, idle
             kill_backend_group(backend)
             streamer.acked_at_kills.append(len(streamer.acked))
@@ -265,14 +265,16 @@ def test_every_article_posted_twice_over_http_some_after_a_cut_connection_is_cou
                     raw = json.dumps(body).encode()
                     with socket.create_connection((host, int(port))) as s:
                         s.sendall(b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                  + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+                                  + f"X-API-Key: {frontend.api_key}\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+                                  + raw)
                         s.shutdown(socket.SHUT_WR)
                     time.sleep(0.05)
                 answers.append(http.post("/post/enqueue", json=body).json())
             batch = http.post("/posts", json=[{"publication": p, "content": c, "id": d} for p, c, d in posts])
             assert batch.status_code == 202 and batch.json() == {"accepted": 0, "duplicates": 40}
         assert sum(a["accepted"] for a in answers) + sum(a["duplicates"] for a in answers) == 40
-        assert sum(a["duplicates"] for a in answers) >= 1, "a cut request was in fact delivered: its retry is a duplicate"
+        assert sum(a["duplicates"] for a in answers) >= 1, \
+            "a cut request was in fact delivered: its retry is a duplicate"
         backend.wait_idle()
     finally:
         assert frontend.stop() == 0
@@ -318,7 +320,8 @@ def test_a_full_journal_and_a_failing_store_push_back_with_503_and_readyz_says_w
             blocker.rollback()
             blocker.close()
             blocker = None
-            wait_for(lambda: http.get("/readyz").status_code == 200, 120, what="/readyz back to 200 once the store is back")
+            wait_for(lambda: http.get("/readyz").status_code == 200, 120,
+                     what="/readyz back to 200 once the store is back")
         backend.wait_idle()
     finally:
         if blocker is not None:
@@ -390,7 +393,8 @@ def test_a_saver_that_cannot_reopen_its_store_loses_nothing_and_recovers_when_th
 def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
     var = tmp_path / "var"
     var.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(var)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(var)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"LOUD SKIP: cannot mount a small tmpfs to fill a disk here ({mounted.stderr.strip()}); "
                     "the disk-full drain is not tested on this machine")
@@ -404,7 +408,8 @@ def test_a_disk_that_fills_during_the_drain_loses_nothing(tmp_path, recount):
         backend.client.put_many(posts)
         wait_for(lambda: backend.status()["in_flight"] > 0 or backend.status()["processed"] > 0, 60)
         filler = var / "filler"
-        with open(filler, "wb", buffering=0) as fh:  # fill the disk under the journal to the last byte (unbuffered: close cannot fail)
+        # fill the disk under the journal to the last byte (unbuffered: close cannot fail)
+        with open(filler, "wb", buffering=0) as fh:
             try:
                 while True:
                     fh.write(b"\0" * 65536)
@@ -492,7 +497,8 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
                     with lock:
                         posts[publication] = texts[i]
                     sent = time.monotonic()
-                    status = http.post("/post/enqueue", json={"publication": publication, "content": texts[i]}).status_code
+                    status = http.post("/post/enqueue",
+                                       json={"publication": publication, "content": texts[i]}).status_code
                     with lock:
                         answers[publication] = status
                         spans.append((sent, time.monotonic()))
@@ -510,9 +516,9 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
     try:
         for t in threads:
             t.start()
-        for n in range(3):
+        for _ in range(3):
             target = done[0] + 40
-            wait_for(lambda: done[0] >= target, 120, 0.01, "articles streaming in")
+            wait_for(lambda target=target: done[0] >= target, 120, 0.01, "articles streaming in")
             kill_times.append(_kill_right_after_a_journal_write(backend, tmp_path / "var" / "journal.db-wal"))
             # supervisord notices the exit and starts it again, once the front door says it is down
             wait_for(lambda: httpx.get(frontend.url + "/readyz", timeout=10).status_code == 503, 60, 0.05,
@@ -536,7 +542,8 @@ def test_sigkill_of_the_group_under_posts_without_ids_every_answer_is_true(tmp_p
     untrue = sorted(k for k, s in status_of.items() if s == 503 and k in got)
     stray = sorted(set(got) - set(status_of))
     assert not lost and not doubled and not untrue and not stray, \
-        f"lost {lost[:5]} ({len(lost)}), doubled {doubled}, counted after a 503 {untrue[:5]} ({len(untrue)}), {stray[:5]}"
+        f"lost {lost[:5]} ({len(lost)}), doubled {doubled}, counted after a 503 {untrue[:5]} ({len(untrue)}), " \
+        f"{stray[:5]}"
     assert done[0] == clients * per_client
     assert all(any(sent < k < answered for sent, answered in spans) for k in kill_times), \
         "every kill must interrupt requests in flight"

@@ -17,7 +17,6 @@ from ingest.backend.health import HealthFile, HealthTracker
 from ingest.web.backend_health import BackendHealth, judge, probe_answer
 from tests.corpus import articles
 from tests.frontend_support import start_frontend
-from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: F401 (fixtures)
 from tests.support import expected_counts, start_backend, store_counts, wait_for
 
 LIMITS = BackendHealth("unused", stall_seconds=30, commit_seconds=300, nacks_per_minute=100)

@@ -142,12 +142,14 @@ BAD_POSTS = [
 @pytest.mark.parametrize("body,code", BAD_POSTS, ids=range(len(BAD_POSTS)))
 def test_malformed_single_post_is_400_and_enqueues_nothing(http, key, backend, body, code):
     before = accepted(backend)
-    assert_error(http.post("/post/enqueue", content=body, headers={**key, "Content-Type": "application/json"}), 400, code)
+    assert_error(http.post("/post/enqueue", content=body, headers={**key, "Content-Type": "application/json"}), 400,
+                 code)
     assert accepted(backend) == before
 
 
 def test_publication_key_of_exactly_200_characters_is_fine(http, key):
-    r = http.post("/post/enqueue", json={"publication": "  " + "é" * 200 + "  ", "content": SECRET_CONTENT}, headers=key)
+    r = http.post("/post/enqueue", json={"publication": "  " + "é" * 200 + "  ", "content": SECRET_CONTENT},
+                  headers=key)
     assert r.status_code == 202, r.text
 
 
@@ -167,7 +169,8 @@ def test_wrong_content_type_is_415(http, key, backend, content_type):
 
 
 def test_ndjson_is_only_for_the_batch_endpoint(http, key):
-    r = http.post("/post/enqueue", content=json.dumps(post("Types")), headers={**key, "Content-Type": "application/x-ndjson"})
+    r = http.post("/post/enqueue", content=json.dumps(post("Types")),
+                  headers={**key, "Content-Type": "application/x-ndjson"})
     assert_error(r, 415, "unsupported_media_type")
 
 
@@ -183,7 +186,8 @@ def test_body_over_the_limit_is_413_before_it_is_read(http, key, backend):
     before = accepted(backend)
     body = json.dumps([post("Size", i) for i in range(MAX_BODY // 60)]).encode()
     assert len(body) > MAX_BODY
-    assert_error(http.post("/posts", content=body, headers={**key, "Content-Type": "application/json"}), 413, "body_too_large")
+    assert_error(http.post("/posts", content=body, headers={**key, "Content-Type": "application/json"}), 413,
+                 "body_too_large")
     assert accepted(backend) == before
 
 
@@ -203,12 +207,14 @@ def test_chunked_body_over_the_limit_is_413(http, key, backend):
 
 def test_body_of_exactly_the_limit_is_read(http, key):
     body = b" " * (MAX_BODY - 1) + b"x"  # not JSON, but within the limit: a 400, not a 413
-    assert_error(http.post("/posts", content=body, headers={**key, "Content-Type": "application/json"}), 400, "invalid_json")
+    assert_error(http.post("/posts", content=body, headers={**key, "Content-Type": "application/json"}), 400,
+                 "invalid_json")
 
     def chunks():
         yield body
 
-    assert_error(http.post("/posts", content=chunks(), headers={**key, "Content-Type": "application/json"}), 400, "invalid_json")
+    assert_error(http.post("/posts", content=chunks(), headers={**key, "Content-Type": "application/json"}), 400,
+                 "invalid_json")
 
 
 # -- batches -----------------------------------------------------------------------------
@@ -271,7 +277,8 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
     from ingest.core.naming import majority_label
 
     posts = [(f"Recount {pub}", content) for pub, content in corpus.articles(60, seed=11)]
-    posts += [("  recount   THE daily planet ", "Angela Merkel visited Paris."), ("Recount 🚀 Ünïcode", "NATO met in Oslo.")]
+    posts += [("  recount   THE daily planet ", "Angela Merkel visited Paris."),
+              ("Recount 🚀 Ünïcode", "NATO met in Oslo.")]
     for i in range(0, len(posts), 25):
         chunk = posts[i:i + 25]
         r = http.post("/posts", json=[{"publication": p, "content": c} for p, c in chunk], headers=key)
@@ -307,7 +314,8 @@ def test_reads_after_writes_equal_an_independent_recount(http, key, backend, rec
 
 def test_hostile_publication_names_round_trip(http, key, backend):
     names = ["a/b", "..", ".", "__x__", "x/entities", "?q=1#frag", "%2F", "ünï 🚀 名前", "\u202eevil"]
-    r = http.post("/posts", json=[{"publication": n, "content": "Barack Obama spoke in Kenya."} for n in names], headers=key)
+    r = http.post("/posts", json=[{"publication": n, "content": "Barack Obama spoke in Kenya."} for n in names],
+                  headers=key)
     assert r.status_code == 202
     backend.wait_idle(60)
     for name in names:
@@ -527,10 +535,11 @@ def test_a_standalone_frontend_stops_cleanly_20_times_under_load(tmp_path, backe
     import threading
 
     for round_ in range(20):
-        front = start_frontend(tmp_path / f"f{round_}", backend.env, workers=2) if (tmp_path / f"f{round_}").mkdir() is None else None
+        front = (start_frontend(tmp_path / f"f{round_}", backend.env, workers=2)
+                 if (tmp_path / f"f{round_}").mkdir() is None else None)
         stop = threading.Event()
 
-        def load():
+        def load(front=front, stop=stop, round_=round_):
             with httpx.Client(base_url=front.url, timeout=5, headers={"X-API-Key": front.api_key}) as http:
                 while not stop.is_set():
                     try:

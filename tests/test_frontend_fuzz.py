@@ -144,7 +144,8 @@ def p(pub, content="Angela Merkel met Joe Biden in Berlin.") -> dict:
 
 HOSTILE_PUBLICATIONS = ["a/b", "..", ".", "__x__", "__.__", "/leading", "trailing/", "a//b", "?x=1&y=2#z", "%2F%2E",
                         "ünïcödé " * 20, "🚀" * 200, "名" * 201, "\u200b\u200b", "\u0000nul", "tab\tand\nnewline",
-                        "\u202eright-to-left", "CON", "x" * 200, "x" * 201, " " * 300 + "y", "\\", "'; DROP TABLE publications;--"]
+                        "\u202eright-to-left", "CON", "x" * 200, "x" * 201, " " * 300 + "y", "\\",
+                        "'; DROP TABLE publications;--"]
 WRONG_TYPES = [None, True, False, 0, -1, 1.5, 10**30, [], ["x"], {}, {"a": "b"}]
 
 HOSTILE = [
@@ -213,7 +214,9 @@ def test_hostile_bodies_never_5xx_and_count_only_the_valid(http, backend, sent, 
 
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
            | st.text(max_size=30))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+json_values = st.recursive(scalars,
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
 texts = st.text(max_size=60) | st.sampled_from(["", " ", "\n\t", "Nairobi", "Angela Merkel in Paris.", "x" * 201])
 # well-formed posts with random text: without them ~1 run in 20 held no valid post at all

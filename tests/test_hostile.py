@@ -49,7 +49,8 @@ def responses(data: bytes) -> list[tuple[int, bytes]]:
     while data.startswith(b"HTTP/1.1 "):
         head, _, rest = data.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
         out.append((status, rest[:length]))
         data = rest[length:]
     return out
@@ -59,11 +60,11 @@ def test_healthz_answers_within_a_second_while_200_slowloris_and_200_slow_bodies
     backend, frontend = stack
     held = []
     try:
-        for i in range(200):
+        for _ in range(200):
             s = socket.create_connection(address(frontend))
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: b")  # headers never finished
             held.append(s)
-        for i in range(200):
+        for _ in range(200):
             s = socket.create_connection(address(frontend))
             s.sendall(b"POST /post/enqueue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 100000\r\n\r\n{\"publication\": ")  # a body that trickles, without a key

@@ -42,7 +42,7 @@ def read_to_close(s: socket.socket) -> bytes:
         while chunk := s.recv(65536):
             data += chunk
     except socket.timeout:
-        raise AssertionError(f"the server neither answered nor closed within {TIMEOUT}s; got {data[:300]!r}")
+        raise AssertionError(f"the server neither answered nor closed within {TIMEOUT}s; got {data[:300]!r}") from None
     except ConnectionResetError:
         pass
     return data
@@ -56,7 +56,8 @@ def read_response(s: socket.socket, pending: bytes = b"") -> tuple[int, dict, by
     head, _, rest = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
-    headers = {k.strip().lower().decode(): v.strip().decode() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    headers = {k.strip().lower().decode(): v.strip().decode()
+               for k, _, v in (line.partition(b":") for line in lines[1:])}
     length = 0 if status < 200 else int(headers.get("content-length", "0"))
     while len(rest) < length:
         rest += _recv(s, rest)
@@ -67,7 +68,7 @@ def _recv(s: socket.socket, so_far: bytes) -> bytes:
     try:
         chunk = s.recv(65536)
     except socket.timeout:
-        raise AssertionError(f"no complete answer within {TIMEOUT}s; got {so_far[:300]!r}")
+        raise AssertionError(f"no complete answer within {TIMEOUT}s; got {so_far[:300]!r}") from None
     if not chunk:
         raise AssertionError(f"the server closed mid-answer; got {so_far[:300]!r}")
     return chunk
@@ -82,7 +83,8 @@ def parse_all(data: bytes) -> list[tuple[int, bytes]]:
         assert sep, data[:300]
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
-        length = next((int(line.split(b":", 1)[1]) for line in lines[1:] if line.lower().startswith(b"content-length:")), 0)
+        length = next((int(line.split(b":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
         out.append((status, rest[:length]))
         data = rest[length:]
     return out
@@ -117,11 +119,14 @@ CASES = [
     ("post-content-length", post(b"/post/enqueue", ARTICLE), [202], None),
     ("post-chunked", post(b"/posts", chunk(BATCH[:10]) + chunk(BATCH[10:]) + b"0\r\n\r\n", chunked=True), [202], None),
     ("post-chunked-extension-and-trailer",
-     post(b"/posts", chunk(BATCH, b";name=value;q=\"a b\"") + b"0\r\nX-Trailer: yes\r\n\r\n", chunked=True), [202], None),
+     post(b"/posts", chunk(BATCH, b";name=value;q=\"a b\"") + b"0\r\nX-Trailer: yes\r\n\r\n", chunked=True), [202],
+     None),
     ("post-chunked-uppercase-hex", post(b"/posts", b"%X\r\n" % len(BATCH) + BATCH + b"\r\n0\r\n\r\n", chunked=True),
      [202], None),
-    ("absolute-form", b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", [200], None),
-    ("absolute-form-https-port", b"GET HTTPS://example.org:8443/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ("absolute-form", b"GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+     [200], None),
+    ("absolute-form-https-port", b"GET HTTPS://example.org:8443/healthz HTTP/1.1\r\n"
+                                 b"Host: x\r\nConnection: close\r\n\r\n",
      [200], None),
     ("absolute-form-keeps-query",
      b"GET http://127.0.0.1/publications/nobody/entities?limit=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -142,7 +147,8 @@ CASES = [
      b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: a\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
      b"0\r\n\r\n" + SMUGGLED, [400], "bad_request"),
     ("bare-lf-everywhere", b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n", [400], "bad_request"),
-    ("bare-lf-after-request-line", b"GET /healthz HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n", [400], "bad_request"),
+    ("bare-lf-after-request-line", b"GET /healthz HTTP/1.1\nHost: x\r\nConnection: close\r\n\r\n", [400],
+     "bad_request"),
     ("bare-lf-ends-head", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\n", [400], "bad_request"),
     ("bare-cr-in-head", b"GET /healthz HTTP/1.1\r\nHost: x\rX-A: b\r\nConnection: close\r\n\r\n", [400], "bad_request"),
 
@@ -151,7 +157,8 @@ CASES = [
      b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
      [400], "bad_request"),
     ("obs-fold-content-length",
-     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\t4\r\nConnection: close\r\n\r\nabcd", [400], "bad_request"),
+     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\t4\r\nConnection: close\r\n\r\nabcd", [400],
+     "bad_request"),
     ("obs-fold-plain-header", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\nConnection: close\r\n\r\n",
      [400], "bad_request"),
 
@@ -248,7 +255,8 @@ def test_head_carries_the_content_length_of_get_and_no_body(frontend, target):
         data = read_to_close(s)
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
-    lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"content-length:")]
     assert lengths == [got_headers["content-length"].encode()]
     assert rest == b""
 

@@ -385,7 +385,9 @@ def test_drain_stops_workers_once_settled_then_savers_once_everything_is_stored(
 
 def test_no_worker_is_respawned_during_a_drain_when_there_is_no_input(arbiter, monkeypatch):
     spawned = []
-    monkeypatch.setattr(arbiter, "spawn", lambda cls, settings=None: spawned.append(cls.role) or (len(spawned), FakeConn(), FakeProcess()))
+    monkeypatch.setattr(arbiter, "spawn",
+                        lambda cls, settings=None:
+                        spawned.append(cls.role) or (len(spawned), FakeConn(), FakeProcess()))
     arbiter.spawn_missing()
     assert sorted(spawned) == ["saver", "worker", "worker"]
     arbiter.start_drain("SIGTERM")

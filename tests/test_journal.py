@@ -314,7 +314,8 @@ def test_old_client_ids_are_purged_in_slices_between_appends(path, monkeypatch):
             time.sleep(0.01)
         assert j.stats()["client_id_rows"] == 1, "only the fresh id is left"
         sizes = [n for n in slices if n > 0]
-        assert sum(sizes) == 1050 and max(sizes) <= 100 and len(sizes) >= 11, "one big DELETE: appends would wait for all of it"
+        assert sum(sizes) == 1050 and max(sizes) <= 100 and len(sizes) >= 11, \
+            "one big DELETE: appends would wait for all of it"
         assert j.append([("P", "x", "https://example.com/new")])["duplicates"] == 1
         assert j.stats()["client_ids_evicted"] == 0
     finally:
@@ -332,8 +333,9 @@ def test_the_client_id_table_is_bounded_in_bytes_and_forgets_the_oldest_first(pa
         while j.stats()["client_id_bytes"] > 20_000 and time.monotonic() < wait:
             time.sleep(0.01)
         s = j.stats()
-        assert s["client_id_bytes"] <= 20_000 and s["client_ids_evicted"] > 0 and s["client_id_capacity_bytes"] == 20_000
-        real = j._conn.execute(f"SELECT count(*) FROM client_ids").fetchone()[0]
+        assert s["client_id_bytes"] <= 20_000 and s["client_ids_evicted"] > 0 \
+            and s["client_id_capacity_bytes"] == 20_000
+        real = j._conn.execute("SELECT count(*) FROM client_ids").fetchone()[0]
         assert s["client_id_rows"] == real
         assert j.append([("P", "x", "https://example.com/0399")])["duplicates"] == 1, "the newest are remembered"
         assert j.append([("P", "x", "https://example.com/0000")])["accepted"] == 1, "the oldest were forgotten"
@@ -386,7 +388,8 @@ def test_a_request_token_already_journaled_answers_the_first_result_and_adds_not
         token = "0123456789abcdef" * 2  # the frontend's: kept as its 16 bytes
         assert j.append([("BBC", "x", None)], token=token)["accepted"] == 1
         assert j.recall(token)["accepted"] == 1
-        assert j._conn.execute("SELECT length(token) FROM request_tokens WHERE typeof(token) = 'blob'").fetchall() == [(16,)]
+        assert j._conn.execute("SELECT length(token) FROM request_tokens WHERE typeof(token) = 'blob'"
+                               ).fetchall() == [(16,)]
     finally:
         j.close()
 
@@ -426,8 +429,10 @@ def test_a_journal_of_the_previous_version_keeps_every_text_when_opened(path):
             created_at REAL NOT NULL) WITHOUT ROWID;
     """)
     now = time.time()
-    conn.executemany("INSERT INTO articles (seq, publication, content, bytes, accepted_at, batch_id) VALUES (?, ?, ?, ?, ?, ?)",
-                     [(1, "BBC", "Angela Merkel in Berlin.", 24, now, "b1"), (2, "BBC", "Olaf Scholz in Bonn.", 20, now, None)])
+    conn.executemany("INSERT INTO articles (seq, publication, content, bytes, accepted_at, batch_id) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     [(1, "BBC", "Angela Merkel in Berlin.", 24, now, "b1"),
+                      (2, "BBC", "Olaf Scholz in Bonn.", 20, now, None)])
     conn.execute("INSERT INTO batches VALUES ('b1', '[]', 1, ?)", (now,))
     conn.commit()
     conn.close()

@@ -21,7 +21,8 @@ def stack(tmp_path_factory):
 def test_every_answer_matches_the_description_and_none_is_a_5xx(stack):
     from hypothesis import given
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                                   status_code_conformance)
 
     _, frontend = stack
     schema = schemathesis.openapi.from_url(frontend.url + "/openapi.json")

@@ -16,7 +16,6 @@ from ingest.core.intakeurl import IntakeURLError, parse_intake_url
 from ingest.core.rules import publication_key
 from tests.corpus import articles
 from tests.frontend_support import start_frontend
-from tests.pubsub_emulator import pubsub_emulator, pubsub_topic  # noqa: F401 (fixtures)
 from tests.support import expected_counts, kill_backend_group, start_backend, store_counts, wait_for
 
 
@@ -43,7 +42,8 @@ def test_a_request_is_one_message_whose_group_is_stable_when_every_post_has_an_i
     assert intakeurl.group_id(retry) == group
     assert intakeurl.group_id(posts[:1]) != group
     anonymous = [("The Planet", "x y", None)]
-    assert intakeurl.group_id(anonymous).startswith("r") and intakeurl.group_id(anonymous) != intakeurl.group_id(anonymous)
+    assert intakeurl.group_id(anonymous).startswith("r") \
+        and intakeurl.group_id(anonymous) != intakeurl.group_id(anonymous)
     assert intakeurl.unique_posts(posts + [("THE planet", "again", "a")]) == (posts, 1)
 
 
@@ -223,9 +223,10 @@ def test_two_frontends_three_backends_a_sigkill_and_a_sigterm_mid_load_count_eac
     backends = [backend(n) for n in range(3)]
     frontends, senders = [], []
     try:
-        for n in range(2):
+        for _ in range(2):
             frontends.append(start_frontend(tmp_path, {"INGEST_STORE": store_url},
-                                            env={**pubsub_topic.env, **env, "INGEST_INTAKE": pubsub_topic.frontend_url}))
+                                            env={**pubsub_topic.env, **env,
+                                                 "INGEST_INTAKE": pubsub_topic.frontend_url}))
         senders = [Sender(frontends[0], singles, pause=0.05), Sender(frontends[1], batches, pause=1.5)]
         started = time.monotonic()
         for s in senders:
@@ -354,7 +355,8 @@ def test_a_message_that_keeps_killing_workers_goes_to_the_dead_letter_topic(tmp_
 
     store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     good = traced(12, seed=45)
-    poisoned = [("Poisoned Outlet", "Angela Merkel visited Paris. POISON-7f3a", "p1"), ("Poisoned Outlet", "Berlin.", "p2")]
+    poisoned = [("Poisoned Outlet", "Angela Merkel visited Paris. POISON-7f3a", "p1"),
+                ("Poisoned Outlet", "Berlin.", "p2")]
     messages = [(intakeurl.group_id(good[i:i + 4]), good[i:i + 4]) for i in range(0, 12, 4)]
     messages.insert(1, (intakeurl.group_id(poisoned), poisoned))
     backend = fleet_backend(tmp_path, pubsub_topic, store_url, env={"INGEST_TEST_POISON_TOKEN": "POISON-7f3a"})
@@ -373,7 +375,9 @@ def test_a_message_that_keeps_killing_workers_goes_to_the_dead_letter_topic(tmp_
     finally:
         sub.close()
     assert len(got) == 1 and got[0].message.attributes["group"] == messages[1][0]
-    assert sorted(intakeurl.decode(got[0].message.data)) == sorted((p, c, None) for p, c, _ in poisoned)
+    # the dead letter carries each post's day (the journal's): a replay counts it on the same day
+    assert sorted(p[:3] for p in intakeurl.decode(got[0].message.data)) == sorted((p, c, None) for p, c, _ in poisoned)
+    assert {p[3] for p in intakeurl.decode(got[0].message.data)} != {None}
 
 
 @pytest.mark.slow

@@ -87,7 +87,8 @@ def _intake(tmp_path, subscription, **settings) -> PubSubIntake:
 def _messages(count: int, articles: int) -> list[tuple[str, bytes, int]]:
     out = []
     for i in range(count):
-        posts = [(f"Outlet {i % 7}", f"Story {i}-{j}. Ada Lovelace met Charles Babbage.", None) for j in range(articles)]
+        posts = [(f"Outlet {i % 7}", f"Story {i}-{j}. Ada Lovelace met Charles Babbage.", None)
+                 for j in range(articles)]
         out.append((f"r{i:032x}", encode(posts), articles))
     return out
 
@@ -183,7 +184,7 @@ def test_a_dead_lettered_message_releases_its_articles_from_the_bounds(tmp_path,
         assert intake.journal.stats()["journal_articles"] == 2 * articles
         group = next(iter(intake.groups.values()))
         texts = intake.journal.contents(group.seqs)
-        intake.kill(group, [(p, texts[s], None) for s, p in zip(group.seqs, group.publications)])
+        intake.kill(group, [(p, texts[s], None) for s, p in zip(group.seqs, group.publications, strict=True)])
         assert intake.journal.stats()["journal_articles"] == articles
         assert intake.held_articles() == articles
         wait_for(lambda: len(subscription.acked) == 1, 30, 0.01, "the dead letter to be acknowledged")

@@ -76,8 +76,10 @@ def test_markers_expire_only_after_any_journal_entry_could_replay_them(tmp_path)
     store = SqliteStore(tmp_path / "s.db")
     store.apply(_delta("old", ("BBC", ["uk"])))
     store.apply(_delta("recent", ("BBC", ["uk"])))
-    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'old'", (time.time() - MARKER_TTL_SECONDS - 60,))
-    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'recent'", (time.time() - 20 * 86400,))
+    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'old'",
+                        (time.time() - MARKER_TTL_SECONDS - 60,))
+    store._conn.execute("UPDATE applied_batches SET applied_at = ? WHERE batch_id = 'recent'",
+                        (time.time() - 20 * 86400,))
     store._last_expiry = 0
     store.apply(_delta("new", ("BBC", ["uk"])))
     ids = sorted(r[0] for r in store._conn.execute("SELECT batch_id FROM applied_batches"))

@@ -125,7 +125,8 @@ def test_supervisord_conf_runs_both_programs_and_sigterm_loses_nothing(tmp_path,
         accepted = post_corpus(url, env["INGEST_API_KEYS"], 150)
         proc.send_signal(signal.SIGTERM)  # what systemd and `supervisorctl shutdown` do
         assert proc.wait(300) == 0
-        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "a process outlived supervisord"
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], \
+            "a process outlived supervisord"
         assert_db_equals_recount(tmp_path / "stack.db", accepted, recount)
         backend_log = (Path(env["INGEST_LOG_DIR"]) / "backend.log").read_text()
         supervisord_log = (Path(env["INGEST_LOG_DIR"]) / "supervisord.log").read_text()

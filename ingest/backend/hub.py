@@ -312,7 +312,8 @@ class Hub:
                           batch.delta.batch_id, batch.articles, message[2])
             else:
                 self.retry.append((now + RETRY_DELAY, batch))
-                log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles, message[2])
+                log.error("batch=%s (%d articles) parked for retry: %s", batch.delta.batch_id, batch.articles,
+                          message[2])
 
     def store_failed(self, now: float) -> None:
         """The store fails outside any batch (a saver cannot reopen it): until a batch is stored."""
@@ -340,7 +341,8 @@ class Hub:
         (and keeps /readyz at 503) until an operator checks the store and decides."""
         self.stuck.append(batch)
         self.recovering.discard(batch.delta.batch_id)
-        self.failing.setdefault(batch.delta.batch_id, batch.first_failed_at if batch.first_failed_at is not None else now)
+        self.failing.setdefault(batch.delta.batch_id,
+                                batch.first_failed_at if batch.first_failed_at is not None else now)
         log.critical(
             "batch=%s (%d articles) recorded %.1f days ago was not stored%s; it is NOT retried: its store marker "
             "may have expired, so a retry could count it twice. It stays in the journal. Check the store, stop "
@@ -459,7 +461,8 @@ class Hub:
             "unsaved": self.batcher.unsaved() + in_saver + sum(b.articles for _, b in self.retry)
                        + sum(b.articles for b in self.given_up) + sum(b.articles for b in self.stuck),
             "quarantined": self.quarantined_now,
-            "store_failing_seconds": round(now - self.store_failing_since, 1) if self.store_failing_since is not None else 0.0,
+            "store_failing_seconds": (round(now - self.store_failing_since, 1)
+                                      if self.store_failing_since is not None else 0.0),
             "workers": len(self.workers),
             "workers_ready": sum(1 for s in self.workers.values() if s.ready),
             "savers": len(self.savers),

@@ -212,7 +212,7 @@ class Journal:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = %s" % ("FULL" if self.sync else "OFF"))
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA secure_delete = FAST")  # a committed text is not overwritten with zeros: 2 page writes fewer
+        conn.execute("PRAGMA secure_delete = FAST")  # committed text is not overwritten with zeros: 2 page writes fewer
         return conn
 
     def claim(self, store: str) -> None:
@@ -223,9 +223,11 @@ class Journal:
                 self._conn.execute("SELECT count(*) FROM batches").fetchone()[0]
             if pending:
                 raise JournalError(
-                    f"journal {self.path} holds {pending} uncommitted articles/batches for store {row[0]}, not {store}: "
-                    f"start once with --store {row[0]} to finish them, or move the journal away to discard them")
-        self._conn.execute("INSERT INTO meta VALUES ('store', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    f"journal {self.path} holds {pending} uncommitted articles/batches for store {row[0]}, not "
+                    f"{store}: start once with --store {row[0]} to finish them, or move the journal away to "
+                    "discard them")
+        self._conn.execute("INSERT INTO meta VALUES ('store', ?) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            (store,))
 
     def get_meta(self, key: str) -> str | None:
@@ -391,8 +393,8 @@ class Journal:
             day = post[3] if len(post) > 3 and post[3] is not None else today
             if client_id is not None:
                 key = (publication_key(publication), client_id)
-                if key in seen or conn.execute("SELECT 1 FROM client_ids WHERE pub_key = ? AND id = ? AND accepted_at > ?",
-                                               (key[0], key[1], now - self.retention)).fetchone():
+                if key in seen or conn.execute("SELECT 1 FROM client_ids WHERE pub_key = ? AND id = ? AND "
+                                               "accepted_at > ?", (key[0], key[1], now - self.retention)).fetchone():
                     duplicates += 1
                     continue
                 seen.add(key)
@@ -447,7 +449,8 @@ class Journal:
         try:
             with _transaction(conn):
                 rows = conn.execute(f"SELECT pub_key, id, accepted_at, {_ID_BYTES} FROM client_ids "
-                                    "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?", (cutoff, PURGE_SLICE)).fetchall()
+                                    "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?",
+                                    (cutoff, PURGE_SLICE)).fetchall()
                 conn.executemany("DELETE FROM client_ids WHERE pub_key = ? AND id = ?", [(r[0], r[1]) for r in rows])
                 tokens = conn.execute("DELETE FROM request_tokens WHERE token IN (SELECT token FROM request_tokens "
                                       "WHERE accepted_at < ? ORDER BY accepted_at LIMIT ?)",

@@ -72,7 +72,8 @@ def show(path: Path, args) -> int:
         if args.json:
             print(json.dumps(b))
         else:
-            stamp = datetime.datetime.fromtimestamp(b["recorded_at"], datetime.timezone.utc).isoformat(timespec="seconds")
+            stamp = (datetime.datetime.fromtimestamp(b["recorded_at"], datetime.timezone.utc)
+                     .isoformat(timespec="seconds"))
             print(f"{b['batch_id']}\trecorded {stamp}\t{b['age_seconds'] / 86400:.1f} days ago\t"
                   f"{b['articles']} articles\t{b['bytes']} bytes\t{b['publications']} publications")
     if not args.json:
@@ -97,7 +98,8 @@ def decide(path: Path, args) -> int:
             print(f"batch {args.batch_id} forgotten; its {n} articles are counted again at the next start",
                   file=sys.stderr)
     except KeyError:
-        print(f"ingestiond journal: no batch {args.batch_id} in {path} (see `ingestiond journal list`)", file=sys.stderr)
+        print(f"ingestiond journal: no batch {args.batch_id} in {path} (see `ingestiond journal list`)",
+              file=sys.stderr)
         return ExitCode.UNFINISHED
     finally:
         journal.close()

@@ -111,7 +111,7 @@ class Processor:
                 pieces.append(piece)
                 owners.append(i)
         spans: list[list] = [[] for _ in texts]
-        for owner, doc in zip(owners, self.nlp.pipe(pieces, batch_size=self.batch_size)):
+        for owner, doc in zip(owners, self.nlp.pipe(pieces, batch_size=self.batch_size), strict=True):
             spans[owner].extend(doc.ents)
         result = [article_mentions(article, self.aliases) for article in spans]
         self.since_load += len(texts)
@@ -135,7 +135,8 @@ class Processor:
         """One aggregate per post (publication, content[, id[, day]]), in order."""
         posts = list(posts)
         keys = self.entities([p[1] for p in posts])
-        return [Aggregate.from_article(p[0], k, p[3] if len(p) > 3 else None) for p, k in zip(posts, keys)]
+        return [Aggregate.from_article(p[0], k, p[3] if len(p) > 3 else None)
+                for p, k in zip(posts, keys, strict=True)]
 
 
 def recount(posts: Iterable[Sequence[str]], model: str = DEFAULT_MODEL, nlp=None,

@@ -51,8 +51,8 @@ class Saver(Child):
         claim = getattr(self.store, "claim_rules", None)
         if claim is None:  # Firestore, until its layouts keep labels and the rules record (issue 27)
             raise RulesRefused(f"store {self.settings.store_url.split('?', 1)[0]} does not keep entity labels or "
-                               f"record counting rules yet, so it cannot take counts under {self.settings.counting_rules}; "
-                               "use SQLite (--store sqlite:///PATH) or --no-persist")
+                               "record counting rules yet, so it cannot take counts under "
+                               f"{self.settings.counting_rules}; use SQLite (--store sqlite:///PATH) or --no-persist")
         claim(self.settings.counting_rules)
 
     def reopen(self) -> None:

@@ -137,7 +137,8 @@ class SqliteStore:
                     "articles = articles + excluded.articles",
                     [(post.key, e, m, post.entity_articles[e]) for e, m in post.mentions.items()],
                 )
-                rows = [(post.key, e, label, n) for e, per_label in post.labels.items() for label, n in per_label.items()]
+                rows = [(post.key, e, label, n) for e, per_label in post.labels.items()
+                        for label, n in per_label.items()]
                 conn.executemany(
                     "INSERT INTO entity_labels (pub_key, entity, label, mentions) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (pub_key, entity, label) DO UPDATE SET mentions = mentions + excluded.mentions", rows)
@@ -210,7 +211,8 @@ class SqliteStore:
         row = self._conn.execute(
             "SELECT p.name, p.articles, (SELECT count(*) FROM entities e WHERE e.pub_key = p.key), p.mentions "
             "FROM publications p WHERE p.key = ?", (publication_key(publication),)).fetchone()
-        return PublicationSummary(publication=row[0], articles=row[1], entities=row[2], mentions=row[3]) if row else None
+        return PublicationSummary(publication=row[0], articles=row[1], entities=row[2],
+                                  mentions=row[3]) if row else None
 
     def entities(self, publication: str, limit: int = 20, offset: int = 0,
                  labels: frozenset[str] | None = None) -> list[EntityCount] | None:
@@ -265,7 +267,8 @@ class SqliteStore:
                 (*sorted(labels), limit, offset)).fetchall()
         else:
             rows = self._conn.execute(
-                f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+                f"SELECT g.entity, {label}, g.m, g.a, g.n "
+                f"FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
                 "ORDER BY g.m DESC, g.entity ASC", (limit, offset)).fetchall()
         return [{"entity": e, "label": lb or "", "mentions": m, "articles": a, "publications": n}
                 for e, lb, m, a, n in rows]

@@ -116,7 +116,8 @@ def window_entities(conn: sqlite3.Connection, pub_key: str | None, window: Windo
                "ORDER BY g.m DESC, g.entity ASC LIMIT ? OFFSET ?")
         args = [*label_params, *params, *sorted(labels), limit, offset]
     else:
-        sql = (f"SELECT g.entity, {label}, g.m, g.a, g.n FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
+        sql = (f"SELECT g.entity, {label}, g.m, g.a, g.n "
+               f"FROM ({grouped} ORDER BY m DESC, entity ASC LIMIT ? OFFSET ?) g "
                "ORDER BY g.m DESC, g.entity ASC")
         args = [*label_params, *params, limit, offset]
     return [(e, lb or "", m, a, n) for e, lb, m, a, n in conn.execute(sql, args)]

@@ -23,7 +23,6 @@ from ..core.days import DayError, day_of_post
 from ..core.models import Post, unstorable
 from ..client import new_token
 from ..core.protocol import BackendUnavailable, Draining, OutcomeUnknown, QueueFull, TooLarge
-from ..core.naming import LABELS
 from ..core.rules import MAX_PUBLICATION_KEY, publication_key
 from . import metrics
 from .appstate import client as _client
@@ -96,7 +95,8 @@ def _check_write_request(allowed: set[str]) -> str:
     require_key(_settings().api_keys, "write")
     limit = _settings().max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"request body of {request.content_length} bytes is over the limit of {limit}",
+        raise ApiError(413, "body_too_large",
+                       f"request body of {request.content_length} bytes is over the limit of {limit}",
                        {"Connection": "close"})
     mimetype = request.mimetype
     if mimetype not in allowed:
@@ -122,7 +122,8 @@ def _read_body() -> str:
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
-            raise ApiError(413, "body_too_large", f"request body over the limit of {limit} bytes", {"Connection": "close"})
+            raise ApiError(413, "body_too_large", f"request body over the limit of {limit} bytes",
+                           {"Connection": "close"})
     raw = b"".join(chunks)
     try:
         return raw.decode("utf-8")
@@ -142,9 +143,11 @@ def _parse_json(text: str, where: str = "body"):
     except RecursionError:
         raise ApiError(400, "invalid_json", f"{where}: JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+        raise ApiError(400, "invalid_json",
+                       f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
     except ValueError:  # NaN/Infinity, integers over Python's digit limit
-        raise ApiError(400, "invalid_json", f"{where}: a number is out of range or not valid JSON (NaN, Infinity)") from None
+        raise ApiError(400, "invalid_json",
+                       f"{where}: a number is out of range or not valid JSON (NaN, Infinity)") from None
 
 
 def _parse_ndjson(text: str) -> list:
@@ -319,8 +322,9 @@ def readyz():
     if journal_capacity and journal >= journal_capacity * 0.99:
         return _not_ready("queue_full", f"the journal is full ({journal:,}/{journal_capacity:,} bytes)", facts)
     if status.get("quarantine_full"):
-        return _not_ready("quarantine_full", f"the quarantine is full ({status.get('quarantined')} articles that killed "
-                                             "workers): `ingestiond quarantine list`, then retry or drop them", facts)
+        return _not_ready("quarantine_full",
+                          f"the quarantine is full ({status.get('quarantined')} articles that killed "
+                          "workers): `ingestiond quarantine list`, then retry or drop them", facts)
     if status.get("store_healthy") is False:
         return _not_ready("store_unavailable", f"store writes have failed for {status.get('store_failing_seconds')}s; "
                                                "accepted articles wait in the journal", facts)

@@ -40,7 +40,8 @@ def _schema(model: type[BaseModel]) -> dict:
 
 
 def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -81,14 +82,16 @@ def document(max_batch: int = 1000) -> dict:
 
     def rows(properties: dict, description: str) -> dict:
         item = {"type": "object", "properties": properties, "required": list(properties)}
-        return {"description": description, "content": {"application/json": {"schema": {"type": "array", "items": item}},
-                                                        "text/csv": {"schema": {"type": "string"}}}}
+        return {"description": description,
+                "content": {"application/json": {"schema": {"type": "array", "items": item}},
+                            "text/csv": {"schema": {"type": "string"}}}}
     count = {"type": "integer", "minimum": 0}
     series_errors = {"404": _error("no such publication"), "409": _error("`not_in_this_layout`: this store keeps no "
                                                                          "per-day counts"), **READ_ERRORS}
     rising = {"summary": "Entities whose share of articles rose most in the `days` days ending `until`, against the "
                          "`days` days before; score: the two-proportion z-score of the shares, at least 3 articles now",
-              "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 183}},
+              "parameters": [{"name": "days", "in": "query",
+                              "schema": {"type": "integer", "minimum": 1, "maximum": 183}},
                              until, limit, fmt],
               "responses": {"200": rows({"entity": {"type": "string"}, "articles_now": count,
                                          "articles_before": count, "total_now": count, "total_before": count,
@@ -123,7 +126,8 @@ def document(max_batch: int = 1000) -> dict:
                 "summary": "Publications by articles, paged", "parameters": [limit, offset, {
                     "name": "publication", "in": "query", "required": False, "schema": {"type": "string"},
                     "description": "only this publication: a list of one, or [] when unknown"}],
-                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/PublicationSummary"}},
+                "responses": {"200": _json({"type": "array",
+                                            "items": {"$ref": "#/components/schemas/PublicationSummary"}},
                                            "publications"), **READ_ERRORS}}},
             "/publications/{publication}/entities": {"get": {
                 "summary": "A publication's entities by mentions desc, entity asc",

@@ -33,7 +33,8 @@ from ..core.exitcodes import ExitCode
 WORDCLOUD_TOP_N = 200  # a cloud of more words is unreadable, and the read stays cheap
 WORDCLOUD_SIZE = (800, 400)
 # a proportional face reads better than the package's bundled monospace one; used when installed
-WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+WORDCLOUD_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+                   "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 NICENESS = 10         # the writers' requests come first; a picture waits for an idle moment
 DRAW_TIMEOUT = 60.0   # seconds: a child that takes longer is killed and the next picture starts another
 _LENGTH = struct.Struct(">I")

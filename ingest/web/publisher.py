@@ -124,7 +124,8 @@ class PubSubPublisher:
     def _publish(self, message: tuple) -> futures.Future:
         group, data, n = message
         try:
-            return self.client.publish(self.url.topic_path, data, **{GROUP_ATTRIBUTE: group, ARTICLES_ATTRIBUTE: str(n)})
+            return self.client.publish(self.url.topic_path, data,
+                                       **{GROUP_ATTRIBUTE: group, ARTICLES_ATTRIBUTE: str(n)})
         except Exception as exc:  # the client could not even take it (made, flow control): nothing was sent
             failed: futures.Future = futures.Future()
             failed.set_exception(_Refused(f"{type(exc).__name__}: {exc}"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import os
 import re
@@ -422,7 +421,8 @@ class HttpConnection:
         return environ
 
     def log_access(self, request: h11.Request, status: int, size: int, started: float) -> None:
-        line = f"{request.method.decode()} {request.target.decode('latin-1')[:200]} HTTP/{request.http_version.decode()}"
+        line = (f"{request.method.decode()} {request.target.decode('latin-1')[:200]} "
+                f"HTTP/{request.http_version.decode()}")
         access.info('%s "%s" %d %d %dms', self.peer[0], line, status, size, (time.monotonic() - started) * 1000)
 
 

@@ -116,8 +116,8 @@ class GroupBatcher:
             group.dead = True
             dead.add(gid)
             texts = self.intake.journal.texts_and_days(group.seqs)
-            posts = [(pub, texts[seq][0], None, texts[seq][1]) for seq, pub in zip(group.seqs, group.publications)
-                     if seq in texts]
+            posts = [(pub, texts[seq][0], None, texts[seq][1])
+                     for seq, pub in zip(group.seqs, group.publications, strict=True) if seq in texts]
             self.intake.kill(group, posts)
         return (lambda e: untag(e.publication)[0] in dead) if dead else None
 

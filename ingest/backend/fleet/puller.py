@@ -19,7 +19,8 @@ import time
 from datetime import timezone
 from dataclasses import dataclass, field
 
-from ...core.intakeurl import ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url, tag, untag
+from ...core.intakeurl import (ARTICLES_ATTRIBUTE, GROUP_ATTRIBUTE, decode, encode, is_group, parse_intake_url,
+                               tag, untag)
 from ...core.protocol import QueueFull
 from ..errors import BootError
 from ..intake import Intake
@@ -398,7 +399,8 @@ class PubSubIntake(Intake):
                 self._publisher = pubsub_v1.PublisherClient()
             attributes = {k: v for k, v in group.attributes.items()}
             attributes.update({"dead_lettered_by": "ingestiond", "reason": group.why[:1000]})
-            self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data, **attributes).result(timeout=30)
+            self._publisher.publish(f"projects/{self.url.project}/topics/{topic}", data,
+                                    **attributes).result(timeout=30)
         except Exception as exc:
             self._error("dead-letter publish", exc)
             return False
