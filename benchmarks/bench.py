@@ -134,7 +134,7 @@ def ensure_data(path: Path) -> None:
 
 
 def select_texts(path: Path, limit: int, out: Path) -> list[tuple[str, str, str | None]]:
-    """(publication, content, published) of the first `limit` articles: their dates travel with them (per-day counts)."""
+    """(publication, content, published) of the first `limit` articles: their dates travel with them."""
     from ingest.tools.datasets import open_dataset
 
     posts = []
