@@ -20,7 +20,8 @@ def _run_backend(tmp_path, emulator, project, first, rest, layout):
     """One life of the backend: `first` is settled while it runs, `rest` is left for the SIGTERM drain."""
     tmp_path.mkdir(exist_ok=True)
     backend = start_backend(tmp_path, "--workers", "1", "--savers", "2", "--flush-interval", "0.5",
-                            store_url=f"firestore://{project}?layout={layout}", env={"FIRESTORE_EMULATOR_HOST": emulator})
+                            store_url=f"firestore://{project}?layout={layout}",
+                            env={"FIRESTORE_EMULATOR_HOST": emulator})
     try:
         backend.client.put_many(first)
         backend.wait_idle()
@@ -109,7 +110,7 @@ def test_three_backends_on_one_database_own_their_documents_and_write_each_at_mo
     assert len({c["writer"] for c in commits}) == 3
     shared = {p: w for p, w in writers.items() if len(w) > 1}
     assert not shared, f"documents written by more than one backend: {shared}"
-    gaps = [b - a for t in times.values() for a, b in zip(sorted(t), sorted(t)[1:])]
+    gaps = [b - a for t in times.values() for a, b in zip(sorted(t), sorted(t)[1:], strict=False)]
     assert gaps, "some document must have been written twice for this to prove anything"
     # the arbiter hands a saver a batch at most once per interval; the commit starts after the saver
     # has planned it (the first one reads its documents first): allow that much jitter, no more

@@ -131,7 +131,8 @@ def test_apply_writes_the_documented_layout(store, firestore_project):
 
     marker = firestore.Client(project=firestore_project).collection("ingest_batches").document("b1-0").get()
     expires = marker.get("expires_at")
-    assert timedelta(days=29) < expires - datetime.now(timezone.utc) <= timedelta(days=30)  # outlives any journal replay
+    # outlives any journal replay
+    assert timedelta(days=29) < expires - datetime.now(timezone.utc) <= timedelta(days=30)
 
 
 @firestore

@@ -68,7 +68,7 @@ def create_group_markers(db, batch, delta: Delta, expires_at) -> list[str]:
 def recorded_groups(db, delta: Delta, retry, timeout) -> list[str]:
     """The groups of a merged batch whose marker exists (another batch recorded them)."""
     refs = [db.collection(MARKERS).document(group_marker_id(g)) for g in delta.groups]
-    groups = {ref.path: g for ref, g in zip(refs, delta.groups)}
+    groups = {ref.path: g for ref, g in zip(refs, delta.groups, strict=True)}
     return sorted(groups[s.reference.path] for s in db.get_all(refs, retry=retry, timeout=timeout) if s.exists)
 
 

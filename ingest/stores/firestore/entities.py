@@ -215,7 +215,7 @@ class EntitiesLayout:
                      if s.exists]
             counts = list(self.executor().map(self.distinct_entities, [s.reference for s in snaps]))
         rows = []
-        for snap, entities in zip(snaps, counts):
+        for snap, entities in zip(snaps, counts, strict=True):
             d = snap.to_dict()
             key = d.get("key") or ""
             rows.append((key, PublicationSummary(publication=d.get("name") or key, articles=int(d.get("count", 0)),

@@ -195,7 +195,7 @@ def pack(parts: list[Part], cost, max_writes: int, first_extra: int = 0) -> list
 def chunks_at(parts: list[Part], starts: list[int], batch_id: str, marker_base) -> list[PackedChunk]:
     base = marker_base(batch_id)
     ends = starts[1:] + [len(parts)]
-    return [PackedChunk(i, f"{base}-{i}", tuple(parts[a:b])) for i, (a, b) in enumerate(zip(starts, ends))]
+    return [PackedChunk(i, f"{base}-{i}", tuple(parts[a:b])) for i, (a, b) in enumerate(zip(starts, ends, strict=True))]
 
 
 def worst(part: Part) -> tuple[int, int]:
@@ -217,7 +217,7 @@ def sub_chunks(chunk: PackedChunk, split: list[int]) -> list[PackedChunk]:
     """A chunk split at `split` (indexes into its parts): the first keeps the chunk's marker."""
     ends = split[1:] + [len(chunk.parts)]
     return [PackedChunk(chunk.index, chunk.marker_id if j == 0 else f"{chunk.marker_id}.{j}", chunk.parts[a:b])
-            for j, (a, b) in enumerate(zip(split, ends))]
+            for j, (a, b) in enumerate(zip(split, ends, strict=True))]
 
 
 @dataclass
@@ -554,8 +554,8 @@ class PackedLayout:
         return (1 + len(touched) + day_docs, 2000 + sum(entry_bytes(e, labels.get(e, ())) for e in part.entities)
                 + sum(500 + 100 * n for _, n in part.days))
 
-    def commit(self, delta: Delta, chunk: PackedChunk, chunks: int, plan: list[int] | None = None,
-               quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
+    def commit(self, delta: Delta, chunk: PackedChunk, chunks: int,  # noqa: C901 - one commit's steps, in order
+               plan: list[int] | None = None, quiet: bool = False, refused=None, split: list[int] | None = None) -> int:
         """One commit; 0 if its marker exists (`quiet`: raise MarkerExists with the marker's fields instead).
         Any other AlreadyExists (a summary's `create`) is a StoreError: the commit was not applied."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
@@ -915,7 +915,8 @@ class PackedLayout:
                 grouped.setdefault(key, []).append(d)
         return grouped
 
-    def merged_counts(self, key: str, sums: list[dict]) -> tuple[list[EntityCount], dict]:
+    def merged_counts(self, key: str,  # noqa: C901 - the union's cache, re-reads and sum, kept together
+                      sums: list[dict]) -> tuple[list[EntityCount], dict]:
         reads = self.reads
         signature = tuple(sorted((d.get("writer") or "", int(d.get("version", 0))) for d in sums))
         wanted: dict[tuple[str, str, int], int] = {}
