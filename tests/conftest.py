@@ -38,8 +38,13 @@ def recount(nlp):
     return lambda posts, aliases=None: _recount(posts, nlp=nlp, aliases=aliases)
 
 
+EMULATOR_FIXTURES = frozenset({"firestore_emulator", "firestore_project", "pubsub_emulator", "pubsub_topic"})
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that need the Firestore emulator belong to the slow tier too (`pytest -m "not slow"`)."""
+    """Tests that need an emulator belong to the slow tier (`pytest -m "not slow"` starts none): those
+    marked `firestore`, and any that asks for an emulator's fixture."""
     for item in items:
-        if item.get_closest_marker("firestore") and not item.get_closest_marker("slow"):
+        needs_emulator = item.get_closest_marker("firestore") or EMULATOR_FIXTURES & set(item.fixturenames)
+        if needs_emulator and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)

@@ -50,6 +50,7 @@ def test_a_publish_that_keeps_failing_is_outcome_unknown_at_the_deadline_never_a
     client = FakeClient(*[gexc.ServiceUnavailable("down")] * 10_000)
     with pytest.raises(OutcomeUnknown):
         publisher(client, timeout=0.3).put_many(POSTS)
+    assert 2 <= len(client.published) < 10, "resent with pauses that double, not in a tight loop"
     with pytest.raises(OutcomeUnknown):
         publisher(FakeClient("never"), timeout=0.3).put_many(POSTS)
 

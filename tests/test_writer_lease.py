@@ -65,6 +65,7 @@ def test_after_a_clean_stop_a_new_claimant_succeeds(make):
     make().claim_writer("w1-0", other_holder()).release()
 
 
+@pytest.mark.slow  # waits out real lease times
 def test_an_expired_lease_is_taken_over_and_the_old_holder_stops_committing(make):
     stalled = make()
     lease = stalled.claim_writer("w1-0", ttl=1.0, renew_every=60)  # its heartbeat never beats in time
@@ -83,6 +84,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_stops_committing(make
     lease.release()
 
 
+@pytest.mark.slow  # waits out real lease times
 def test_the_heartbeat_keeps_a_live_holder_s_lease(make):
     store = make()
     lease = store.claim_writer("w1-0", ttl=1.5, renew_every=0.3)

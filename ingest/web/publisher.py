@@ -29,6 +29,9 @@ MAX_LATENCY = 0.01           # seconds a message may wait for others to share it
 MAX_OUTSTANDING_MESSAGES = 1000
 MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
 
+RETRY_FIRST_PAUSE = 0.05  # seconds before the first resend of a message whose publish failed; doubling
+RETRY_MAX_PAUSE = 1.0     # ... up to this, until the request's deadline
+
 
 class _Refused(Exception):
     """The client library would not take the message: nothing was sent."""
@@ -87,7 +90,7 @@ class PubSubPublisher:
         messages = split_messages(posts)
         give_up = time.monotonic() + self.timeout
         pending = {i: self._publish(m) for i, m in enumerate(messages)}
-        delivered, refused, last = set(), [], None
+        delivered, refused, last, attempts = set(), [], None, {}
         while pending:
             done, _ = futures.wait(list(pending.values()), timeout=max(0.0, give_up - time.monotonic()),
                                    return_when=futures.FIRST_COMPLETED)
@@ -109,8 +112,11 @@ class PubSubPublisher:
                         self.failures += 1
                         raise OutcomeUnknown(f"publishing to {self.url} failed ({type(exc).__name__}) and no retry "
                                              f"was acknowledged within {self.timeout:.0f}s") from None
-                    log.warning("publish to %s failed (%s: %s); publishing the same message again",
-                                self.url, type(exc).__name__, exc)
+                    attempts[i] = attempts.get(i, 0) + 1
+                    pause = min(RETRY_MAX_PAUSE, RETRY_FIRST_PAUSE * 2 ** (attempts[i] - 1))
+                    log.warning("publish to %s failed (%s: %s); publishing the same message again in %.2fs",
+                                self.url, type(exc).__name__, exc, pause)
+                    time.sleep(min(pause, max(0.0, give_up - time.monotonic())))  # a fast failure is no reason to spin
                     pending[i] = self._publish(messages[i])
         if refused:
             self.failures += 1
