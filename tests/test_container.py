@@ -161,7 +161,7 @@ def http_counts(url: str, key: str) -> dict:
                 offset += 1000
             assert len(rows) == pub["entities"]
             key_ = " ".join(pub["publication"].split()).lower()
-            out[key_] = (pub["articles"], {r["entity"]: (r["mentions"], r["articles"]) for r in rows})
+            out[key_] = (pub["articles"], {r["entity"]: (r["mentions"], r["articles"], r["label"]) for r in rows})
         return out
 
 
