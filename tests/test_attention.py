@@ -180,6 +180,26 @@ def store_days(url: str, publication: str, days: list[str]) -> dict:
         store.close()
 
 
+def assert_days_equal_a_recount(http: httpx.Client, store_url: str, posts: list[dict], recount) -> list[str]:
+    """Every publication's per-day counts, over HTTP and straight from the store, equal an independent recount,
+    and sum to its all-time counts; every article is on one day. The days with data, sorted."""
+    want = expected_days(recount, posts)
+    days = sorted({d for per_pub in want.values() for d in per_pub})
+    for pub_key, per_day in want.items():
+        name = next(p["publication"] for p in posts if publication_key(p["publication"]) == pub_key)
+        assert http_days(http, name, days) == per_day, pub_key
+        assert store_days(store_url, name, days) == per_day, pub_key
+        all_time = {r["entity"]: (r["mentions"], r["articles"]) for r in http.get(
+            f"/publications/{name}/entities", params={"limit": 1000}).json()}
+        summed: dict = {}
+        for _, _, entities in per_day.values():
+            for e, (m, a) in entities.items():
+                summed[e] = (summed.get(e, (0, 0))[0] + m, summed.get(e, (0, 0))[1] + a)
+        assert all_time == summed, "the sum over days is not the all-time count"
+    assert sum(a for per_pub in want.values() for a, _, _ in per_pub.values()) == len(posts)
+    return days
+
+
 @pytest.mark.slow
 def test_counts_per_day_equal_a_recount_over_http_and_in_the_store_across_a_sigkill_and_late_posts(
         tmp_path, recount):
@@ -202,20 +222,7 @@ def test_counts_per_day_equal_a_recount_over_http_and_in_the_store_across_a_sigk
             for p in late:
                 assert http.post("/post/enqueue", json=p, headers=key).status_code == 202
             backend.wait_idle()
-            want = expected_days(recount, posts)
-            days = sorted({d for per_pub in want.values() for d in per_pub})
-            for pub_key, per_day in want.items():
-                name = next(p["publication"] for p in posts if publication_key(p["publication"]) == pub_key)
-                assert http_days(http, name, days) == per_day, pub_key
-                assert store_days(backend.store_url, name, days) == per_day, pub_key
-                all_time = {r["entity"]: (r["mentions"], r["articles"]) for r in http.get(
-                    f"/publications/{name}/entities", params={"limit": 1000}).json()}
-                summed = {}
-                for _, _, entities in per_day.values():
-                    for e, (m, a) in entities.items():
-                        summed[e] = (summed.get(e, (0, 0))[0] + m, summed.get(e, (0, 0))[1] + a)
-                assert all_time == summed, "the sum over days is not the all-time count"
-            assert sum(a for per_pub in want.values() for a, _, _ in per_pub.values()) == len(posts)
+            assert_days_equal_a_recount(http, backend.store_url, posts, recount)
             today = [p for p in posts if "published" not in p]
             assert today and all(utc_day(p) == TODAY.isoformat() for p in today)
     finally:

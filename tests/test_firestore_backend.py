@@ -197,10 +197,9 @@ def test_counts_per_day_in_the_packed_layout_equal_a_recount_over_http_across_a_
     """Articles over 60 days (some without `published`, some late for an old day), the backend SIGKILLed
     after some were accepted: each day's counts over HTTP and from the store equal a recount, and their
     sum is the all-time list. The entities layout answers the same reads with a 409."""
-    from ingest.core.rules import publication_key
     from tests.frontend_support import start_frontend
     from tests.support import kill_backend_group
-    from tests.test_attention import dated_posts, expected_days, http_days, store_days
+    from tests.test_attention import assert_days_equal_a_recount, dated_posts
 
     posts = dated_posts(100, seed=23)
     early, late = posts[:80], posts[80:]
@@ -223,20 +222,7 @@ def test_counts_per_day_in_the_packed_layout_equal_a_recount_over_http_across_a_
             for p in late:
                 assert http.post("/post/enqueue", json=p, headers=key).status_code == 202
             backend.wait_idle()
-            want = expected_days(recount, posts)
-            days = sorted({d for per_pub in want.values() for d in per_pub})
-            for pub_key, per_day in want.items():
-                name = next(p["publication"] for p in posts if publication_key(p["publication"]) == pub_key)
-                assert http_days(http, name, days) == per_day, pub_key
-                assert store_days(store_url, name, days) == per_day, pub_key
-                all_time = {r["entity"]: (r["mentions"], r["articles"]) for r in http.get(
-                    f"/publications/{name}/entities", params={"limit": 1000}).json()}
-                summed: dict = {}
-                for _, _, entities in per_day.values():
-                    for e, (m, a) in entities.items():
-                        summed[e] = (summed.get(e, (0, 0))[0] + m, summed.get(e, (0, 0))[1] + a)
-                assert all_time == summed, "the sum over days is not the all-time count"
-            assert sum(a for per_pub in want.values() for a, _, _ in per_pub.values()) == len(posts)
+            days = assert_days_equal_a_recount(http, store_url, posts, recount)
             assert len(days) > 30
     finally:
         frontend.stop()
